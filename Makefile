@@ -1,0 +1,30 @@
+# Two entry points do everything on a fresh machine: `make reproduce` and `make test`.
+# Both create .venv and install the package first (torch pinned by constraints.txt).
+VENV   ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP    := $(PYTHON) -m pip install -q -c constraints.txt
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+
+.PHONY: setup reproduce test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	touch $@
+
+reproduce: setup  ## train LoRA and TLoRA on the default task, regenerate figures/ and the report
+	$(VENV)/bin/tlora-analysis reproduce --out figures
+
+test: setup  ## the whole test suite (a few minutes on 2 CPU cores)
+	$(PYTHON) -m pytest -q
+
+bench: setup  ## speed, scale, storage and overhead benchmarks (see benchmarks/README.md)
+	$(PYTHON) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

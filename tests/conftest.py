@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny BERT built locally (fast) and the real offline MiniLM (slow, few tests)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer, saved like a Hub model."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tlora_analysis.models import load_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = load_tokenizer("default")
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    from tlora_analysis.models import load_model
+
+    return load_model(tiny_model_dir, num_labels=2).eval()
