@@ -46,12 +46,15 @@ def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, device: s
     from transformers.utils import logging as hf_logging
 
     location = resolve_model(name_or_path)
-    verbosity = hf_logging.get_verbosity()
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "classifier newly initialized" report is expected here
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=num_labels, **_hub_kwargs(location))
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.to(device)
 
 

@@ -1,0 +1,186 @@
+"""Snapshots: written by a plain loop, the Trainer callback and the CLI; reloaded exactly; never lost."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tlora_analysis import adapter_layers, inject_adapters
+from tlora_analysis.models import load_model, load_tokenizer
+from tlora_analysis.recording import DeltaRecorder, DeltaRecorderCallback
+from tlora_analysis.store import load_run
+from tlora_analysis.training import TrainConfig, restore_model, train
+
+SENTENCES = ["the film is not good", "a truly wonderful story", "the plot was hardly dull", "a boring mess"] * 4
+LABELS = [0, 1, 1, 0] * 4
+
+
+def plain_loop(model, tokenizer, recorder, epochs=2):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    live = {0: {n: l.delta().dense().clone() for n, l in adapter_layers(model).items()}}
+    recorder.snapshot(0)
+    for epoch in range(1, epochs + 1):
+        for _ in range(3):
+            loss = model(**batch, labels=torch.tensor(LABELS)).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        recorder.snapshot(epoch, {"train_loss": loss.item()})
+        live[epoch] = {n: l.delta().dense().clone() for n, l in adapter_layers(model).items()}
+    return live
+
+
+@pytest.mark.parametrize("method", ["lora", "tlora"])
+def test_plain_loop_snapshots_reload_to_the_live_deltas(tmp_path, tiny_model_dir, method):
+    model = inject_adapters(load_model(tiny_model_dir), method, 4, ["query", "value"], modules_to_save=["classifier"], seed=5)
+    with DeltaRecorder(model, tmp_path / "run", metadata={"task": "toy"}, record_grad_norms=True) as recorder:
+        live = plain_loop(model, load_tokenizer(tiny_model_dir), recorder)
+    run = load_run(tmp_path / "run")
+    assert run.method == method and run.epochs == [0, 1, 2]
+    assert run.meta["task"] == "toy"
+    for epoch in run.epochs:
+        deltas = run.deltas(epoch)
+        assert list(deltas) == list(adapter_layers(model))
+        for name, delta in deltas.items():
+            torch.testing.assert_close(delta.dense(), live[epoch][name], rtol=1e-6, atol=1e-7)
+    assert all(d.frobenius_norm() == 0 for d in run.deltas(0).values())
+    assert all(d.frobenius_norm() > 0 for d in run.deltas(2).values())
+    assert set(run.record(1)["grad_norm_rms"]) == set(run.layer_names)
+    assert all(v > 0 for v in run.record(1)["grad_norm_rms"].values())
+    scales = run.scales(2)
+    if method == "tlora":
+        assert scales == {n: pytest.approx(float(l.tlora_alpha)) for n, l in adapter_layers(model).items()}
+        assert set(next(iter(run.trainable(2).values()))) == {"B"}
+        assert not (tmp_path / "run" / "frozen.safetensors").exists()  # regenerated from seeds
+    else:
+        assert set(scales.values()) == {1.0}
+        assert set(next(iter(run.trainable(2).values()))) == {"A", "B"}
+    snapshot = tmp_path / "run" / "snapshots" / "epoch_002.safetensors"
+    assert snapshot.stat().st_size < 64 * 1024  # factors and the head, never dense ΔW
+
+
+def test_frozen_matrices_that_seeds_cannot_rebuild_are_stored(tmp_path, tiny_model_dir):
+    model = inject_adapters(load_model(tiny_model_dir), "tlora", 4, ["query"], seed=1)
+    layer = next(iter(adapter_layers(model).values()))
+    layer.tlora_A.mul_(2.0)  # e.g. a user's custom initialization
+    recorder = DeltaRecorder(model, tmp_path / "run")
+    with torch.no_grad():
+        layer.tlora_B.fill_(0.1)
+    recorder.snapshot(1)
+    run = load_run(tmp_path / "run")
+    assert run.meta["frozen_file"] == "frozen.safetensors"
+    torch.testing.assert_close(run.deltas(1)[next(iter(adapter_layers(model)))].dense(), layer.delta().dense())
+
+
+def test_trainer_callback_writes_the_same_layout(tmp_path, tiny_model_dir):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = inject_adapters(load_model(tiny_model_dir), "tlora", 4, ["query", "value"], modules_to_save=["classifier"])
+    encoded = tokenizer(SENTENCES)
+    dataset = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": LABELS[i]} for i in range(len(LABELS))]
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-2,
+                             eval_strategy="epoch", save_strategy="no", report_to=[], use_cpu=True, logging_steps=1, disable_tqdm=True)
+    callback = DeltaRecorderCallback(tmp_path / "run", metadata={"task": "toy"})
+    Trainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset,
+            data_collator=DataCollatorWithPadding(tokenizer), callbacks=[callback]).train()
+    run = load_run(tmp_path / "run")
+    assert run.epochs == [0, 1, 2]
+    assert sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir()) == [f"epoch_00{i}.safetensors" for i in range(3)]
+    assert "eval_loss" in run.metrics[2] and "train_loss" in run.metrics[2]
+    assert run.meta["status"] == "finished"
+    for name, layer in adapter_layers(model).items():
+        torch.testing.assert_close(run.deltas(2)[name].dense(), layer.delta().dense(), rtol=1e-6, atol=1e-7)
+
+
+def small_config(**overrides):
+    values = dict(method="tlora", epochs=2, max_train_samples=64, max_eval_samples=32, batch_size=16, max_length=24)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "tlora"])
+def test_train_on_the_default_model(tmp_path, method):
+    """Both methods, 2 epochs, a small slice of the default task, the real pretrained MiniLM."""
+    run = train(small_config(method=method), tmp_path / method, progress=False, log=lambda _: None)
+    assert run.epochs == [0, 1, 2]
+    assert all(d.frobenius_norm() == 0 for d in run.deltas(0).values())
+    norms = [{n: d.frobenius_norm() for n, d in run.deltas(e).items()} for e in (1, 2)]
+    assert all(v > 0 for v in norms[0].values()) and norms[0] != norms[1]
+    assert set(run.metrics[2]) >= {"train_loss", "eval_loss", "accuracy"}
+    assert len(run.layer_names) == 12
+    # The model rebuilt from the last snapshot is the live model: same deltas, same accuracy.
+    model = restore_model(run)
+    for name, layer in adapter_layers(model).items():
+        torch.testing.assert_close(layer.delta().dense(), run.deltas(2)[name].dense(), rtol=1e-6, atol=1e-7)
+    from tlora_analysis.data import load_task
+    from tlora_analysis.training import _encode, evaluate
+
+    tokenizer = load_tokenizer("default")
+    data = load_task("default", max_eval_samples=32)
+    features = _encode(tokenizer, data.validation, ("sentence",), 24)
+    assert evaluate(model, tokenizer, features, "default", 16, "cpu")["accuracy"] == pytest.approx(run.metrics[2]["accuracy"])
+
+
+def snapshot_tensors(run_dir, epoch):
+    return load_run(run_dir).snapshot_tensors(epoch)
+
+
+def test_same_seed_gives_identical_snapshots(tmp_path, tiny_model_dir):
+    for name in ("a", "b"):
+        train(small_config(model=tiny_model_dir), tmp_path / name, progress=False, log=lambda _: None)
+    for epoch in (0, 1, 2):
+        a, b = snapshot_tensors(tmp_path / "a", epoch), snapshot_tensors(tmp_path / "b", epoch)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_run_keeps_finished_epochs_and_resumes_exactly(tmp_path, tiny_model_dir):
+    args = ["--method", "tlora", "--model", tiny_model_dir, "--epochs", "4", "--max-train-samples", "1200",
+            "--max-eval-samples", "32", "--batch-size", "8", "--max-length", "24", "--no-progress"]
+    run_dir = tmp_path / "killed"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "tlora_analysis", "train", *args, "--out", str(run_dir)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            finished = [r["epoch"] for r in json.loads((run_dir / "run.json").read_text())["epochs"]]
+        except (FileNotFoundError, json.JSONDecodeError):
+            finished = []
+        if 1 in finished:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = load_run(run_dir)
+    assert run.epochs[:2] == [0, 1] and max(run.epochs) < 4, "killed after epoch 1, mid-epoch 2"
+    for epoch in run.epochs:
+        run.deltas(epoch)  # every listed epoch is readable
+    assert not list(run_dir.rglob("*.tmp"))
+
+    subprocess.run([sys.executable, "-m", "tlora_analysis", "train", "--resume", str(run_dir), "--no-progress"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "tlora_analysis", "train", *args, "--out", str(tmp_path / "whole")], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    assert load_run(run_dir).epochs == [0, 1, 2, 3, 4]
+    resumed, whole = snapshot_tensors(run_dir, 4), snapshot_tensors(tmp_path / "whole", 4)
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_train_refuses_to_overwrite_a_run(tmp_path, tiny_model_dir):
+    from tlora_analysis.errors import InputError
+
+    train(small_config(model=tiny_model_dir, epochs=1), tmp_path / "r", progress=False, log=lambda _: None)
+    before = (tmp_path / "r" / "run.json").read_bytes()
+    with pytest.raises(InputError, match="already holds a run"):
+        train(small_config(model=tiny_model_dir, epochs=1), tmp_path / "r", progress=False, log=lambda _: None)
+    assert (tmp_path / "r" / "run.json").read_bytes() == before

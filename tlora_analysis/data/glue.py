@@ -1,0 +1,215 @@
+"""GLUE tasks: specs, loading (Hub or local GLUE-layout files) and the official metrics.
+
+Local folders may hold either GLUE's original distribution (``SST-2/train.tsv``,
+``SST-2/dev.tsv``, ... with GLUE's own column names) or files with the Hub's column names
+(``sst2/train.parquet``, ``validation.csv``, ...). Every example comes back in the Hub's
+schema: the task's text columns plus an integer (or float, STS-B) ``label``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from ..errors import InputError
+
+__all__ = ["TaskSpec", "TaskData", "TASKS", "load_task", "compute_metrics"]
+
+NLI = {"entailment": 0, "not_entailment": 1}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the trainer needs to know about a task."""
+
+    name: str
+    text_columns: tuple[str, ...]
+    num_labels: int  # 1 means regression
+    metrics: tuple[str, ...]  # the first is the task's headline metric
+    glue_dir: str = ""  # folder name in GLUE's original distribution
+    validation_split: str = "validation"
+    tsv_columns: dict[str, str] = field(default_factory=dict)  # GLUE column -> Hub column
+    tsv_header: bool = True
+    tsv_names: tuple[str, ...] = ()  # column names for header-less TSVs (CoLA)
+    label_map: dict[str, int] = field(default_factory=dict)  # GLUE string labels -> ints
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec("default", ("sentence",), 2, ("accuracy",)),
+        TaskSpec("sst2", ("sentence",), 2, ("accuracy",), "SST-2"),
+        TaskSpec(
+            "cola", ("sentence",), 2, ("matthews_correlation", "accuracy"), "CoLA",
+            tsv_header=False, tsv_names=("source", "label", "original_label", "sentence"),
+        ),
+        TaskSpec(
+            "mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "MRPC",
+            tsv_columns={"Quality": "label", "#1 String": "sentence1", "#2 String": "sentence2"},
+        ),
+        TaskSpec("qnli", ("question", "sentence"), 2, ("accuracy",), "QNLI", label_map=NLI),
+        TaskSpec("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "RTE", label_map=NLI),
+        TaskSpec(
+            "stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), "STS-B",
+            tsv_columns={"score": "label"},
+        ),
+        TaskSpec(
+            "mnli", ("premise", "hypothesis"), 3, ("accuracy",), "MNLI", "validation_matched",
+            tsv_columns={"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"},
+            label_map={"entailment": 0, "neutral": 1, "contradiction": 2},
+        ),
+        TaskSpec(
+            "qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "QQP",
+            tsv_columns={"is_duplicate": "label"},
+        ),
+    ]
+}
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: list[dict]
+    validation: list[dict]
+
+
+def load_task(
+    task: str,
+    data_dir: str | Path | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
+) -> TaskData:
+    """Load a task's train and validation splits.
+
+    ``task="default"`` is the embedded offline grammar task. For GLUE tasks, ``data_dir``
+    reads local files (see the module docstring); without it the ``datasets`` library
+    fetches ``nyu-mll/glue`` from the Hub.
+    """
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    spec = TASKS[task]
+    if task == "default":
+        from .default_task import generate
+
+        splits = generate()
+        train, validation = splits["train"], splits["validation"]
+    elif data_dir is not None:
+        folder = _task_folder(Path(data_dir), spec)
+        train = _read_split(folder, spec, ("train",))
+        validation = _read_split(folder, spec, _validation_names(spec))
+    else:
+        train, validation = _load_from_hub(spec)
+    return TaskData(spec, train[:max_train_samples], validation[:max_eval_samples])
+
+
+def _validation_names(spec: TaskSpec) -> tuple[str, ...]:
+    if spec.validation_split == "validation_matched":
+        return ("dev_matched", "validation_matched")
+    return ("dev", "validation")
+
+
+def _task_folder(data_dir: Path, spec: TaskSpec) -> Path:
+    if not data_dir.is_dir():
+        raise InputError(f"--data-dir {data_dir}: not a directory")
+    for candidate in (data_dir / spec.glue_dir, data_dir / spec.name, data_dir):
+        if candidate.is_dir() and any(candidate.glob("train.*")):
+            return candidate
+    raise InputError(
+        f"--data-dir {data_dir}: no train.tsv/.csv/.parquet for task {spec.name!r} "
+        f"in {data_dir / spec.glue_dir}, {data_dir / spec.name} or {data_dir}"
+    )
+
+
+def _read_split(folder: Path, spec: TaskSpec, stems: tuple[str, ...]) -> list[dict]:
+    import pandas as pd
+
+    for stem in stems:
+        for suffix in (".tsv", ".csv", ".parquet"):
+            path = folder / f"{stem}{suffix}"
+            if not path.exists():
+                continue
+            try:
+                if suffix == ".tsv":
+                    frame = pd.read_csv(
+                        path, sep="\t", quoting=csv.QUOTE_NONE, dtype=str, keep_default_na=False,
+                        header=0 if spec.tsv_header else None,
+                        names=list(spec.tsv_names) if spec.tsv_names else None,
+                    ).rename(columns=spec.tsv_columns)
+                elif suffix == ".csv":
+                    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+                else:
+                    frame = pd.read_parquet(path)
+            except Exception as err:  # pandas raises many types for a malformed file
+                raise InputError(f"{path}: cannot be read as {suffix[1:]} ({err})") from err
+            return _to_examples(frame, spec, path)
+    raise InputError(f"{folder}: no {' or '.join(stems)} split (.tsv, .csv or .parquet) for task {spec.name!r}")
+
+
+def _to_examples(frame, spec: TaskSpec, path: Path) -> list[dict]:
+    missing = [c for c in (*spec.text_columns, "label") if c not in frame.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}")
+    frame = frame[frame["label"].astype(str) != "-"]  # MNLI marks unlabelled pairs with "-"
+    labels = frame["label"].astype(str).map(lambda v: spec.label_map.get(v, v))
+    try:
+        labels = labels.astype(float if spec.num_labels == 1 else int)
+    except ValueError as err:
+        raise InputError(f"{path}: labels must be {'numbers' if spec.num_labels == 1 else 'class ids or GLUE label names'} ({err})") from err
+    columns = {c: frame[c].astype(str).tolist() for c in spec.text_columns}
+    return [{**{c: columns[c][i] for c in spec.text_columns}, "label": label} for i, label in enumerate(labels.tolist())]
+
+
+def _load_from_hub(spec: TaskSpec) -> tuple[list[dict], list[dict]]:  # pragma: no cover - needs the network
+    try:
+        from datasets import load_dataset
+    except ImportError as err:
+        raise InputError("loading GLUE from the Hub needs the datasets package (pip install 'tlora-analysis[glue]'), or pass --data-dir") from err
+    dataset = load_dataset("nyu-mll/glue", spec.name)
+    keep = (*spec.text_columns, "label")
+    return (
+        [{k: row[k] for k in keep} for row in dataset["train"]],
+        [{k: row[k] for k in keep} for row in dataset[spec.validation_split]],
+    )
+
+
+def compute_metrics(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """The task's official GLUE metrics. ``predictions`` are class ids (or scores for STS-B)."""
+    spec = TASKS[task]
+    predictions, labels = np.asarray(predictions), np.asarray(labels)
+    out: dict[str, float] = {}
+    for name in spec.metrics:
+        if name == "accuracy":
+            out[name] = float(np.mean(predictions == labels))
+        elif name == "f1":
+            out[name] = _f1(predictions, labels)
+        elif name == "matthews_correlation":
+            out[name] = _matthews(predictions, labels)
+        elif name == "pearson":
+            out[name] = float(stats.pearsonr(predictions, labels)[0])
+        elif name == "spearman":
+            out[name] = float(stats.spearmanr(predictions, labels)[0])
+    return out
+
+
+def _f1(predictions: np.ndarray, labels: np.ndarray) -> float:
+    tp = float(np.sum((predictions == 1) & (labels == 1)))
+    fp = float(np.sum((predictions == 1) & (labels == 0)))
+    fn = float(np.sum((predictions == 0) & (labels == 1)))
+    return 0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def _matthews(predictions: np.ndarray, labels: np.ndarray) -> float:
+    tp = float(np.sum((predictions == 1) & (labels == 1)))
+    tn = float(np.sum((predictions == 0) & (labels == 0)))
+    fp = float(np.sum((predictions == 1) & (labels == 0)))
+    fn = float(np.sum((predictions == 0) & (labels == 1)))
+    denominator = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return 0.0 if denominator == 0 else float((tp * tn - fp * fn) / denominator)

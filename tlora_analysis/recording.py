@@ -1,0 +1,185 @@
+"""Record every adapter layer's update at epoch 0 and after each epoch, from any training loop.
+
+:class:`DeltaRecorder` needs only the model and a directory: call :meth:`~DeltaRecorder.snapshot`
+when an epoch ends. It never touches the optimizer or the loop; the optional gradient
+norms come from tensor hooks on the trainable adapter parameters.
+:class:`DeltaRecorderCallback` does the same inside a ``transformers.Trainer``.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from transformers import TrainerCallback
+
+from .adapters import AdapterLayer, adapter_layers, count_parameters, tensor_sha256, tlora_frozen_matrices
+from .store import HEAD_PREFIX, RunWriter
+
+__all__ = ["DeltaRecorder", "DeltaRecorderCallback", "package_versions"]
+
+
+def package_versions() -> dict[str, str]:
+    import transformers
+
+    from . import __version__
+
+    return {"tlora_analysis": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _layer_record(layer: AdapterLayer) -> dict[str, Any]:
+    record: dict[str, Any] = {"method": layer.method, "shape": [layer.out_features, layer.in_features], "rank": layer.rank, "seed": layer.seed}
+    if layer.method == "lora":
+        record["scaling"] = layer.scaling
+        record["lora_alpha"] = layer.lora_alpha
+    else:
+        record["frozen_sha256"] = {"tlora_A": tensor_sha256(layer.tlora_A), "tlora_C": tensor_sha256(layer.tlora_C)}
+    return record
+
+
+class DeltaRecorder:
+    """Writes snapshots of a model's adapter layers into a run directory.
+
+    Each snapshot holds the adapters' trainable tensors and, under ``trainable.<name>``,
+    any other trainable parameter (the classifier head). ``metadata`` goes into run.json as is (task, model, hyperparameters...). Opening an
+    existing run directory continues it (used by ``train --resume``).
+    With ``record_grad_norms=True``, each epoch's record gets the root-mean-square over
+    steps of every layer's trainable-gradient norm.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        run_dir: str | Path,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        record_grad_norms: bool = False,
+    ) -> None:
+        self.model = model
+        self.layers = adapter_layers(model)
+        metadata = dict(metadata or {})
+        methods = {layer.method for layer in self.layers.values()}
+        if len(methods) > 1:
+            raise ValueError(f"model mixes adapter methods {sorted(methods)}; record one method per run")
+        method = methods.pop() if methods else metadata.get("method", "none")
+        header = {
+            "method": method,
+            "rank": next(iter(self.layers.values())).rank if self.layers else 0,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": package_versions(),
+            "parameter_counts": count_parameters(model).as_dict(),
+            **metadata,
+            "layers": {name: _layer_record(layer) for name, layer in self.layers.items()},
+        }
+        self.writer = RunWriter(run_dir, header)
+        self.path = self.writer.path
+        if not self.writer.meta.get("frozen_file") and self._frozen_differs_from_seeds():
+            self.writer.save_frozen({f"{n}.{k}": b for n, l in self.layers.items() for k, b in l.named_buffers() if not k.startswith("base.")})
+        self._grad_sq: dict[str, float] = {}
+        self._grad_steps: dict[str, int] = {}
+        self._handles = []
+        if record_grad_norms:
+            self._attach_grad_hooks()
+
+    @property
+    def finished_epochs(self) -> list[int]:
+        return self.writer.finished_epochs
+
+    def _frozen_differs_from_seeds(self) -> bool:
+        """True if some TLoRA layer's frozen matrices are not what its seed regenerates (then store them)."""
+        for layer in self.layers.values():
+            if layer.method == "tlora":
+                a, c = tlora_frozen_matrices(layer.seed, layer.out_features, layer.in_features, layer.rank)
+                if tensor_sha256(a) != tensor_sha256(layer.tlora_A) or tensor_sha256(c) != tensor_sha256(layer.tlora_C):
+                    return True
+        return False
+
+    def _attach_grad_hooks(self) -> None:
+        for name, layer in self.layers.items():
+            params = [p for n, p in layer.named_parameters() if not n.startswith("base.") and p.requires_grad]
+            for i, param in enumerate(params):
+                self._handles.append(param.register_hook(self._grad_hook(name, count_step=i == 0)))
+
+    def _grad_hook(self, name: str, count_step: bool):
+        def hook(grad: torch.Tensor) -> None:
+            self._grad_sq[name] = self._grad_sq.get(name, 0.0) + float(grad.detach().float().pow(2).sum())
+            if count_step:
+                self._grad_steps[name] = self._grad_steps.get(name, 0) + 1
+
+        return hook
+
+    def snapshot(self, epoch: int, metrics: Mapping[str, float] | None = None, **record: Any) -> Path:
+        """Write the adapter state at ``epoch`` (0 = before training) and list it in run.json."""
+        tensors = {f"{name}.{key}": t for name, layer in self.layers.items() for key, t in layer.trainable_tensors().items()}
+        tensors.update({f"{HEAD_PREFIX}{name}": p for name, p in self._other_trainable()})
+        if self._handles:
+            record["grad_norm_rms"] = {
+                name: (self._grad_sq.get(name, 0.0) / steps) ** 0.5 for name, steps in self._grad_steps.items() if steps
+            }
+            self._grad_sq.clear()
+            self._grad_steps.clear()
+        self.writer.write_epoch(epoch, tensors, {"metrics": dict(metrics or {}), **record})
+        return self.path
+
+    def _other_trainable(self):
+        """Trainable parameters outside the adapters (a classifier head): small, and without them
+        a snapshot could not restore the fine-tuned model."""
+        adapter_params = {id(p) for layer in self.layers.values() for p in layer.parameters()}
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in adapter_params]
+
+    def add_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Attach metrics that arrive after the snapshot (e.g. the Trainer's evaluation)."""
+        self.writer.update_epoch(epoch, metrics=dict(metrics))
+
+    def finish(self, **fields: Any) -> None:
+        self.close()
+        self.writer.update(status="finished", **fields)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "DeltaRecorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class DeltaRecorderCallback(TrainerCallback):
+    """``transformers.Trainer`` callback: epoch-0 snapshot at train begin, one after every epoch.
+
+    Evaluation metrics that the Trainer computes at the end of an epoch are added to that
+    epoch's record in run.json.
+    """
+
+    def __init__(self, run_dir: str | Path, *, metadata: Mapping[str, Any] | None = None, record_grad_norms: bool = False) -> None:
+        self.run_dir = Path(run_dir)
+        self.metadata = dict(metadata or {})
+        self.record_grad_norms = record_grad_norms
+        self.recorder: DeltaRecorder | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.recorder = DeltaRecorder(model, self.run_dir, metadata=self.metadata, record_grad_norms=self.record_grad_norms)
+        if 0 not in self.recorder.finished_epochs:
+            self.recorder.snapshot(0)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        epoch = int(round(state.epoch))
+        losses = [log["loss"] for log in state.log_history if "loss" in log and log.get("epoch", 0) > epoch - 1]
+        metrics = {"train_loss": losses[-1]} if losses else {}
+        self.recorder.snapshot(epoch, metrics, global_step=state.global_step)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        epoch = int(round(state.epoch or 0))
+        if self.recorder is not None and metrics and abs((state.epoch or 0) - epoch) < 1e-6 and epoch in self.recorder.finished_epochs:
+            self.recorder.add_metrics(epoch, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.recorder is not None:
+            self.recorder.finish()
