@@ -58,9 +58,11 @@ class FactoredDelta:
         """Nominal rank: the smaller inner dimension. The numerical rank may be lower."""
         return min(self.core.shape)
 
-    def dense(self) -> Tensor:
-        """Materialize ΔW (d_out x d_in). Only for callers that really need it."""
-        return self.left @ self.core @ self.right
+    def dense(self, dtype: torch.dtype | None = None) -> Tensor:
+        """Materialize ΔW (d_out x d_in), multiplying in ``dtype`` if given. Only for callers that really need it."""
+        if dtype is None:
+            return self.left @ self.core @ self.right
+        return self.left.to(dtype) @ self.core.to(dtype) @ self.right.to(dtype)
 
     # ------------------------------------------------------------ algebra
     def _factors64(self) -> tuple[Tensor, Tensor, Tensor]:

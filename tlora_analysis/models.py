@@ -64,3 +64,19 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
 
     location = resolve_model(name_or_path)
     return AutoTokenizer.from_pretrained(location, **_hub_kwargs(location))
+
+
+def base_weights(name_or_path: str, module_names: list[str]) -> dict[str, torch.Tensor]:
+    """W0 of the named linear layers of a pretrained model (for amplification and intruder dimensions).
+
+    Names are those of the adapted classification model (e.g. ``bert.encoder.layer.0.attention.self.query``).
+    """
+    model = load_model(name_or_path, num_labels=2)
+    weights = {}
+    for name in module_names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError as err:
+            raise RuntimeError(f"model {name_or_path!r} has no module {name!r}") from err
+        weights[name] = module.weight.detach().clone()
+    return weights

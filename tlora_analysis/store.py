@@ -201,6 +201,7 @@ class Run:
             for key in ("shape", "rank", "seed"):
                 require(layer, key, f"{where} layer {name!r}")
         self._records = {int(r["epoch"]): r for r in require(self.meta, "epochs", where, list)}
+        self._last_snapshot: tuple[int | None, dict[str, torch.Tensor]] = (None, {})
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, method={self.method!r}, epochs={self.epochs})"
@@ -238,6 +239,10 @@ class Run:
             raise InputError(f"{self.path}: epoch {epoch} is not a finished epoch of this run (finished: {self.epochs or 'none'})")
 
     def _snapshot(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The validated tensors of one epoch; the last one read is kept, since analyses ask
+        for an epoch's deltas, scales and trainable matrices one after another."""
+        if self._last_snapshot[0] == epoch:
+            return self._last_snapshot[1]
         self._check_epoch(epoch)
         path = self.path / self._records[epoch].get("snapshot", snapshot_name(epoch))
         tensors = read_tensors(path)
@@ -249,6 +254,7 @@ class Run:
                 if tuple(tensors[full].shape) != shape:
                     raise InputError(f"{path}: tensor {full!r} has shape {tuple(tensors[full].shape)}, run.json implies {shape}")
                 check_finite(tensors[full], f"{path}: tensor {full!r} (module {name}, epoch {epoch})")
+        self._last_snapshot = (epoch, tensors)
         return tensors
 
     def _expected_shapes(self, layer: dict) -> dict[str, tuple[int, ...]]:

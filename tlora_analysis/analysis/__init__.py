@@ -1,0 +1,27 @@
+"""Analyses of recorded updates. Each takes runs (or paths) and returns a tidy pandas DataFrame.
+
+Paper (TLoRA, arXiv 2504.18735) findings and where they are measured:
+1. Gaussian-like B                    -> :func:`weight_distributions`, :func:`weight_histograms`
+2. stable norms across epochs         -> :func:`norms`
+3. α varies across layers             -> :func:`scales`, :func:`scale_variation`
+4. eigenvalue spectra like LoRA's     -> :func:`spectra`, :func:`core_eigenvalues`
+5. norms close to LoRA's              -> :func:`norms`
+6. high LoRA/TLoRA cosine             -> :func:`update_similarity`
+Beyond the paper: :func:`effective_rank`, :func:`subspace_similarity` (LoRA §7),
+:func:`amplification`, :func:`intruder_dimensions`, and :func:`summary`.
+"""
+
+from ._common import as_source, module_and_layer
+from .base_alignment import amplification, intruder_counts, intruder_dimensions
+from .distributions import weight_distributions, weight_histograms
+from .norms import norms, scale_variation, scales
+from .similarity import random_subspace_similarity, subspace_similarity, subspace_similarity_table, update_similarity
+from .spectra import core_eigenvalues, effective_rank, rank_measures, spectra
+from .summary import summary
+
+__all__ = [
+    "as_source", "module_and_layer", "spectra", "core_eigenvalues", "effective_rank", "rank_measures", "norms", "scales",
+    "scale_variation", "weight_distributions", "weight_histograms", "update_similarity", "subspace_similarity",
+    "subspace_similarity_table", "random_subspace_similarity", "amplification", "intruder_dimensions", "intruder_counts",
+    "summary",
+]

@@ -1,0 +1,73 @@
+"""What every analysis shares: row keys, input checks, and turning paths into runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Iterable, Iterator, Protocol
+
+from ..errors import InputError
+from ..factored import FactoredDelta
+
+
+class UpdateSource(Protocol):
+    """What analyses read: a :class:`~tlora_analysis.store.Run`, or a PEFT adapter opened as one (one epoch)."""
+
+    name: str
+    method: str
+
+    @property
+    def epochs(self) -> list[int]: ...
+
+    def deltas(self, epoch: int) -> dict[str, FactoredDelta]: ...
+
+
+_INTEGER = re.compile(r"^\d+$")
+
+
+def module_and_layer(name: str) -> tuple[str, int]:
+    """``"bert.encoder.layer.3.attention.self.query"`` -> ``("query", 3)``.
+
+    The module is the last name component; the layer is the last integer component
+    (-1 if there is none). Nothing here matches substrings of names.
+    """
+    parts = name.split(".")
+    layers = [int(p) for p in parts if _INTEGER.match(p)]
+    return parts[-1], (layers[-1] if layers else -1)
+
+
+def as_source(source) -> UpdateSource:
+    """Accept a run/adapter object, or a path to a run directory, a snapshot file or a PEFT adapter directory."""
+    if isinstance(source, (str, Path)):
+        from ..sources import open_updates
+
+        return open_updates(source)
+    return source
+
+
+def epochs_of(source: UpdateSource, epochs: Iterable[int] | None = None) -> list[int]:
+    available = list(source.epochs)
+    if not available:
+        raise InputError(f"run {source.name!r} has no finished epochs to analyse")
+    if epochs is None:
+        return available
+    chosen = list(epochs)
+    missing = [e for e in chosen if e not in available]
+    if missing:
+        raise InputError(f"run {source.name!r} has no epoch {missing[0]} (finished: {available})")
+    return chosen
+
+
+def row_key(source: UpdateSource, name: str, epoch: int) -> dict:
+    module, layer = module_and_layer(name)
+    return {"run": source.name, "method": source.method, "module": module, "layer": layer, "epoch": epoch, "name": name}
+
+
+def iter_deltas(source: UpdateSource, epochs: Iterable[int] | None = None) -> Iterator[tuple[dict, FactoredDelta]]:
+    """``(row key, delta)`` for every adapted layer and chosen epoch, in model order."""
+    for epoch in epochs_of(source, epochs):
+        deltas = source.deltas(epoch)
+        if not deltas:
+            raise InputError(f"run {source.name!r} has no adapter layers at epoch {epoch}")
+        for name, delta in deltas.items():
+            yield row_key(source, name, epoch), delta

@@ -1,0 +1,86 @@
+"""How an update relates to the pretrained weight W0: amplification (LoRA paper §7.3) and
+intruder dimensions (Shuttleworth et al. 2024). Both need W0, so they take it explicitly."""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from ._common import UpdateSource, as_source, iter_deltas
+
+
+def _w0(base_weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, int]) -> torch.Tensor:
+    if name not in base_weights:
+        raise InputError(f"no base weight W0 for module {name!r}")
+    w0 = base_weights[name].detach().to(torch.float64)
+    if tuple(w0.shape) != tuple(shape):
+        raise InputError(f"module {name!r}: W0 has shape {tuple(w0.shape)}, the update {tuple(shape)}")
+    return w0
+
+
+def amplification(
+    run: UpdateSource, base_weights: Mapping[str, torch.Tensor], epochs: Iterable[int] | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """‖Uᵀ W0 V‖_F on ΔW's top-r singular directions and the amplification factor ‖ΔW‖_F / ‖Uᵀ W0 V‖_F.
+
+    For scale, the same projection onto W0's own top-r directions (``w0_top_projection``,
+    the largest possible) and onto random orthonormal directions (``random_projection``).
+    A large factor means ΔW amplifies directions that W0 barely uses (LoRA paper §7.3).
+    """
+    run = as_source(run)
+    generator = torch.Generator().manual_seed(seed)
+    rows, w0_svals = [], {}
+    for key, delta in iter_deltas(run, epochs):
+        w0 = _w0(base_weights, key["name"], delta.shape)
+        u, s, v = delta.svd()
+        r = delta.rank
+        if key["name"] not in w0_svals:
+            w0_svals[key["name"]] = torch.linalg.svdvals(w0)
+        q = torch.linalg.qr(torch.randn(w0.shape[0], r, generator=generator, dtype=torch.float64))[0]
+        p = torch.linalg.qr(torch.randn(w0.shape[1], r, generator=generator, dtype=torch.float64))[0]
+        norm = delta.frobenius_norm()
+        projection = float(torch.linalg.matrix_norm(u.T @ w0 @ v)) if norm > 0 else float("nan")
+        rows.append({
+            **key, "delta_frobenius": norm, "w0_projection": projection,
+            "amplification": norm / projection if norm > 0 else float("nan"),
+            "w0_top_projection": float(w0_svals[key["name"]][:r].norm()),
+            "random_projection": float(torch.linalg.matrix_norm(q.T @ w0 @ p)),
+        })
+    return pd.DataFrame(rows)
+
+
+def intruder_dimensions(
+    run: UpdateSource,
+    base_weights: Mapping[str, torch.Tensor],
+    epochs: Iterable[int] | None = None,
+    k: int = 10,
+    epsilon: float = 0.5,
+) -> pd.DataFrame:
+    """For the top-k left singular vectors y_j of the merged W0 + ΔW: m_j = max_i |cos(y_j, x_i)| over
+    W0's left singular vectors x_i; y_j is an intruder when m_j < ε (Shuttleworth et al. 2024).
+
+    One row per (layer, epoch, j). W0's SVD is computed once per layer and reused for
+    every epoch. This is the one analysis that forms dense matrices: the merged weight.
+    """
+    run = as_source(run)
+    rows, w0_vectors = [], {}
+    for key, delta in iter_deltas(run, epochs):
+        w0 = _w0(base_weights, key["name"], delta.shape)
+        if key["name"] not in w0_vectors:
+            w0_vectors[key["name"]] = torch.linalg.svd(w0, full_matrices=False)[0]
+        x = w0_vectors[key["name"]]
+        y = torch.linalg.svd(w0 + delta.dense(torch.float64), full_matrices=False)[0][:, :k]
+        best = (y.T @ x).abs().max(dim=1).values.numpy()
+        for j, m in enumerate(best, start=1):
+            rows.append({**key, "j": j, "max_similarity": float(m), "is_intruder": bool(m < epsilon)})
+    return pd.DataFrame(rows)
+
+
+def intruder_counts(intruders: pd.DataFrame) -> pd.DataFrame:
+    """Number of intruder dimensions per (run, module, layer, epoch) from an :func:`intruder_dimensions` table."""
+    keys = ["run", "method", "module", "layer", "epoch"]
+    return intruders.groupby(keys, as_index=False).agg(intruders=("is_intruder", "sum"), min_similarity=("max_similarity", "min"))

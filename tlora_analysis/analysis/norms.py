@@ -1,0 +1,65 @@
+"""Parameter norms over epochs and TLoRA's scale α across layers (TLoRA paper findings 2, 3 and 5)."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import pandas as pd
+
+from ..errors import InputError
+from ..factored import inner
+from ._common import UpdateSource, as_source, epochs_of, row_key
+
+
+def norms(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+    """Frobenius and spectral norms of ΔW and Frobenius norms of the trainable matrices, per layer and epoch.
+
+    ``delta_step`` is ‖ΔW_e − ΔW_{e−1}‖_F (how far the update moved in an epoch, computed
+    factored as √(‖a‖² + ‖b‖² − 2⟨a, b⟩)) and ``frobenius_change`` the change of the norm itself.
+    The paper's findings 2 (stable norms across epochs) and 5 (LoRA and TLoRA norms close)
+    read off this table.
+    """
+    run = as_source(run)
+    rows, previous = [], {}
+    for epoch in epochs_of(run, epochs):
+        trainable = run.trainable(epoch) if hasattr(run, "trainable") else {}
+        for name, delta in run.deltas(epoch).items():
+            row = {**row_key(run, name, epoch), "frobenius": delta.frobenius_norm(), "spectral": delta.spectral_norm()}
+            for matrix, tensor in trainable.get(name, {}).items():
+                row[f"{matrix}_frobenius"] = float(tensor.double().norm())
+            before = previous.get(name)
+            if before is None:
+                row["delta_step"] = row["frobenius_change"] = math.nan
+            else:
+                squared = row["frobenius"] ** 2 + before.frobenius_norm() ** 2 - 2 * inner(delta, before)
+                row["delta_step"] = math.sqrt(max(squared, 0.0))
+                row["frobenius_change"] = row["frobenius"] - before.frobenius_norm()
+            previous[name] = delta
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def scales(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+    """TLoRA's learned α per layer and epoch, with its mean, standard deviation and coefficient
+    of variation across the layers of each (module, epoch) — the paper's finding 3."""
+    run = as_source(run)
+    if run.method != "tlora":
+        raise InputError(f"run {run.name!r} is {run.method}: only TLoRA learns a scale α per layer")
+    rows = [
+        {**row_key(run, name, epoch), "alpha": alpha}
+        for epoch in epochs_of(run, epochs)
+        for name, alpha in run.scales(epoch).items()
+    ]
+    frame = pd.DataFrame(rows)
+    grouped = frame.groupby(["module", "epoch"])["alpha"]
+    frame["alpha_mean_across_layers"] = grouped.transform("mean")
+    frame["alpha_std_across_layers"] = grouped.transform(lambda a: a.std(ddof=0))
+    frame["alpha_cv_across_layers"] = frame["alpha_std_across_layers"] / frame["alpha_mean_across_layers"].abs()
+    return frame
+
+
+def scale_variation(scales_table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (module, epoch) of a :func:`scales` table: mean, std and CV of α across layers."""
+    columns = ["run", "method", "module", "epoch", "alpha_mean_across_layers", "alpha_std_across_layers", "alpha_cv_across_layers"]
+    return scales_table[columns].drop_duplicates(["run", "module", "epoch"]).reset_index(drop=True)

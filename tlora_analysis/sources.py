@@ -1,0 +1,187 @@
+"""Open anything that holds low-rank updates as one kind of source for the analyses.
+
+- a run directory (``run.json`` + snapshots) -> :class:`~tlora_analysis.store.Run`
+- one snapshot file ``RUN/snapshots/epoch_NNN.safetensors`` -> that run, limited to that epoch
+- a Hugging Face PEFT LoRA adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)
+  -> :class:`PeftAdapter`, a one-epoch source
+
+Only JSON and safetensors are read. Pickle-based files (``.bin``, ``.pt``, ``.pth``, ``.pkl``)
+are refused without being opened, because unpickling runs code from the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import InputError
+from .factored import FactoredDelta
+from .store import Run, check_finite, read_json, read_tensors, require
+
+__all__ = ["open_updates", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle"]
+
+SUPPORTED_PEFT_TYPES = ("LORA",)
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise InputError(
+            f"{path}: refusing to read a pickle-based file ({path.suffix}); unpickling executes code stored in the file. "
+            "Convert it once in a trusted environment to safetensors, e.g. "
+            "safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')"
+        )
+
+
+class _SingleEpochRun:
+    """A run limited to one of its epochs (what a single snapshot file stands for)."""
+
+    def __init__(self, run: Run, epoch: int) -> None:
+        run.record(epoch)  # raises if the epoch is not finished
+        self._run, self._epoch = run, epoch
+        self.name, self.method, self.meta, self.path = run.name, run.method, run.meta, run.path
+
+    @property
+    def epochs(self) -> list[int]:
+        return [self._epoch]
+
+    @property
+    def metrics(self) -> dict:
+        return {self._epoch: self._run.metrics[self._epoch]}
+
+    @property
+    def rank(self) -> int:
+        return self._run.rank
+
+    def __getattr__(self, attribute):  # deltas, scales, trainable, layers ... of the underlying run
+        return getattr(self._run, attribute)
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's rank_pattern/alpha_pattern lookup: a key matches a module name ending with it."""
+    for key, value in patterns.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+class PeftAdapter:
+    """A PEFT LoRA adapter directory as a one-epoch source (epoch 0 = the saved state).
+
+    Scaling per module follows peft: ``lora_alpha / r`` (or ``/ √r`` with ``use_rslora``),
+    with ``rank_pattern`` and ``alpha_pattern`` overrides. ``fan_in_fan_out`` adapters
+    (GPT-2's Conv1D) still yield ΔW in ``nn.Linear`` orientation (d_out x d_in).
+    """
+
+    method = "lora"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        config_path = self.path / "adapter_config.json"
+        self.config = read_json(config_path, "adapter_config.json")
+        where = str(config_path)
+        peft_type = str(self.config.get("peft_type", "LORA")).upper()
+        if peft_type not in SUPPORTED_PEFT_TYPES:
+            raise InputError(f"{where}: peft_type {peft_type!r} is not supported; supported adapter types: {', '.join(SUPPORTED_PEFT_TYPES)}")
+        if self.config.get("use_dora"):
+            raise InputError(f"{where}: DoRA adapters (use_dora: true) are not supported; supported: plain LoRA")
+        self.default_rank = require(self.config, "r", where, int)
+        self.lora_alpha = require(self.config, "lora_alpha", where, (int, float))
+        self.use_rslora = bool(self.config.get("use_rslora", False))
+        self.name = self.path.name
+        self.meta = {"peft_config": self.config, "model": self.config.get("base_model_name_or_path")}
+        weights = self.path / "adapter_model.safetensors"
+        if not weights.exists():
+            pickled = [p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+            if pickled:
+                refuse_pickle(self.path / pickled[0])
+            raise InputError(f"{weights}: missing; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors")
+        tensors = read_tensors(weights)
+        pairs: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            match = _LORA_KEY.match(key)
+            if match:
+                pairs.setdefault(match["module"], {})[match["which"]] = tensor
+        if not pairs:
+            raise InputError(f"{weights}: no lora_A/lora_B tensors found (keys look like {next(iter(tensors), 'nothing')!r})")
+        self.layers: dict[str, dict] = {}
+        self._tensors: dict[str, dict[str, torch.Tensor]] = {}
+        for module, pair in pairs.items():
+            if set(pair) != {"A", "B"}:
+                raise InputError(f"{weights}: module {module!r} has lora_{next(iter(pair))} but not its partner")
+            a, b = pair["A"], pair["B"]
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise InputError(f"{weights}: module {module!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not chain")
+            r = a.shape[0]
+            expected_r = _pattern_value(self.config.get("rank_pattern") or {}, module, self.default_rank)
+            if r != expected_r:
+                raise InputError(f"{weights}: module {module!r} has rank {r}, adapter_config.json says {expected_r}")
+            for which, tensor in pair.items():
+                check_finite(tensor, f"{weights}: tensor lora_{which} of module {module}")
+            alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.lora_alpha)
+            scaling = alpha / (math.sqrt(r) if self.use_rslora else r)
+            self.layers[module] = {"shape": [b.shape[0], a.shape[1]], "rank": r, "scaling": scaling, "lora_alpha": alpha}
+            self._tensors[module] = {"A": a, "B": b}
+        self.rank = self.default_rank
+
+    def __repr__(self) -> str:
+        return f"PeftAdapter({str(self.path)!r}, layers={len(self.layers)})"
+
+    @property
+    def epochs(self) -> list[int]:
+        return [0]
+
+    @property
+    def metrics(self) -> dict:
+        return {0: {}}
+
+    def _check(self, epoch: int) -> None:
+        if epoch != 0:
+            raise InputError(f"{self.path}: a PEFT adapter holds one state (epoch 0), not epoch {epoch}")
+
+    def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
+        self._check(epoch)
+        return {
+            m: FactoredDelta(t["B"], torch.eye(self.layers[m]["rank"]) * self.layers[m]["scaling"], t["A"])
+            for m, t in self._tensors.items()
+        }
+
+    def scales(self, epoch: int = 0) -> dict[str, float]:
+        self._check(epoch)
+        return {m: layer["scaling"] for m, layer in self.layers.items()}
+
+    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        self._check(epoch)
+        return self._tensors
+
+
+def open_updates(path: str | Path):
+    """Open a run directory, a snapshot file or a PEFT adapter directory (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_file():
+        refuse_pickle(path)
+        if path.suffix != ".safetensors":
+            raise InputError(f"{path}: expected a run directory, a PEFT adapter directory or a snapshot .safetensors file")
+        run_dir = path.parent.parent if path.parent.name == "snapshots" else path.parent
+        if not (run_dir / "run.json").exists():
+            raise InputError(f"{path}: a snapshot is read with its run's run.json (for scales and seeds), not found at {run_dir / 'run.json'}")
+        match = re.match(r"epoch_(\d+)$", path.stem)
+        if not match:
+            raise InputError(f"{path}: snapshot files are named epoch_NNN.safetensors")
+        return _SingleEpochRun(Run(run_dir), int(match[1]))
+    if (path / "run.json").exists():
+        return Run(path)
+    if (path / "adapter_config.json").exists():
+        return PeftAdapter(path)
+    if not any(path.iterdir()):
+        raise InputError(f"{path}: empty directory; expected a run (run.json) or a PEFT adapter (adapter_config.json)")
+    pickled = [p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+    if pickled:
+        refuse_pickle(pickled[0])
+    raise InputError(f"{path}: neither a run directory (no run.json) nor a PEFT adapter directory (no adapter_config.json)")
