@@ -65,6 +65,178 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_run_pair(p) -> None:
+    p.add_argument("run_lora", metavar="RUN_LORA", help="a LoRA run directory (or PEFT LoRA adapter directory)")
+    p.add_argument("run_tlora", metavar="RUN_TLORA", help="a TLoRA run directory")
+    p.add_argument("--base", default=None, help="base model for amplification and intruder dimensions (default: the runs' model)")
+    p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
+
+
+def _compare(args):
+    from .analysis import compare_runs
+    from .models import base_weights
+    from .sources import open_updates
+
+    lora, tlora = open_updates(args.run_lora), open_updates(args.run_tlora)
+    weights = None
+    if not args.no_base:
+        model = args.base or lora.meta.get("model") or tlora.meta.get("model")
+        if not model:
+            raise InputError(f"{args.run_lora}: names no base model; pass --base MODEL or --no-base")
+        weights = base_weights(model, list(lora.deltas(lora.epochs[-1])))
+    return lora, tlora, compare_runs(lora, tlora, weights)
+
+
+def _add_analyze(sub) -> None:
+    p = sub.add_parser("analyze", help="write the analysis tables of runs as CSV",
+                       description="Write analysis tables (spectra, norms, effective rank, weight distributions, scales; "
+                                   "with one LoRA and one TLoRA run also similarity, subspaces, amplification and intruders) as CSV files.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, snapshot files or PEFT adapter directories")
+    p.add_argument("--out", required=True, help="directory for the CSV files")
+    p.add_argument("--base", default=None, help="base model for amplification and intruder dimensions (comparisons only)")
+    p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
+    p.set_defaults(func=_cmd_analyze)
+
+
+def _cmd_analyze(args) -> int:
+    import pandas as pd
+
+    from . import analysis as A
+    from .reproduce import write_tables
+    from .sources import open_updates
+
+    sources = [open_updates(path) for path in args.runs]
+    methods = sorted(s.method for s in sources)
+    if methods == ["lora", "tlora"]:
+        ordered = sorted(sources, key=lambda s: s.method)
+        args.run_lora, args.run_tlora = (str(s.path) for s in ordered)
+        tables = _compare(args)[2]
+    else:
+        per_run = {"spectra": A.spectra, "norms": A.norms, "effective_rank": A.effective_rank, "weight_stats": A.weight_distributions}
+        tables = {name: pd.concat([f(s) for s in sources], ignore_index=True) for name, f in per_run.items()}
+        tlora = [s for s in sources if s.method == "tlora"]
+        if tlora:
+            tables["scales"] = pd.concat([A.scales(s) for s in tlora], ignore_index=True)
+        tables["summary"] = pd.concat([A.summary(s) for s in sources], ignore_index=True)
+    for path in write_tables(tables, Path(args.out)):
+        print(path)
+    return 0
+
+
+def _add_figures(sub) -> None:
+    p = sub.add_parser("figures", help="render every figure for a LoRA run and a TLoRA run",
+                       description="Analyse a LoRA run and a TLoRA run and render every figure (PNG and PDF) "
+                                   "plus figures.json listing each file, its source runs and the analysis settings.")
+    _add_run_pair(p)
+    p.add_argument("--out", required=True, help="directory for the figures")
+    p.set_defaults(func=_cmd_figures)
+
+
+def _cmd_figures(args) -> int:
+    from .figures import render_all
+
+    lora, tlora, tables = _compare(args)
+    entries = render_all(tables, args.out, sources={"lora": str(lora.path), "tlora": str(tlora.path)},
+                         settings={"base": None if args.no_base else (args.base or lora.meta.get("model"))})
+    print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page with figures, tables and the paper's claims checked",
+                       description="Write a self-contained HTML report for a LoRA run and a TLoRA run, ending with the "
+                                   "TLoRA paper's findings checked on these runs (statistic, threshold, verdict).")
+    _add_run_pair(p)
+    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args) -> int:
+    from .report import write_report
+
+    lora, tlora, tables = _compare(args)
+    print(f"wrote {write_report(tables, [lora, tlora], args.out)}")
+    return 0
+
+
+def _add_reproduce(sub) -> None:
+    from .reproduce import REPRODUCE_EPOCHS
+
+    p = sub.add_parser("reproduce", help="the main job: train LoRA, TLoRA and head-only, regenerate every figure and the report",
+                       description="Train LoRA, TLoRA and a head-only baseline on the embedded default task with the "
+                                   "embedded model, analyse them and regenerate every figure, report.html and results.json. "
+                                   "Finished runs with the same settings are reused.")
+    p.add_argument("--out", default="figures", help="directory for figures, report.html and results.json (default: figures)")
+    p.add_argument("--runs-dir", default="runs/reproduce", help="where the runs and CSV tables go (default: runs/reproduce)")
+    p.add_argument("--epochs", type=int, default=REPRODUCE_EPOCHS, help=f"epochs per run (default {REPRODUCE_EPOCHS})")
+    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only (for quick checks)")
+    p.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on the first N examples only")
+    p.add_argument("--model", default="default", help="model name or path (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--retrain", action="store_true", help="train again even if finished runs exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_reproduce)
+
+
+def _cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    reproduce(args.out, args.runs_dir, epochs=args.epochs, seed=args.seed, retrain=args.retrain, progress=not args.no_progress,
+              max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, model=args.model)
+    return 0
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="per-layer update geometry of a run, snapshot, PEFT adapter or full fine-tune",
+                       description="Print a per-layer table (module, layer, shape, rank, scale, ‖ΔW‖_F, ‖ΔW‖_2, stable and "
+                                   "effective rank, top singular values) and totals for a saved checkpoint. Only JSON and "
+                                   "safetensors files are read.")
+    p.add_argument("path", metavar="PATH", help="run directory, snapshot .safetensors, PEFT adapter directory, or (with --base) "
+                                                "a fully fine-tuned model directory")
+    p.add_argument("--epoch", type=int, default=None, help="epoch of a run (default: the last finished)")
+    p.add_argument("--base", default=None, help="base model of a fully fine-tuned model directory (ΔW = W_ft − W0)")
+    p.add_argument("--max-rank", type=int, default=None, help="full fine-tunes: keep only the top singular directions of each ΔW")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args) -> int:
+    import pandas as pd
+
+    from .checkpoints import inspect, to_json
+
+    table = inspect(args.path, epoch=args.epoch, base=args.base, max_rank=args.max_rank)
+    if args.json:
+        print(to_json(table))
+        return 0
+    totals = table.attrs["totals"]
+    print(f"{table.attrs['path']}: {totals['method']}, epoch {table.attrs['epoch']}, {totals['layers']} layers")
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
+        print(table.drop(columns=["name"]).to_string(index=False))
+    print(f"total ‖ΔW‖_F {totals['total_frobenius']:.4g}; parameters defining the updates: "
+          f"{totals['update_trainable_params']:,} trainable, {totals['update_frozen_random_params']:,} frozen random"
+          + (f"; other trainable (head): {totals['other_trainable_params']:,}" if totals.get("other_trainable_params") else ""))
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a LoRA run as a PEFT adapter, a TLoRA run as a tlora-analysis adapter",
+                       description="Export one epoch of a run: LoRA as a PEFT adapter directory that PeftModel.from_pretrained "
+                                   "loads; TLoRA as tlora_config.json + tlora_model.safetensors, reloaded with "
+                                   "tlora_analysis.checkpoints.load_exported.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to export")
+    p.add_argument("--epoch", type=int, default=None, help="epoch to export (default: the last finished)")
+    p.add_argument("--out", required=True, help="a new (or empty) directory to write")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from .checkpoints import export
+
+    print(f"wrote {export(args.run_dir, args.out, args.epoch)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Train, record and analyse LoRA and TLoRA updates of transformers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -73,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = [_add_train]
+COMMANDS = [_add_train, _add_analyze, _add_figures, _add_report, _add_reproduce, _add_inspect, _add_export]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ Beyond the paper: :func:`effective_rank`, :func:`subspace_similarity` (LoRA §7)
 """
 
 from ._common import as_source, module_and_layer
+from .compare import compare_runs, paper_claims
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
 from .distributions import weight_distributions, weight_histograms
 from .norms import norms, scale_variation, scales
@@ -23,5 +24,5 @@ __all__ = [
     "as_source", "module_and_layer", "spectra", "core_eigenvalues", "effective_rank", "rank_measures", "norms", "scales",
     "scale_variation", "weight_distributions", "weight_histograms", "update_similarity", "subspace_similarity",
     "subspace_similarity_table", "random_subspace_similarity", "amplification", "intruder_dimensions", "intruder_counts",
-    "summary",
+    "summary", "compare_runs", "paper_claims",
 ]

@@ -1,0 +1,99 @@
+"""Every figure renders from small runs; figures.json and the report describe what was drawn."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tlora_analysis import adapter_layers
+from tlora_analysis.analysis import compare_runs, paper_claims
+from tlora_analysis.cli import main
+from tlora_analysis.figures import FIGURES, render_all
+from tlora_analysis.report import write_report
+from tlora_analysis.store import load_run
+
+from helpers import make_run
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    model = make_run(root / "lora", "lora", rank=4, epochs=3)
+    make_run(root / "tlora", "tlora", rank=3, epochs=3)
+    weights = {name: layer.base.weight.detach() for name, layer in adapter_layers(model).items()}
+    lora, tlora = load_run(root / "lora"), load_run(root / "tlora")
+    return lora, tlora, compare_runs(lora, tlora, weights, baseline_samples=8)
+
+
+def test_render_all_writes_every_figure_and_a_manifest(tmp_path, pair):
+    lora, tlora, tables = pair
+    entries = render_all(tables, tmp_path, sources={"lora": str(lora.path), "tlora": str(tlora.path)}, settings={"bins": 40})
+    names = {e["name"] for e in entries}
+    assert names == set(FIGURES) | {"overview"}
+    for entry in entries:
+        for file in entry["files"]:
+            path = tmp_path / file
+            assert path.stat().st_size > 10_000, file  # a real picture, not an empty canvas
+        assert (tmp_path / f"{entry['name']}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / f"{entry['name']}.pdf").read_bytes()[:5] == b"%PDF-"
+    manifest = json.loads((tmp_path / "figures.json").read_text())
+    assert manifest["sources"] == {"lora": str(lora.path), "tlora": str(tlora.path)}
+    assert manifest["settings"] == {"bins": 40}
+    assert {f["name"] for f in manifest["figures"]} == names
+
+
+def test_figures_without_base_weights_skip_only_what_needs_them(tmp_path, pair):
+    tables = {k: v for k, v in pair[2].items() if k not in ("amplification", "intruders", "intruder_counts")}
+    names = {e["name"] for e in render_all(tables, tmp_path)}
+    assert names == set(FIGURES) - {"intruders"} | {"overview"}
+
+
+def test_claims_and_report(tmp_path, pair):
+    lora, tlora, tables = pair
+    claims = paper_claims(tables)
+    assert len(claims) == 6 and claims.epoch.iloc[0] == 3
+    assert all(h in (True, False, None) for h in claims.holds)
+    # Random factors drawn independently: the updates are not alike, so finding 6 must not hold.
+    assert claims.holds.iloc[5] is False or claims.holds.iloc[5] == False  # noqa: E712
+    out = write_report(tables, [lora, tlora], tmp_path / "report.html")
+    page = out.read_text()
+    assert "checked on these runs" in page and page.count("data:image/png;base64,") == len(FIGURES) + 1
+    assert page.count("<tr><td class='text'>") >= 6
+    assert json.loads(out.with_suffix(".claims.json").read_text())[0]["claim"].startswith("1.")
+
+
+def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
+    lora, tlora, _ = pair
+    assert main(["figures", str(lora.path), str(tlora.path), "--out", str(tmp_path / "figs"), "--no-base"]) == 0
+    assert (tmp_path / "figs" / "overview.png").exists() and (tmp_path / "figs" / "figures.json").exists()
+    assert main(["report", str(lora.path), str(tlora.path), "--out", str(tmp_path / "r.html"), "--no-base"]) == 0
+    assert main(["analyze", str(lora.path), str(tlora.path), "--out", str(tmp_path / "tables"), "--no-base"]) == 0
+    assert (tmp_path / "tables" / "similarity.csv").exists()
+    assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "single")]) == 0
+    assert sorted(p.name for p in (tmp_path / "single").iterdir()) == sorted(
+        f"{n}.csv" for n in ("spectra", "norms", "effective_rank", "weight_stats", "scales", "summary"))
+    assert main(["figures", str(tlora.path), str(lora.path), "--out", str(tmp_path / "x"), "--no-base"]) == 2
+    assert "takes a LoRA run and a TLoRA run" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_has_help(capsys):
+    import argparse
+
+    from tlora_analysis.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == {"train", "analyze", "figures", "report", "reproduce", "inspect", "export"}
+    for name, parser in subparsers.choices.items():
+        assert parser.description, name
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help and len(action.help) > 10, (name, action.dest)
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0 and "usage: tlora-analysis " + name in capsys.readouterr().out
+
+
+def test_python_dash_m_works():
+    result = subprocess.run([sys.executable, "-m", "tlora_analysis", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "reproduce" in result.stdout and "inspect" in result.stdout

@@ -1,0 +1,147 @@
+"""Figures beyond the paper: LoRA/TLoRA cosine, subspace similarity, effective rank, intruders, amplification."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from .style import DIVERGING, METHOD_COLORS, method_label
+
+
+def _modules(table: pd.DataFrame) -> list[str]:
+    return sorted(table["module"].unique())
+
+
+def cosine_similarity(similarity: pd.DataFrame):
+    """Top: layer x epoch heat maps of cos(ΔW_LoRA, ΔW_TLoRA). Bottom: the last epoch per layer with the
+    random-update baseline (95th percentile of |cos|) shaded, so "similar" has a scale."""
+    data = similarity[similarity.epoch > 0]
+    modules = _modules(data)
+    fig, axes = plt.subplots(2, len(modules), figsize=(3.9 * len(modules), 5.9), squeeze=False, layout="constrained")
+    limit = max(float(data.cosine.abs().max()), float(data.baseline_abs_q95.max()), 1e-6)
+    last = data.epoch.max()
+    for c, module in enumerate(modules):
+        grid = data[data.module == module].pivot(index="layer", columns="epoch", values="cosine")
+        ax = axes[0][c]
+        image = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap=DIVERGING, vmin=-limit, vmax=limit)
+        ax.set_xticks(range(grid.shape[1]), grid.columns)
+        ax.set_yticks(range(grid.shape[0]), grid.index)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("layer")
+        ax.set_title(f"{module}: cos(ΔW_LoRA, ΔW_TLoRA)")
+        ax.grid(False)
+        fig.colorbar(image, ax=ax, label="cosine")
+        ax = axes[1][c]
+        row = data[(data.module == module) & (data.epoch == last)].sort_values("layer")
+        ax.fill_between(row.layer, -row.baseline_abs_q95, row.baseline_abs_q95, color="0.85", label="random baseline (95% of |cos|)")
+        ax.plot(row.layer, row.cosine, "o-", color="k", ms=4, label=f"cosine at epoch {last}")
+        ax.axhline(0, color="0.5", lw=0.8)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("cosine")
+        ax.set_xticks(row.layer)
+    handles, labels = axes[1][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
+def subspace_similarity(subspace: pd.DataFrame, layers: list[int] | None = None):
+    """φ(i, j) heat maps between LoRA's and TLoRA's top singular subspaces at the last epoch, with the
+    random-subspace φ beside them for scale."""
+    modules = _modules(subspace)
+    all_layers = sorted(subspace.layer.unique())
+    layers = layers or sorted({all_layers[0], all_layers[len(all_layers) // 2], all_layers[-1]})
+    panels = [(m, l) for m in modules for l in layers] + [(modules[0], None)]
+    columns = min(4, len(panels))
+    rows = int(np.ceil(len(panels) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.9 * columns, 2.7 * rows), squeeze=False)
+    vmax = float(np.nanmax(subspace[["phi", "phi_random"]].to_numpy())) or 1.0
+    image = None
+    for ax, (module, layer) in zip(axes.flat, panels):
+        data = subspace[subspace.module == module]
+        if layer is None:
+            data = data[data.layer == data.layer.min()]
+            values, title = "phi_random", "random subspaces"
+        else:
+            data, values, title = data[data.layer == layer], "phi", f"{module}, layer {layer}"
+        grid = data.pivot(index="i", columns="j", values=values)
+        image = ax.imshow(grid.to_numpy(), origin="lower", cmap="magma", vmin=0, vmax=vmax,
+                          extent=(0.5, grid.shape[1] + 0.5, 0.5, grid.shape[0] + 0.5))
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("j (TLoRA directions)")
+        ax.set_ylabel("i (LoRA directions)")
+        ax.grid(False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.colorbar(image, ax=axes, label="φ(i, j)", shrink=0.8)
+    epoch = int(subspace.epoch.max())
+    fig.suptitle(f"Subspace similarity of the top left singular vectors, LoRA vs TLoRA, epoch {epoch}")
+    return fig
+
+
+def subspace_drift(subspace_epochs: pd.DataFrame):
+    """φ(k, k) between each epoch's top-k subspace and the last epoch's, averaged over layers: how early
+    each method settles on its directions."""
+    methods = sorted(subspace_epochs.run_a.unique())
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.9 * len(methods), 2.9), squeeze=False, sharey=True)
+    for ax, run in zip(axes[0], methods):
+        data = subspace_epochs[subspace_epochs.run_a == run]
+        for k in sorted({1, int(data.i.max()) // 2 or 1, int(data.i.max())}):
+            mean = data[data.i == k].groupby("epoch")["phi"].mean()
+            ax.plot(mean.index, mean.to_numpy(), "o-", ms=3, label=f"top {k}")
+        ax.set_title(f"{run}: φ(epoch, last epoch)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("φ(k, k), mean over layers")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def effective_rank(ranks: pd.DataFrame):
+    """Stable rank and entropy effective rank over epochs, mean over layers with the min–max band."""
+    data = ranks[ranks.epoch > 0]
+    measures = [("stable_rank", "stable rank ‖ΔW‖²_F / ‖ΔW‖²₂"), ("entropy_rank", "entropy effective rank")]
+    fig, axes = plt.subplots(1, 2, figsize=(7.8, 2.9), squeeze=False)
+    for ax, (column, label) in zip(axes[0], measures):
+        for (method, module), group in data.groupby(["method", "module"]):
+            stats = group.groupby("epoch")[column].agg(["mean", "min", "max"])
+            style = "-" if module == sorted(data.module.unique())[0] else "--"
+            ax.plot(stats.index, stats["mean"], style, marker="o", ms=3, color=METHOD_COLORS[method], label=f"{method_label(method)} · {module}")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=METHOD_COLORS[method], alpha=0.12)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+    axes[0][1].axhline(ranks["rank"].max(), color="0.5", lw=0.8, ls=":")
+    axes[0][1].set_ylim(0, ranks["rank"].max() * 1.12)
+    axes[0][1].text(data.epoch.min(), ranks["rank"].max(), " nominal rank r", va="bottom", fontsize=8, color="0.4")
+    axes[0][1].legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
+    """Left: intruder dimensions among the top-10 singular vectors of W0 + ΔW per layer at the last epoch.
+    Right: amplification factor ‖ΔW‖_F / ‖UᵀW0V‖_F per layer (LoRA paper §7.3)."""
+    last = counts.epoch.max()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), squeeze=False)
+    data = counts[counts.epoch == last]
+    labels = sorted(data[["module", "layer"]].drop_duplicates().itertuples(index=False))
+    x = np.arange(len(labels))
+    methods = sorted(data.method.unique())
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        values = [data[(data.method == method) & (data.module == m) & (data.layer == l)].intruders.sum() for m, l in labels]
+        axes[0][0].bar(x + k * width - 0.4 + width / 2, values, width, color=METHOD_COLORS[method], label=method_label(method))
+    axes[0][0].set_xticks(x, [f"{m[0]}{l}" for m, l in labels], fontsize=7)
+    axes[0][0].set_xlabel("module (q = query, v = value) and layer")
+    axes[0][0].set_ylabel("intruder dimensions (of top 10)")
+    axes[0][0].set_title(f"Intruder dimensions, epoch {last}")
+    axes[0][0].legend(fontsize=8)
+    amp = amplification[amplification.epoch == last]
+    for (method, module), group in amp.groupby(["method", "module"]):
+        style = "-" if module == sorted(amp.module.unique())[0] else "--"
+        axes[0][1].semilogy(group.layer, group.amplification, style, marker="o", ms=3, color=METHOD_COLORS[method], label=f"{method_label(method)} · {module}")
+    axes[0][1].set_xlabel("layer")
+    axes[0][1].set_ylabel("amplification ‖ΔW‖_F / ‖UᵀW₀V‖_F")
+    axes[0][1].set_title(f"Amplification, epoch {last}")
+    axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig

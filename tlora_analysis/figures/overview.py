@@ -1,0 +1,71 @@
+"""One sheet with the key panel of each analysis side by side."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from .style import METHOD_COLORS, method_label
+
+
+def overview(tables: Mapping[str, pd.DataFrame]):
+    """2 x 3 panels: mean norm over epochs, spectra at the last epoch, α by layer, B histogram,
+    cosine per layer with baseline, entropy rank over epochs."""
+    fig, axes = plt.subplots(2, 3, figsize=(12.5, 6.8))
+    norms, spectra, scales = tables["norms"], tables["spectra"], tables["scales"]
+    last = int(norms.groupby("method").epoch.max().min())
+
+    ax = axes[0][0]
+    for method, group in norms.groupby("method"):
+        mean = group.groupby("epoch").frobenius.mean()
+        ax.plot(mean.index, mean.to_numpy(), "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
+    ax.set(title="Mean ‖ΔW‖_F over layers", xlabel="epoch", ylabel="‖ΔW‖_F", ylim=(0, None))
+    ax.legend()
+
+    ax = axes[0][1]
+    data = spectra[spectra.epoch == last]
+    for method, group in data.groupby("method"):
+        normalized = group.groupby("name").singular_value.transform(lambda s: s / s.max())
+        stats = normalized.groupby(group["index"]).agg(["mean", "min", "max"])
+        ax.semilogy(stats.index, stats["mean"], "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=METHOD_COLORS[method], alpha=0.15)
+    ax.set(title=f"Normalized spectra σᵢ/σ₁, epoch {last}", xlabel="index i", ylabel="σᵢ / σ₁")
+    ax.legend()
+
+    ax = axes[0][2]
+    for module, group in scales[scales.epoch == last].groupby("module"):
+        ax.plot(group.layer, group.alpha, "o-", ms=4, label=module)
+    ax.set(title=f"TLoRA α by layer, epoch {last}", xlabel="layer", ylabel="α")
+    ax.legend()
+
+    ax = axes[1][0]
+    hist, stats = tables["weight_histograms"], tables["weight_stats"]
+    h = hist[(hist.method == "tlora") & (hist.matrix == "B") & (hist.epoch == last)]
+    module = sorted(h.module.unique())[0]
+    h = h[h.module == module]
+    ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=METHOD_COLORS["tlora"], alpha=0.6)
+    ax.plot((h.left + h.right) / 2, h.normal_density, "k-", lw=1.2)
+    s = stats[(stats.method == "tlora") & (stats.matrix == "B") & (stats.epoch == last) & (stats.module == module)].iloc[0]
+    ax.set(title=f"TLoRA B entries ({module}), epoch {last}", xlabel="entry value", ylabel="density")
+    ax.text(0.02, 0.95, f"skew {s.skewness:.2f}\nex. kurt {s.excess_kurtosis:.2f}", transform=ax.transAxes, va="top", fontsize=8)
+
+    ax = axes[1][1]
+    sim = tables["similarity"]
+    sim = sim[sim.epoch == last]
+    for module, group in sim.groupby("module"):
+        ax.plot(group.layer, group.cosine, "o-", ms=4, label=f"cosine · {module}")
+    ax.fill_between(sorted(sim.layer.unique()), -sim.baseline_abs_q95.max(), sim.baseline_abs_q95.max(), color="0.85", label="random baseline")
+    ax.set(title=f"cos(ΔW_LoRA, ΔW_TLoRA), epoch {last}", xlabel="layer", ylabel="cosine")
+    ax.legend(fontsize=8)
+
+    ax = axes[1][2]
+    ranks = tables["effective_rank"]
+    for method, group in ranks[ranks.epoch > 0].groupby("method"):
+        mean = group.groupby("epoch").entropy_rank.mean()
+        ax.plot(mean.index, mean.to_numpy(), "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
+    ax.set(title="Entropy effective rank (mean over layers)", xlabel="epoch", ylabel="effective rank", ylim=(0, None))
+    ax.legend()
+    fig.suptitle("LoRA vs TLoRA: adaptation dynamics at a glance", fontsize=13)
+    return fig

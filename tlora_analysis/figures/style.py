@@ -1,0 +1,69 @@
+"""One style for every figure: fonts, colour-blind-safe colours (Okabe–Ito), saving as PNG and PDF."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+from matplotlib import cm, colors, ticker
+
+METHOD_COLORS = {"lora": "#0072B2", "tlora": "#D55E00", "head": "#7F7F7F"}  # Okabe–Ito blue, vermillion
+METHOD_LABELS = {"lora": "LoRA", "tlora": "TLoRA", "head": "head only"}
+SEQUENTIAL = "viridis"  # layers and epochs
+DIVERGING = "RdBu_r"  # signed similarities
+DPI = 150
+
+RC = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.constrained_layout.use": True,
+    "savefig.dpi": DPI,
+}
+
+
+@contextmanager
+def style():
+    """Apply the package's style inside a ``with`` block, leaving the caller's settings alone."""
+    with sns.axes_style("whitegrid"), plt.rc_context(RC):
+        yield
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def sequential_colors(values) -> tuple[dict, cm.ScalarMappable]:
+    """A colour per value (layer or epoch) and the mappable for its colour bar."""
+    values = sorted(set(values))
+    norm = colors.Normalize(vmin=min(values), vmax=max(values) if max(values) > min(values) else min(values) + 1)
+    mappable = cm.ScalarMappable(norm=norm, cmap=SEQUENTIAL)
+    return {v: mappable.to_rgba(v) for v in values}, mappable
+
+
+def integer_epochs(fig) -> None:
+    """Epochs and layers are integers: no 1.5 ticks on any axis labelled with them."""
+    for ax in fig.axes:
+        if ax.get_xlabel() in ("epoch", "layer"):
+            ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        if hasattr(ax, "_colorbar") and ax.get_ylabel() in ("epoch", "layer"):
+            ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
+def save(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """Write ``name.png`` (150 dpi) and ``name.pdf``, close the figure and return both paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    integer_epochs(fig)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for path in paths:
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return paths
