@@ -65,17 +65,24 @@ class FactoredDelta:
         return self.left.to(dtype) @ self.core.to(dtype) @ self.right.to(dtype)
 
     # ------------------------------------------------------------ algebra
-    def _factors64(self) -> tuple[Tensor, Tensor, Tensor]:
-        return tuple(t.detach().to(dtype=torch.float64) for t in (self.left, self.core, self.right))  # type: ignore[return-value]
-
     @cached_property
     def _svd(self) -> tuple[Tensor, Tensor, Tensor]:
-        left, core, right = self._factors64()
-        q_left, r_left = torch.linalg.qr(left)  # reduced: (d_out, m), (m, r)
-        q_right, r_right = torch.linalg.qr(right.T)  # (d_in, n), (n, r')
-        small = r_left @ core @ r_right.T
+        q_left, r_left = torch.linalg.qr(_float64(self.left))  # reduced: (d_out, m), (m, r)
+        q_right, r_right = torch.linalg.qr(_float64(self.right).T)  # (d_in, n), (n, r')
+        small = r_left @ _float64(self.core) @ r_right.T
         u_small, s, vh_small = torch.linalg.svd(small, full_matrices=False)
         return q_left @ u_small, s, q_right @ vh_small.T
+
+    @cached_property
+    def _values(self) -> Tensor:
+        # Values alone need only the triangular factors: mode="r" skips forming Q, about half
+        # the QR's cost, and svdvals skips the small singular vectors.
+        # One outer factor at a time, so only one float64 copy of a d x r matrix is alive.
+        if "_svd" in self.__dict__:
+            return self._svd[1]
+        r_left = torch.linalg.qr(_float64(self.left), mode="r")[1]
+        r_right = torch.linalg.qr(_float64(self.right).T, mode="r")[1]
+        return torch.linalg.svdvals(r_left @ _float64(self.core) @ r_right.T)
 
     def svd(self) -> tuple[Tensor, Tensor, Tensor]:
         """Thin SVD ``(U, S, V)`` with ΔW = U diag(S) Vᵀ; U is d_out x k, V is d_in x k (float64)."""
@@ -83,7 +90,7 @@ class FactoredDelta:
 
     def singular_values(self) -> Tensor:
         """Singular values of ΔW in descending order (float64, length = rank)."""
-        return self._svd[1]
+        return self._values
 
     def top_singular_vectors(self, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """The top-k left vectors, singular values and right vectors (all of them if k is None)."""
@@ -129,9 +136,9 @@ def inner(a: FactoredDelta, b: FactoredDelta) -> float:
     """
     if a.shape != b.shape:
         raise ValueError(f"cannot compare updates of shapes {a.shape} and {b.shape}")
-    la, ka, ra = a._factors64()
-    lb, kb, rb = b._factors64()
-    return float(torch.trace(ka.T @ (la.T @ lb) @ kb @ (rb @ ra.T)))
+    left_gram = _gram(a.left, b.left)  # L_aᵀ L_b
+    right_gram = _gram(b.right.T, a.right.T)  # R_b R_aᵀ
+    return float(torch.trace(_float64(a.core).T @ left_gram @ _float64(b.core) @ right_gram))
 
 
 def cosine_similarity(a: FactoredDelta, b: FactoredDelta) -> float:
@@ -144,6 +151,19 @@ def cosine_similarity(a: FactoredDelta, b: FactoredDelta) -> float:
     if norm_a == 0.0 or norm_b == 0.0:
         return math.nan
     return inner(a, b) / (norm_a * norm_b)
+
+
+def _float64(tensor: Tensor) -> Tensor:
+    return tensor.detach().to(torch.float64)
+
+
+def _gram(x: Tensor, y: Tensor, block: int = 1024) -> Tensor:
+    """xᵀy accumulated in float64 a block of rows at a time: exact as a float64 product, without
+    holding float64 copies of two d x r factors."""
+    out = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], block):
+        out += _float64(x[start : start + block]).T @ _float64(y[start : start + block])
+    return out
 
 
 def _describe(value: object) -> str:
