@@ -57,16 +57,21 @@ def update_similarity(
 
     ``baseline_abs_mean`` and ``baseline_abs_q95`` are the mean and 95th percentile of
     |cos(ΔW_b, R)| over ``baseline_samples`` independent random updates R of ΔW_a's rank
-    and shape: a cosine well above them is more alike than chance. The cosine is NaN where
+    and shape: a cosine well above them is more alike than chance. Gaussian R is rotation
+    invariant, so the R are drawn once per (shape, rank) and shared by all layers of that
+    shape (drawing them per layer dominated the cost at 70B shapes). The cosine is NaN where
     either update is zero (epoch 0), since a zero update has no direction.
     """
     run_a, run_b = as_source(run_a), as_source(run_b)
     generator = torch.Generator().manual_seed(seed)
-    rows, baselines = [], {}
+    rows, baselines, random_updates = [], {}, {}
     for epoch, name, a, b in _matched(run_a, run_b, epochs):
         module, layer = module_and_layer(name)
         if name not in baselines or math.isnan(baselines[name][0]):
-            samples = np.abs([cosine_similarity(random_like(a, generator), b) for _ in range(baseline_samples)])
+            key = (a.shape, a.rank)
+            if key not in random_updates:
+                random_updates[key] = [random_like(a, generator) for _ in range(baseline_samples)]
+            samples = np.abs([cosine_similarity(r, b) for r in random_updates[key]])
             baselines[name] = (float(samples.mean()), float(np.quantile(samples, 0.95))) if baseline_samples else (math.nan, math.nan)
         rows.append({
             "run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
