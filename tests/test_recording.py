@@ -55,7 +55,7 @@ def test_plain_loop_snapshots_reload_to_the_live_deltas(tmp_path, tiny_model_dir
     assert all(v > 0 for v in run.record(1)["grad_norm_rms"].values())
     scales = run.scales(2)
     if method == "tlora":
-        assert scales == {n: pytest.approx(float(l.tlora_alpha)) for n, l in adapter_layers(model).items()}
+        assert scales == {n: pytest.approx(l.tlora_alpha.item()) for n, l in adapter_layers(model).items()}
         assert set(next(iter(run.trainable(2).values()))) == {"B"}
         assert not (tmp_path / "run" / "frozen.safetensors").exists()  # regenerated from seeds
     else:
@@ -184,3 +184,24 @@ def test_train_refuses_to_overwrite_a_run(tmp_path, tiny_model_dir):
     with pytest.raises(InputError, match="already holds a run"):
         train(small_config(model=tiny_model_dir, epochs=1), tmp_path / "r", progress=False, log=lambda _: None)
     assert (tmp_path / "r" / "run.json").read_bytes() == before
+
+
+def test_recorded_gradient_norms_match_the_gradients(tmp_path, tiny_model_dir):
+    """grad_norm_rms is √(mean over steps of Σ_params ‖grad‖²) per layer, checked against p.grad."""
+    model = inject_adapters(load_model(tiny_model_dir), "lora", 4, ["query", "value"], seed=2)
+    with torch.no_grad():
+        for layer in adapter_layers(model).values():
+            layer.lora_B.normal_(0, 0.1)  # so that A gets gradients too
+    recorder = DeltaRecorder(model, tmp_path / "run", record_grad_norms=True)
+    batch = load_tokenizer(tiny_model_dir)(SENTENCES, padding=True, return_tensors="pt")
+    expected = {name: 0.0 for name in adapter_layers(model)}
+    for step in range(3):
+        loss = model(**batch, labels=torch.tensor(LABELS)).loss * (step + 1)
+        loss.backward()
+        for name, layer in adapter_layers(model).items():
+            expected[name] += float(layer.lora_A.grad.norm() ** 2 + layer.lora_B.grad.norm() ** 2)
+        model.zero_grad(set_to_none=True)
+    recorder.snapshot(1)
+    recorded = load_run(tmp_path / "run").record(1)["grad_norm_rms"]
+    for name, total in expected.items():
+        assert recorded[name] == pytest.approx((total / 3) ** 0.5, rel=1e-5)
