@@ -19,7 +19,7 @@ from .analysis import module_and_layer, rank_measures
 from .errors import InputError
 from .factored import FactoredDelta
 from .models import load_model, resolve_model
-from .sources import PICKLE_SUFFIXES, open_updates, refuse_pickle
+from .sources import PICKLE_SUFFIXES, SingleState, open_updates, refuse_pickle
 from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, load_run, read_json, read_tensors
 
 __all__ = ["inspect", "inspect_totals", "FullFineTune", "export", "load_exported", "TLORA_ADAPTER_FORMAT"]
@@ -28,7 +28,7 @@ TLORA_ADAPTER_FORMAT = "tlora-analysis-adapter"
 TOP_SINGULAR_VALUES = 4
 
 
-class FullFineTune:
+class FullFineTune(SingleState):
     """A fully fine-tuned model directory read against its base: ΔW = W_ft − W0 for every 2-D weight that changed.
 
     Embedding matrices are skipped (they are lookups, not linear maps). ``max_rank``
@@ -57,15 +57,8 @@ class FullFineTune:
             raise InputError(f"{self.path}: no 2-D weight differs from base model {base!r} (is it the right base?)")
         self.layers = {name: {"shape": list(d.shape), "rank": d.rank} for name, d in self._deltas.items()}
 
-    @property
-    def epochs(self) -> list[int]:
-        return [0]
-
-    @property
-    def metrics(self) -> dict:
-        return {0: {}}
-
     def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
+        self._check(epoch)
         return self._deltas
 
 

@@ -21,7 +21,7 @@ from .errors import InputError
 from .factored import FactoredDelta
 from .store import Run, check_finite, read_json, read_tensors, require
 
-__all__ = ["open_updates", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle"]
+__all__ = ["open_updates", "SingleState", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle"]
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -69,7 +69,25 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
-class PeftAdapter:
+class SingleState:
+    """A source that holds one state, not a training history: it reports it as epoch 0."""
+
+    path: Path
+
+    @property
+    def epochs(self) -> list[int]:
+        return [0]
+
+    @property
+    def metrics(self) -> dict:
+        return {0: {}}
+
+    def _check(self, epoch: int) -> None:
+        if epoch != 0:
+            raise InputError(f"{self.path}: holds one state (epoch 0), not epoch {epoch}")
+
+
+class PeftAdapter(SingleState):
     """A PEFT LoRA adapter directory as a one-epoch source (epoch 0 = the saved state).
 
     Scaling per module follows peft: ``lora_alpha / r`` (or ``/ √r`` with ``use_rslora``),
@@ -130,18 +148,6 @@ class PeftAdapter:
 
     def __repr__(self) -> str:
         return f"PeftAdapter({str(self.path)!r}, layers={len(self.layers)})"
-
-    @property
-    def epochs(self) -> list[int]:
-        return [0]
-
-    @property
-    def metrics(self) -> dict:
-        return {0: {}}
-
-    def _check(self, epoch: int) -> None:
-        if epoch != 0:
-            raise InputError(f"{self.path}: a PEFT adapter holds one state (epoch 0), not epoch {epoch}")
 
     def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
         self._check(epoch)

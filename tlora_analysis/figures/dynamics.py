@@ -6,11 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import METHOD_COLORS, method_label, sequential_colors
-
-
-def _modules(table: pd.DataFrame) -> list[str]:
-    return sorted(table["module"].unique())
+from .style import METHOD_COLORS, layer_epoch_heatmap, method_label, modules_of, sequential_colors
 
 
 def _pick_layers(table: pd.DataFrame, count: int = 3) -> list[int]:
@@ -23,7 +19,7 @@ def spectra_comparison(spectra: pd.DataFrame, layers: list[int] | None = None):
     last = spectra.groupby("method")["epoch"].max().min()
     data = spectra[spectra.epoch == last]
     layers = layers or _pick_layers(data)
-    modules = _modules(data)
+    modules = modules_of(data)
     fig, axes = plt.subplots(len(modules), len(layers), figsize=(3.2 * len(layers), 2.6 * len(modules)), squeeze=False, sharey=True)
     for r, module in enumerate(modules):
         for c, layer in enumerate(layers):
@@ -44,7 +40,7 @@ def spectra_evolution(spectra: pd.DataFrame, layer: int | None = None):
     data = spectra[spectra.epoch > 0]
     layer = _pick_layers(data, 1)[0] if layer is None else layer
     data = data[data.layer == layer]
-    methods, modules = sorted(data.method.unique()), _modules(data)
+    methods, modules = sorted(data.method.unique()), modules_of(data)
     epoch_colors, mappable = sequential_colors(data.epoch)
     fig, axes = plt.subplots(len(methods), len(modules), figsize=(3.6 * len(modules), 2.7 * len(methods)), squeeze=False, sharex=True)
     for r, method in enumerate(methods):
@@ -61,7 +57,7 @@ def spectra_evolution(spectra: pd.DataFrame, layer: int | None = None):
 
 def norms_over_epochs(norms: pd.DataFrame):
     """‖ΔW‖_F per layer over epochs (colour = layer), one panel per method and module, shared y scale per method."""
-    methods, modules = sorted(norms.method.unique()), _modules(norms)
+    methods, modules = sorted(norms.method.unique()), modules_of(norms)
     layer_colors, mappable = sequential_colors(norms.layer)
     fig, axes = plt.subplots(len(methods), len(modules), figsize=(3.6 * len(modules), 2.7 * len(methods)), squeeze=False, sharex=True)
     for r, method in enumerate(methods):
@@ -81,26 +77,18 @@ def norms_over_epochs(norms: pd.DataFrame):
 
 def norm_heatmaps(norms: pd.DataFrame):
     """Layer x epoch heat maps of ‖ΔW‖_F, one per method and module (each with its own colour bar)."""
-    methods, modules = sorted(norms.method.unique()), _modules(norms)
+    methods, modules = sorted(norms.method.unique()), modules_of(norms)
     fig, axes = plt.subplots(len(methods), len(modules), figsize=(3.6 * len(modules), 2.8 * len(methods)), squeeze=False)
     for r, method in enumerate(methods):
         for c, module in enumerate(modules):
-            ax = axes[r][c]
             grid = norms[(norms.method == method) & (norms.module == module)].pivot(index="layer", columns="epoch", values="frobenius")
-            image = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap="viridis")
-            ax.set_xticks(range(grid.shape[1]), grid.columns)
-            ax.set_yticks(range(grid.shape[0]), grid.index)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("layer")
-            ax.set_title(f"{method_label(method)} · {module}")
-            ax.grid(False)
-            fig.colorbar(image, ax=ax, label="‖ΔW‖_F")
+            layer_epoch_heatmap(fig, axes[r][c], grid, cmap="viridis", label="‖ΔW‖_F", title=f"{method_label(method)} · {module}")
     return fig
 
 
 def scales_by_layer(scales: pd.DataFrame):
     """TLoRA's α per layer, one line per epoch (colour = epoch), one panel per module; CV in the title."""
-    modules = _modules(scales)
+    modules = modules_of(scales)
     epoch_colors, mappable = sequential_colors(scales.epoch)
     fig, axes = plt.subplots(1, len(modules), figsize=(3.8 * len(modules), 2.9), squeeze=False, sharey=True)
     last = scales.epoch.max()

@@ -6,32 +6,21 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import DIVERGING, METHOD_COLORS, method_label
-
-
-def _modules(table: pd.DataFrame) -> list[str]:
-    return sorted(table["module"].unique())
+from .style import DIVERGING, METHOD_COLORS, layer_epoch_heatmap, method_label, modules_of
 
 
 def cosine_similarity(similarity: pd.DataFrame):
     """Top: layer x epoch heat maps of cos(ΔW_LoRA, ΔW_TLoRA). Bottom: the last epoch per layer with the
     random-update baseline (95th percentile of |cos|) shaded, so "similar" has a scale."""
     data = similarity[similarity.epoch > 0]
-    modules = _modules(data)
+    modules = modules_of(data)
     fig, axes = plt.subplots(2, len(modules), figsize=(3.9 * len(modules), 5.9), squeeze=False, layout="constrained")
     limit = max(float(data.cosine.abs().max()), float(data.baseline_abs_q95.max()), 1e-6)
     last = data.epoch.max()
     for c, module in enumerate(modules):
         grid = data[data.module == module].pivot(index="layer", columns="epoch", values="cosine")
-        ax = axes[0][c]
-        image = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap=DIVERGING, vmin=-limit, vmax=limit)
-        ax.set_xticks(range(grid.shape[1]), grid.columns)
-        ax.set_yticks(range(grid.shape[0]), grid.index)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("layer")
-        ax.set_title(f"{module}: cos(ΔW_LoRA, ΔW_TLoRA)")
-        ax.grid(False)
-        fig.colorbar(image, ax=ax, label="cosine")
+        layer_epoch_heatmap(fig, axes[0][c], grid, cmap=DIVERGING, label="cosine", title=f"{module}: cos(ΔW_LoRA, ΔW_TLoRA)",
+                            vmin=-limit, vmax=limit)
         ax = axes[1][c]
         row = data[(data.module == module) & (data.epoch == last)].sort_values("layer")
         ax.fill_between(row.layer, -row.baseline_abs_q95, row.baseline_abs_q95, color="0.85", label="random baseline (95% of |cos|)")
@@ -48,7 +37,7 @@ def cosine_similarity(similarity: pd.DataFrame):
 def subspace_similarity(subspace: pd.DataFrame, layers: list[int] | None = None):
     """φ(i, j) heat maps between LoRA's and TLoRA's top singular subspaces at the last epoch, with the
     random-subspace φ beside them for scale."""
-    modules = _modules(subspace)
+    modules = modules_of(subspace)
     all_layers = sorted(subspace.layer.unique())
     layers = layers or sorted({all_layers[0], all_layers[len(all_layers) // 2], all_layers[-1]})
     panels = [(m, l) for m in modules for l in layers] + [(modules[0], None)]

@@ -48,6 +48,23 @@ def sequential_colors(values) -> tuple[dict, cm.ScalarMappable]:
     return {v: mappable.to_rgba(v) for v in values}, mappable
 
 
+def modules_of(table) -> list[str]:
+    """The adapted module names (query, value, ...) of a table, in a stable order."""
+    return sorted(table["module"].unique())
+
+
+def layer_epoch_heatmap(fig, ax, grid, *, cmap: str, label: str, title: str, **limits) -> None:
+    """A layer x epoch table (``DataFrame.pivot(index="layer", columns="epoch")``) as a heat map with its colour bar."""
+    image = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap=cmap, **limits)
+    ax.set_xticks(range(grid.shape[1]), grid.columns)
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label=label)
+
+
 def integer_epochs(fig) -> None:
     """Epochs and layers are integers: no 1.5 ticks on any axis labelled with them."""
     for ax in fig.axes:
