@@ -205,3 +205,15 @@ def test_recorded_gradient_norms_match_the_gradients(tmp_path, tiny_model_dir):
     recorded = load_run(tmp_path / "run").record(1)["grad_norm_rms"]
     for name, total in expected.items():
         assert recorded[name] == pytest.approx((total / 3) ** 0.5, rel=1e-5)
+
+
+def test_cli_resume_extends_a_finished_run(tmp_path, tiny_model_dir):
+    from tlora_analysis.cli import main
+
+    args = ["--model", tiny_model_dir, "--max-train-samples", "32", "--max-eval-samples", "16", "--batch-size", "16",
+            "--max-length", "24", "--no-progress"]
+    assert main(["train", "--method", "lora", "--epochs", "1", "--out", str(tmp_path / "r"), *args]) == 0
+    assert load_run(tmp_path / "r").epochs == [0, 1]
+    assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
+    assert load_run(tmp_path / "r").epochs == [0, 1, 2]
+    assert load_run(tmp_path / "r").meta["config"]["epochs"] == 2

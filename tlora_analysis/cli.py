@@ -30,7 +30,7 @@ def _add_train(sub) -> None:
     p.add_argument("--rank", type=int, default=8, help="adapter rank r (default 8)")
     p.add_argument("--alpha", type=float, default=None, help="LoRA: lora_alpha (default r, scaling 1); TLoRA: initial α (default 1)")
     p.add_argument("--targets", nargs="+", default=["query", "value"], help="module name suffixes to adapt (default: query value)")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; with --resume: train up to this many)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default per method: {DEFAULT_LR})")
     p.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
     p.add_argument("--max-length", type=int, default=64, help="maximum tokens per example (default 64)")
@@ -50,13 +50,13 @@ def _cmd_train(args) -> int:
     from .training import TrainConfig, resume, train
 
     if args.resume:
-        resume(args.resume, epochs=args.epochs if "--epochs" in sys.argv else None, progress=not args.no_progress)
+        resume(args.resume, epochs=args.epochs, progress=not args.no_progress)
         return 0
     if not args.method or not args.out:
         raise InputError("train needs --method and --out (or --resume RUN_DIR)")
     config = TrainConfig(
         method=args.method, task=args.task, model=args.model, rank=args.rank, alpha=args.alpha, targets=args.targets,
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
+        epochs=TrainConfig.epochs if args.epochs is None else args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
         max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=args.seed,
         device=args.device, data_dir=args.data_dir, record_grad_norms=not args.no_grad_norms,
     )

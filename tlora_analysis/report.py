@@ -39,7 +39,7 @@ def _claims_table(claims: pd.DataFrame) -> str:
 def _settings(runs: Sequence) -> str:
     keys = ["method", "task", "model", "rank", "targets", "seed"]
     frame = pd.DataFrame([{**{k: run.meta.get(k) for k in keys}, **run.meta.get("config", {}), "run": str(run.path)} for run in runs])
-    return frame.drop(columns=[c for c in ("record_grad_norms",) if c in frame]).T.to_html(header=False, na_rep="")
+    return frame.T.to_html(header=False, na_rep="")
 
 
 def _metrics(runs: Sequence) -> str:

@@ -7,6 +7,7 @@ training again); an unfinished run is resumed.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,8 +34,6 @@ def _train_or_reuse(config: TrainConfig, run_dir: Path, retrain: bool, progress:
                 return load_run(run_dir)
             return resume(run_dir, progress=progress, log=log)
     if run_dir.exists():
-        import shutil
-
         shutil.rmtree(run_dir)
     return train(config, run_dir, progress=progress, log=log)
 

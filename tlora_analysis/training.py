@@ -190,6 +190,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
     step, start_epoch = 0, 0
     if resume and recorder.finished_epochs:
+        recorder.writer.update(config=asdict(config))  # --epochs may have extended the run
         start_epoch = max(recorder.finished_epochs)
         if start_epoch > 0:
             step = _load_resume_state(out_dir, start_epoch, model, optimizer)
@@ -231,7 +232,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Run:
-    """Continue a run from its last finished epoch, with the configuration stored in its run.json."""
+    """Continue a run from its last finished epoch, with the configuration stored in its run.json.
+
+    Resuming with the same ``epochs`` reproduces the uninterrupted run exactly. A larger
+    ``epochs`` extends it: the learning-rate schedule is then stretched over the new total
+    from the step reached, so the result differs from a run planned that long from the start.
+    """
     meta = read_json(Path(run_dir) / "run.json", "run.json")
     if "config" not in meta:
         raise InputError(f"{Path(run_dir) / 'run.json'}: has no 'config' (not written by tlora-analysis train), cannot resume")
