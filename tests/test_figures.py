@@ -66,7 +66,9 @@ def test_claims_and_report(tmp_path, pair):
 def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
     lora, tlora, _ = pair
     assert main(["figures", str(lora.path), str(tlora.path), "--out", str(tmp_path / "figs"), "--no-base"]) == 0
-    assert (tmp_path / "figs" / "overview.png").exists() and (tmp_path / "figs" / "figures.json").exists()
+    assert (tmp_path / "figs" / "overview.png").exists()
+    settings = json.loads((tmp_path / "figs" / "figures.json").read_text())["settings"]
+    assert settings["base"] is None and settings["histogram_bins"] == 40 and settings["intruder_epsilon"] == 0.5
     assert main(["report", str(lora.path), str(tlora.path), "--out", str(tmp_path / "r.html"), "--no-base"]) == 0
     assert main(["analyze", str(lora.path), str(tlora.path), "--out", str(tmp_path / "tables"), "--no-base"]) == 0
     assert (tmp_path / "tables" / "similarity.csv").exists()

@@ -133,11 +133,12 @@ def _add_figures(sub) -> None:
 
 
 def _cmd_figures(args) -> int:
+    from .analysis.compare import SETTINGS
     from .figures import render_all
 
     lora, tlora, tables = _compare(args)
-    entries = render_all(tables, args.out, sources={"lora": str(lora.path), "tlora": str(tlora.path)},
-                         settings={"base": None if args.no_base else (args.base or lora.meta.get("model"))})
+    base = None if args.no_base else (args.base or lora.meta.get("model"))
+    entries = render_all(tables, args.out, sources={"lora": str(lora.path), "tlora": str(tlora.path)}, settings={"base": base, **SETTINGS})
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
     return 0
 

@@ -16,6 +16,7 @@ from typing import Callable
 import pandas as pd
 
 from .analysis import compare_runs
+from .analysis.compare import SETTINGS
 from .figures import render_all
 from .models import base_weights
 from .report import write_report
@@ -63,7 +64,7 @@ def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduc
     tables = compare_runs(lora, tlora, weights)
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")
-    settings = {"epochs": epochs, "seed": seed, "histogram_bins": 40, "baseline_samples": 32, "intruder_k": 10, "intruder_epsilon": 0.5}
+    settings = {"epochs": epochs, "seed": seed, **SETTINGS}
     render_all(tables, out, sources={m: str(r.path) for m, r in runs.items()}, settings=settings)
     write_report(tables, [lora, tlora], out / "report.html", figure_dir=out)
     results = {

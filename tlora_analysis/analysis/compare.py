@@ -19,13 +19,17 @@ from .spectra import effective_rank, spectra
 from .summary import summary
 
 
+SETTINGS = {"histogram_bins": 40, "baseline_samples": 32, "intruder_k": 10, "intruder_epsilon": 0.5, "energy_rank": 0.9}
+"""What :func:`compare_runs` computes with; figures.json records it next to the figures."""
+
+
 def compare_runs(
     lora: UpdateSource,
     tlora: UpdateSource,
     base_weights: Mapping[str, torch.Tensor] | None = None,
     *,
-    bins: int = 40,
-    baseline_samples: int = 32,
+    bins: int = SETTINGS["histogram_bins"],
+    baseline_samples: int = SETTINGS["baseline_samples"],
 ) -> dict[str, pd.DataFrame]:
     """Every analysis table for one LoRA run and one TLoRA run of the same model and targets.
 
@@ -41,7 +45,7 @@ def compare_runs(
     tables = {
         "spectra": pd.concat([spectra(r) for r in both], ignore_index=True),
         "norms": pd.concat([norms(r) for r in both], ignore_index=True),
-        "effective_rank": pd.concat([effective_rank(r) for r in both], ignore_index=True),
+        "effective_rank": pd.concat([effective_rank(r, energy=SETTINGS["energy_rank"]) for r in both], ignore_index=True),
         "scales": scales(tlora),
         "weight_stats": pd.concat([weight_distributions(r, pool=True) for r in both], ignore_index=True),
         "weight_histograms": pd.concat([weight_histograms(r, bins=bins, pool=True) for r in both], ignore_index=True),
@@ -55,7 +59,10 @@ def compare_runs(
     }
     if base_weights is not None:
         tables["amplification"] = pd.concat([amplification(r, base_weights) for r in both], ignore_index=True)
-        intruders = pd.concat([intruder_dimensions(r, base_weights) for r in both], ignore_index=True)
+        intruders = pd.concat(
+            [intruder_dimensions(r, base_weights, k=SETTINGS["intruder_k"], epsilon=SETTINGS["intruder_epsilon"]) for r in both],
+            ignore_index=True,
+        )
         tables["intruders"] = intruders
         tables["intruder_counts"] = intruder_counts(intruders)
     return tables
