@@ -81,6 +81,8 @@ def save(fig, out_dir: str | Path, name: str) -> list[Path]:
     integer_epochs(fig)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+        # No creation date in PDFs: regenerating unchanged figures leaves the files byte-identical.
+        metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
     return paths
