@@ -69,7 +69,7 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
         "<code>tlora_analysis.analysis</code>. Claims are checked at the last epoch both runs share "
         f"(epoch {int(claims.epoch.iloc[0])}).</p>",
         "<h2>The paper's claims, checked on these runs</h2>", _claims_table(claims),
-        "<h2>Summary</h2>", tables["summary"].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""),
+        "<h2>Summary</h2>", tables["summary"].set_index("run").T.to_html(float_format=lambda v: f"{v:.4g}", na_rep=""),
         "<h2>Metrics per epoch</h2>", _metrics(runs),
         "<h2>Figures</h2>", *figures,
         "<h2>Run settings</h2>", _settings(runs),

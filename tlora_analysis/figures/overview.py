@@ -7,7 +7,7 @@ from typing import Mapping
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .style import METHOD_COLORS, method_label
+from .style import METHOD_COLORS, method_label, module_color, modules_of
 
 
 def overview(tables: Mapping[str, pd.DataFrame]):
@@ -35,8 +35,9 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     ax.legend()
 
     ax = axes[0][2]
+    modules = modules_of(scales)
     for module, group in scales[scales.epoch == last].groupby("module"):
-        ax.plot(group.layer, group.alpha, "o-", ms=4, label=module)
+        ax.plot(group.layer, group.alpha, "o-", ms=4, color=module_color(module, modules), label=module)
     ax.set(title=f"TLoRA α by layer, epoch {last}", xlabel="layer", ylabel="α")
     ax.legend()
 
@@ -55,10 +56,10 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     sim = tables["similarity"]
     sim = sim[sim.epoch == last]
     for module, group in sim.groupby("module"):
-        ax.plot(group.layer, group.cosine, "o-", ms=4, label=f"cosine · {module}")
+        ax.plot(group.layer, group.cosine, "o-", ms=4, color=module_color(module, modules_of(sim)), label=f"cosine · {module}")
     ax.fill_between(sorted(sim.layer.unique()), -sim.baseline_abs_q95.max(), sim.baseline_abs_q95.max(), color="0.85", label="random baseline")
     ax.set(title=f"cos(ΔW_LoRA, ΔW_TLoRA), epoch {last}", xlabel="layer", ylabel="cosine")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, frameon=False)
 
     ax = axes[1][2]
     ranks = tables["effective_rank"]

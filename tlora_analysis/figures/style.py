@@ -11,6 +11,8 @@ from matplotlib import cm, colors, ticker
 
 METHOD_COLORS = {"lora": "#0072B2", "tlora": "#D55E00", "head": "#7F7F7F"}  # Okabe–Ito blue, vermillion
 METHOD_LABELS = {"lora": "LoRA", "tlora": "TLoRA", "head": "head only"}
+# Modules (query, value, ...) get other Okabe–Ito colours, so blue and vermillion always mean the methods.
+MODULE_PALETTE = ["#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 SEQUENTIAL = "viridis"  # layers and epochs
 DIVERGING = "RdBu_r"  # signed similarities
 DPI = 150
@@ -46,6 +48,10 @@ def sequential_colors(values) -> tuple[dict, cm.ScalarMappable]:
     norm = colors.Normalize(vmin=min(values), vmax=max(values) if max(values) > min(values) else min(values) + 1)
     mappable = cm.ScalarMappable(norm=norm, cmap=SEQUENTIAL)
     return {v: mappable.to_rgba(v) for v in values}, mappable
+
+
+def module_color(module: str, modules: list[str]) -> str:
+    return MODULE_PALETTE[modules.index(module) % len(MODULE_PALETTE)]
 
 
 def modules_of(table) -> list[str]:
