@@ -19,7 +19,7 @@ from .analysis import module_and_layer, rank_measures
 from .errors import InputError
 from .factored import FactoredDelta
 from .models import load_model, resolve_model
-from .sources import PICKLE_SUFFIXES, SingleState, open_updates, refuse_pickle
+from .sources import SingleState, open_updates, refuse_pickle, refuse_pickled_files
 from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, load_run, read_json, read_tensors
 
 __all__ = ["inspect", "inspect_totals", "FullFineTune", "export", "load_exported", "TLORA_ADAPTER_FORMAT"]
@@ -75,9 +75,7 @@ def _read_model_tensors(folder: Path) -> dict[str, torch.Tensor]:
     if index.exists():
         files = sorted(set(read_json(index, "safetensors index").get("weight_map", {}).values()))
         return {k: v for f in files for k, v in read_tensors(folder / f).items()}
-    pickled = [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
-    if pickled:
-        refuse_pickle(pickled[0])
+    refuse_pickled_files(folder)
     raise InputError(f"{folder}: no model.safetensors (or sharded model.safetensors.index.json)")
 
 

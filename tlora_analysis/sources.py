@@ -21,7 +21,7 @@ from .errors import InputError
 from .factored import FactoredDelta
 from .store import Run, check_finite, read_json, read_tensors, require
 
-__all__ = ["open_updates", "SingleState", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle"]
+__all__ = ["open_updates", "SingleState", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle", "refuse_pickled_files"]
 
 SUPPORTED_PEFT_TYPES = ("LORA",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
@@ -35,6 +35,13 @@ def refuse_pickle(path: Path) -> None:
             "Convert it once in a trusted environment to safetensors, e.g. "
             "safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')"
         )
+
+
+def refuse_pickled_files(folder: Path) -> None:
+    """If a folder holds a pickle-based file, say so (a better error than 'no safetensors found')."""
+    pickled = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        refuse_pickle(pickled[0])
 
 
 class _SingleEpochRun:
@@ -114,9 +121,7 @@ class PeftAdapter(SingleState):
         self.meta = {"peft_config": self.config, "model": self.config.get("base_model_name_or_path")}
         weights = self.path / "adapter_model.safetensors"
         if not weights.exists():
-            pickled = [p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-            if pickled:
-                refuse_pickle(self.path / pickled[0])
+            refuse_pickled_files(self.path)
             raise InputError(f"{weights}: missing; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors")
         tensors = read_tensors(weights)
         pairs: dict[str, dict[str, torch.Tensor]] = {}
@@ -187,7 +192,5 @@ def open_updates(path: str | Path):
         return PeftAdapter(path)
     if not any(path.iterdir()):
         raise InputError(f"{path}: empty directory; expected a run (run.json) or a PEFT adapter (adapter_config.json)")
-    pickled = [p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-    if pickled:
-        refuse_pickle(pickled[0])
+    refuse_pickled_files(path)
     raise InputError(f"{path}: neither a run directory (no run.json) nor a PEFT adapter directory (no adapter_config.json)")
