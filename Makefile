@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 reproduce: setup  ## train LoRA and TLoRA on the default task, regenerate figures/ and the report
 	$(VENV)/bin/tlora-analysis reproduce --out figures
 
-test: setup  ## the whole test suite (a few minutes on 2 CPU cores)
+test: setup  ## lint, then the whole test suite (a few minutes on 2 CPU cores)
+	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q
 
 bench: setup  ## speed, scale, storage and overhead benchmarks (see benchmarks/README.md)

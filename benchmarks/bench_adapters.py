@@ -9,9 +9,9 @@ from __future__ import annotations
 import sys
 
 import torch
+from harness import machine, table
 from torch import nn
 
-from harness import machine, table
 from tlora_analysis import LoRALinear, TLoRALinear
 
 SHAPES = {"RoBERTa-large q (1024x1024), 16 x 128 tokens": (1024, 1024, 16 * 128), "LLaMA-2-7B q (4096x4096), 4 x 128 tokens": (4096, 4096, 4 * 128)}

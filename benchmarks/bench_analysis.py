@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 
 import torch
+from harness import machine, median_time, megabytes, peak_memory, table
 
-from harness import machine, megabytes, median_time, peak_memory, table
 from tlora_analysis import FactoredDelta, cosine_similarity
 
 SHAPES = {"RoBERTa-large": (24, 1024), "LLaMA-2-7B": (32, 4096)}  # (layers, d); q and v are both d x d
@@ -52,9 +52,9 @@ def main(dense_layers: int = 2, repeats: int = 3) -> str:
         modules = 2 * layers
         for r in RANKS:
             states = [layer_state(d, r, seed=2 * i) for i in range(modules)]
-            factored = median_time(lambda: [factored_layer(s) for s in states], repeats=repeats)
+            factored = median_time(lambda states=states: [factored_layer(s) for s in states], repeats=repeats)
             sample = states[:dense_layers]
-            dense = median_time(lambda: [dense_layer(s) for s in sample], repeats=repeats, warmup=0) * modules / len(sample)
+            dense = median_time(lambda sample=sample: [dense_layer(s) for s in sample], repeats=repeats, warmup=0) * modules / len(sample)
             check_f, check_d = factored_layer(states[0]), dense_layer(states[0])
             error = float((check_f[0].float()[:r] - check_d[0][:r]).abs().max() / check_d[0][0])
             memory_f = max(peak_memory(layer_state, factored_layer, d, r, warmup_args=(64, r)), 4096)  # at least a page

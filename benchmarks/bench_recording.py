@@ -16,8 +16,8 @@ import tempfile
 import time
 
 import torch
-
 from harness import machine, table
+
 from tlora_analysis.data import load_task
 from tlora_analysis.models import load_tokenizer
 from tlora_analysis.recording import DeltaRecorder

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from harness import machine, megabytes, table
+
 from tlora_analysis import analysis as A
 from tlora_analysis.adapters import layer_seed, tensor_sha256, tlora_frozen_matrices
 from tlora_analysis.store import RunWriter, load_run

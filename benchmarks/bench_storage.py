@@ -6,8 +6,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-
 from harness import machine, megabytes, table
+
 from tlora_analysis.store import RunWriter, snapshot_name
 
 SHAPES = {"RoBERTa-large (24 x q,v 1024x1024)": (24, 1024), "LLaMA-2-7B (32 x q,v 4096x4096)": (32, 4096)}

@@ -13,6 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import bench_adapters  # noqa: E402
 import bench_analysis  # noqa: E402
+import bench_cli  # noqa: E402
 import bench_recording  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_storage  # noqa: E402
@@ -24,6 +25,7 @@ BENCHMARKS = [
     ("3. Storage per epoch", bench_storage),
     ("4. Recording overhead", bench_recording),
     ("5. Adapter forward + backward", bench_adapters),
+    ("6. Command-line start-up", bench_cli),
 ]
 
 if __name__ == "__main__":

@@ -3,16 +3,14 @@
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from scipy import stats
 
+from helpers import ToyModel, make_run
 from tlora_analysis import analysis as A
 from tlora_analysis.errors import InputError
 from tlora_analysis.store import load_run
-
-from helpers import ToyModel, make_run
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,13 @@ import sys
 
 import pytest
 
+from helpers import make_run
 from tlora_analysis import adapter_layers
 from tlora_analysis.analysis import compare_runs, paper_claims
 from tlora_analysis.cli import main
 from tlora_analysis.figures import FIGURES, render_all
 from tlora_analysis.report import write_report
 from tlora_analysis.store import load_run
-
-from helpers import make_run
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
 """The README's Python example runs as written (on a tiny recorded run instead of runs/reproduce)."""
 
 import tlora_analysis
-from tlora_analysis import analysis as A
-
 from helpers import make_run
+from tlora_analysis import analysis as A
 
 
 def test_public_names_resolve():

@@ -23,7 +23,7 @@ LABELS = [0, 1, 1, 0] * 4
 def plain_loop(model, tokenizer, recorder, epochs=2):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = tokenizer(SENTENCES, padding=True, return_tensors="pt")
-    live = {0: {n: l.delta().dense().clone() for n, l in adapter_layers(model).items()}}
+    live = {0: {n: layer.delta().dense().clone() for n, layer in adapter_layers(model).items()}}
     recorder.snapshot(0)
     for epoch in range(1, epochs + 1):
         for _ in range(3):
@@ -32,7 +32,7 @@ def plain_loop(model, tokenizer, recorder, epochs=2):
             optimizer.step()
             optimizer.zero_grad()
         recorder.snapshot(epoch, {"train_loss": loss.item()})
-        live[epoch] = {n: l.delta().dense().clone() for n, l in adapter_layers(model).items()}
+        live[epoch] = {n: layer.delta().dense().clone() for n, layer in adapter_layers(model).items()}
     return live
 
 
@@ -55,7 +55,7 @@ def test_plain_loop_snapshots_reload_to_the_live_deltas(tmp_path, tiny_model_dir
     assert all(v > 0 for v in run.record(1)["grad_norm_rms"].values())
     scales = run.scales(2)
     if method == "tlora":
-        assert scales == {n: pytest.approx(l.tlora_alpha.item()) for n, l in adapter_layers(model).items()}
+        assert scales == {n: pytest.approx(layer.tlora_alpha.item()) for n, layer in adapter_layers(model).items()}
         assert set(next(iter(run.trainable(2).values()))) == {"B"}
         assert not (tmp_path / "run" / "frozen.safetensors").exists()  # regenerated from seeds
     else:

@@ -2,24 +2,26 @@
 
 Data flows one way: ``factored`` → ``adapters`` → ``store``/``recording`` → ``training``
 → ``analysis`` → ``figures`` → ``report`` → ``cli``.
+
+Every public name is imported on first use, so that ``import tlora_analysis`` (and the
+command line's ``--help``) does not pay for torch, transformers, pandas and scipy.
 """
 
 from importlib import import_module
 
-from .adapters import (
-    LoRALinear,
-    ParameterCounts,
-    TLoRALinear,
-    adapter_layers,
-    count_parameters,
-    inject_adapters,
-)
-from .factored import FactoredDelta, cosine_similarity, inner
-
 __version__ = "0.1.0"
 
-# Loaded on first use: they import transformers, pandas and scipy, which `import tlora_analysis` should not pay for.
 _LAZY = {
+    "FactoredDelta": "factored",
+    "inner": "factored",
+    "cosine_similarity": "factored",
+    "LoRALinear": "adapters",
+    "TLoRALinear": "adapters",
+    "inject_adapters": "adapters",
+    "adapter_layers": "adapters",
+    "count_parameters": "adapters",
+    "ParameterCounts": "adapters",
+    "TrainConfig": "config",
     "load_run": "store",
     "Run": "store",
     "DeltaRecorder": "recording",
@@ -28,21 +30,14 @@ _LAZY = {
     "open_updates": "sources",
 }
 
-__all__ = [
-    "FactoredDelta",
-    "inner",
-    "cosine_similarity",
-    "LoRALinear",
-    "TLoRALinear",
-    "inject_adapters",
-    "adapter_layers",
-    "count_parameters",
-    "ParameterCounts",
-    *_LAZY,
-]
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'tlora_analysis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

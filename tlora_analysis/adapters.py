@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from .config import METHODS
+from .errors import InputError
 from .factored import FactoredDelta
 
 __all__ = [
@@ -31,9 +33,6 @@ __all__ = [
     "tlora_frozen_matrices",
     "tensor_sha256",
 ]
-
-METHODS = ("lora", "tlora")
-
 
 class AdapterLayer(nn.Module):
     """What LoRA and TLoRA layers share: a frozen base ``nn.Linear`` plus a low-rank path."""
@@ -64,6 +63,10 @@ class AdapterLayer(nn.Module):
 
     def delta(self) -> FactoredDelta:  # pragma: no cover - abstract
         """ΔW of this layer, factored."""
+        raise NotImplementedError
+
+    def scale(self) -> float:  # pragma: no cover - abstract
+        """The layer's scalar scale: LoRA's fixed lora_alpha / r, TLoRA's learned α."""
         raise NotImplementedError
 
     def trainable_tensors(self) -> dict[str, Tensor]:
@@ -117,6 +120,9 @@ class LoRALinear(AdapterLayer):
         x = self.dropout(x.to(self.lora_A.dtype))
         return (x @ self.lora_A.T) @ self.lora_B.T * self.scaling
 
+    def scale(self) -> float:
+        return self.scaling
+
     def delta(self) -> FactoredDelta:
         core = torch.eye(self.rank, dtype=self.lora_B.dtype, device=self.lora_B.device) * self.scaling
         return FactoredDelta(self.lora_B.detach(), core, self.lora_A.detach())
@@ -152,6 +158,9 @@ class TLoRALinear(AdapterLayer):
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = x.to(self.tlora_B.dtype)
         return ((x @ self.tlora_C.T) @ self.tlora_B.T) @ self.tlora_A.T * self.tlora_alpha
+
+    def scale(self) -> float:
+        return float(self.tlora_alpha.detach())
 
     def delta(self) -> FactoredDelta:
         return FactoredDelta(self.tlora_A, (self.tlora_alpha * self.tlora_B).detach(), self.tlora_C)
@@ -201,24 +210,25 @@ def inject_adapters(
     All base weights are frozen; parameters inside a module named in ``modules_to_save`` (e.g. ``["classifier"]``) stay trainable, as in peft.
     ``alpha`` is LoRA's ``lora_alpha`` (default: ``rank``, i.e. scaling 1) or TLoRA's
     initial α (default 1.0). Each layer gets its own seed from :func:`layer_seed`.
-    Returns the same model, modified in place.
+    Returns the same model, modified in place. A bad argument raises :class:`InputError`
+    (a ``ValueError``) before the model is touched.
     """
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if isinstance(target_modules, str):
         target_modules = [target_modules]
     if not target_modules:
-        raise ValueError("target_modules is empty: name at least one module, e.g. ['query', 'value']")
+        raise InputError("target_modules is empty: name at least one module, e.g. ['query', 'value']")
     if not isinstance(rank, int) or rank < 1:
-        raise ValueError(f"rank must be a positive integer, got {rank!r}")
+        raise InputError(f"rank must be a positive integer, got {rank!r}")
     if adapter_layers(model):
-        raise ValueError("model already has adapter layers; inject into a fresh model")
+        raise InputError("model already has adapter layers; inject into a fresh model")
 
     linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     chosen = [name for name in linear if _matches(name, target_modules)]
     if not chosen:
         suffixes = sorted({name.rsplit(".", 1)[-1] for name in linear})
-        raise ValueError(
+        raise InputError(
             f"target_modules {list(target_modules)} matched no nn.Linear layer; "
             f"linear layer names end with: {', '.join(suffixes) or '(none)'}"
         )
@@ -226,7 +236,7 @@ def inject_adapters(
         layer = linear[name]
         limit = min(layer.in_features, layer.out_features)
         if rank > limit:
-            raise ValueError(
+            raise InputError(
                 f"rank {rank} exceeds min(in_features, out_features) = {limit} of layer {name!r} "
                 f"({layer.out_features}x{layer.in_features})"
             )

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .adapters import adapter_layers, inject_adapters, tensor_sha256
+from .adapters import inject_adapters
 from .analysis import module_and_layer, rank_measures
 from .errors import InputError
 from .factored import FactoredDelta
-from .models import load_model, resolve_model
+from .models import base_weights, load_model, portable_model_name, resolve_model
 from .sources import SingleState, open_updates, refuse_pickle, refuse_pickled_files
-from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, load_run, read_json, read_tensors
+from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, load_run, read_json, read_tensors, umask
 
 __all__ = ["inspect", "inspect_totals", "FullFineTune", "export", "load_exported", "TLORA_ADAPTER_FORMAT"]
 
@@ -43,6 +46,7 @@ class FullFineTune(SingleState):
         tuned = _read_model_tensors(self.path)
         original = _read_model_tensors(Path(resolve_model(base)))
         self._deltas: dict[str, FactoredDelta] = {}
+        self.base_weights: dict[str, torch.Tensor] = {}
         for key, weight in tuned.items():
             parts = key.split(".")
             if weight.ndim != 2 or parts[-1] != "weight" or "embeddings" in parts:
@@ -53,6 +57,7 @@ class FullFineTune(SingleState):
             delta = weight.double() - original[match].double()
             if bool(delta.abs().max() > 0):
                 self._deltas[key[: -len(".weight")]] = FactoredDelta.from_dense(delta, max_rank)
+                self.base_weights[key[: -len(".weight")]] = original[match]
         if not self._deltas:
             raise InputError(f"{self.path}: no 2-D weight differs from base model {base!r} (is it the right base?)")
         self.layers = {name: {"shape": list(d.shape), "rank": d.rank} for name, d in self._deltas.items()}
@@ -86,19 +91,31 @@ def _open(path: str | Path, base: str | None, max_rank: int | None):
     return open_updates(path)
 
 
-def inspect(path: str | Path, epoch: int | None = None, base: str | None = None, max_rank: int | None = None) -> pd.DataFrame:
+def inspect(path: str | Path, epoch: int | None = None, base: str | None = None, max_rank: int | None = None,
+            intruder_k: int = 10) -> pd.DataFrame:
     """One row per adapted layer: shape, rank, scale, norms, stable/effective rank and top singular values.
 
-    ``epoch`` defaults to the last finished one. ``base`` names the base model of a fully
-    fine-tuned model directory.
+    Args:
+        path: a run directory, a snapshot file, a PEFT adapter directory, or (with ``base``)
+            a fully fine-tuned model directory.
+        epoch: the epoch of a run (default: the last finished one).
+        base: the base model. For a full fine-tune it defines ΔW = W_ft − W0; for any
+            source it adds ``amplification`` (‖ΔW‖_F / ‖Uᵀ W0 V‖_F) and ``intruders`` (how
+            many of the merged weight's top ``intruder_k`` singular vectors have no
+            counterpart in W0).
+        max_rank: full fine-tunes only: keep each ΔW's top singular directions.
+        intruder_k: how many top singular vectors the intruder count looks at.
     """
+    from .analysis import amplification, intruder_dimensions
+
     source = _open(path, base, max_rank)
     epoch = source.epochs[-1] if epoch is None else epoch
     if epoch not in source.epochs:
         raise InputError(f"{path}: no epoch {epoch} (finished: {source.epochs})")
-    scales = source.scales(epoch) if hasattr(source, "scales") else {}
+    scales = source.scales(epoch)
+    deltas = source.deltas(epoch)
     rows = []
-    for name, delta in source.deltas(epoch).items():
+    for name, delta in deltas.items():
         module, layer = module_and_layer(name)
         s = delta.singular_values().numpy()
         rows.append({
@@ -108,7 +125,14 @@ def inspect(path: str | Path, epoch: int | None = None, base: str | None = None,
             **{f"s{i + 1}": float(s[i]) if i < len(s) else math.nan for i in range(TOP_SINGULAR_VALUES)},
         })
     table = pd.DataFrame(rows)
-    table.attrs.update({"path": str(path), "method": source.method, "epoch": epoch, "totals": inspect_totals(source, table)})
+    if base is not None:
+        weights = source.base_weights if isinstance(source, FullFineTune) else base_weights(base, list(deltas))
+        amp = amplification(source, weights, [epoch]).set_index("name")
+        intruders = intruder_dimensions(source, weights, [epoch], k=intruder_k).groupby("name")["is_intruder"].sum()
+        table["amplification"] = table["name"].map(amp["amplification"])
+        table["intruders"] = table["name"].map(intruders).astype(int)
+    table.attrs.update({"path": str(path), "method": source.method, "epoch": epoch, "base": base, "intruder_k": intruder_k,
+                        "totals": inspect_totals(source, table)})
     return table
 
 
@@ -122,7 +146,7 @@ def inspect_totals(source, table: pd.DataFrame) -> dict:
         trainable, frozen = sum(r * (o + i) for r, (o, i) in zip(ranks, shapes)), 0
     else:  # a full fine-tune trains every entry
         trainable, frozen = sum(o * i for o, i in shapes), 0
-    counts = getattr(source, "meta", {}).get("parameter_counts", {})
+    counts = source.meta.get("parameter_counts", {})
     return {
         "method": source.method, "layers": len(table), "total_frobenius": float(math.sqrt((table.frobenius**2).sum())),
         "update_trainable_params": trainable, "update_frozen_random_params": frozen,
@@ -140,36 +164,47 @@ def export(run_dir: str | Path, out: str | Path, epoch: int | None = None) -> Pa
     classifier head (``trainable.<name>``). :func:`load_exported` rebuilds the model from it.
     """
     run = load_run(run_dir)
+    if run.method not in ("lora", "tlora"):
+        raise InputError(f"{run_dir}: only LoRA and TLoRA runs can be exported, this one is {run.method!r}")
     epoch = run.epochs[-1] if epoch is None else epoch
     tensors = run.snapshot_tensors(epoch)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out}: exists and is not empty; choose a new --out")
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        raise InputError(f"{out}: exists and is not an empty directory; choose a new --out")
     config = run.meta.get("config", {})
-    base = resolve_model(run.meta.get("model", "default"))
+    base = portable_model_name(run.meta.get("model"))
     head = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
-    if run.method == "lora":
-        layer = next(iter(run.layers.values()))
-        peft_tensors = {f"base_model.model.{n}.lora_{w}.weight": tensors[f"{n}.lora_{w}"] for n in run.layers for w in "AB"}
-        peft_tensors.update({f"base_model.model.{k}": v for k, v in head.items()})
-        atomic_save_tensors(out / "adapter_model.safetensors", peft_tensors, {"format": "pt"})
-        atomic_write_json(out / "adapter_config.json", {
-            "peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": base, "r": run.rank,
-            "lora_alpha": layer["lora_alpha"], "target_modules": config.get("targets", sorted({module_and_layer(n)[0] for n in run.layers})),
-            "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-            "modules_to_save": sorted({k.split(".")[0] for k in head}) or None, "rank_pattern": {}, "alpha_pattern": {},
-            "init_lora_weights": True, "inference_mode": True,
-        })
-    elif run.method == "tlora":
-        kept = {k: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX) or k.rsplit(".", 1)[-1] in ("tlora_B", "tlora_alpha")}
-        atomic_save_tensors(out / "tlora_model.safetensors", kept, {"format": TLORA_ADAPTER_FORMAT})
-        atomic_write_json(out / "tlora_config.json", {
-            "format": TLORA_ADAPTER_FORMAT, "format_version": 1, "base_model": base, "num_labels": head_labels(head),
-            "rank": run.rank, "targets": config.get("targets"), "seed": run.meta.get("seed", 0), "epoch": epoch,
-            "layers": run.layers, "source_run": str(run.path),
-        })
-    else:
-        raise InputError(f"{run_dir}: only LoRA and TLoRA runs can be exported, this one is {run.method!r}")
+    # Build the export beside its destination and rename it into place: a failure leaves no half export.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if run.method == "lora":
+            layer = next(iter(run.layers.values()))
+            peft_tensors = {f"base_model.model.{n}.lora_{w}.weight": tensors[f"{n}.lora_{w}"] for n in run.layers for w in "AB"}
+            peft_tensors.update({f"base_model.model.{k}": v for k, v in head.items()})
+            atomic_save_tensors(staging / "adapter_model.safetensors", peft_tensors, {"format": "pt"})
+            atomic_write_json(staging / "adapter_config.json", {
+                "peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": base, "r": run.rank,
+                "lora_alpha": layer["lora_alpha"], "target_modules": config.get("targets", sorted({module_and_layer(n)[0] for n in run.layers})),
+                "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
+                "modules_to_save": sorted({k.split(".")[0] for k in head}) or None, "rank_pattern": {}, "alpha_pattern": {},
+                "init_lora_weights": True, "inference_mode": True,
+            })
+        else:
+            kept = {k: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX) or k.rsplit(".", 1)[-1] in ("tlora_B", "tlora_alpha")}
+            atomic_save_tensors(staging / "tlora_model.safetensors", kept, {"format": TLORA_ADAPTER_FORMAT})
+            atomic_write_json(staging / "tlora_config.json", {
+                "format": TLORA_ADAPTER_FORMAT, "format_version": 1, "base_model": base, "num_labels": head_labels(head),
+                "rank": run.rank, "targets": config.get("targets"), "seed": run.meta.get("seed", 0), "epoch": epoch,
+                "layers": run.layers, "source_run": run.name,
+            })
+        os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 would hide the export from colleagues
+        if out.exists():
+            out.rmdir()
+        os.rename(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return out
 
 
@@ -185,21 +220,11 @@ def load_exported(path: str | Path, device: str = "cpu"):
     if config.get("format") != TLORA_ADAPTER_FORMAT:
         raise InputError(f"{path / 'tlora_config.json'}: 'format' should be {TLORA_ADAPTER_FORMAT!r}")
     tensors = read_tensors(path / "tlora_model.safetensors")
+    from .training import load_snapshot_into
+
     model = load_model(config["base_model"], config.get("num_labels") or 2, device)
     inject_adapters(model, "tlora", int(config["rank"]), config["targets"], seed=int(config["seed"]))
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, layer in adapter_layers(model).items():
-            recorded = config["layers"].get(name)
-            if recorded is None:
-                raise InputError(f"{path / 'tlora_config.json'}: no entry for adapted layer {name!r}")
-            for key, checksum in recorded.get("frozen_sha256", {}).items():
-                if tensor_sha256(getattr(layer, key)) != checksum:
-                    raise InputError(f"{path}: frozen matrix {key} of {name} does not match its checksum")
-            layer.load_trainable_tensors({k: tensors[f"{name}.{k}"] for k in ("tlora_B", "tlora_alpha")})
-        for key, value in tensors.items():
-            if key.startswith(HEAD_PREFIX):
-                params[key[len(HEAD_PREFIX):]].copy_(value)
+    load_snapshot_into(model, config["layers"], tensors, path / "tlora_config.json")
     return model.eval()
 
 

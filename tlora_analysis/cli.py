@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import InputError
 
@@ -18,27 +18,12 @@ PROG = "tlora-analysis"
 
 
 def _add_train(sub) -> None:
-    from .data.glue import TASKS
-    from .training import DEFAULT_LR, TRAIN_METHODS
+    from .config import add_config_arguments
 
     p = sub.add_parser("train", help="fine-tune LoRA, TLoRA or a head-only baseline, recording ΔW every epoch",
                        description="Fine-tune a sequence classifier with LoRA, TLoRA or only its head, writing a run "
                                    "directory with a ΔW snapshot at epoch 0 and after every epoch.")
-    p.add_argument("--method", choices=TRAIN_METHODS, help="adapter method; 'head' trains only the classifier (baseline)")
-    p.add_argument("--task", choices=list(TASKS), default="default", help="'default' is the embedded offline sentiment task")
-    p.add_argument("--model", default="default", help="transformers name or local path; 'default' = the embedded all-MiniLM-L6-v2")
-    p.add_argument("--rank", type=int, default=8, help="adapter rank r (default 8)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA: lora_alpha (default r, scaling 1); TLoRA: initial α (default 1)")
-    p.add_argument("--targets", nargs="+", default=["query", "value"], help="module name suffixes to adapt (default: query value)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 4; with --resume: train up to this many)")
-    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default per method: {DEFAULT_LR})")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
-    p.add_argument("--max-length", type=int, default=64, help="maximum tokens per example (default 64)")
-    p.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
-    p.add_argument("--max-eval-samples", type=int, default=None, help="use only the first N validation examples")
-    p.add_argument("--seed", type=int, default=0, help="seeds data order, dropout, the head and the frozen matrices (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
-    p.add_argument("--data-dir", default=None, help="local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
+    add_config_arguments(p)
     p.add_argument("--no-grad-norms", action="store_true", help="do not record per-layer gradient norms")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch summaries are still printed)")
     p.add_argument("--out", help="run directory to create")
@@ -47,19 +32,22 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train(args) -> int:
-    from .training import TrainConfig, resume, train
+    from .config import TrainConfig, config_from_arguments
 
+    given = config_from_arguments(args)
     if args.resume:
-        resume(args.resume, epochs=args.epochs, progress=not args.no_progress)
+        extra = sorted(set(given) - {"epochs", "device"})
+        if extra:
+            raise InputError(f"--resume continues a run with its recorded settings; drop {', '.join('--' + k.replace('_', '-') for k in extra)}")
+        from .training import resume
+
+        resume(args.resume, epochs=given.get("epochs"), device=given.get("device"), progress=not args.no_progress)
         return 0
-    if not args.method or not args.out:
+    if "method" not in given or not args.out:
         raise InputError("train needs --method and --out (or --resume RUN_DIR)")
-    config = TrainConfig(
-        method=args.method, task=args.task, model=args.model, rank=args.rank, alpha=args.alpha, targets=args.targets,
-        epochs=TrainConfig.epochs if args.epochs is None else args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length,
-        max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, seed=args.seed,
-        device=args.device, data_dir=args.data_dir, record_grad_norms=not args.no_grad_norms,
-    )
+    config = TrainConfig(**given, record_grad_norms=not args.no_grad_norms)
+    from .training import train
+
     run = train(config, args.out, progress=not args.no_progress)
     print(f"wrote {run.path} ({len(run.epochs)} snapshots)")
     return 0
@@ -161,7 +149,7 @@ def _cmd_report(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    from .reproduce import REPRODUCE_EPOCHS
+    from .config import REPRODUCE_EPOCHS
 
     p = sub.add_parser("reproduce", help="the main job: train LoRA, TLoRA and head-only, regenerate every figure and the report",
                        description="Train LoRA, TLoRA and a head-only baseline on the embedded default task with the "
@@ -195,7 +183,9 @@ def _add_inspect(sub) -> None:
     p.add_argument("path", metavar="PATH", help="run directory, snapshot .safetensors, PEFT adapter directory, or (with --base) "
                                                 "a fully fine-tuned model directory")
     p.add_argument("--epoch", type=int, default=None, help="epoch of a run (default: the last finished)")
-    p.add_argument("--base", default=None, help="base model of a fully fine-tuned model directory (ΔW = W_ft − W0)")
+    p.add_argument("--base", default=None, help="base model: defines ΔW = W_ft − W0 for a fully fine-tuned model directory, "
+                                                "and adds amplification and intruder counts for any source")
+    p.add_argument("--intruder-k", type=int, default=10, help="with --base: top singular vectors checked for intruders (default 10)")
     p.add_argument("--max-rank", type=int, default=None, help="full fine-tunes: keep only the top singular directions of each ΔW")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.set_defaults(func=_cmd_inspect)
@@ -206,7 +196,7 @@ def _cmd_inspect(args) -> int:
 
     from .checkpoints import inspect, to_json
 
-    table = inspect(args.path, epoch=args.epoch, base=args.base, max_rank=args.max_rank)
+    table = inspect(args.path, epoch=args.epoch, base=args.base, max_rank=args.max_rank, intruder_k=args.intruder_k)
     if args.json:
         print(to_json(table))
         return 0
@@ -250,16 +240,26 @@ COMMANDS = [_add_train, _add_analyze, _add_figures, _add_report, _add_reproduce,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. User mistakes and OS errors on files print one ``error:`` line and return 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except InputError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
+        return _error(str(err))
+    except BrokenPipeError:  # `tlora-analysis inspect RUN | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:  # a read-only or full disk, a missing permission: the user's to fix
+        return _error(f"{err.filename or ''}{': ' if err.filename else ''}{err.strerror or err}")
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; finished epochs and files already written are kept", file=sys.stderr)
         return 130
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

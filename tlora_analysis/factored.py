@@ -5,7 +5,7 @@ values and inner products come from thin QR factorizations of the outer factors 
 an SVD of a small core, in O((d_out + d_in) · r²), so a 4096 x 4096 update of rank 16
 costs kilobytes and microseconds instead of 64 MiB and a dense SVD.
 
-The algebra (see ``reference.md``): with L = Q_L R_L and Rᵀ = Q_R R_R,
+The algebra (``docs/quantities.md``): with L = Q_L R_L and Rᵀ = Q_R R_R,
 ΔW = Q_L (R_L K R_Rᵀ) Q_Rᵀ, so the SVD of the r x r' matrix M = R_L K R_Rᵀ gives the
 SVD of ΔW. All of it is computed in float64: the factors are tiny, and analysis
 numbers should not depend on whether training ran in bfloat16.
@@ -109,7 +109,7 @@ class FactoredDelta:
 
     # ------------------------------------------------------- constructors
     @classmethod
-    def from_dense(cls, weight: Tensor, rank: int | None = None) -> "FactoredDelta":
+    def from_dense(cls, weight: Tensor, rank: int | None = None) -> FactoredDelta:
         """Factor a dense update (e.g. W_ft − W0 of a full fine-tune), optionally truncated to ``rank``.
 
         Costs one dense SVD; everything after it is factored.
@@ -120,11 +120,11 @@ class FactoredDelta:
         k = len(s) if rank is None else min(rank, len(s))
         return cls(u[:, :k], torch.diag(s[:k]), vh[:k])
 
-    def transpose(self) -> "FactoredDelta":
+    def transpose(self) -> FactoredDelta:
         """ΔWᵀ, still factored (used for fan_in_fan_out layers such as GPT-2's Conv1D)."""
         return FactoredDelta(self.right.T, self.core.T, self.left.T)
 
-    def to(self, *args, **kwargs) -> "FactoredDelta":
+    def to(self, *args, **kwargs) -> FactoredDelta:
         """Move or cast all three factors, like ``Tensor.to``."""
         return FactoredDelta(*(t.to(*args, **kwargs) for t in (self.left, self.core, self.right)))
 

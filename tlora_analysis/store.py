@@ -17,13 +17,16 @@ safetensors are ever read: nothing here can execute code from a file.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
@@ -45,12 +48,15 @@ __all__ = [
     "read_json",
     "read_tensors",
     "snapshot_name",
+    "RunLock",
+    "umask",
 ]
 
 RUN_FORMAT = "tlora-analysis-run"
 RUN_FORMAT_VERSION = 1
 RUN_JSON = "run.json"
 FROZEN_FILE = "frozen.safetensors"
+LOCK_FILE = ".lock"
 HEAD_PREFIX = "trainable."  # snapshot keys of trainable parameters outside the adapters
 
 
@@ -65,6 +71,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide a run from colleagues
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -78,6 +85,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -124,10 +138,112 @@ def require(mapping: Mapping, key: str, where: str, kind: type | tuple[type, ...
     return value
 
 
+MAX_DIM = 1 << 20
+"""Largest d_out or d_in a run may declare (Llama-3-405B's widest matrix is 53,248)."""
+MAX_FROZEN_ELEMENTS = 1 << 26
+"""Largest r · (d_out + d_in) of one layer's regenerated frozen matrices (256 MiB in float32)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_layer(layer: Any, method: str, where: str) -> None:
+    """A run.json layer record, checked before anything is allocated from it."""
+    if not isinstance(layer, dict):
+        raise InputError(f"{where}: should be a JSON object")
+    shape = require(layer, "shape", where, list)
+    if len(shape) != 2 or not all(_is_int(d) and 1 <= d <= MAX_DIM for d in shape):
+        raise InputError(f"{where}: 'shape' should be [d_out, d_in] with whole numbers from 1 to {MAX_DIM}, got {shape!r:.80}")
+    rank = require(layer, "rank", where, int)
+    if not 1 <= rank <= min(shape):
+        raise InputError(f"{where}: 'rank' should be between 1 and min(shape) = {min(shape)}, got {rank!r}")
+    seed = require(layer, "seed", where, int)
+    if not 0 <= seed < 2**63:
+        raise InputError(f"{where}: 'seed' should be a whole number from 0 to 2^63 - 1, got {seed}")
+    if method == "lora":
+        scaling = require(layer, "scaling", where, (int, float))
+        if isinstance(scaling, bool) or not math.isfinite(scaling) or abs(scaling) > 1e12:
+            raise InputError(f"{where}: 'scaling' should be a finite number of magnitude at most 1e12, got {scaling!r}")
+    elif method == "tlora":
+        if rank * (shape[0] + shape[1]) > MAX_FROZEN_ELEMENTS:
+            raise InputError(f"{where}: frozen matrices of rank {rank} for shape {shape} would hold "
+                             f"{rank * (shape[0] + shape[1]):,} numbers, more than the limit of {MAX_FROZEN_ELEMENTS:,}")
+        checksums = layer.get("frozen_sha256", {})
+        if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+            raise InputError(f"{where}: 'frozen_sha256' should map matrix names to SHA-256 strings")
+
+
+MAX_ABS_VALUE = 1e15
+"""Largest magnitude accepted in a stored adapter tensor: far beyond any trained adapter,
+and far enough below float64's range that squared norms of products cannot overflow."""
+
+
 def check_finite(tensor: torch.Tensor, where: str) -> None:
     if not bool(torch.isfinite(tensor).all()):
         kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
         raise InputError(f"{where}: holds {kind} values")
+    if tensor.numel() and float(tensor.abs().max()) > MAX_ABS_VALUE:
+        raise InputError(f"{where}: holds values of magnitude above {MAX_ABS_VALUE:g}, which no trained adapter reaches")
+
+
+# --------------------------------------------------------------------------- locking
+class RunLock:
+    """An exclusive lock on a run directory, so that two writers cannot interleave their files.
+
+    It is an ``fcntl.flock`` on ``RUN_DIR/.lock``: the kernel drops it when the holding
+    process exits, however it exits, so a lock left by a killed process is never in the
+    way. The file holds the holder's PID for the error message. Within one process the
+    lock is re-entrant (a :class:`RunWriter` inside ``train`` takes it again).
+    """
+
+    _held: dict[Path, RunLock] = {}
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.path = Path(run_dir).resolve() / LOCK_FILE
+        self._fd: int | None = None
+        self._count = 0
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path) -> RunLock:
+        key = Path(run_dir).resolve()
+        lock = cls._held.get(key) or cls(run_dir)
+        if lock._count == 0:
+            lock._lock()
+            cls._held[key] = lock
+        lock._count += 1
+        return lock
+
+    def _lock(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~umask())
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = self.path.read_text().strip() if self.path.exists() else "?"
+                raise InputError(f"{self.path.parent}: another process (pid {holder or '?'}) is writing this run; "
+                                 "wait for it to finish or choose another --out") from err
+            # The holder before us may have unlinked the file between our open and flock.
+            if self.path.exists() and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._count == 0:
+            return
+        self._count -= 1
+        if self._count == 0 and self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+            RunLock._held.pop(self.path.parent, None)
 
 
 # --------------------------------------------------------------------------- writing
@@ -136,13 +252,26 @@ class RunWriter:
 
     def __init__(self, run_dir: str | Path, header: Mapping[str, Any]) -> None:
         self.path = Path(run_dir)
-        json_path = self.path / RUN_JSON
-        if json_path.exists():
-            self.meta = read_json(json_path, "run.json")
-        else:
-            self.meta = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **header, "epochs": []}
-            self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(json_path, self.meta)
+        self.lock = RunLock.acquire(self.path)
+        try:
+            for name in (RUN_JSON, "snapshots", "resume", FROZEN_FILE):
+                if (self.path / name).is_symlink():
+                    raise InputError(f"{self.path / name}: is a symbolic link; a run writes only inside its own directory")
+            json_path = self.path / RUN_JSON
+            if json_path.exists():
+                self.meta = read_json(json_path, "run.json")
+            else:
+                self.meta = {"format": RUN_FORMAT, "format_version": RUN_FORMAT_VERSION, **header, "epochs": []}
+                atomic_write_json(json_path, self.meta)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def close(self) -> None:
+        """Release the run directory's lock (files already written stay); safe to call twice."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def finished_epochs(self) -> list[int]:
@@ -195,12 +324,23 @@ class Run:
         where = str(json_path)
         if self.meta.get("format") != RUN_FORMAT:
             raise InputError(f"{where}: 'format' should be {RUN_FORMAT!r}, got {self.meta.get('format')!r}")
+        version = self.meta.get("format_version", 1)
+        if not _is_int(version) or version > RUN_FORMAT_VERSION:
+            raise InputError(f"{where}: format_version {version!r} is newer than this tlora-analysis reads "
+                             f"(version {RUN_FORMAT_VERSION}); upgrade tlora-analysis")
         self.method: str = require(self.meta, "method", where, str)
         self.layers: dict[str, dict] = require(self.meta, "layers", where, dict)
         for name, layer in self.layers.items():
-            for key in ("shape", "rank", "seed"):
-                require(layer, key, f"{where} layer {name!r}")
-        self._records = {int(r["epoch"]): r for r in require(self.meta, "epochs", where, list)}
+            _check_layer(layer, self.method, f"{where} layer {name!r}")
+        self._records = {}
+        for record in require(self.meta, "epochs", where, list):
+            epoch = require(record, "epoch", f"{where} epoch record", int) if isinstance(record, dict) else None
+            if not _is_int(epoch) or epoch < 0:
+                raise InputError(f"{where}: every epoch record needs a whole-number 'epoch' of at least 0, got {record!r:.80}")
+            if record.get("snapshot", snapshot_name(epoch)) != snapshot_name(epoch):
+                raise InputError(f"{where}: epoch {epoch}'s snapshot must be {snapshot_name(epoch)!r} inside the run, "
+                                 f"not {record['snapshot']!r}")
+            self._records[epoch] = record
         self._last_snapshot: tuple[int | None, dict[str, torch.Tensor]] = (None, {})
 
     def __repr__(self) -> str:
@@ -244,7 +384,7 @@ class Run:
         if self._last_snapshot[0] == epoch:
             return self._last_snapshot[1]
         self._check_epoch(epoch)
-        path = self.path / self._records[epoch].get("snapshot", snapshot_name(epoch))
+        path = self.path / snapshot_name(epoch)
         tensors = read_tensors(path)
         for name, layer in self.layers.items():
             for key, shape in self._expected_shapes(layer).items():
@@ -253,6 +393,8 @@ class Run:
                     raise InputError(f"{path}: missing tensor {full!r}")
                 if tuple(tensors[full].shape) != shape:
                     raise InputError(f"{path}: tensor {full!r} has shape {tuple(tensors[full].shape)}, run.json implies {shape}")
+                if not tensors[full].is_floating_point():
+                    raise InputError(f"{path}: tensor {full!r} has dtype {tensors[full].dtype}; adapter tensors are real floating point")
                 check_finite(tensors[full], f"{path}: tensor {full!r} (module {name}, epoch {epoch})")
         self._last_snapshot = (epoch, tensors)
         return tensors
@@ -271,21 +413,33 @@ class Run:
         """TLoRA's (A, C) per layer: from frozen.safetensors if the run has one, else from seeds."""
         if self.method != "tlora":
             return {}
-        stored = read_tensors(self.path / self.meta["frozen_file"]) if self.meta.get("frozen_file") else None
+        frozen_file = self.meta.get("frozen_file")
+        if frozen_file is not None and frozen_file != FROZEN_FILE:
+            raise InputError(f"{self.path / RUN_JSON}: 'frozen_file' must be {FROZEN_FILE!r} inside the run, not {frozen_file!r}")
+        stored = read_tensors(self.path / FROZEN_FILE) if frozen_file else None
         out = {}
         for name, layer in self.layers.items():
             d_out, d_in = layer["shape"]
+            r = int(layer["rank"])
             if stored is not None:
+                where = self.path / FROZEN_FILE
+                for key, shape in (("tlora_A", (d_out, r)), ("tlora_C", (r, d_in))):
+                    tensor = stored.get(f"{name}.{key}")
+                    if tensor is None:
+                        raise InputError(f"{where}: missing tensor {name}.{key}")
+                    if tuple(tensor.shape) != shape or not tensor.is_floating_point():
+                        raise InputError(f"{where}: tensor {name}.{key} should be a floating-point {shape}, "
+                                         f"got {tensor.dtype} {tuple(tensor.shape)}")
                 a, c = stored[f"{name}.tlora_A"], stored[f"{name}.tlora_C"]
+                origin = f"{where} does not match"
             else:
-                a, c = tlora_frozen_matrices(int(layer["seed"]), d_out, d_in, int(layer["rank"]))
-                expected = layer.get("frozen_sha256", {})
-                for key, tensor in (("tlora_A", a), ("tlora_C", c)):
-                    if key in expected and tensor_sha256(tensor) != expected[key]:
-                        raise InputError(
-                            f"{self.path / RUN_JSON}: frozen matrix {key} of module {name} does not match its recorded "
-                            "checksum when regenerated from its seed (a different torch build?); the run cannot be rebuilt"
-                        )
+                a, c = tlora_frozen_matrices(int(layer["seed"]), d_out, d_in, r)
+                origin = "regenerated from its seed (a different torch build?) does not match"
+            expected = layer.get("frozen_sha256", {})
+            for key, tensor in (("tlora_A", a), ("tlora_C", c)):
+                if key in expected and tensor_sha256(tensor) != expected[key]:
+                    raise InputError(f"{self.path / RUN_JSON}: frozen matrix {key} of module {name} {origin} its recorded "
+                                     "checksum; the run cannot be rebuilt")
             out[name] = (a, c)
         return out
 

@@ -11,72 +11,26 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .adapters import METHODS, adapter_layers, inject_adapters, tensor_sha256
-from .data import compute_metrics, load_task
+from .adapters import adapter_layers, inject_adapters, tensor_sha256
+from .config import TrainConfig
+from .data import TASKS, compute_metrics, load_task
 from .errors import InputError
+from .live import make_sinks
 from .models import load_model, load_tokenizer
 from .recording import DeltaRecorder
-from .store import HEAD_PREFIX, Run, atomic_save_tensors, load_run, read_json, read_tensors
+from .store import HEAD_PREFIX, Run, RunLock, atomic_save_tensors, load_run, read_json, read_tensors
 
-__all__ = ["TrainConfig", "train", "resume", "restore_model", "DEFAULT_LR", "TRAIN_METHODS"]
-
-TRAIN_METHODS = (*METHODS, "head")
-DEFAULT_LR = {"lora": 1e-3, "tlora": 3e-2, "head": 1e-2}
-"""Per-method defaults found on the default task: TLoRA trains r² + 1 numbers per layer and,
-like VeRA's scaling vectors, wants a learning rate about thirty times LoRA's (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2)."""
+__all__ = ["TrainConfig", "train", "resume", "restore_model", "load_snapshot_into"]
 
 HEAD_MODULES = ("classifier", "score")  # BERT/RoBERTa and decoder-style classification heads
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; stored in run.json as ``config``."""
-
-    method: str = "tlora"
-    task: str = "default"
-    model: str = "default"
-    rank: int = 8
-    alpha: float | None = None
-    targets: list[str] = field(default_factory=lambda: ["query", "value"])
-    epochs: int = 4
-    lr: float | None = None
-    batch_size: int = 32
-    max_length: int = 64
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    warmup_ratio: float = 0.06
-    weight_decay: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    data_dir: str | None = None
-    record_grad_norms: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in TRAIN_METHODS:
-            raise InputError(f"--method must be one of {', '.join(TRAIN_METHODS)}, got {self.method!r}")
-        for name in ("rank", "epochs", "batch_size", "max_length"):
-            if int(getattr(self, name)) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
-        if self.lr <= 0:
-            raise InputError(f"--lr must be positive, got {self.lr}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise InputError(f"--device {self.device}: CUDA is not available on this machine")
-        self.targets = list(self.targets)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def _seed_everything(seed: int) -> None:
@@ -144,107 +98,214 @@ def _save_resume_state(run_dir: Path, epoch: int, model, optimizer, step: int) -
     atomic_save_tensors(run_dir / "resume" / f"epoch_{epoch:03d}.safetensors", tensors, {"epoch": str(epoch), "step": str(step)})
     # Keep the previous epoch's state too: until run.json lists this epoch, resume starts from that one.
     for old in (run_dir / "resume").glob("epoch_*.safetensors"):
-        if old.name != f"epoch_{epoch:03d}.safetensors" and int(old.stem.split("_")[1]) < epoch - 1:
-            old.unlink(missing_ok=True)
+        number = old.stem.split("_", 1)[1]
+        if number.isdigit() and int(number) < epoch - 1 and not old.is_symlink():
+            old.unlink()
 
 
-def _load_resume_state(run_dir: Path, epoch: int, model, optimizer) -> int:
+def _load_resume_state(run_dir: Path, epoch: int, model, optimizer, expected_step: int) -> int:
+    """Load the trainer state saved after ``epoch``; its step must be where that epoch ends."""
     path = run_dir / "resume" / f"epoch_{epoch:03d}.safetensors"
     tensors = read_tensors(path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        step_text = (handle.metadata() or {}).get("step", "")
+    if not step_text.isdigit() or int(step_text) != expected_step:
+        raise InputError(f"{path}: records step {step_text or '(none)'}, but epoch {epoch} of this run ends at step {expected_step}; "
+                         "the resume state does not belong to this run's settings")
     params = dict(model.named_parameters())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    saved = {key[len("param."):] for key in tensors if key.startswith("param.")}
+    if saved != trainable:
+        raise InputError(f"{path}: holds parameters {sorted(saved - trainable)[:3] or '(none extra)'} and lacks "
+                         f"{sorted(trainable - saved)[:3] or '(none)'}; it does not match the model this run trains")
     with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith("param."):
-                params[key[len("param.") :]].copy_(value)
+        for name in saved:
+            value = tensors[f"param.{name}"]
+            if value.shape != params[name].shape or not value.is_floating_point():
+                raise InputError(f"{path}: param.{name} is {value.dtype} {tuple(value.shape)}, the model has {tuple(params[name].shape)}")
+            params[name].copy_(value)
     for name, param in params.items():
         state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim.{name}.")}
         if state:
             optimizer.state[param] = {k: v.to(param.device) if k != "step" else v for k, v in state.items()}
-    from safetensors import safe_open
+    return expected_step
 
-    with safe_open(str(path), "pt") as handle:
-        return int(handle.metadata()["step"])
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine")
+
+
+def _check_labels(examples: list[dict], num_labels: int, task: str) -> None:
+    if num_labels == 1:
+        return
+    bad = next((ex["label"] for ex in examples if not 0 <= int(ex["label"]) < num_labels), None)
+    if bad is not None:
+        raise InputError(f"task {task!r}: label {bad} is outside 0..{num_labels - 1}")
+
+
+def _check_resumable(meta: dict, config: TrainConfig, out_dir: Path, model) -> None:
+    """A resumed run must rebuild exactly the adapters its header records."""
+    where = out_dir / "run.json"
+    if meta.get("method") not in (config.method, "none"):
+        raise InputError(f"{where}: records method {meta.get('method')!r} but its config says {config.method!r}")
+    if meta.get("seed", config.seed) != config.seed:
+        raise InputError(f"{where}: records seed {meta.get('seed')!r} but its config says {config.seed!r}; "
+                         "the frozen matrices would differ from the recorded ones")
+    layers = meta.get("layers", {})
+    for name, layer in adapter_layers(model).items():
+        recorded = layers.get(name)
+        if not isinstance(recorded, dict) or recorded.get("seed") != layer.seed or recorded.get("rank") != layer.rank:
+            raise InputError(f"{where}: layer {name!r} is not recorded with the seed and rank that its config rebuilds")
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Run:
-    """Fine-tune, recording a snapshot at epoch 0 and after every epoch into ``out_dir``."""
+    """Fine-tune, recording a snapshot at epoch 0 and after every epoch into ``out_dir``.
+
+    Args:
+        config: every setting of the run (see :class:`~tlora_analysis.config.TrainConfig`).
+        out_dir: the run directory. It is locked while training, so a second process
+            writing the same directory stops with an error instead of interleaving files.
+        resume: continue the run in ``out_dir`` from its last finished epoch.
+        progress: show tqdm bars.
+        log: where the one-line epoch summaries go.
+
+    Everything is validated (settings, data, model, targets) before run.json is written,
+    so a run that cannot start leaves nothing behind. ``train_loss`` in each epoch's
+    metrics is the mean of the per-step training losses of that epoch.
+    """
     out_dir = Path(out_dir)
-    if not resume and (out_dir / "run.json").exists():
-        raise InputError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
-    data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples)
-    tokenizer = load_tokenizer(config.model)
-    model = _build_model(config, data.spec.num_labels)
-    spec = data.spec
-    train_features = _encode(tokenizer, data.train, spec.text_columns, config.max_length)
-    eval_features = _encode(tokenizer, data.validation, spec.text_columns, config.max_length)
-    if not train_features or not eval_features:
-        raise InputError(f"task {config.task!r}: the train or validation split is empty")
+    _check_device(config.device)
+    created = not out_dir.exists()
+    lock = RunLock.acquire(out_dir)
+    recorder = None
+    try:
+        has_run = (out_dir / "run.json").exists()
+        if not resume and has_run:
+            raise InputError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
+        if resume and not has_run:
+            raise InputError(f"{out_dir}: no run.json to resume")
+        data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples)
+        spec = data.spec
+        _check_labels(data.train + data.validation, spec.num_labels, config.task)
+        tokenizer = load_tokenizer(config.model)
+        model = _build_model(config, spec.num_labels)
+        train_features = _encode(tokenizer, data.train, spec.text_columns, config.max_length)
+        eval_features = _encode(tokenizer, data.validation, spec.text_columns, config.max_length)
+        if not train_features or not eval_features:
+            raise InputError(f"task {config.task!r}: the train or validation split is empty")
+        steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
+        total_steps = steps_per_epoch * config.epochs
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-    metadata = {"task": config.task, "model": config.model, "targets": config.targets, "seed": config.seed,
-                "main_metric": spec.main_metric, "config": asdict(config)}
-    recorder = DeltaRecorder(model, out_dir, metadata=metadata, record_grad_norms=config.record_grad_norms and config.method != "head")
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
+        step, start_epoch = 0, 0
+        if resume:
+            meta = read_json(out_dir / "run.json", "run.json")
+            _check_resumable(meta, config, out_dir, model)
+            finished = sorted(int(r["epoch"]) for r in load_run(out_dir).meta["epochs"])
+            start_epoch = finished[-1] if finished else 0
+            if start_epoch > config.epochs:
+                raise InputError(f"{out_dir}: already has {start_epoch} epochs, more than --epochs {config.epochs}")
+            if start_epoch > 0:
+                step = _load_resume_state(out_dir, start_epoch, model, optimizer, start_epoch * steps_per_epoch)
 
-    step, start_epoch = 0, 0
-    if resume and recorder.finished_epochs:
-        recorder.writer.update(config=asdict(config))  # --epochs may have extended the run
-        start_epoch = max(recorder.finished_epochs)
-        if start_epoch > 0:
-            step = _load_resume_state(out_dir, start_epoch, model, optimizer)
-        log(f"resuming {out_dir} after epoch {start_epoch}")
-    if 0 not in recorder.finished_epochs:
-        started = time.perf_counter()
-        metrics = evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device)
-        recorder.snapshot(0, metrics, eval_time_s=time.perf_counter() - started)
+        metadata = {"task": config.task, "model": config.model, "targets": config.targets, "seed": config.seed,
+                    "main_metric": spec.main_metric, "config": asdict(config)}
+        sinks = make_sinks(config.report_to, out_dir)
+        recorder = DeltaRecorder(model, out_dir, metadata=metadata, sinks=sinks,
+                                 record_grad_norms=config.record_grad_norms and config.method != "head")
+        if resume:
+            recorder.writer.update(config=asdict(config))  # --epochs may have extended the run
+            log(f"resuming {out_dir} after epoch {start_epoch}")
+        if 0 not in recorder.finished_epochs:
+            started = time.perf_counter()
+            metrics = evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device)
+            recorder.snapshot(0, metrics, eval_time_s=time.perf_counter() - started, global_step=0)
 
-    epochs = tqdm(range(start_epoch + 1, config.epochs + 1), desc=f"{config.method} epochs", disable=not progress,
-                  initial=start_epoch, total=config.epochs)
-    for epoch in epochs:
-        model.train()
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout masks
-        order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)).tolist()
-        started, loss_sum = time.perf_counter(), 0.0
-        batches = tqdm(_batches(tokenizer, train_features, config.batch_size, order, config.device), total=steps_per_epoch,
-                       desc=f"epoch {epoch}", leave=False, disable=not progress)
-        for batch, labels in batches:
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(step, total_steps, config)
-            loss = model(**batch, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item() * len(labels)
-            step += 1
-            batches.set_postfix(loss=f"{loss.item():.3f}")
-        train_time = time.perf_counter() - started
-        metrics = {"train_loss": loss_sum / len(train_features)}
-        started = time.perf_counter()
-        metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
-        _save_resume_state(out_dir, epoch, model, optimizer, step)
-        recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
-        log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
-            f"{spec.main_metric} {metrics[spec.main_metric]:.4f}, {train_time:.1f}s")
-    recorder.finish()
+        epochs = tqdm(range(start_epoch + 1, config.epochs + 1), desc=f"{config.method} epochs", disable=not progress,
+                      initial=start_epoch, total=config.epochs)
+        for epoch in epochs:
+            model.train()
+            torch.manual_seed(config.seed * 100_003 + epoch)  # dropout masks
+            order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)).tolist()
+            started, losses = time.perf_counter(), []
+            batches = tqdm(_batches(tokenizer, train_features, config.batch_size, order, config.device), total=steps_per_epoch,
+                           desc=f"epoch {epoch}", leave=False, disable=not progress)
+            for batch, labels in batches:
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr_at(step, total_steps, config)
+                loss = model(**batch, labels=labels).loss
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                step += 1
+                batches.set_postfix(loss=f"{losses[-1]:.3f}")
+                if config.log_every_steps and step % config.log_every_steps == 0 and step % steps_per_epoch:
+                    recorder.log_geometry(step)
+            train_time = time.perf_counter() - started
+            metrics = {"train_loss": sum(losses) / len(losses)}
+            started = time.perf_counter()
+            metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
+            _save_resume_state(out_dir, epoch, model, optimizer, step)
+            recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
+            log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
+                f"{spec.main_metric} {metrics[spec.main_metric]:.4f}, {train_time:.1f}s")
+        recorder.finish()
+    except BaseException:
+        if recorder is not None:
+            recorder.close()
+        lock.release()
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that never started leaves no empty directory
+        raise
+    lock.release()
     return load_run(out_dir)
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Run:
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, progress: bool = True,
+           log: Callable[[str], None] = print) -> Run:
     """Continue a run from its last finished epoch, with the configuration stored in its run.json.
 
     Resuming with the same ``epochs`` reproduces the uninterrupted run exactly. A larger
     ``epochs`` extends it: the learning-rate schedule is then stretched over the new total
     from the step reached, so the result differs from a run planned that long from the start.
+    ``device`` moves the rest of the run to another device.
     """
     meta = read_json(Path(run_dir) / "run.json", "run.json")
-    if "config" not in meta:
+    if not isinstance(meta.get("config"), dict):
         raise InputError(f"{Path(run_dir) / 'run.json'}: has no 'config' (not written by tlora-analysis train), cannot resume")
-    config = TrainConfig.from_dict(meta["config"])
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except TypeError as err:
+        raise InputError(f"{Path(run_dir) / 'run.json'}: 'config' is not a valid training configuration ({err})") from err
     if epochs is not None:
         config.epochs = epochs
+    if device is not None:
+        config.device = device
     return train(config, run_dir, resume=True, progress=progress, log=log)
+
+
+def load_snapshot_into(model, layers: dict, tensors: dict, where: Path) -> None:
+    """Copy a snapshot's adapter tensors and head (``trainable.<name>``) into a model that has the
+    same adapters injected, after checking its frozen matrices against ``layers``' checksums
+    (``layers`` as in run.json; ``where`` names that file in errors)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, layer in adapter_layers(model).items():
+            recorded = layers.get(name)
+            if recorded is None:
+                raise InputError(f"{where}: no entry for adapted layer {name!r}")
+            for key, checksum in recorded.get("frozen_sha256", {}).items():
+                if tensor_sha256(getattr(layer, key)) != checksum:
+                    raise InputError(f"{where}: frozen matrix {key} of {name} does not match its recorded checksum")
+            layer.load_trainable_tensors({k: tensors[f"{name}.{k}"] for k in layer.trainable_tensors()})
+        for key, value in tensors.items():
+            if key.startswith(HEAD_PREFIX):
+                params[key[len(HEAD_PREFIX):]].copy_(value)
 
 
 def restore_model(run: Run | str | Path, epoch: int | None = None, device: str = "cpu"):
@@ -256,23 +317,10 @@ def restore_model(run: Run | str | Path, epoch: int | None = None, device: str =
     run = run if isinstance(run, Run) else load_run(run)
     if "config" not in run.meta:
         raise InputError(f"{run.path / 'run.json'}: has no 'config'; only runs written by tlora-analysis train can be restored")
+    _check_device(device)
     config = TrainConfig.from_dict({**run.meta["config"], "device": device})
     epoch = run.epochs[-1] if epoch is None else epoch
     tensors = run.snapshot_tensors(epoch)
-    from .data.glue import TASKS
-
     model = _build_model(config, TASKS[config.task].num_labels)
-    for name, layer in adapter_layers(model).items():
-        recorded = run.layers.get(name)
-        if recorded is None:
-            raise InputError(f"{run.path}: run.json has no layer {name!r} that the rebuilt model adapts")
-        for key, checksum in recorded.get("frozen_sha256", {}).items():
-            if tensor_sha256(getattr(layer, key)) != checksum:
-                raise InputError(f"{run.path}: frozen matrix {key} of {name} does not match its recorded checksum")
-        layer.load_trainable_tensors({k: tensors[f"{name}.{k}"] for k in layer.trainable_tensors()})
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for key, value in tensors.items():
-            if key.startswith(HEAD_PREFIX):
-                params[key[len(HEAD_PREFIX):]].copy_(value)
+    load_snapshot_into(model, run.layers, tensors, run.path / "run.json")
     return model.eval()

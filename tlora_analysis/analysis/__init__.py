@@ -11,14 +11,17 @@ Beyond the paper: :func:`effective_rank`, :func:`subspace_similarity` (LoRA §7)
 :func:`amplification`, :func:`intruder_dimensions`, and :func:`summary`.
 """
 
+from importlib import import_module
+
 from ._common import as_source, module_and_layer
-from .compare import compare_runs, paper_claims
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
-from .distributions import weight_distributions, weight_histograms
 from .norms import norms, scale_variation, scales
 from .similarity import random_subspace_similarity, subspace_similarity, subspace_similarity_table, update_similarity
 from .spectra import core_eigenvalues, effective_rank, rank_measures, spectra
 from .summary import summary
+
+_LAZY = {"weight_distributions": "distributions", "weight_histograms": "distributions", "compare_runs": "compare", "paper_claims": "compare"}
+"""Imported on first use: they need scipy's statistics, which ``inspect`` should not pay for."""
 
 __all__ = [
     "as_source", "module_and_layer", "spectra", "core_eigenvalues", "effective_rank", "rank_measures", "norms", "scales",
@@ -26,3 +29,13 @@ __all__ = [
     "subspace_similarity_table", "random_subspace_similarity", "amplification", "intruder_dimensions", "intruder_counts",
     "summary", "compare_runs", "paper_claims",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -3,23 +3,49 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InputError
 from ..factored import FactoredDelta
 
+if TYPE_CHECKING:
+    import torch
+
 
 class UpdateSource(Protocol):
-    """What analyses read: a :class:`~tlora_analysis.store.Run`, or a PEFT adapter opened as one (one epoch)."""
+    """Everything an update source offers, so that no caller needs a ``hasattr`` fallback.
+
+    Implemented by :class:`~tlora_analysis.store.Run`, a run limited to one snapshot,
+    :class:`~tlora_analysis.sources.PeftAdapter` and
+    :class:`~tlora_analysis.checkpoints.FullFineTune` (the last two hold one state, epoch 0).
+    """
 
     name: str
     method: str
+    path: Path
+    meta: dict
+    """run.json's fields (``model``, ``parameter_counts``, ``main_metric``, ...) or what a source knows of them."""
+    layers: dict[str, dict]
+    """Per adapted layer: at least ``shape`` and ``rank``."""
+    rank: int
 
     @property
     def epochs(self) -> list[int]: ...
 
+    @property
+    def metrics(self) -> dict[int, dict[str, float]]: ...
+
     def deltas(self, epoch: int) -> dict[str, FactoredDelta]: ...
+
+    def scales(self, epoch: int) -> dict[str, float]:
+        """Each layer's scalar scale (TLoRA's α, LoRA's lora_alpha / r); empty where a method has none."""
+        ...
+
+    def trainable(self, epoch: int) -> dict[str, dict[str, torch.Tensor]]:
+        """The trained matrices per layer by short name (``{"A": ..., "B": ...}``); empty where none are stored."""
+        ...
 
 
 _INTEGER = re.compile(r"^\d+$")

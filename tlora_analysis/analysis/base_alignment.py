@@ -3,9 +3,8 @@ intruder dimensions (Shuttleworth et al. 2024). Both need W0, so they take it ex
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -81,6 +80,6 @@ def intruder_dimensions(
 
 
 def intruder_counts(intruders: pd.DataFrame) -> pd.DataFrame:
-    """Number of intruder dimensions per (run, module, layer, epoch) from an :func:`intruder_dimensions` table."""
+    """Number of intruder dimensions among the top ``k`` per (run, module, layer, epoch) from an :func:`intruder_dimensions` table."""
     keys = ["run", "method", "module", "layer", "epoch"]
-    return intruders.groupby(keys, as_index=False).agg(intruders=("is_intruder", "sum"), min_similarity=("max_similarity", "min"))
+    return intruders.groupby(keys, as_index=False).agg(intruders=("is_intruder", "sum"), k=("j", "max"), min_similarity=("max_similarity", "min"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,6 @@ from .norms import norms, scales
 from .similarity import subspace_similarity_table, update_similarity
 from .spectra import effective_rank, spectra
 from .summary import summary
-
 
 SETTINGS = {"histogram_bins": 40, "baseline_samples": 32, "intruder_k": 10, "intruder_epsilon": 0.5, "energy_rank": 0.9}
 """What :func:`compare_runs` computes with; figures.json records it next to the figures."""
@@ -85,6 +84,9 @@ def _normalized_spectrum(values: pd.Series, rank: int) -> np.ndarray:
     return s / s.sum() if s.sum() > 0 else s
 
 
+NORMALITY_TEST_NAMES = {"shapiro": "Shapiro–Wilk", "dagostino": "D'Agostino–Pearson"}
+
+
 def paper_claims(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The TLoRA paper's six adaptation-dynamics findings, each as statistic, threshold and verdict.
 
@@ -101,7 +103,7 @@ def paper_claims(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     rows.append(_claim(
         "1. TLoRA's B has Gaussian-like entries",
         f"max |skewness| {skew:.3f}, max |excess kurtosis| {kurt:.3f} over modules (pooled over layers); "
-        f"Shapiro–Wilk p = {', '.join(f'{p:.2g}' for p in b.normality_p)}",
+        "normality p = " + ", ".join(f"{p:.2g} ({NORMALITY_TEST_NAMES.get(t, t)}, n = {n})" for p, t, n in zip(b.normality_p, b.normality_test, b.n)),
         f"|skewness| < {GAUSSIAN_MAX_ABS_SKEW} and |excess kurtosis| < {GAUSSIAN_MAX_ABS_EXCESS_KURTOSIS}",
         skew < GAUSSIAN_MAX_ABS_SKEW and kurt < GAUSSIAN_MAX_ABS_EXCESS_KURTOSIS if not (math.isnan(skew) or math.isnan(kurt)) else None,
     ))
@@ -130,7 +132,7 @@ def paper_claims(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     sp = sp[sp.epoch == last]
     rank = int(sp["index"].max())
     distances = []
-    for name, group in sp.groupby("name"):
+    for _, group in sp.groupby("name"):
         per_method = {m: _normalized_spectrum(g.singular_value, rank) for m, g in group.groupby("method")}
         if {"lora", "tlora"} <= set(per_method):
             distances.append(0.5 * np.abs(per_method["lora"] - per_method["tlora"]).sum())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import pandas as pd
 
@@ -23,7 +23,7 @@ def norms(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFram
     run = as_source(run)
     rows, previous = [], {}
     for epoch in epochs_of(run, epochs):
-        trainable = run.trainable(epoch) if hasattr(run, "trainable") else {}
+        trainable = run.trainable(epoch)
         for name, delta in run.deltas(epoch).items():
             row = {**row_key(run, name, epoch), "frobenius": delta.frobenius_norm(), "spectral": delta.spectral_norm()}
             for matrix, tensor in trainable.get(name, {}).items():

@@ -17,15 +17,15 @@ def summary(run: UpdateSource) -> pd.DataFrame:
     rank, and (TLoRA) the coefficient of variation of α across layers."""
     run = as_source(run)
     last = run.epochs[-1]
-    meta = getattr(run, "meta", {})
+    meta = run.meta
     counts = meta.get("parameter_counts", {})
     main = meta.get("main_metric", "accuracy")
-    metrics = getattr(run, "metrics", {}).get(last, {})
+    metrics = run.metrics.get(last, {})
     ranks = effective_rank(run, [last])
     row = {
         "run": run.name,
         "method": run.method,
-        "rank": getattr(run, "rank", None),
+        "rank": run.rank,
         "epochs": last,
         "metric": main,
         "final_metric": metrics.get(main, math.nan),

@@ -40,7 +40,7 @@ def subspace_similarity(subspace: pd.DataFrame, layers: list[int] | None = None)
     modules = modules_of(subspace)
     all_layers = sorted(subspace.layer.unique())
     layers = layers or sorted({all_layers[0], all_layers[len(all_layers) // 2], all_layers[-1]})
-    panels = [(m, l) for m in modules for l in layers] + [(modules[0], None)]
+    panels = [(m, layer) for m in modules for layer in layers] + [(modules[0], None)]
     columns = min(4, len(panels))
     rows = int(np.ceil(len(panels) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(2.9 * columns, 2.7 * rows), squeeze=False)
@@ -108,7 +108,7 @@ def effective_rank(ranks: pd.DataFrame):
 
 
 def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
-    """Left: intruder dimensions among the top-10 singular vectors of W0 + ΔW per layer at the last epoch.
+    """Left: intruder dimensions among the top-k singular vectors of W0 + ΔW per layer at the last epoch.
     Right: amplification factor ‖ΔW‖_F / ‖UᵀW0V‖_F per layer (LoRA paper §7.3)."""
     last = counts.epoch.max()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), squeeze=False)
@@ -118,11 +118,11 @@ def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
     methods = sorted(data.method.unique())
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
-        values = [data[(data.method == method) & (data.module == m) & (data.layer == l)].intruders.sum() for m, l in labels]
+        values = [data[(data.method == method) & (data.module == m) & (data.layer == layer)].intruders.sum() for m, layer in labels]
         axes[0][0].bar(x + k * width - 0.4 + width / 2, values, width, color=METHOD_COLORS[method], label=method_label(method))
-    axes[0][0].set_xticks(x, [f"{m[0]}{l}" for m, l in labels], fontsize=7)
+    axes[0][0].set_xticks(x, [f"{m[0]}{layer}" for m, layer in labels], fontsize=7)
     axes[0][0].set_xlabel("module (q = query, v = value) and layer")
-    axes[0][0].set_ylabel("intruder dimensions (of top 10)")
+    axes[0][0].set_ylabel(f"intruder dimensions (of top {int(data.k.max())})")
     axes[0][0].set_title(f"Intruder dimensions, epoch {last}")
     axes[0][0].legend(fontsize=8)
     amp = amplification[amplification.epoch == last]

@@ -1,0 +1,131 @@
+"""Everything that defines a training run, in one dataclass: the single source of every
+default and help string. ``tlora-analysis train`` builds its options from these fields,
+and run.json stores the dataclass as ``config``.
+
+This module imports neither torch nor transformers, so ``tlora-analysis --help`` and
+argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from .data.tasks import TASKS
+from .errors import InputError
+
+__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "add_config_arguments", "config_from_arguments"]
+
+METHODS = ("lora", "tlora")
+"""Adapter methods (each one a class in :mod:`tlora_analysis.adapters`)."""
+
+TRAIN_METHODS = (*METHODS, "head")
+
+DEFAULT_LR = {"lora": 1e-3, "tlora": 3e-2, "head": 1e-2}
+"""Per-method defaults found on the default task: TLoRA trains r² + 1 numbers per layer and,
+like VeRA's scaling vectors, wants a learning rate about thirty times LoRA's (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2)."""
+
+REPRODUCE_EPOCHS = 5
+"""Epochs per run of the main job (``tlora-analysis reproduce``)."""
+
+REPORT_TO = ("tensorboard",)
+"""Where ``train`` can send live update geometry besides run.json."""
+
+
+def _option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, cli: bool = True, **argparse_kwargs: Any):
+    """A dataclass field that carries its command-line help (peft's ``LoraConfig`` style)."""
+    metadata = {"help": help, "cli": cli, "argparse": argparse_kwargs}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; stored in run.json as ``config``.
+
+    Each field's help text is the ``--option`` help of ``tlora-analysis train``.
+    """
+
+    method: str = _option("tlora", "adapter method; 'head' trains only the classifier (a baseline)", choices=TRAIN_METHODS)
+    task: str = _option("default", "task; 'default' is the embedded offline sentiment task", choices=tuple(TASKS))
+    model: str = _option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2")
+    rank: int = _option(8, "adapter rank r")
+    alpha: float | None = _option(None, "LoRA: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1)")
+    targets: list[str] = _option(help="module name suffixes to adapt", factory=lambda: ["query", "value"], nargs="+")
+    epochs: int = _option(4, "training epochs (with --resume: train up to this many)")
+    lr: float | None = _option(None, f"peak learning rate (default per method: {DEFAULT_LR})")
+    batch_size: int = _option(32, "examples per optimizer step")
+    max_length: int = _option(64, "maximum tokens per example")
+    max_train_samples: int | None = _option(None, "use only the first N training examples")
+    max_eval_samples: int | None = _option(None, "use only the first N validation examples")
+    warmup_ratio: float = _option(0.06, "fraction of all steps spent on linear learning-rate warm-up")
+    weight_decay: float = _option(0.0, "AdamW weight decay")
+    seed: int = _option(0, "seeds data order, dropout, the head and the frozen matrices")
+    device: str = _option("cpu", "cpu, cuda or cuda:N")
+    data_dir: str | None = _option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
+    record_grad_norms: bool = _option(True, "record each layer's gradient-norm RMS per epoch", cli=False)
+    report_to: list[str] = _option(help=f"also send per-layer update geometry to these ({', '.join(REPORT_TO)})",
+                                   factory=list, nargs="*", choices=REPORT_TO)
+    log_every_steps: int = _option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)")
+
+    def __post_init__(self) -> None:
+        if self.method not in TRAIN_METHODS:
+            raise InputError(f"--method must be one of {', '.join(TRAIN_METHODS)}, got {self.method!r}")
+        if self.task not in TASKS:
+            raise InputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        for name in ("rank", "epochs", "batch_size", "max_length", "max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise InputError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+        if self.log_every_steps < 0:
+            raise InputError(f"--log-every-steps must be 0 or more, got {self.log_every_steps}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+        for name in ("lr", "alpha", "warmup_ratio", "weight_decay"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+        if self.lr <= 0:
+            raise InputError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InputError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if not self.targets:
+            raise InputError("--targets is empty: name at least one module, e.g. query value")
+        self.targets = list(self.targets)
+        unknown = sorted(set(self.report_to) - set(REPORT_TO))
+        if unknown:
+            raise InputError(f"--report-to {' '.join(unknown)}: not supported; choose from {', '.join(REPORT_TO)}")
+        self.report_to = list(self.report_to)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per :class:`TrainConfig` field, with its help and default.
+
+    Every default is ``None`` on the parser, so that :func:`config_from_arguments` can tell
+    what the user gave (``train --resume`` must know that).
+    """
+    for f in fields(TrainConfig):
+        if not f.metadata.get("cli"):
+            continue
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        kwargs = dict(f.metadata["argparse"])
+        kind = str(f.type)
+        if "nargs" not in kwargs:
+            kwargs["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
+        shown = "" if default in (None, []) else f" (default: {' '.join(default) if isinstance(default, list) else default})"
+        parser.add_argument(f"--{f.name.replace('_', '-')}", default=None, help=f.metadata["help"] + shown, **kwargs)
+
+
+def config_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}

@@ -1,0 +1,62 @@
+"""What the trainer needs to know about each task. Importing this costs nothing (no numpy,
+no torch), so the command line can list the tasks in ``--help``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["TaskSpec", "TASKS"]
+
+NLI = {"entailment": 0, "not_entailment": 1}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the trainer needs to know about a task."""
+
+    name: str
+    text_columns: tuple[str, ...]
+    num_labels: int  # 1 means regression
+    metrics: tuple[str, ...]  # the first is the task's headline metric
+    glue_dir: str = ""  # folder name in GLUE's original distribution
+    validation_split: str = "validation"
+    tsv_columns: dict[str, str] = field(default_factory=dict)  # GLUE column -> Hub column
+    tsv_header: bool = True
+    tsv_names: tuple[str, ...] = ()  # column names for header-less TSVs (CoLA)
+    label_map: dict[str, int] = field(default_factory=dict)  # GLUE string labels -> ints
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec("default", ("sentence",), 2, ("accuracy",)),
+        TaskSpec("sst2", ("sentence",), 2, ("accuracy",), "SST-2"),
+        TaskSpec(
+            "cola", ("sentence",), 2, ("matthews_correlation", "accuracy"), "CoLA",
+            tsv_header=False, tsv_names=("source", "label", "original_label", "sentence"),
+        ),
+        TaskSpec(
+            "mrpc", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), "MRPC",
+            tsv_columns={"Quality": "label", "#1 String": "sentence1", "#2 String": "sentence2"},
+        ),
+        TaskSpec("qnli", ("question", "sentence"), 2, ("accuracy",), "QNLI", label_map=NLI),
+        TaskSpec("rte", ("sentence1", "sentence2"), 2, ("accuracy",), "RTE", label_map=NLI),
+        TaskSpec(
+            "stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman"), "STS-B",
+            tsv_columns={"score": "label"},
+        ),
+        TaskSpec(
+            "mnli", ("premise", "hypothesis"), 3, ("accuracy",), "MNLI", "validation_matched",
+            tsv_columns={"sentence1": "premise", "sentence2": "hypothesis", "gold_label": "label"},
+            label_map={"entailment": 0, "neutral": 1, "contradiction": 2},
+        ),
+        TaskSpec(
+            "qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "QQP",
+            tsv_columns={"is_duplicate": "label"},
+        ),
+    ]
+}
