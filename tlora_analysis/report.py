@@ -13,6 +13,7 @@ import pandas as pd
 
 from .analysis import paper_claims
 from .figures import FIGURES, render_all
+from .store import atomic_write_bytes
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.45; }
@@ -75,7 +76,8 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
         "<h2>Run settings</h2>", _settings(runs),
     ]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>tlora-analysis report</title><style>{CSS}</style></head>"
-                   f"<body>{''.join(body)}</body></html>\n")
-    (out.with_suffix(".claims.json")).write_text(json.dumps(claims.to_dict(orient="records"), indent=2) + "\n")
+    # Atomic: a full disk leaves the previous report whole, and a planted link is replaced, not written through.
+    atomic_write_bytes(out, (f"<!doctype html><html><head><meta charset='utf-8'><title>tlora-analysis report</title><style>{CSS}</style></head>"
+                             f"<body>{''.join(body)}</body></html>\n").encode())
+    atomic_write_bytes(out.with_suffix(".claims.json"), (json.dumps(claims.to_dict(orient="records"), indent=2) + "\n").encode())
     return out

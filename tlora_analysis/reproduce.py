@@ -6,8 +6,9 @@ training again); an unfinished run is resumed.
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -18,14 +19,25 @@ import pandas as pd
 from .analysis import compare_runs
 from .analysis.compare import SETTINGS
 from .config import REPRODUCE_EPOCHS, TrainConfig
+from .errors import InputError
 from .figures import render_all
 from .models import base_weights
 from .report import write_report
-from .store import Run, load_run, read_json
+from .store import RUN_FORMAT, Run, atomic_write_bytes, atomic_write_json, load_run, read_json
 from .training import resume, train
 
 
+def _check_replaceable(run_dir: Path) -> None:
+    """Refuse, before any work, to replace a directory that is not a run this tool wrote."""
+    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
+        raise InputError(f"{run_dir}: exists and is not a run directory; reproduce writes its runs there, choose another --runs-dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and read_json(run_dir / "run.json", "run.json").get("format") != RUN_FORMAT:
+        raise InputError(f"{run_dir}: holds files but no tlora-analysis run; reproduce will not replace it, choose another --runs-dir")
+
+
 def _train_or_reuse(config: TrainConfig, run_dir: Path, retrain: bool, progress: bool, log: Callable[[str], None]) -> Run:
+    """Reuse or resume a run with these settings; otherwise train a new one beside the old, and
+    only once it has finished swap it in and delete the old run."""
     if (run_dir / "run.json").exists() and not retrain:
         meta = read_json(run_dir / "run.json", "run.json")
         if meta.get("config") == asdict(config):
@@ -33,9 +45,21 @@ def _train_or_reuse(config: TrainConfig, run_dir: Path, retrain: bool, progress:
                 log(f"reusing finished run {run_dir}")
                 return load_run(run_dir)
             return resume(run_dir, progress=progress, log=log)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    return train(config, run_dir, progress=progress, log=log)
+    if not run_dir.exists():
+        return train(config, run_dir, progress=progress, log=log)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.new-", dir=run_dir.parent))
+    fresh.rmdir()
+    try:
+        train(config, fresh, progress=progress, log=log)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    retired = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
+    os.rename(run_dir, retired)
+    os.rename(fresh, run_dir)
+    shutil.rmtree(retired)
+    return load_run(run_dir)
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
@@ -43,7 +67,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
     paths = []
     for name, table in tables.items():
         path = out_dir / f"{name}.csv"
-        table.to_csv(path, index=False)
+        atomic_write_bytes(path, table.to_csv(index=False).encode())
         paths.append(path)
     return paths
 
@@ -53,13 +77,13 @@ def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduc
     """Train (or reuse) the three runs, write tables to ``runs_dir/tables``, figures and report.html to ``out``."""
     started = time.perf_counter()
     out, runs_dir = Path(out), Path(runs_dir)
-    runs = {}
-    for method in ("lora", "tlora", "head"):
-        config = TrainConfig(method=method, epochs=epochs, seed=seed, **overrides)
-        runs[method] = _train_or_reuse(config, runs_dir / method, retrain, progress, log)
+    configs = {method: TrainConfig(method=method, epochs=epochs, seed=seed, **overrides) for method in ("lora", "tlora", "head")}
+    for method in configs:  # every input is checked before anything is trained or replaced
+        _check_replaceable(runs_dir / method)
+    runs = {method: _train_or_reuse(config, runs_dir / method, retrain, progress, log) for method, config in configs.items()}
     log("analysing ...")
     lora, tlora = runs["lora"], runs["tlora"]
-    weights = base_weights(lora.meta["model"], lora.layer_names)
+    weights = base_weights(configs["lora"].model, lora.layer_names)
     tables = compare_runs(lora, tlora, weights)
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")
@@ -75,7 +99,7 @@ def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduc
         }
         for method, run in runs.items()
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_json(out / "results.json", results)
     log("")
     log(f"{'method':<8}{'accuracy':>10}{'adapter params':>16}{'head params':>13}{'frozen random':>15}")
     for method, r in results.items():

@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputError
 from .factored import FactoredDelta
-from .store import Run, check_finite, read_json, read_tensors, require
+from .store import MAX_DIM, Run, check_finite, inside, read_json, read_tensors, require, snapshot_name
 
 __all__ = ["open_updates", "SingleState", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle", "refuse_pickled_files"]
 
@@ -75,12 +75,39 @@ class _SingleEpochRun:
         return getattr(self._run, attribute)
 
 
-def _pattern_value(patterns: dict, module: str, default):
-    """peft's rank_pattern/alpha_pattern lookup: a key matches a module name ending with it."""
+PATTERN_TIMEOUT_S = 0.05
+"""How long one rank_pattern/alpha_pattern key may take to match one module name."""
+
+
+def _pattern_value(patterns: dict, module: str, default, where: str):
+    """peft's rank_pattern/alpha_pattern lookup: a key matches a module name ending with it.
+
+    The keys come from a file, so they are matched as plain suffixes first and as regular
+    expressions only with a time limit (the ``regex`` package's ``timeout``): a
+    catastrophically backtracking key such as ``(a+)+`` cannot hang the process.
+    """
+    import regex
+
     for key, value in patterns.items():
-        if re.match(rf"(.*\.)?({key})$", module):
+        if module == key or module.endswith("." + key):
             return value
+    for key, value in patterns.items():
+        try:
+            if regex.match(rf"(.*\.)?({key})$", module, timeout=PATTERN_TIMEOUT_S):
+                return value
+        except regex.error as err:
+            raise InputError(f"{where}: pattern key {key!r:.80} is not a valid regular expression ({err})") from err
+        except TimeoutError as err:
+            raise InputError(f"{where}: pattern key {key!r:.80} took over {PATTERN_TIMEOUT_S} s to match {module!r}; "
+                             "it backtracks catastrophically") from err
     return default
+
+
+def _check_number(value, where: str, name: str, low: float, high: float, integer: bool = False):
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not (low <= value <= high):
+        kind = "a whole number" if integer else "a finite number"
+        raise InputError(f"{where}: {name} should be {kind} from {low:g} to {high:g}, got {value!r:.80}")
+    return value
 
 
 class SingleState:
@@ -129,8 +156,11 @@ class PeftAdapter(SingleState):
             raise InputError(f"{where}: peft_type {peft_type!r} is not supported; supported adapter types: {', '.join(SUPPORTED_PEFT_TYPES)}")
         if self.config.get("use_dora"):
             raise InputError(f"{where}: DoRA adapters (use_dora: true) are not supported; supported: plain LoRA")
-        self.default_rank = require(self.config, "r", where, int)
-        self.lora_alpha = require(self.config, "lora_alpha", where, (int, float))
+        self.default_rank = _check_number(require(self.config, "r", where), where, "'r'", 1, MAX_DIM, integer=True)
+        self.lora_alpha = _check_number(require(self.config, "lora_alpha", where), where, "'lora_alpha'", -1e12, 1e12)
+        for field in ("rank_pattern", "alpha_pattern"):
+            if not isinstance(self.config.get(field) or {}, dict):
+                raise InputError(f"{where}: {field!r} should map module-name patterns to values")
         self.use_rslora = bool(self.config.get("use_rslora", False))
         self.name = self.path.name
         self.meta = {"peft_config": self.config, "model": self.config.get("base_model_name_or_path")}
@@ -138,7 +168,7 @@ class PeftAdapter(SingleState):
         if not weights.exists():
             refuse_pickled_files(self.path)
             raise InputError(f"{weights}: missing; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors")
-        tensors = read_tensors(weights)
+        tensors = read_tensors(inside(self.path, weights, "adapter_model.safetensors"))
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
             match = _LORA_KEY.match(key)
@@ -155,12 +185,15 @@ class PeftAdapter(SingleState):
             if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
                 raise InputError(f"{weights}: module {module!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not chain")
             r = a.shape[0]
-            expected_r = _pattern_value(self.config.get("rank_pattern") or {}, module, self.default_rank)
+            expected_r = _pattern_value(self.config.get("rank_pattern") or {}, module, self.default_rank, where)
             if r != expected_r:
                 raise InputError(f"{weights}: module {module!r} has rank {r}, adapter_config.json says {expected_r}")
             for which, tensor in pair.items():
+                if not tensor.is_floating_point():
+                    raise InputError(f"{weights}: tensor lora_{which} of module {module} has dtype {tensor.dtype}; expected real floating point")
                 check_finite(tensor, f"{weights}: tensor lora_{which} of module {module}")
-            alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.lora_alpha)
+            alpha = _check_number(_pattern_value(self.config.get("alpha_pattern") or {}, module, self.lora_alpha, where),
+                                  where, f"alpha_pattern value for {module}", -1e12, 1e12)
             scaling = alpha / (math.sqrt(r) if self.use_rslora else r)
             self.layers[module] = {"shape": [b.shape[0], a.shape[1]], "rank": r, "scaling": scaling, "lora_alpha": alpha}
             self._tensors[module] = {"A": a, "B": b}
@@ -186,7 +219,12 @@ class PeftAdapter(SingleState):
 
 
 def open_updates(path: str | Path):
-    """Open a run directory, a snapshot file or a PEFT adapter directory (see the module docstring)."""
+    """Open a run directory, a snapshot file or a PEFT adapter directory (see the module docstring).
+
+    A snapshot file is read as the epoch its name gives of the run it sits in
+    (``RUN/snapshots/epoch_NNN.safetensors``), and only that epoch: the source is the
+    file named, not whatever else the run holds.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -194,16 +232,22 @@ def open_updates(path: str | Path):
         refuse_pickle(path)
         if path.suffix != ".safetensors":
             raise InputError(f"{path}: expected a run directory, a PEFT adapter directory or a snapshot .safetensors file")
-        run_dir = path.parent.parent if path.parent.name == "snapshots" else path.parent
+        match = re.fullmatch(r"epoch_(\d+)", path.stem)
+        if not match or path.parent.name != "snapshots":
+            raise InputError(f"{path}: a snapshot is read inside its run, as RUN/snapshots/epoch_NNN.safetensors beside RUN/run.json")
+        run_dir = path.parent.parent
         if not (run_dir / "run.json").exists():
             raise InputError(f"{path}: a snapshot is read with its run's run.json (for scales and seeds), not found at {run_dir / 'run.json'}")
-        match = re.match(r"epoch_(\d+)$", path.stem)
-        if not match:
-            raise InputError(f"{path}: snapshot files are named epoch_NNN.safetensors")
-        return _SingleEpochRun(Run(run_dir), int(match[1]))
+        epoch = int(match[1])
+        if path.resolve() != (run_dir / snapshot_name(epoch)).resolve():
+            raise InputError(f"{path}: epoch {epoch}'s snapshot is {run_dir / snapshot_name(epoch)}")
+        return _SingleEpochRun(Run(run_dir), epoch)
+    if not path.is_dir():
+        raise InputError(f"{path}: neither a regular file nor a directory")
     if (path / "run.json").exists():
         return Run(path)
     if (path / "adapter_config.json").exists():
+        inside(path, path / "adapter_config.json", "adapter_config.json")
         return PeftAdapter(path)
     if not any(path.iterdir()):
         raise InputError(f"{path}: empty directory; expected a run (run.json) or a PEFT adapter (adapter_config.json)")

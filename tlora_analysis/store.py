@@ -11,8 +11,19 @@
 
 Snapshots hold factors, never dense ΔW. Every file is written to a temporary name and
 renamed into place, and ``run.json`` lists an epoch only after its snapshot is complete,
-so a run killed at any moment leaves every listed epoch readable. Only JSON and
-safetensors are ever read: nothing here can execute code from a file.
+so a run killed at any moment leaves every listed epoch readable.
+
+A run directory may come from a stranger, so reading it trusts nothing in it:
+
+- only JSON and safetensors are read (nothing can execute code from a file), and only
+  regular files (a FIFO or device would hang);
+- every file is where this layout says it is: a path written in run.json is compared with
+  the layout, never followed; a symbolic link inside the run is followed only while it
+  stays inside the run directory, for reading and for writing;
+- every shape, rank and seed is checked against sane limits and against the tensors before
+  anything is allocated from it, and JSON files are bounded in size and depth;
+- tensors must be real floating point, finite and of plausible magnitude; frozen matrices,
+  regenerated or stored, must match their recorded SHA-256.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ __all__ = [
     "snapshot_name",
     "RunLock",
     "umask",
+    "inside",
 ]
 
 RUN_FORMAT = "tlora-analysis-run"
@@ -103,29 +115,57 @@ def atomic_save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], m
     atomic_write_bytes(path, save(contiguous, metadata=dict(metadata or {})))
 
 
+MAX_JSON_BYTES = 64 << 20
+"""Largest JSON file read (a 70B-shaped run.json with 11 epochs is under 1 MiB)."""
+
+
+def _regular_file(path: Path, what: str) -> None:
+    """A FIFO or a device would hang or never end a read: only regular files are read."""
+    if not path.exists():
+        raise InputError(f"{path}: no such {what}")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a {what} is read only from a regular file)")
+
+
 def read_json(path: str | Path, what: str = "JSON file") -> dict:
     """Parse a JSON object, or raise :class:`InputError` naming the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such {what}")
+    _regular_file(path, what)
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise InputError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} a {what} may have")
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise InputError(f"{path}: JSON nested too deeply to be a {what}") from err
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     return obj
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, or raise :class:`InputError` if it is missing, truncated or corrupt."""
+    """Load a safetensors file, or raise :class:`InputError` if it is missing, truncated or corrupt.
+
+    Memory stays bounded by the file's size: safetensors checks that every tensor the
+    header declares lies inside the file before it allocates anything.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such safetensors file")
+    _regular_file(path, "safetensors file")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises SafetensorError, OSError, ValueError... on bad bytes
         raise InputError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """``path``, if it resolves to a place inside ``root``; symbolic links inside a run are
+    followed only while they stay inside it, so a planted link cannot read or write elsewhere."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise InputError(f"{path}: {what} resolves to {resolved}, outside {root}; refusing to follow it")
+    return path
 
 
 def require(mapping: Mapping, key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
@@ -320,7 +360,7 @@ class Run:
         json_path = self.path / RUN_JSON
         if not json_path.exists():
             raise InputError(f"{self.path}: not a run directory (no {RUN_JSON})")
-        self.meta = read_json(json_path, RUN_JSON)
+        self.meta = read_json(inside(self.path, json_path, RUN_JSON), RUN_JSON)
         where = str(json_path)
         if self.meta.get("format") != RUN_FORMAT:
             raise InputError(f"{where}: 'format' should be {RUN_FORMAT!r}, got {self.meta.get('format')!r}")
@@ -384,7 +424,7 @@ class Run:
         if self._last_snapshot[0] == epoch:
             return self._last_snapshot[1]
         self._check_epoch(epoch)
-        path = self.path / snapshot_name(epoch)
+        path = inside(self.path, self.path / snapshot_name(epoch), "the snapshot")
         tensors = read_tensors(path)
         for name, layer in self.layers.items():
             for key, shape in self._expected_shapes(layer).items():
@@ -416,7 +456,7 @@ class Run:
         frozen_file = self.meta.get("frozen_file")
         if frozen_file is not None and frozen_file != FROZEN_FILE:
             raise InputError(f"{self.path / RUN_JSON}: 'frozen_file' must be {FROZEN_FILE!r} inside the run, not {frozen_file!r}")
-        stored = read_tensors(self.path / FROZEN_FILE) if frozen_file else None
+        stored = read_tensors(inside(self.path, self.path / FROZEN_FILE, FROZEN_FILE)) if frozen_file else None
         out = {}
         for name, layer in self.layers.items():
             d_out, d_in = layer["shape"]

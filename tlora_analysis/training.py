@@ -24,9 +24,9 @@ from .config import TrainConfig
 from .data import TASKS, compute_metrics, load_task
 from .errors import InputError
 from .live import make_sinks
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, model_named_in_file
 from .recording import DeltaRecorder
-from .store import HEAD_PREFIX, Run, RunLock, atomic_save_tensors, load_run, read_json, read_tensors
+from .store import HEAD_PREFIX, Run, RunLock, atomic_save_tensors, inside, load_run, read_json, read_tensors
 
 __all__ = ["TrainConfig", "train", "resume", "restore_model", "load_snapshot_into"]
 
@@ -89,6 +89,7 @@ def _lr_at(step: int, total: int, config: TrainConfig) -> float:
 
 
 def _save_resume_state(run_dir: Path, epoch: int, model, optimizer, step: int) -> None:
+    inside(run_dir, run_dir / "resume", "the resume folder")
     names = {id(p): n for n, p in model.named_parameters()}
     tensors = {f"param.{n}": p for n, p in model.named_parameters() if p.requires_grad}
     for group in optimizer.param_groups:
@@ -105,7 +106,7 @@ def _save_resume_state(run_dir: Path, epoch: int, model, optimizer, step: int) -
 
 def _load_resume_state(run_dir: Path, epoch: int, model, optimizer, expected_step: int) -> int:
     """Load the trainer state saved after ``epoch``; its step must be where that epoch ends."""
-    path = run_dir / "resume" / f"epoch_{epoch:03d}.safetensors"
+    path = inside(run_dir, run_dir / "resume" / f"epoch_{epoch:03d}.safetensors", "the resume state")
     tensors = read_tensors(path)
     from safetensors import safe_open
 
@@ -266,14 +267,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     return load_run(out_dir)
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, progress: bool = True,
-           log: Callable[[str], None] = print) -> Run:
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, model: str | None = None,
+           progress: bool = True, log: Callable[[str], None] = print) -> Run:
     """Continue a run from its last finished epoch, with the configuration stored in its run.json.
 
     Resuming with the same ``epochs`` reproduces the uninterrupted run exactly. A larger
     ``epochs`` extends it: the learning-rate schedule is then stretched over the new total
     from the step reached, so the result differs from a run planned that long from the start.
-    ``device`` moves the rest of the run to another device.
+    ``device`` moves the rest of the run to another device. A Hub model named in run.json is
+    loaded only if ``model`` names it (or a local copy of it).
     """
     meta = read_json(Path(run_dir) / "run.json", "run.json")
     if not isinstance(meta.get("config"), dict):
@@ -286,6 +288,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
         config.epochs = epochs
     if device is not None:
         config.device = device
+    config.model = model_named_in_file(config.model, Path(run_dir) / "run.json", model)
     return train(config, run_dir, resume=True, progress=progress, log=log)
 
 
@@ -308,17 +311,19 @@ def load_snapshot_into(model, layers: dict, tensors: dict, where: Path) -> None:
                 params[key[len(HEAD_PREFIX):]].copy_(value)
 
 
-def restore_model(run: Run | str | Path, epoch: int | None = None, device: str = "cpu"):
+def restore_model(run: Run | str | Path, epoch: int | None = None, device: str = "cpu", model: str | None = None):
     """Rebuild the fine-tuned model of a recorded run at ``epoch`` (default: the last one).
 
-    Loads the base model named in run.json, injects adapters with the run's seeds and
-    copies the snapshot's adapter tensors and head into it.
+    Loads the base model named in run.json (or ``model``: see
+    :func:`~tlora_analysis.models.model_named_in_file`), injects adapters with the run's
+    seeds and copies the snapshot's adapter tensors and head into it.
     """
     run = run if isinstance(run, Run) else load_run(run)
     if "config" not in run.meta:
         raise InputError(f"{run.path / 'run.json'}: has no 'config'; only runs written by tlora-analysis train can be restored")
     _check_device(device)
     config = TrainConfig.from_dict({**run.meta["config"], "device": device})
+    config.model = model_named_in_file(config.model, run.path / "run.json", model)
     epoch = run.epochs[-1] if epoch is None else epoch
     tensors = run.snapshot_tensors(epoch)
     model = _build_model(config, TASKS[config.task].num_labels)

@@ -81,6 +81,8 @@ def _read_split(folder: Path, spec: TaskSpec, stems: tuple[str, ...]) -> list[di
             path = folder / f"{stem}{suffix}"
             if not path.exists():
                 continue
+            if not path.is_file():  # a FIFO named train.tsv would block the read forever
+                raise InputError(f"{path}: not a regular file")
             try:
                 if suffix == ".tsv":
                     frame = pd.read_csv(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..store import atomic_write_bytes
 from . import dynamics, geometry, overview
 from .style import save, style
 
@@ -42,5 +43,5 @@ def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sourc
         paths = save(overview.overview(tables), out_dir, "overview")
         entries.append({"name": "overview", "files": [p.name for p in paths], "shows": "key panels side by side", "tables": ["several"]})
     manifest = {"figures": entries, "sources": dict(sources or {}), "settings": dict(settings or {})}
-    (out_dir / "figures.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    atomic_write_bytes(out_dir / "figures.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
     return entries

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib import cm, colors, ticker
+
+from ..store import atomic_write_bytes
 
 METHOD_COLORS = {"lora": "#0072B2", "tlora": "#D55E00", "head": "#7F7F7F"}  # Okabe–Ito blue, vermillion
 METHOD_LABELS = {"lora": "LoRA", "tlora": "TLoRA", "head": "head only"}
@@ -89,6 +92,8 @@ def save(fig, out_dir: str | Path, name: str) -> list[Path]:
     for path in paths:
         # No creation date in PDFs: regenerating unchanged figures leaves the files byte-identical.
         metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
-        fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata=metadata)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=path.suffix[1:], dpi=DPI, bbox_inches="tight", metadata=metadata)
+        atomic_write_bytes(path, buffer.getvalue())  # replaces a planted link instead of writing through it
     plt.close(fig)
     return paths
