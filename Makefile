@@ -22,7 +22,7 @@ reproduce: setup  ## train LoRA and TLoRA on the default task, regenerate figure
 
 test: setup  ## lint, then the whole test suite (a few minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2
 
 bench: setup  ## speed, scale, storage and overhead benchmarks (see benchmarks/README.md)
 	$(PYTHON) benchmarks/run_all.py

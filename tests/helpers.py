@@ -1,4 +1,10 @@
-"""Runs built from known random factors, for checking analyses against dense computations."""
+"""Runs built from known random factors, for checking analyses against dense computations, and the CLI run as a user runs it."""
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
 
 import torch
 from torch import nn
@@ -38,3 +44,41 @@ def make_run(path, method, rank=4, epochs=3, seed=0, n_layers=3):
             recorder.snapshot(epoch, {"accuracy": 0.5 + 0.1 * epoch})
         recorder.finish()
     return model
+
+
+# --------------------------------------------------------------------------- the CLI as a user runs it
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def cli(*args, env=ENV, timeout=120, memory_mb=None, stdin=None):
+    """``python -m tlora_analysis ARGS`` in a subprocess, optionally with an address-space limit."""
+
+    def limit():
+        if memory_mb:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+
+    return subprocess.run([sys.executable, "-m", "tlora_analysis", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout, preexec_fn=limit, stdin=stdin)
+
+
+def expect_error(result, *fragments):
+    """Exit 2, exactly one ``error:`` line, no traceback, and each fragment in the message."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    err = result.stderr
+    assert err.startswith("tlora-analysis: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def tree_digest(*paths):
+    """SHA-256 of every file under the paths (links reported as links, not followed)."""
+    digest = {}
+    for root in paths:
+        for p in sorted(root.rglob("*")) if root.is_dir() else [root]:
+            if p.is_symlink():
+                digest[str(p)] = "link -> " + os.readlink(p)
+            elif p.is_file():
+                digest[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return digest

@@ -55,7 +55,11 @@ def test_claims_and_report(tmp_path, pair):
     assert all(h in (True, False, None) for h in claims.holds)
     # Random factors drawn independently: the updates are not alike, so finding 6 must not hold.
     assert claims.holds.iloc[5] is False or claims.holds.iloc[5] == False  # noqa: E712
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (tmp_path / "report.html").symlink_to(precious)  # a planted link is replaced, not written through
     out = write_report(tables, [lora, tlora], tmp_path / "report.html")
+    assert precious.read_text() == "keep me" and not out.is_symlink()
     page = out.read_text()
     assert "checked on these runs" in page and page.count("data:image/png;base64,") == len(FIGURES) + 1
     assert page.count("<tr><td class='text'>") >= 6

@@ -1,7 +1,6 @@
 """A new user's mistakes: one `error:` line, exit 2, nothing changed; and the habits of shared work
 (locks, readable files, portable exports). Every CLI case runs in a subprocess, as a user would."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -15,31 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import make_run
+from helpers import ENV, cli, expect_error, make_run, tree_digest
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.models import DEFAULT_MODEL_HUB_NAME, load_model
 from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.store import RunLock, atomic_write_json
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def cli(*args, env=ENV, timeout=120):
-    return subprocess.run([sys.executable, "-m", "tlora_analysis", *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-
-
-def tree_digest(path):
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*")) if p.is_file()}
-
-
-def expect_error(result, *fragments):
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-    err = result.stderr
-    assert err.startswith("tlora-analysis: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, err
-    return err
 
 
 @pytest.fixture(scope="module")

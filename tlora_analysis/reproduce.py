@@ -31,7 +31,9 @@ def _check_replaceable(run_dir: Path) -> None:
     """Refuse, before any work, to replace a directory that is not a run this tool wrote."""
     if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
         raise InputError(f"{run_dir}: exists and is not a run directory; reproduce writes its runs there, choose another --runs-dir")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and read_json(run_dir / "run.json", "run.json").get("format") != RUN_FORMAT:
+    if run_dir.is_dir() and any(run_dir.iterdir()) and (
+        not (run_dir / "run.json").is_file() or read_json(run_dir / "run.json", "run.json").get("format") != RUN_FORMAT
+    ):
         raise InputError(f"{run_dir}: holds files but no tlora-analysis run; reproduce will not replace it, choose another --runs-dir")
 
 

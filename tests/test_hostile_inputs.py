@@ -1,0 +1,276 @@
+"""Runs and adapters from a stranger: nothing read decides what code runs, what is fetched or
+how much memory is used, and no command destroys data or writes outside its output.
+
+Each case runs the CLI in a subprocess with a time limit and an address-space limit
+(``resource.setrlimit`` in the child), and compares SHA-256 digests of every file it could
+touch before and after.
+"""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers import ENV, cli, expect_error, make_run, tree_digest
+from tlora_analysis.models import load_model
+from tlora_analysis.recording import DeltaRecorder
+from tlora_analysis.training import TrainConfig, train
+
+LIMITS = dict(timeout=60, memory_mb=3000)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    make_run(root / "lora", "lora")
+    make_run(root / "tlora", "tlora")
+    return root
+
+
+@pytest.fixture()
+def runs(tmp_path, toy):
+    """Fresh copies of a LoRA and a TLoRA run, free to tamper with."""
+    return {m: shutil.copytree(toy / m, tmp_path / m) for m in ("lora", "tlora")}
+
+
+def edit_json(path, change):
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+def refused(args, watched, *fragments):
+    before = tree_digest(*watched)
+    err = expect_error(cli(*args, **LIMITS), *fragments)
+    assert tree_digest(*watched) == before
+    return err
+
+
+# --------------------------------------------------------------------------- model names inside files
+def test_a_pickled_model_named_in_run_json_is_never_unpickled(tmp_path, runs):
+    evil = tmp_path / "evil-model"
+    evil.mkdir()
+    (evil / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (evil / "pytorch_model.bin").write_bytes(b"\x80\x04payload that must never be unpickled")
+    for run in runs.values():
+        edit_json(run / "run.json", lambda m: m.update(model=str(evil)))
+    refused(["analyze", runs["lora"], runs["tlora"], "--out", tmp_path / "tables"], [tmp_path], "refusing to read a pickle")
+    assert not (tmp_path / "tables").exists()
+
+
+def test_a_hub_name_in_run_json_is_never_fetched(tmp_path, runs):
+    for run in runs.values():
+        edit_json(run / "run.json", lambda m: m.update(model="someone/evil-model"))
+    env = {k: v for k, v in ENV.items() if k != "HF_HUB_OFFLINE"}  # online: the refusal, not the setting, stops it
+    before = tree_digest(tmp_path)
+    expect_error(cli("analyze", runs["lora"], runs["tlora"], "--out", tmp_path / "t", env=env, **LIMITS), "never fetched", "--base")
+    assert tree_digest(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- sizes, depth and numbers from headers
+@pytest.mark.parametrize("change, fragment", [
+    (lambda m: next(iter(m["layers"].values())).update(shape=[10**8, 1]), "'shape' should be"),
+    (lambda m: next(iter(m["layers"].values())).update(shape=[10**9, 1]), "'shape' should be"),
+    (lambda m: next(iter(m["layers"].values())).update(rank=0), "'rank' should be between 1"),
+    (lambda m: next(iter(m["layers"].values())).update(seed=-1), "'seed' should be"),
+    (lambda m: m["epochs"][1].update(snapshot="/etc/passwd"), "must be 'snapshots/epoch_001.safetensors'"),
+    (lambda m: m["epochs"][1].update(snapshot="../lora/snapshots/epoch_001.safetensors"), "must be 'snapshots/epoch_001.safetensors'"),
+    (lambda m: m.update(frozen_file="../lora/frozen.safetensors"), "'frozen_file' must be"),
+])
+def test_run_json_headers_are_checked_before_anything_is_allocated(runs, change, fragment):
+    edit_json(runs["tlora"] / "run.json", change)
+    refused(["inspect", runs["tlora"]], runs.values(), fragment)
+
+
+def test_huge_and_deeply_nested_json_is_refused(runs):
+    with open(runs["tlora"] / "run.json", "r+b") as handle:  # sparse: 70 MiB on paper, nothing read
+        handle.truncate(70 << 20)
+    refused(["inspect", runs["tlora"]], runs.values(), "more than the")
+    (runs["lora"] / "run.json").write_text("[" * 100_000 + "]" * 100_000)
+    refused(["inspect", runs["lora"]], runs.values(), "nested too deeply")
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    (lambda t, k: {**t, k: t[k].to(torch.float64) * 1e300}, "magnitude above"),
+    (lambda t, k: {**t, k: t[k].view(torch.int32)}, "dtype torch.int32"),
+    (lambda t, k: {**t, k: torch.complex(t[k], t[k])}, "dtype torch.complex64"),
+    (lambda t, k: {**t, k: torch.full_like(t[k], math.inf)}, "holds inf values"),
+])
+def test_snapshot_values_that_would_break_the_math(runs, tamper, fragment):
+    path = runs["tlora"] / "snapshots" / "epoch_003.safetensors"  # the last epoch, which inspect reads
+    tensors = load_file(str(path))
+    key = next(k for k in tensors if k.endswith("tlora_alpha")) if "magnitude" in fragment else next(k for k in tensors if k.endswith("tlora_B"))
+    save_file(tamper(tensors, key), str(path))
+    refused(["inspect", runs["tlora"]], runs.values(), fragment)
+
+
+# --------------------------------------------------------------------------- PEFT adapters from a stranger
+def peft_adapter(folder, module="bert.encoder.layer.0.attention.self.query", rank=2, **config):
+    folder.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    save_file({f"base_model.model.{module}.lora_A.weight": torch.randn(rank, 8, generator=generator),
+               f"base_model.model.{module}.lora_B.weight": torch.randn(8, rank, generator=generator)},
+              str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 4, **config}))
+    return folder
+
+
+@pytest.mark.parametrize("config, module, fragment", [
+    ({"rank_pattern": {"(a|a)+": 2}}, "a" * 40 + "!", "backtracks catastrophically"),  # the regex package defuses (a+)+ itself
+    ({"alpha_pattern": {"(": 2}}, "query", "not a valid regular expression"),
+    ({"r": 0}, "query", "'r' should be a whole number from 1"),
+    ({"lora_alpha": math.nan}, "query", "'lora_alpha' should be a finite number"),
+    ({"lora_alpha": 1e308}, "query", "'lora_alpha' should be a finite number"),
+    ({"alpha_pattern": {"query": 1e308}}, "query", "alpha_pattern value for query"),
+])
+def test_peft_configs_that_would_hang_or_break_the_math(tmp_path, config, module, fragment):
+    adapter = peft_adapter(tmp_path / "adapter", module=module, **config)
+    refused(["inspect", adapter], [adapter], fragment)
+
+
+# --------------------------------------------------------------------------- paths and links
+def test_links_that_leave_the_run_are_not_followed(runs, tmp_path):
+    snapshot = runs["lora"] / "snapshots" / "epoch_001.safetensors"
+    snapshot.unlink()
+    snapshot.symlink_to(runs["tlora"] / "snapshots" / "epoch_001.safetensors")
+    refused(["inspect", runs["lora"], "--epoch", "1"], runs.values(), "outside")
+    inner = runs["tlora"] / "snapshots" / "epoch_003.safetensors"  # a link that stays inside the run is fine
+    inner.rename(runs["tlora"] / "kept.safetensors")
+    inner.symlink_to(runs["tlora"] / "kept.safetensors")
+    assert cli("inspect", runs["tlora"], **LIMITS).returncode == 0
+
+
+def test_weight_map_entries_stay_in_the_model_folder(tmp_path, tiny_model_dir):
+    tuned = tmp_path / "tuned"
+    tuned.mkdir()
+    (tuned / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../elsewhere/model.safetensors"}}))
+    refused(["inspect", tuned, "--base", tiny_model_dir], [tmp_path], "shards must be .safetensors files")
+
+
+def test_a_snapshot_file_is_the_file_named_and_only_its_epoch(runs, tmp_path):
+    snapshot = runs["lora"] / "snapshots" / "epoch_001.safetensors"
+    single = json.loads(cli("inspect", snapshot, "--json", **LIMITS).stdout)
+    whole = json.loads(cli("inspect", runs["lora"], "--epoch", "1", "--json", **LIMITS).stdout)
+    assert single["epoch"] == 1 and single["layers"] == whole["layers"]
+    loose = tmp_path / "epoch_001.safetensors"
+    shutil.copy(snapshot, loose)
+    (tmp_path / "run.json").write_text((runs["lora"] / "run.json").read_text())
+    refused(["inspect", loose], [tmp_path], "read inside its run")
+    tlora_snapshot = runs["tlora"] / "snapshots" / "epoch_001.safetensors"
+    assert cli("analyze", snapshot, tlora_snapshot, "--no-base", "--out", tmp_path / "tables", **LIMITS).returncode == 0
+    norms = (tmp_path / "tables" / "norms.csv").read_text().splitlines()
+    assert {line.split(",")[4] for line in norms[1:]} == {"1"}  # only the epoch named, not the runs' 0..3
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_fifos_and_devices_are_refused_without_hanging(tmp_path, kind):
+    if kind == "fifo":
+        target = tmp_path / "pipe.safetensors"
+        os.mkfifo(target)
+    else:
+        target = "/dev/zero"
+    expect_error(cli("inspect", target, **LIMITS), "neither a regular file nor a directory")
+
+
+def test_a_fifo_named_like_a_data_file_does_not_hang(tmp_path, tiny_model_dir):
+    data = tmp_path / "glue" / "SST-2"
+    data.mkdir(parents=True)
+    os.mkfifo(data / "train.tsv")
+    refused(["train", "--method", "lora", "--task", "sst2", "--data-dir", tmp_path / "glue", "--model", tiny_model_dir,
+             "--out", tmp_path / "run", "--no-progress"], [tmp_path / "glue"], "not a regular file")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_head_only_run_is_inspected_without_a_crash(tmp_path, tiny_model_dir):
+    model = load_model(tiny_model_dir)
+    with DeltaRecorder(model, tmp_path / "head", metadata={"method": "head"}) as recorder:
+        recorder.snapshot(0)
+    refused(["inspect", tmp_path / "head"], [tmp_path], "no adapted layers")
+
+
+# --------------------------------------------------------------------------- writing: nothing destroyed, nothing outside the output
+def test_reproduce_never_deletes_a_directory_it_did_not_write(tmp_path):
+    (tmp_path / "runs" / "lora").mkdir(parents=True)
+    (tmp_path / "runs" / "lora" / "thesis.tex").write_text("years of work")
+    refused(["reproduce", "--runs-dir", tmp_path / "runs", "--out", tmp_path / "figs", "--max-train-samples", "8", "--no-progress"],
+            [tmp_path], "no tlora-analysis run")
+    assert (tmp_path / "runs" / "lora" / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("tiny-run")
+    config = TrainConfig(method="tlora", model=tiny_model_dir, epochs=1, max_train_samples=16, max_eval_samples=8, batch_size=8, max_length=16)
+    train(config, root / "run", progress=False, log=lambda _: None)
+    return root / "run"
+
+
+def test_resume_does_not_follow_links_out_of_the_run(tmp_path, tiny_run):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "epoch_000.safetensors").write_bytes(b"someone else's file")
+    shutil.rmtree(run / "resume")
+    (run / "resume").symlink_to(victim)
+    refused(["train", "--resume", run, "--epochs", "2", "--no-progress"], [run, victim], "refusing to follow it")
+
+
+@pytest.mark.parametrize("tamper, fragment", [
+    (lambda meta, path: edit_json(path, lambda m: m["config"].update(seed=99)), "records seed 0 but its config says 99"),
+    (lambda meta, path: save_file(load_file(str(meta)), str(meta), {"epoch": "1", "step": "-100000"}), "records step -100000"),
+])
+def test_resume_checks_its_state_against_the_header(tmp_path, tiny_run, tamper, fragment):
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    tamper(run / "resume" / "epoch_001.safetensors", run / "run.json")
+    refused(["train", "--resume", run, "--epochs", "2", "--no-progress"], [run], fragment)
+
+
+def test_a_label_out_of_range_leaves_no_run(tmp_path, tiny_model_dir):
+    data = tmp_path / "glue" / "SST-2"
+    data.mkdir(parents=True)
+    (data / "train.tsv").write_text("sentence\tlabel\na fine film\t1\na dull film\t5\n")
+    (data / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
+    refused(["train", "--method", "lora", "--task", "sst2", "--data-dir", tmp_path / "glue", "--model", tiny_model_dir,
+             "--out", tmp_path / "run", "--no-progress"], [tmp_path / "glue"], "label 5 is outside 0..1")
+    assert not (tmp_path / "run").exists()
+
+
+def test_outputs_replace_planted_links_instead_of_writing_through_them(tmp_path, toy):
+    out = tmp_path / "figs"
+    out.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (out / "spectra.png").symlink_to(target)
+    (out / "figures.json").symlink_to(target)
+    assert cli("figures", toy / "lora", toy / "tlora", "--no-base", "--out", out, **LIMITS).returncode == 0
+    assert target.read_text() == "keep me"  # (the report's own planted link: test_figures.py::test_claims_and_report)
+    assert not (out / "spectra.png").is_symlink() and (out / "spectra.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "figures.json").is_symlink()
+
+
+def test_a_failed_export_leaves_nothing_half_done(tmp_path, toy):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    refused(["export", toy / "lora", "--out", blocker / "adapter"], [tmp_path, toy], "blocker")
+    out = tmp_path / "out"
+    assert cli("export", toy / "lora", "--out", out, **LIMITS).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "out"]  # no staging folder left behind
+    refused(["export", toy / "lora", "--out", out], [tmp_path], "not an empty directory")
+
+
+def test_the_suite_runs_each_case_under_limits():
+    """The limits are real: a child that tries to allocate past them fails instead of taking the machine."""
+    code = "import numpy; numpy.ones(1 << 30)"  # 8 GiB
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (LIMITS["memory_mb"] << 20, LIMITS["memory_mb"] << 20))
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limit, timeout=60)
+    assert result.returncode != 0 and "MemoryError" in result.stderr
