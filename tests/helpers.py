@@ -50,8 +50,8 @@ def make_run(path, method, rank=4, epochs=3, seed=0, n_layers=3):
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def cli(*args, env=ENV, timeout=120, memory_mb=None, stdin=None):
-    """``python -m tlora_analysis ARGS`` in a subprocess, optionally with an address-space limit."""
+def cli(*args, env=ENV, timeout=120, memory_mb=3000, stdin=None):
+    """``python -m tlora_analysis ARGS`` in a subprocess, under a time limit and an address-space limit."""
 
     def limit():
         if memory_mb:

@@ -274,3 +274,22 @@ def test_the_suite_runs_each_case_under_limits():
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limit, timeout=60)
     assert result.returncode != 0 and "MemoryError" in result.stderr
+
+
+def test_reproduce_swaps_in_a_new_run_only_after_it_finished(tmp_path, tiny_run, monkeypatch):
+    import tlora_analysis.reproduce as reproduce
+
+    old = shutil.copytree(tiny_run, tmp_path / "tlora")
+    before = tree_digest(old)
+    changed = TrainConfig.from_dict({**json.loads((old / "run.json").read_text())["config"], "epochs": 2})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed mid-way
+
+    monkeypatch.setattr(reproduce, "train", crash)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce._train_or_reuse(changed, old, retrain=False, progress=False, log=lambda _: None)
+    assert tree_digest(old) == before and sorted(p.name for p in tmp_path.iterdir()) == ["tlora"]
+    monkeypatch.undo()
+    run = reproduce._train_or_reuse(changed, old, retrain=False, progress=False, log=lambda _: None)
+    assert run.epochs == [0, 1, 2] and sorted(p.name for p in tmp_path.iterdir()) == ["tlora"]
