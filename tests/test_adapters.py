@@ -151,3 +151,12 @@ def test_offline_minilm_both_methods():
         randomize_trainable(model, seed=1)
         layer = adapter_layers(model)["bert.encoder.layer.3.attention.self.value"]
         torch.testing.assert_close(probe_delta(layer), layer.delta().dense().double(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_method_registry_and_the_command_line_agree():
+    from tlora_analysis.config import METHODS
+    from tlora_analysis.methods import METHOD_CLASSES
+
+    assert tuple(METHOD_CLASSES) == METHODS
+    for name, cls in METHOD_CLASSES.items():
+        assert cls.method == name

@@ -21,6 +21,7 @@ from .adapters import inject_adapters
 from .analysis import module_and_layer, rank_measures
 from .errors import InputError
 from .factored import FactoredDelta
+from .methods import METHOD_CLASSES
 from .models import base_weights, load_model, model_named_in_file, portable_model_name, resolve_model
 from .sources import SingleState, open_updates, refuse_pickle, refuse_pickled_files
 from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, inside, load_run, read_json, read_tensors, umask
@@ -150,10 +151,9 @@ def inspect_totals(source, table: pd.DataFrame) -> dict:
     """Totals for an :func:`inspect` table: layers, overall ‖ΔW‖_F, and the parameters that define the updates."""
     shapes = [tuple(map(int, s.split("x"))) for s in table["shape"]]
     ranks = table["rank"].tolist()
-    if source.method == "tlora":
-        trainable, frozen = sum(r * r + 1 for r in ranks), sum(r * (o + i) for r, (o, i) in zip(ranks, shapes))
-    elif source.method == "lora":
-        trainable, frozen = sum(r * (o + i) for r, (o, i) in zip(ranks, shapes)), 0
+    if source.method in METHOD_CLASSES:
+        per_layer = [METHOD_CLASSES[source.method].parameter_counts(o, i, r) for r, (o, i) in zip(ranks, shapes)]
+        trainable, frozen = sum(t for t, _ in per_layer), sum(f for _, f in per_layer)
     else:  # a full fine-tune trains every entry
         trainable, frozen = sum(o * i for o, i in shapes), 0
     counts = source.meta.get("parameter_counts", {})

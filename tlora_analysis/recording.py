@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from .adapters import AdapterLayer, adapter_layers, count_parameters, tensor_sha256, tlora_frozen_matrices
+from .adapters import adapter_layers, count_parameters
 from .live import GeometrySink, TrainerSink, update_geometry
 from .store import HEAD_PREFIX, RunWriter
 
@@ -31,16 +31,6 @@ def package_versions() -> dict[str, str]:
     from . import __version__
 
     return {"tlora_analysis": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
-
-
-def _layer_record(layer: AdapterLayer) -> dict[str, Any]:
-    record: dict[str, Any] = {"method": layer.method, "shape": [layer.out_features, layer.in_features], "rank": layer.rank, "seed": layer.seed}
-    if layer.method == "lora":
-        record["scaling"] = layer.scaling
-        record["lora_alpha"] = layer.lora_alpha
-    else:
-        record["frozen_sha256"] = {"tlora_A": tensor_sha256(layer.tlora_A), "tlora_C": tensor_sha256(layer.tlora_C)}
-    return record
 
 
 class DeltaRecorder:
@@ -81,12 +71,12 @@ class DeltaRecorder:
             "versions": package_versions(),
             "parameter_counts": count_parameters(model).as_dict(),
             **metadata,
-            "layers": {name: _layer_record(layer) for name, layer in self.layers.items()},
+            "layers": {name: layer.record() for name, layer in self.layers.items()},
         }
         self.writer = RunWriter(run_dir, header)
         self.path = self.writer.path
-        if not self.writer.meta.get("frozen_file") and self._frozen_differs_from_seeds():
-            self.writer.save_frozen({f"{n}.{k}": b for n, layer in self.layers.items() for k, b in layer.named_buffers() if not k.startswith("base.")})
+        if not self.writer.meta.get("frozen_file") and any(layer.frozen_differs_from_rebuild() for layer in self.layers.values()):
+            self.writer.save_frozen({f"{n}.{k}": t for n, layer in self.layers.items() for k, t in layer.frozen_tensors().items()})
         self._grad_sq: torch.Tensor | None = None  # per layer, summed over the epoch's steps
         self._grad_steps = 0
         self._handles = []
@@ -96,15 +86,6 @@ class DeltaRecorder:
     @property
     def finished_epochs(self) -> list[int]:
         return self.writer.finished_epochs
-
-    def _frozen_differs_from_seeds(self) -> bool:
-        """True if some TLoRA layer's frozen matrices are not what its seed regenerates (then store them)."""
-        for layer in self.layers.values():
-            if layer.method == "tlora":
-                a, c = tlora_frozen_matrices(layer.seed, layer.out_features, layer.in_features, layer.rank)
-                if tensor_sha256(a) != tensor_sha256(layer.tlora_A) or tensor_sha256(c) != tensor_sha256(layer.tlora_C):
-                    return True
-        return False
 
     def _attach_grad_hooks(self) -> None:
         """One hook per backward pass for all layers (not one per parameter): a single Python call

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, require
 from .factored import FactoredDelta
-from .store import MAX_DIM, Run, check_finite, inside, read_json, read_tensors, require, snapshot_name
+from .store import MAX_DIM, Run, check_finite, inside, read_json, read_tensors, snapshot_name
 
 __all__ = ["open_updates", "SingleState", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle", "refuse_pickled_files"]
 

@@ -42,9 +42,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from .adapters import tensor_sha256, tlora_frozen_matrices
-from .errors import InputError
+from .errors import InputError, require
 from .factored import FactoredDelta
+from .methods import method_class, tensor_sha256
 
 __all__ = [
     "RUN_FORMAT",
@@ -168,20 +168,10 @@ def inside(root: Path, path: Path, what: str) -> Path:
     return path
 
 
-def require(mapping: Mapping, key: str, where: str, kind: type | tuple[type, ...] | None = None) -> Any:
-    """``mapping[key]``, or an :class:`InputError` that names where it was missing or mistyped."""
-    if key not in mapping:
-        raise InputError(f"{where}: missing field {key!r}")
-    value = mapping[key]
-    if kind is not None and not isinstance(value, kind):
-        raise InputError(f"{where}: field {key!r} should be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
-    return value
-
-
 MAX_DIM = 1 << 20
 """Largest d_out or d_in a run may declare (Llama-3-405B's widest matrix is 53,248)."""
 MAX_FROZEN_ELEMENTS = 1 << 26
-"""Largest r · (d_out + d_in) of one layer's regenerated frozen matrices (256 MiB in float32)."""
+"""Largest number of values in one layer's rebuilt frozen matrices (256 MiB in float32)."""
 
 
 def _is_int(value: Any) -> bool:
@@ -189,7 +179,8 @@ def _is_int(value: Any) -> bool:
 
 
 def _check_layer(layer: Any, method: str, where: str) -> None:
-    """A run.json layer record, checked before anything is allocated from it."""
+    """A run.json layer record, checked before anything is allocated from it (the method's
+    own fields by its class's :meth:`~tlora_analysis.methods.AdapterLayer.check_record`)."""
     if not isinstance(layer, dict):
         raise InputError(f"{where}: should be a JSON object")
     shape = require(layer, "shape", where, list)
@@ -201,17 +192,15 @@ def _check_layer(layer: Any, method: str, where: str) -> None:
     seed = require(layer, "seed", where, int)
     if not 0 <= seed < 2**63:
         raise InputError(f"{where}: 'seed' should be a whole number from 0 to 2^63 - 1, got {seed}")
-    if method == "lora":
-        scaling = require(layer, "scaling", where, (int, float))
-        if isinstance(scaling, bool) or not math.isfinite(scaling) or abs(scaling) > 1e12:
-            raise InputError(f"{where}: 'scaling' should be a finite number of magnitude at most 1e12, got {scaling!r}")
-    elif method == "tlora":
-        if rank * (shape[0] + shape[1]) > MAX_FROZEN_ELEMENTS:
-            raise InputError(f"{where}: frozen matrices of rank {rank} for shape {shape} would hold "
-                             f"{rank * (shape[0] + shape[1]):,} numbers, more than the limit of {MAX_FROZEN_ELEMENTS:,}")
-        checksums = layer.get("frozen_sha256", {})
-        if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
-            raise InputError(f"{where}: 'frozen_sha256' should map matrix names to SHA-256 strings")
+    layer_class = method_class(method, where)
+    frozen = sum(math.prod(shape) for shape in layer_class.frozen_shapes(layer).values())
+    if frozen > MAX_FROZEN_ELEMENTS:
+        raise InputError(f"{where}: frozen matrices of rank {rank} for shape {shape} would hold {frozen:,} numbers, "
+                         f"more than the limit of {MAX_FROZEN_ELEMENTS:,}")
+    checksums = layer.get("frozen_sha256", {})
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        raise InputError(f"{where}: 'frozen_sha256' should map matrix names to SHA-256 strings")
+    layer_class.check_record(layer, where)
 
 
 MAX_ABS_VALUE = 1e15
@@ -439,78 +428,66 @@ class Run:
         self._last_snapshot = (epoch, tensors)
         return tensors
 
+    @cached_property
+    def _method_class(self):
+        return method_class(self.method, str(self.path / RUN_JSON))
+
     def _expected_shapes(self, layer: dict) -> dict[str, tuple[int, ...]]:
-        d_out, d_in = layer["shape"]
-        r = layer["rank"]
-        if self.method == "lora":
-            return {"lora_A": (r, d_in), "lora_B": (d_out, r)}
-        if self.method == "tlora":
-            return {"tlora_B": (r, r), "tlora_alpha": ()}
-        return {}
+        return self._method_class.snapshot_shapes(layer) if self.layers else {}
 
     @cached_property
-    def _frozen(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """TLoRA's (A, C) per layer: from frozen.safetensors if the run has one, else from seeds."""
-        if self.method != "tlora":
-            return {}
+    def _frozen(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Each layer's frozen tensors: from frozen.safetensors if the run has one, else rebuilt
+        by the method (from seeds); either way checked against the recorded checksums."""
         frozen_file = self.meta.get("frozen_file")
         if frozen_file is not None and frozen_file != FROZEN_FILE:
             raise InputError(f"{self.path / RUN_JSON}: 'frozen_file' must be {FROZEN_FILE!r} inside the run, not {frozen_file!r}")
         stored = read_tensors(inside(self.path, self.path / FROZEN_FILE, FROZEN_FILE)) if frozen_file else None
         out = {}
         for name, layer in self.layers.items():
-            d_out, d_in = layer["shape"]
-            r = int(layer["rank"])
+            shapes = self._method_class.frozen_shapes(layer)
             if stored is not None:
                 where = self.path / FROZEN_FILE
-                for key, shape in (("tlora_A", (d_out, r)), ("tlora_C", (r, d_in))):
+                tensors = {}
+                for key, shape in shapes.items():
                     tensor = stored.get(f"{name}.{key}")
                     if tensor is None:
                         raise InputError(f"{where}: missing tensor {name}.{key}")
                     if tuple(tensor.shape) != shape or not tensor.is_floating_point():
                         raise InputError(f"{where}: tensor {name}.{key} should be a floating-point {shape}, "
                                          f"got {tensor.dtype} {tuple(tensor.shape)}")
-                a, c = stored[f"{name}.tlora_A"], stored[f"{name}.tlora_C"]
+                    tensors[key] = tensor
                 origin = f"{where} does not match"
             else:
-                a, c = tlora_frozen_matrices(int(layer["seed"]), d_out, d_in, r)
+                tensors = self._method_class.rebuild_frozen(layer)
                 origin = "regenerated from its seed (a different torch build?) does not match"
             expected = layer.get("frozen_sha256", {})
-            for key, tensor in (("tlora_A", a), ("tlora_C", c)):
+            for key, tensor in tensors.items():
                 if key in expected and tensor_sha256(tensor) != expected[key]:
                     raise InputError(f"{self.path / RUN_JSON}: frozen matrix {key} of module {name} {origin} its recorded "
                                      "checksum; the run cannot be rebuilt")
-            out[name] = (a, c)
+            out[name] = tensors
         return out
+
+    def _layer_tensors(self, epoch: int, name: str) -> dict[str, torch.Tensor]:
+        tensors = self._snapshot(epoch)
+        return {key: tensors[f"{name}.{key}"] for key in self._expected_shapes(self.layers[name])}
 
     def deltas(self, epoch: int) -> dict[str, FactoredDelta]:
         """``{module_name: FactoredDelta}`` of every adapted layer at ``epoch``, in model order."""
-        tensors = self._snapshot(epoch)
-        out = {}
-        for name, layer in self.layers.items():
-            if self.method == "lora":
-                r = int(layer["rank"])
-                core = torch.eye(r) * float(layer["scaling"])
-                out[name] = FactoredDelta(tensors[f"{name}.lora_B"], core, tensors[f"{name}.lora_A"])
-            elif self.method == "tlora":
-                a, c = self._frozen[name]
-                out[name] = FactoredDelta(a, tensors[f"{name}.tlora_alpha"] * tensors[f"{name}.tlora_B"], c)
-        return out
+        self._snapshot(epoch)
+        return {name: self._method_class.delta_from(layer, self._layer_tensors(epoch, name), self._frozen[name])
+                for name, layer in self.layers.items()}
 
     def scales(self, epoch: int) -> dict[str, float]:
-        """TLoRA's learned α per layer (LoRA: its fixed scaling lora_alpha / r)."""
-        if self.method == "lora":
-            self._check_epoch(epoch)
-            return {name: float(layer["scaling"]) for name, layer in self.layers.items()}
-        tensors = self._snapshot(epoch)
-        return {name: float(tensors[f"{name}.tlora_alpha"]) for name in self.layers}
+        """Each layer's scale: TLoRA's learned α, LoRA's fixed scaling lora_alpha / r."""
+        self._snapshot(epoch)
+        return {name: self._method_class.scale_from(layer, self._layer_tensors(epoch, name)) for name, layer in self.layers.items()}
 
     def trainable(self, epoch: int) -> dict[str, dict[str, torch.Tensor]]:
         """The trained matrices per layer: ``{"B": ...}`` for TLoRA, ``{"A": ..., "B": ...}`` for LoRA."""
-        tensors = self._snapshot(epoch)
-        if self.method == "lora":
-            return {n: {"A": tensors[f"{n}.lora_A"], "B": tensors[f"{n}.lora_B"]} for n in self.layers}
-        return {n: {"B": tensors[f"{n}.tlora_B"]} for n in self.layers}
+        self._snapshot(epoch)
+        return {name: self._method_class.trained_from(self._layer_tensors(epoch, name)) for name in self.layers}
 
     def snapshot_tensors(self, epoch: int) -> dict[str, torch.Tensor]:
         """The raw, validated snapshot (keys ``<module>.<tensor>``), e.g. to load into a live model."""

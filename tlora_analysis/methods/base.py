@@ -1,0 +1,163 @@
+"""What every adapter method is: one class that knows, in one place, its live layer and its stored form.
+
+The live side (an ``nn.Module`` wrapping a frozen ``nn.Linear``): the low-rank forward
+path, :meth:`~AdapterLayer.delta`, the trainable tensors a snapshot stores and the frozen
+ones it does not. The stored side (class methods, no module needed): the run.json record
+of a layer, the snapshot tensors it implies, how to rebuild the frozen tensors, and how to
+turn a snapshot into a :class:`FactoredDelta`. ``store``, ``recording``, ``checkpoints``
+and ``training`` ask these methods and never branch on a method's name.
+
+A method registers itself with :func:`register_method`, as peft's tuners do with
+``register_peft_method``; :func:`method_class` looks it up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..factored import FactoredDelta
+
+__all__ = ["AdapterLayer", "register_method", "method_class", "METHOD_CLASSES", "tensor_sha256", "check_scale", "MAX_ABS_SCALE"]
+
+METHOD_CLASSES: dict[str, type[AdapterLayer]] = {}
+
+MAX_ABS_SCALE = 1e12
+"""Largest magnitude of a scale read from a file (LoRA's scaling): far beyond any real setting."""
+
+
+def register_method(cls: type[AdapterLayer]) -> type[AdapterLayer]:
+    """Class decorator: make ``cls`` available under ``cls.method`` to training, runs and inspect."""
+    METHOD_CLASSES[cls.method] = cls
+    return cls
+
+
+def method_class(name: str, where: str = "method") -> type[AdapterLayer]:
+    if name not in METHOD_CLASSES:
+        raise InputError(f"{where}: unknown adapter method {name!r}; known: {', '.join(METHOD_CLASSES)}")
+    return METHOD_CLASSES[name]
+
+
+def tensor_sha256(tensor: Tensor) -> str:
+    """Checksum of a tensor's float32 values, to verify a regenerated frozen matrix."""
+    data = tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+class AdapterLayer(nn.Module):
+    """A frozen base ``nn.Linear`` plus a low-rank path; subclasses are the methods."""
+
+    method: ClassVar[str]
+    frozen_names: ClassVar[tuple[str, ...]] = ()
+    """Buffers a snapshot does not store: rebuilt by :meth:`rebuild_frozen` and checked by checksum."""
+
+    def __init__(self, base: nn.Linear, rank: int, *, seed: int = 0) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"{type(self).__name__} wraps nn.Linear, got {type(base).__name__}")
+        if not 1 <= rank <= min(base.in_features, base.out_features):
+            raise ValueError(
+                f"rank must be between 1 and min(in_features, out_features) = "
+                f"{min(base.in_features, base.out_features)} for a {base.out_features}x{base.in_features} layer, got {rank}"
+            )
+        self.base = base
+        self.rank = rank
+        self.seed = seed
+        self.in_features = base.in_features
+        self.out_features = base.out_features
+        base.requires_grad_(False)
+
+    # ------------------------------------------------------------------ live layer
+    def forward(self, x: Tensor) -> Tensor:
+        result = self.base(x)
+        return result + self.low_rank_forward(x).to(result.dtype)
+
+    def low_rank_forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def delta(self) -> FactoredDelta:  # pragma: no cover - abstract
+        """ΔW of this layer, factored."""
+        raise NotImplementedError
+
+    def scale(self) -> float:  # pragma: no cover - abstract
+        """The layer's scalar scale: LoRA's fixed lora_alpha / r, TLoRA's learned α."""
+        raise NotImplementedError
+
+    def trainable_tensors(self) -> dict[str, Tensor]:
+        """The tensors a snapshot must store, by short name (detached copies on CPU)."""
+        return {name: p.detach().to("cpu", copy=True) for name, p in self.named_parameters() if not name.startswith("base.")}
+
+    def load_trainable_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Inverse of :meth:`trainable_tensors` (used to resume and to re-apply exports)."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if not name.startswith("base."):
+                    p.copy_(tensors[name].to(p.device, p.dtype))
+
+    def frozen_tensors(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.frozen_names}
+
+    def record(self) -> dict[str, Any]:
+        """This layer's run.json record: what :meth:`check_record` and the stored side read back."""
+        record: dict[str, Any] = {"method": self.method, "shape": [self.out_features, self.in_features], "rank": self.rank, "seed": self.seed}
+        if self.frozen_names:
+            record["frozen_sha256"] = {name: tensor_sha256(t) for name, t in self.frozen_tensors().items()}
+        return record
+
+    def frozen_differs_from_rebuild(self) -> bool:
+        """True if the frozen tensors are not what :meth:`rebuild_frozen` gives (then a run stores them)."""
+        if not self.frozen_names:
+            return False
+        rebuilt = self.rebuild_frozen(self.record())
+        return any(tensor_sha256(rebuilt[n]) != tensor_sha256(t) for n, t in self.frozen_tensors().items())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+    # ------------------------------------------------------------------ stored form
+    @classmethod
+    def check_record(cls, record: dict, where: str) -> None:
+        """Method-specific checks of a run.json layer record (shape, rank and seed are checked by the store)."""
+
+    @classmethod
+    def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:  # pragma: no cover - abstract
+        """The tensors a snapshot holds for this layer, by short name, and their shapes."""
+        raise NotImplementedError
+
+    @classmethod
+    def rebuild_frozen(cls, record: dict) -> dict[str, Tensor]:
+        """The frozen tensors from the record alone (for example from its seed)."""
+        return {}
+
+    @classmethod
+    def frozen_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    @classmethod
+    def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:  # pragma: no cover
+        raise NotImplementedError
+
+    @classmethod
+    def scale_from(cls, record: dict, tensors: dict[str, Tensor]) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def trained_from(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The trained matrices by the names the analyses use (``A``, ``B``, ...)."""
+        return {}
+
+    @classmethod
+    def parameter_counts(cls, d_out: int, d_in: int, rank: int) -> tuple[int, int]:  # pragma: no cover - abstract
+        """(trainable, frozen random) numbers that define one layer's update."""
+        raise NotImplementedError
+
+
+def check_scale(value: Any, where: str, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) > MAX_ABS_SCALE:
+        raise InputError(f"{where}: {name!r} should be a finite number of magnitude at most {MAX_ABS_SCALE:g}, got {value!r}")
+    return float(value)

@@ -1,0 +1,95 @@
+"""TLoRA (Islam, arXiv 2504.18735): ΔW = α · A · B · C with A and C frozen and random."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..factored import FactoredDelta
+from .base import AdapterLayer, register_method
+
+
+def tlora_frozen_matrices(seed: int, d_out: int, d_in: int, rank: int) -> tuple[Tensor, Tensor]:
+    """TLoRA's frozen A (d_out x r, std 1/√r) and C (r x d_in, std 1/√d_in), in float32.
+
+    Always drawn on the CPU so that the same seed gives the same matrices whatever device
+    the model lives on; snapshots store this seed, not the matrices.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    c = torch.randn(rank, d_in, generator=generator) / math.sqrt(d_in)
+    a = torch.randn(d_out, rank, generator=generator) / math.sqrt(rank)
+    return a, c
+
+
+@register_method
+class TLoRALinear(AdapterLayer):
+    """TLoRA: ΔW = α · A · B · C.
+
+    - A (d_out x r) and C (r x d_in) are frozen random buffers from
+      :func:`tlora_frozen_matrices`, Gaussian with variance 1/r and 1/d_in (Kaiming-style),
+      so C·x and A·(·) keep activations at unit scale.
+    - B (r x r) is the only trainable matrix. It starts at zero so that ΔW = 0 and the
+      adapted model equals the base model at step 0 (the gradient of B is
+      α Aᵀ G (C x)ᵀ, non-zero, so training starts at once).
+    - α is a learnable scalar per layer, initialized to ``alpha`` (1.0 by default).
+    - ``dropout`` acts on the input of the low-rank path, as LoRA's does.
+
+    Trainable parameters per layer: r² + 1.
+    """
+
+    method = "tlora"
+    frozen_names = ("tlora_A", "tlora_C")
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
+        super().__init__(base, rank, seed=seed)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        device = base.weight.device
+        a, c = tlora_frozen_matrices(seed, base.out_features, base.in_features, rank)
+        self.register_buffer("tlora_A", a.to(device))
+        self.register_buffer("tlora_C", c.to(device))
+        self.tlora_B = nn.Parameter(torch.zeros(rank, rank, device=device))
+        self.tlora_alpha = nn.Parameter(torch.tensor(1.0 if alpha is None else float(alpha), device=device))
+
+    def low_rank_forward(self, x: Tensor) -> Tensor:
+        x = self.dropout(x.to(self.tlora_B.dtype))
+        return ((x @ self.tlora_C.T) @ self.tlora_B.T) @ self.tlora_A.T * self.tlora_alpha
+
+    def scale(self) -> float:
+        return float(self.tlora_alpha.detach())
+
+    def delta(self) -> FactoredDelta:
+        return FactoredDelta(self.tlora_A, (self.tlora_alpha * self.tlora_B).detach(), self.tlora_C)
+
+    @classmethod
+    def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
+        r = record["rank"]
+        return {"tlora_B": (r, r), "tlora_alpha": ()}
+
+    @classmethod
+    def frozen_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
+        (d_out, d_in), r = record["shape"], record["rank"]
+        return {"tlora_A": (d_out, r), "tlora_C": (r, d_in)}
+
+    @classmethod
+    def rebuild_frozen(cls, record: dict) -> dict[str, Tensor]:
+        (d_out, d_in), r = record["shape"], record["rank"]
+        a, c = tlora_frozen_matrices(int(record["seed"]), d_out, d_in, int(r))
+        return {"tlora_A": a, "tlora_C": c}
+
+    @classmethod
+    def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:
+        return FactoredDelta(frozen["tlora_A"], tensors["tlora_alpha"] * tensors["tlora_B"], frozen["tlora_C"])
+
+    @classmethod
+    def scale_from(cls, record: dict, tensors: dict[str, Tensor]) -> float:
+        return float(tensors["tlora_alpha"])
+
+    @classmethod
+    def trained_from(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"B": tensors["tlora_B"]}
+
+    @classmethod
+    def parameter_counts(cls, d_out: int, d_in: int, rank: int) -> tuple[int, int]:
+        return rank * rank + 1, rank * (d_out + d_in)
