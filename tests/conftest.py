@@ -35,6 +35,17 @@ def tiny_model_dir(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="session")
+def toy_runs(tmp_path_factory):
+    """A LoRA and a TLoRA run of random factors on a toy model (``helpers.make_run``): read-only, copy to tamper."""
+    from helpers import make_run
+
+    root = tmp_path_factory.mktemp("toy")
+    make_run(root / "lora", "lora")
+    make_run(root / "tlora", "tlora")
+    return root
+
+
 @pytest.fixture()
 def tiny_model(tiny_model_dir):
     from tlora_analysis.models import load_model

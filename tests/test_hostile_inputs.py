@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import ENV, cli, expect_error, make_run, tree_digest
+from helpers import ENV, cli, expect_error, tree_digest
 from tlora_analysis.models import load_model
 from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.training import TrainConfig, train
@@ -25,18 +25,10 @@ from tlora_analysis.training import TrainConfig, train
 LIMITS = dict(timeout=60, memory_mb=3000)
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile")
-    make_run(root / "lora", "lora")
-    make_run(root / "tlora", "tlora")
-    return root
-
-
 @pytest.fixture()
-def runs(tmp_path, toy):
+def runs(tmp_path, toy_runs):
     """Fresh copies of a LoRA and a TLoRA run, free to tamper with."""
-    return {m: shutil.copytree(toy / m, tmp_path / m) for m in ("lora", "tlora")}
+    return {m: shutil.copytree(toy_runs / m, tmp_path / m) for m in ("lora", "tlora")}
 
 
 def edit_json(path, change):
@@ -241,27 +233,27 @@ def test_a_label_out_of_range_leaves_no_run(tmp_path, tiny_model_dir):
     assert not (tmp_path / "run").exists()
 
 
-def test_outputs_replace_planted_links_instead_of_writing_through_them(tmp_path, toy):
+def test_outputs_replace_planted_links_instead_of_writing_through_them(tmp_path, toy_runs):
     out = tmp_path / "figs"
     out.mkdir()
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
     (out / "spectra.png").symlink_to(target)
     (out / "figures.json").symlink_to(target)
-    assert cli("figures", toy / "lora", toy / "tlora", "--no-base", "--out", out, **LIMITS).returncode == 0
+    assert cli("figures", toy_runs / "lora", toy_runs / "tlora", "--no-base", "--out", out, **LIMITS).returncode == 0
     assert target.read_text() == "keep me"  # (the report's own planted link: test_figures.py::test_claims_and_report)
     assert not (out / "spectra.png").is_symlink() and (out / "spectra.png").read_bytes()[:4] == b"\x89PNG"
     assert not (out / "figures.json").is_symlink()
 
 
-def test_a_failed_export_leaves_nothing_half_done(tmp_path, toy):
+def test_a_failed_export_leaves_nothing_half_done(tmp_path, toy_runs):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
-    refused(["export", toy / "lora", "--out", blocker / "adapter"], [tmp_path, toy], "blocker")
+    refused(["export", toy_runs / "lora", "--out", blocker / "adapter"], [tmp_path, toy_runs], "blocker")
     out = tmp_path / "out"
-    assert cli("export", toy / "lora", "--out", out, **LIMITS).returncode == 0
+    assert cli("export", toy_runs / "lora", "--out", out, **LIMITS).returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker", "out"]  # no staging folder left behind
-    refused(["export", toy / "lora", "--out", out], [tmp_path], "not an empty directory")
+    refused(["export", toy_runs / "lora", "--out", out], [tmp_path], "not an empty directory")
 
 
 def test_the_suite_runs_each_case_under_limits():

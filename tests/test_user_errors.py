@@ -14,19 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import ENV, cli, expect_error, make_run, tree_digest
+from helpers import ENV, cli, expect_error, tree_digest
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.models import DEFAULT_MODEL_HUB_NAME, load_model
 from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.store import RunLock, atomic_write_json
-
-
-@pytest.fixture(scope="module")
-def toy_runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy")
-    make_run(root / "lora", "lora")
-    make_run(root / "tlora", "tlora")
-    return root
 
 
 def copy_of(src, tmp_path, name="copy"):
