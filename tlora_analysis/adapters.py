@@ -95,7 +95,8 @@ def inject_adapters(
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer_class(linear[name], rank, alpha, dropout=dropout, seed=layer_seed(seed, name)))
+        layer_seed_ = layer_seed(seed, name) if layer_class.seed_scope == "layer" else seed
+        setattr(parent, child, layer_class(linear[name], rank, alpha, dropout=dropout, seed=layer_seed_))
     for name, param in model.named_parameters():
         if any(f".{m}." in f".{name}" for m in modules_to_save):
             param.requires_grad_(True)

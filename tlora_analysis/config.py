@@ -18,14 +18,16 @@ from .errors import InputError
 
 __all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "add_config_arguments", "config_from_arguments"]
 
-METHODS = ("lora", "tlora")
+METHODS = ("lora", "tlora", "vera", "loraxs", "full")
 """Adapter methods (each one a class in :mod:`tlora_analysis.adapters`)."""
 
 TRAIN_METHODS = (*METHODS, "head")
 
-DEFAULT_LR = {"lora": 1e-3, "tlora": 3e-2, "head": 1e-2}
-"""Per-method defaults found on the default task: TLoRA trains r² + 1 numbers per layer and,
-like VeRA's scaling vectors, wants a learning rate about thirty times LoRA's (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2)."""
+DEFAULT_LR = {"lora": 1e-3, "tlora": 3e-2, "head": 1e-2, "vera": 1e-2, "loraxs": 1e-3, "full": 1e-4}
+"""Per-method defaults. LoRA's, TLoRA's and the head's were found on the default task: TLoRA
+trains r² + 1 numbers per layer and, like VeRA's scaling vectors, wants a learning rate about
+thirty times LoRA's (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2). VeRA's, LoRA-XS's and full
+fine-tuning's are untuned starting points in the range their papers use; pass ``--lr``."""
 
 REPRODUCE_EPOCHS = 5
 """Epochs per run of the main job (``tlora-analysis reproduce``)."""
@@ -49,11 +51,13 @@ class TrainConfig:
     Each field's help text is the ``--option`` help of ``tlora-analysis train``.
     """
 
-    method: str = _option("tlora", "adapter method; 'head' trains only the classifier (a baseline)", choices=TRAIN_METHODS)
+    method: str = _option("tlora", "adapter method; 'full' trains the target matrices whole, 'head' only the classifier",
+                          choices=TRAIN_METHODS)
     task: str = _option("default", "task; 'default' is the embedded offline sentiment task", choices=tuple(TASKS))
     model: str = _option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2")
     rank: int = _option(8, "adapter rank r")
-    alpha: float | None = _option(None, "LoRA: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1)")
+    alpha: float | None = _option(None, "LoRA, LoRA-XS: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1); "
+                                        "VeRA: initial λ_d (default 0.1)")
     targets: list[str] = _option(help="module name suffixes to adapt", factory=lambda: ["query", "value"], nargs="+")
     epochs: int = _option(4, "training epochs (with --resume: train up to this many)")
     lr: float | None = _option(None, f"peak learning rate (default per method: {DEFAULT_LR})")

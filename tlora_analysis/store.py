@@ -370,6 +370,7 @@ class Run:
                 raise InputError(f"{where}: epoch {epoch}'s snapshot must be {snapshot_name(epoch)!r} inside the run, "
                                  f"not {record['snapshot']!r}")
             self._records[epoch] = record
+        self._delta_cache: dict[int, dict[str, FactoredDelta]] = {}
         self._last_snapshot: tuple[int | None, dict[str, torch.Tensor]] = (None, {})
 
     def __repr__(self) -> str:
@@ -460,6 +461,9 @@ class Run:
                 origin = f"{where} does not match"
             else:
                 tensors = self._method_class.rebuild_frozen(layer)
+                if set(tensors) != set(shapes):
+                    raise InputError(f"{self.path / RUN_JSON}: a {self.method!r} run keeps its frozen matrices in {FROZEN_FILE}, "
+                                     "which it does not list")
                 origin = "regenerated from its seed (a different torch build?) does not match"
             expected = layer.get("frozen_sha256", {})
             for key, tensor in tensors.items():
@@ -475,9 +479,14 @@ class Run:
 
     def deltas(self, epoch: int) -> dict[str, FactoredDelta]:
         """``{module_name: FactoredDelta}`` of every adapted layer at ``epoch``, in model order."""
+        if epoch in self._delta_cache:
+            return self._delta_cache[epoch]
         self._snapshot(epoch)
-        return {name: self._method_class.delta_from(layer, self._layer_tensors(epoch, name), self._frozen[name])
-                for name, layer in self.layers.items()}
+        deltas = {name: self._method_class.delta_from(layer, self._layer_tensors(epoch, name), self._frozen[name])
+                  for name, layer in self.layers.items()}
+        if self.layers and self._method_class.cache_deltas:  # a dense SVD per layer: once per snapshot
+            self._delta_cache[epoch] = deltas
+        return deltas
 
     def scales(self, epoch: int) -> dict[str, float]:
         """Each layer's scale: TLoRA's learned α, LoRA's fixed scaling lora_alpha / r."""

@@ -6,8 +6,12 @@ reads without importing torch; a test checks that the two agree).
 """
 
 from .base import METHOD_CLASSES, AdapterLayer, method_class, register_method, tensor_sha256
+from .full import FullLinear
 from .lora import LoRALinear
+from .loraxs import LoRAXSLinear, loraxs_frozen_matrices
 from .tlora import TLoRALinear, tlora_frozen_matrices
+from .vera import VeRALinear, vera_frozen_matrices
 
-__all__ = ["AdapterLayer", "LoRALinear", "TLoRALinear", "METHOD_CLASSES", "method_class", "register_method", "tensor_sha256",
-           "tlora_frozen_matrices"]
+__all__ = ["AdapterLayer", "LoRALinear", "TLoRALinear", "VeRALinear", "LoRAXSLinear", "FullLinear", "METHOD_CLASSES",
+           "method_class", "register_method", "tensor_sha256", "tlora_frozen_matrices", "vera_frozen_matrices",
+           "loraxs_frozen_matrices"]

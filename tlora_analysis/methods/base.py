@@ -55,6 +55,12 @@ class AdapterLayer(nn.Module):
     method: ClassVar[str]
     frozen_names: ClassVar[tuple[str, ...]] = ()
     """Buffers a snapshot does not store: rebuilt by :meth:`rebuild_frozen` and checked by checksum."""
+    cache_deltas: ClassVar[bool] = False
+    """True where building a delta from a snapshot costs a dense SVD: a run then keeps each
+    epoch's deltas instead of rebuilding them for every analysis."""
+    seed_scope: ClassVar[str] = "layer"
+    """``"layer"``: each layer's seed comes from the run seed and its name; ``"run"``: every layer
+    gets the run seed itself (VeRA's frozen pair depends on the seed and the shape only)."""
 
     def __init__(self, base: nn.Linear, rank: int, *, seed: int = 0) -> None:
         super().__init__()
@@ -114,7 +120,7 @@ class AdapterLayer(nn.Module):
         if not self.frozen_names:
             return False
         rebuilt = self.rebuild_frozen(self.record())
-        return any(tensor_sha256(rebuilt[n]) != tensor_sha256(t) for n, t in self.frozen_tensors().items())
+        return any(n not in rebuilt or tensor_sha256(rebuilt[n]) != tensor_sha256(t) for n, t in self.frozen_tensors().items())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
@@ -131,7 +137,8 @@ class AdapterLayer(nn.Module):
 
     @classmethod
     def rebuild_frozen(cls, record: dict) -> dict[str, Tensor]:
-        """The frozen tensors from the record alone (for example from its seed)."""
+        """The frozen tensors from the record alone (from its seed); empty if the record cannot
+        rebuild them (LoRA-XS needs W0), and then a run stores them."""
         return {}
 
     @classmethod

@@ -1,0 +1,108 @@
+"""TLoRA's relatives as method classes: VeRA against peft, LoRA-XS against a dense SVD of W0,
+full fine-tuning against W − W0, and each recorded and read back as a run."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tlora_analysis import adapter_layers, inject_adapters
+from tlora_analysis.methods import FullLinear, LoRAXSLinear, VeRALinear
+from tlora_analysis.models import load_model, load_tokenizer
+from tlora_analysis.recording import DeltaRecorder
+from tlora_analysis.store import load_run
+from tlora_analysis.training import TrainConfig, restore_model, train
+
+peft = pytest.importorskip("peft")
+
+
+def test_vera_matches_peft_given_the_same_seed(tiny_model_dir):
+    """With one layer shape, peft's shared pair is drawn from projection_prng_key exactly as ours from the run seed."""
+    torch.manual_seed(0)
+    theirs = peft.get_peft_model(load_model(tiny_model_dir), peft.VeraConfig(r=4, target_modules=["query", "value"], projection_prng_key=7,
+                                                                              init_weights=False)).eval()
+    ours = inject_adapters(load_model(tiny_model_dir), "vera", 4, ["query", "value"], seed=7).eval()
+    for name, layer in adapter_layers(ours).items():
+        peft_layer = theirs.base_model.model.get_submodule(name)
+        torch.testing.assert_close(layer.vera_A, peft_layer.vera_A["default"], rtol=0, atol=0)
+        torch.testing.assert_close(layer.vera_B, peft_layer.vera_B["default"], rtol=0, atol=0)
+        with torch.no_grad():
+            layer.vera_lambda_d.copy_(peft_layer.vera_lambda_d["default"])
+            layer.vera_lambda_b.copy_(peft_layer.vera_lambda_b["default"])
+        dense = peft_layer.get_delta_weight("default").double()
+        torch.testing.assert_close(layer.delta().dense(torch.float64), dense, rtol=1e-5, atol=1e-7)
+    batch = load_tokenizer(tiny_model_dir)(["not bad at all", "a dull film"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch).logits, theirs(**batch).logits, rtol=1e-5, atol=1e-6)
+
+
+def test_vera_defaults_follow_peft():
+    layer = VeRALinear(nn.Linear(16, 12), 4)
+    assert torch.equal(layer.vera_lambda_d, torch.full((4,), 0.1)) and torch.equal(layer.vera_lambda_b, torch.zeros(12))
+    assert layer.delta().frobenius_norm() == 0.0 and math.isnan(layer.scale())
+    assert sum(p.numel() for n, p in layer.named_parameters() if not n.startswith("base.")) == 4 + 12
+
+
+def test_loraxs_frozen_matrices_are_w0s_truncated_svd():
+    base = nn.Linear(20, 14)
+    layer = LoRAXSLinear(base, 3)
+    u, s, vh = np.linalg.svd(base.weight.detach().double().numpy(), full_matrices=False)
+    np.testing.assert_allclose(layer.loraxs_A.double().numpy(), u[:, :3] * s[:3], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.loraxs_B.double().numpy(), vh[:3], rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        layer.loraxs_R.copy_(torch.eye(3))
+    # R = I reproduces W0's rank-3 truncation: LoRA-XS adapts inside W0's principal subspace.
+    np.testing.assert_allclose(layer.delta().dense(torch.float64).numpy(), (u[:, :3] * s[:3]) @ vh[:3], rtol=1e-5, atol=1e-6)
+    assert sum(p.numel() for n, p in layer.named_parameters() if not n.startswith("base.")) == 9
+
+
+def test_full_fine_tuning_delta_is_w_minus_w0():
+    base = nn.Linear(10, 6)
+    w0 = base.weight.detach().clone()
+    layer = FullLinear(base, rank=1)
+    with torch.no_grad():
+        layer.full_delta.normal_()
+    merged = (layer.base.weight + layer.full_delta).detach()
+    torch.testing.assert_close(layer.delta().dense(torch.float32), merged - w0, rtol=1e-5, atol=1e-6)
+    x = torch.randn(3, 10)
+    torch.testing.assert_close(layer(x), x @ merged.T + base.bias, rtol=1e-5, atol=1e-6)
+    assert layer.rank == 6 and layer.delta().rank == 6
+
+
+def test_full_fine_tuning_refuses_huge_layers():
+    from tlora_analysis.errors import InputError
+
+    with pytest.raises(InputError, match="more than the limit"):
+        FullLinear(nn.Linear(8192, 4096, device="meta"), rank=1)
+
+
+@pytest.mark.parametrize("method", ["vera", "loraxs", "full"])
+def test_recorded_runs_read_back_as_the_live_deltas(tmp_path, tiny_model_dir, method):
+    model = inject_adapters(load_model(tiny_model_dir), method, 4, ["query", "value"], seed=2, modules_to_save=["classifier"])
+    generator = torch.Generator().manual_seed(1)
+    with DeltaRecorder(model, tmp_path / "run") as recorder:
+        recorder.snapshot(0)
+        with torch.no_grad():
+            for layer in adapter_layers(model).values():
+                for p in layer.trainable_tensors():
+                    getattr(layer, p).add_(torch.randn(getattr(layer, p).shape, generator=generator) * 0.1)
+        recorder.snapshot(1)
+        recorder.finish()
+    run = load_run(tmp_path / "run")
+    assert run.method == method
+    for name, layer in adapter_layers(model).items():
+        torch.testing.assert_close(run.deltas(1)[name].dense(torch.float64), layer.delta().dense(torch.float64), rtol=1e-5, atol=1e-7)
+    assert (tmp_path / "run" / "frozen.safetensors").exists() == (method == "loraxs")  # VeRA's pair is rebuilt from the seed
+
+
+@pytest.mark.parametrize("method", ["vera", "loraxs", "full"])
+def test_train_and_restore_every_method(tmp_path, tiny_model_dir, method):
+    config = TrainConfig(method=method, model=tiny_model_dir, epochs=1, max_train_samples=16, max_eval_samples=8, batch_size=8, max_length=16)
+    run = train(config, tmp_path / method, progress=False, log=lambda _: None)
+    restored = restore_model(run)  # LoRA-XS: A and B recomputed from W0 and checked against their checksums
+    for name, layer in adapter_layers(restored).items():
+        torch.testing.assert_close(run.deltas(1)[name].dense(torch.float64), layer.delta().dense(torch.float64), rtol=1e-5, atol=1e-7)
+    if method == "full":
+        assert run.deltas(1) is run.deltas(1)  # one dense SVD per layer and snapshot, kept
