@@ -144,7 +144,7 @@ def test_broken_inputs_give_one_line_errors_and_change_nothing(tmp_path, run_cop
     ia3 = tmp_path / "ia3"
     ia3.mkdir()
     (ia3 / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
-    expect_clean_error(["inspect", str(ia3)], "supported adapter types: LORA")
+    expect_clean_error(["inspect", str(ia3)], "supported adapter types: LORA, VERA")
 
     adapter = tmp_path / "adapter"
     make_peft_adapter(adapter, tiny_model_dir, r=2, lora_alpha=4)

@@ -106,3 +106,21 @@ def test_train_and_restore_every_method(tmp_path, tiny_model_dir, method):
         torch.testing.assert_close(run.deltas(1)[name].dense(torch.float64), layer.delta().dense(torch.float64), rtol=1e-5, atol=1e-7)
     if method == "full":
         assert run.deltas(1) is run.deltas(1)  # one dense SVD per layer and snapshot, kept
+
+
+def test_inspect_reads_peft_vera_adapters(tmp_path, tiny_model_dir):
+    from tlora_analysis.checkpoints import inspect
+
+    torch.manual_seed(4)
+    model = peft.get_peft_model(load_model(tiny_model_dir), peft.VeraConfig(r=4, target_modules=["query", "value"], save_projection=True,
+                                                                             init_weights=False))
+    model.save_pretrained(tmp_path / "vera")
+    table = inspect(tmp_path / "vera").set_index("name")
+    assert table.attrs["method"] == "vera" and len(table) == 4
+    for name, module in model.named_modules():
+        if isinstance(module, peft.tuners.vera.layer.Linear):
+            dense = module.get_delta_weight("default").detach().double().numpy()
+            row = table.loc[name.removeprefix("base_model.model.")]
+            assert row.frobenius == pytest.approx(np.linalg.norm(dense), rel=1e-5)
+            np.testing.assert_allclose([row.s1, row.s2], np.linalg.svd(dense, compute_uv=False)[:2], rtol=1e-5)
+    assert table.attrs["totals"]["update_trainable_params"] == 4 * (4 + 32)

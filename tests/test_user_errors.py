@@ -239,3 +239,9 @@ def test_docstrings_cite_the_projects_own_docs():
     offenders = [str(p) for p in (root / "tlora_analysis").rglob("*.py") if "reference.md" in p.read_text()]
     assert not offenders
     assert "docs/quantities.md" in (root / "README.md").read_text()
+
+
+def test_an_unknown_method_is_refused_with_the_known_ones():
+    result = cli("train", "--method", "dora", "--out", "x")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "invalid choice: 'dora'" in result.stderr and "lora, tlora, vera, loraxs, full, head" in result.stderr.replace("'", "")

@@ -21,9 +21,9 @@ from .errors import InputError, require
 from .factored import FactoredDelta
 from .store import MAX_DIM, Run, check_finite, inside, read_json, read_tensors, snapshot_name
 
-__all__ = ["open_updates", "SingleState", "PeftAdapter", "SUPPORTED_PEFT_TYPES", "refuse_pickle", "refuse_pickled_files"]
+__all__ = ["open_updates", "SingleState", "PeftAdapter", "PeftVeraAdapter", "open_peft", "SUPPORTED_PEFT_TYPES", "refuse_pickle", "refuse_pickled_files"]
 
-SUPPORTED_PEFT_TYPES = ("LORA",)
+SUPPORTED_PEFT_TYPES = ("LORA", "VERA")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 
@@ -151,9 +151,6 @@ class PeftAdapter(SingleState):
         config_path = self.path / "adapter_config.json"
         self.config = read_json(config_path, "adapter_config.json")
         where = str(config_path)
-        peft_type = str(self.config.get("peft_type", "LORA")).upper()
-        if peft_type not in SUPPORTED_PEFT_TYPES:
-            raise InputError(f"{where}: peft_type {peft_type!r} is not supported; supported adapter types: {', '.join(SUPPORTED_PEFT_TYPES)}")
         if self.config.get("use_dora"):
             raise InputError(f"{where}: DoRA adapters (use_dora: true) are not supported; supported: plain LoRA")
         self.default_rank = _check_number(require(self.config, "r", where), where, "'r'", 1, MAX_DIM, integer=True)
@@ -218,6 +215,75 @@ class PeftAdapter(SingleState):
         return self._tensors
 
 
+class PeftVeraAdapter(SingleState):
+    """A PEFT VeRA adapter directory saved with its projections (``save_projection: true``).
+
+    peft stores one shared pair, ``base_model.vera_A`` (r x max d_in) and ``base_model.vera_B``
+    (max d_out x r), and per layer λ_b and λ_d; a layer's ΔW is
+    (λ_b ⊙ B[:d_out]) · diag(λ_d) · A[:, :d_in]. An adapter file does not say a layer's d_in,
+    so layers must all have the shape of the shared pair (as query/value layers do).
+    """
+
+    method = "vera"
+
+    def __init__(self, path: str | Path, config: dict) -> None:
+        self.path, self.name, self.config = Path(path), Path(path).name, config
+        where = str(self.path / "adapter_config.json")
+        self.rank = _check_number(require(config, "r", where), where, "'r'", 1, MAX_DIM, integer=True)
+        if config.get("fan_in_fan_out"):
+            raise InputError(f"{where}: VeRA adapters with fan_in_fan_out are not supported yet")
+        self.meta = {"peft_config": config, "model": config.get("base_model_name_or_path")}
+        weights = inside(self.path, self.path / "adapter_model.safetensors", "adapter_model.safetensors")
+        if not weights.exists():
+            refuse_pickled_files(self.path)
+        tensors = read_tensors(weights)
+        if "base_model.vera_A" not in tensors or "base_model.vera_B" not in tensors:
+            raise InputError(f"{weights}: no base_model.vera_A/vera_B; save the adapter with save_projection=True "
+                             "(regenerating them from projection_prng_key depends on the torch build)")
+        a, b = tensors["base_model.vera_A"], tensors["base_model.vera_B"]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != self.rank or b.shape[1] != self.rank:
+            raise InputError(f"{weights}: vera_A {tuple(a.shape)} and vera_B {tuple(b.shape)} do not have rank r = {self.rank}")
+        lambdas: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in tensors.items():
+            match = re.fullmatch(r"(?:base_model\.model\.)?(?P<module>.+)\.vera_lambda_(?P<which>[bd])(?:\.[^.]+)?", key)
+            if match:
+                lambdas.setdefault(match["module"], {})[match["which"]] = tensor
+        if not lambdas:
+            raise InputError(f"{weights}: no vera_lambda_b/vera_lambda_d tensors found")
+        for tensor in (a, b, *(t for pair in lambdas.values() for t in pair.values())):
+            if not tensor.is_floating_point():
+                raise InputError(f"{weights}: tensors must be real floating point, found {tensor.dtype}")
+            check_finite(tensor, f"{weights}")
+        self.layers, self._tensors = {}, {}
+        for module, pair in lambdas.items():
+            if set(pair) != {"b", "d"} or pair["d"].shape != (self.rank,) or pair["b"].shape != (b.shape[0],):
+                raise InputError(f"{weights}: module {module!r} needs vera_lambda_d of shape ({self.rank},) and vera_lambda_b of "
+                                 f"shape ({b.shape[0]},) (layers of other shapes than the shared pair are not supported yet)")
+            self.layers[module] = {"shape": [b.shape[0], a.shape[1]], "rank": self.rank}
+            self._tensors[module] = {"lambda_d": pair["d"], "lambda_b": pair["b"]}
+        self._a, self._b = a, b
+
+    def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
+        self._check(epoch)
+        return {m: FactoredDelta(self._b * t["lambda_b"][:, None], torch.diag(t["lambda_d"]), self._a) for m, t in self._tensors.items()}
+
+    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        self._check(epoch)
+        return self._tensors
+
+
+def open_peft(path: Path):
+    """A PEFT adapter directory, by its ``peft_type``: LoRA or VeRA."""
+    config_path = path / "adapter_config.json"
+    config = read_json(config_path, "adapter_config.json")
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type == "VERA":
+        return PeftVeraAdapter(path, config)
+    if peft_type != "LORA":
+        raise InputError(f"{config_path}: peft_type {peft_type!r} is not supported; supported adapter types: {', '.join(SUPPORTED_PEFT_TYPES)}")
+    return PeftAdapter(path)
+
+
 def open_updates(path: str | Path):
     """Open a run directory, a snapshot file or a PEFT adapter directory (see the module docstring).
 
@@ -248,7 +314,7 @@ def open_updates(path: str | Path):
         return Run(path)
     if (path / "adapter_config.json").exists():
         inside(path, path / "adapter_config.json", "adapter_config.json")
-        return PeftAdapter(path)
+        return open_peft(path)
     if not any(path.iterdir()):
         raise InputError(f"{path}: empty directory; expected a run (run.json) or a PEFT adapter (adapter_config.json)")
     refuse_pickled_files(path)
