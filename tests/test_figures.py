@@ -22,7 +22,7 @@ def pair(tmp_path_factory):
     make_run(root / "tlora", "tlora", rank=3, epochs=3)
     weights = {name: layer.base.weight.detach() for name, layer in adapter_layers(model).items()}
     lora, tlora = load_run(root / "lora"), load_run(root / "tlora")
-    return lora, tlora, compare_runs(lora, tlora, weights, baseline_samples=8)
+    return lora, tlora, compare_runs([lora, tlora], weights, baseline_samples=8)
 
 
 def test_render_all_writes_every_figure_and_a_manifest(tmp_path, pair):

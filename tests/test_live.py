@@ -124,7 +124,7 @@ def test_claims_name_the_normality_test_that_gave_each_p_value(tmp_path):
     make_run(tmp_path / "lora", "lora")
     model = make_run(tmp_path / "tlora", "tlora")
     weights = {name: layer.base.weight.detach() for name, layer in adapter_layers(model).items()}
-    tables = compare_runs(load_run(tmp_path / "lora"), load_run(tmp_path / "tlora"), weights, baseline_samples=4)
+    tables = compare_runs([load_run(tmp_path / "lora"), load_run(tmp_path / "tlora")], weights, baseline_samples=4)
     stats = tables["weight_stats"]
     big = stats.method.eq("tlora") & stats.matrix.eq("B")
     tables["weight_stats"] = stats.assign(normality_test=np.where(big, "dagostino", stats.normality_test), n=np.where(big, 6000, stats.n))

@@ -124,3 +124,50 @@ def test_inspect_reads_peft_vera_adapters(tmp_path, tiny_model_dir):
             assert row.frobenius == pytest.approx(np.linalg.norm(dense), rel=1e-5)
             np.testing.assert_allclose([row.s1, row.s2], np.linalg.svd(dense, compute_uv=False)[:2], rtol=1e-5)
     assert table.attrs["totals"]["update_trainable_params"] == 4 * (4 + 32)
+
+
+@pytest.fixture(scope="module")
+def five_methods(tmp_path_factory):
+    """One toy run per method, all on the same model and targets."""
+    from helpers import make_run
+
+    root = tmp_path_factory.mktemp("five")
+    model = None
+    for method in ("lora", "tlora", "vera", "loraxs", "full"):
+        model = make_run(root / method, method, epochs=2)
+    return root, {name: layer.base.weight.detach() for name, layer in adapter_layers(model).items()}
+
+
+def test_compare_runs_takes_any_set_of_methods(five_methods):
+    from tlora_analysis.analysis import compare_runs, paper_claims
+    from tlora_analysis.factored import cosine_similarity
+
+    root, weights = five_methods
+    runs = [load_run(root / m) for m in ("full", "vera", "tlora", "loraxs", "lora")]
+    tables = compare_runs(runs, weights, baseline_samples=4)
+    assert set(tables["norms"].method) == {"lora", "tlora", "vera", "loraxs", "full"}
+    pairs = tables["similarity_pairs"]
+    assert len(pairs[["method_a", "method_b"]].drop_duplicates()) == 10  # every pair of the five methods, once
+    row = pairs[(pairs.method_a == "vera") & (pairs.method_b == "full") & (pairs.epoch == 2)].iloc[0]
+    assert row.cosine == pytest.approx(cosine_similarity(load_run(root / "vera").deltas(2)[row["name"]],
+                                                         load_run(root / "full").deltas(2)[row["name"]]), rel=1e-9)
+    assert set(tables["similarity"][["method_a", "method_b"]].itertuples(index=False)) == {("lora", "tlora")}
+    assert len(paper_claims(tables)) == 6  # the paper's claims still read the LoRA–TLoRA pair
+    without_pair = compare_runs([load_run(root / "vera"), load_run(root / "full")], baseline_samples=2)
+    assert "similarity" not in without_pair and "scales" not in without_pair and len(without_pair["similarity_pairs"]) > 0
+
+
+def test_figures_and_report_for_five_methods(tmp_path, five_methods):
+    from tlora_analysis.analysis import compare_runs
+    from tlora_analysis.figures import FIGURES, render_all
+    from tlora_analysis.figures.style import METHOD_COLORS, MODULE_PALETTE
+    from tlora_analysis.report import write_report
+
+    root, weights = five_methods
+    runs = [load_run(root / m) for m in ("lora", "tlora", "vera", "loraxs", "full")]
+    entries = render_all(compare_runs(runs, weights, baseline_samples=2), tmp_path / "figs")
+    assert {e["name"] for e in entries} == set(FIGURES) | {"overview"}
+    assert len(set(METHOD_COLORS.values())) == len(METHOD_COLORS) and not set(METHOD_COLORS.values()) & set(MODULE_PALETTE)
+    two = [load_run(root / "vera"), load_run(root / "full")]
+    page = write_report(compare_runs(two, baseline_samples=2), two, tmp_path / "report.html").read_text()
+    assert "VeRA, full fine-tuning: adaptation dynamics" in page and "have no such pair" in page

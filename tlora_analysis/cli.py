@@ -53,73 +53,56 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _add_run_pair(p) -> None:
-    p.add_argument("run_lora", metavar="RUN_LORA", help="a LoRA run directory (or PEFT LoRA adapter directory)")
-    p.add_argument("run_tlora", metavar="RUN_TLORA", help="a TLoRA run directory")
+def _add_runs(p) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, snapshot files or PEFT adapter directories, of any "
+                                                          "methods; the paper's claims need one LoRA and one TLoRA run among them")
     p.add_argument("--base", default=None, help="base model for amplification and intruder dimensions (default: the runs' model)")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
 
 
 def _compare(args):
-    from .sources import open_updates
-
-    return _compare_sources(open_updates(args.run_lora), open_updates(args.run_tlora), args)
-
-
-def _compare_sources(lora, tlora, args):
+    """Open the runs as given (a snapshot file stays one epoch) and compute every table."""
     from .analysis import compare_runs
     from .models import base_weights, model_named_in_file
+    from .sources import open_updates
 
+    sources = [open_updates(path) for path in args.runs]
+    adapted = [s for s in sources if s.layers]
+    if not adapted:
+        raise InputError(f"{args.runs[0]}: none of the runs has adapted layers to analyse")
     weights = None
     if not args.no_base:
-        named = lora.meta.get("model") or tlora.meta.get("model")
+        first = adapted[0]
+        named = next((s.meta.get("model") for s in adapted if s.meta.get("model")), None)
         if args.base is None and not named:
-            raise InputError(f"{lora.path}: names no base model; pass --base MODEL or --no-base")
-        model = model_named_in_file(named, lora.path, args.base)
-        weights = base_weights(model, list(lora.deltas(lora.epochs[-1])))
-    return lora, tlora, compare_runs(lora, tlora, weights)
+            raise InputError(f"{first.path}: names no base model; pass --base MODEL or --no-base")
+        weights = base_weights(model_named_in_file(named, first.path, args.base), list(first.deltas(first.epochs[-1])))
+    return sources, compare_runs(adapted, weights)
 
 
 def _add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="write the analysis tables of runs as CSV",
-                       description="Write analysis tables (spectra, norms, effective rank, weight distributions, scales; "
-                                   "with one LoRA and one TLoRA run also similarity, subspaces, amplification and intruders) as CSV files.")
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, snapshot files or PEFT adapter directories")
+                       description="Write every analysis table of the runs (spectra, norms, effective rank, weight "
+                                   "distributions, scales, cosine between every pair of methods, subspaces, amplification "
+                                   "and intruders) as CSV files.")
+    _add_runs(p)
     p.add_argument("--out", required=True, help="directory for the CSV files")
-    p.add_argument("--base", default=None, help="base model for amplification and intruder dimensions (comparisons only)")
-    p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
     p.set_defaults(func=_cmd_analyze)
 
 
 def _cmd_analyze(args) -> int:
-    import pandas as pd
-
-    from . import analysis as A
     from .reproduce import write_tables
-    from .sources import open_updates
 
-    sources = [open_updates(path) for path in args.runs]
-    methods = sorted(s.method for s in sources)
-    if methods == ["lora", "tlora"]:
-        lora, tlora = sorted(sources, key=lambda s: s.method)
-        tables = _compare_sources(lora, tlora, args)[2]  # the sources as opened: a snapshot file stays one epoch
-    else:
-        per_run = {"spectra": A.spectra, "norms": A.norms, "effective_rank": A.effective_rank, "weight_stats": A.weight_distributions}
-        tables = {name: pd.concat([f(s) for s in sources], ignore_index=True) for name, f in per_run.items()}
-        tlora = [s for s in sources if s.method == "tlora"]
-        if tlora:
-            tables["scales"] = pd.concat([A.scales(s) for s in tlora], ignore_index=True)
-        tables["summary"] = pd.concat([A.summary(s) for s in sources], ignore_index=True)
-    for path in write_tables(tables, Path(args.out)):
+    for path in write_tables(_compare(args)[1], Path(args.out)):
         print(path)
     return 0
 
 
 def _add_figures(sub) -> None:
-    p = sub.add_parser("figures", help="render every figure for a LoRA run and a TLoRA run",
-                       description="Analyse a LoRA run and a TLoRA run and render every figure (PNG and PDF) "
-                                   "plus figures.json listing each file, its source runs and the analysis settings.")
-    _add_run_pair(p)
+    p = sub.add_parser("figures", help="render every figure for a set of runs",
+                       description="Analyse the runs and render every figure their tables allow (PNG and PDF) plus "
+                                   "figures.json listing each file, its source runs and the analysis settings.")
+    _add_runs(p)
     p.add_argument("--out", required=True, help="directory for the figures")
     p.set_defaults(func=_cmd_figures)
 
@@ -128,18 +111,18 @@ def _cmd_figures(args) -> int:
     from .analysis.compare import SETTINGS
     from .figures import render_all
 
-    lora, tlora, tables = _compare(args)
-    base = None if args.no_base else (args.base or lora.meta.get("model"))
-    entries = render_all(tables, args.out, sources={"lora": str(lora.path), "tlora": str(tlora.path)}, settings={"base": base, **SETTINGS})
+    sources, tables = _compare(args)
+    base = None if args.no_base else (args.base or sources[0].meta.get("model"))
+    entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources}, settings={"base": base, **SETTINGS})
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
     return 0
 
 
 def _add_report(sub) -> None:
     p = sub.add_parser("report", help="one self-contained HTML page with figures, tables and the paper's claims checked",
-                       description="Write a self-contained HTML report for a LoRA run and a TLoRA run, ending with the "
-                                   "TLoRA paper's findings checked on these runs (statistic, threshold, verdict).")
-    _add_run_pair(p)
+                       description="Write a self-contained HTML report for a set of runs, ending with the TLoRA paper's "
+                                   "findings checked on its LoRA and TLoRA runs (statistic, threshold, verdict).")
+    _add_runs(p)
     p.add_argument("--out", required=True, help="the HTML file to write")
     p.set_defaults(func=_cmd_report)
 
@@ -147,8 +130,8 @@ def _add_report(sub) -> None:
 def _cmd_report(args) -> int:
     from .report import write_report
 
-    lora, tlora, tables = _compare(args)
-    print(f"wrote {write_report(tables, [lora, tlora], args.out)}")
+    sources, tables = _compare(args)
+    print(f"wrote {write_report(tables, sources, args.out)}")
     return 0
 
 

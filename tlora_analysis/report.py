@@ -13,6 +13,7 @@ import pandas as pd
 
 from .analysis import paper_claims
 from .figures import FIGURES, render_all
+from .figures.style import method_label
 from .store import atomic_write_bytes
 
 CSS = """
@@ -63,13 +64,16 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
                 data = base64.b64encode(png.read_bytes()).decode()
                 caption = "key panels side by side" if name == "overview" else FIGURES[name][2]
                 figures.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'><figcaption><b>{name}</b>: {html.escape(caption)}</figcaption></figure>")
-    claims = paper_claims(tables)
+    has_pair = "similarity" in tables and "scales" in tables
+    claims = paper_claims(tables) if has_pair else None
+    methods = ", ".join(dict.fromkeys(method_label(r.method) for r in runs))
     body = [
-        "<h1>LoRA vs TLoRA: adaptation dynamics</h1>",
-        f"<p>Runs: {', '.join(html.escape(str(r.path)) for r in runs)}. Definitions of every quantity: the docstrings of "
-        "<code>tlora_analysis.analysis</code>. Claims are checked at the last epoch both runs share "
-        f"(epoch {int(claims.epoch.iloc[0])}).</p>",
-        "<h2>The paper's claims, checked on these runs</h2>", _claims_table(claims),
+        f"<h1>{html.escape(methods)}: adaptation dynamics</h1>",
+        f"<p>Runs: {', '.join(html.escape(str(r.path)) for r in runs)}. Every quantity is defined in the project's "
+        "<code>docs/quantities.md</code>.</p>",
+        "<h2>The paper's claims, checked on these runs</h2>",
+        (f"<p>Checked on the LoRA and TLoRA runs at the last epoch both share (epoch {int(claims.epoch.iloc[0])}).</p>"
+         + _claims_table(claims)) if has_pair else "<p>The paper's claims compare a LoRA run with a TLoRA run; these runs have no such pair.</p>",
         "<h2>Summary</h2>", tables["summary"].set_index("run").T.to_html(float_format=lambda v: f"{v:.4g}", na_rep=""),
         "<h2>Metrics per epoch</h2>", _metrics(runs),
         "<h2>Figures</h2>", *figures,
@@ -79,5 +83,6 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
     # Atomic: a full disk leaves the previous report whole, and a planted link is replaced, not written through.
     atomic_write_bytes(out, (f"<!doctype html><html><head><meta charset='utf-8'><title>tlora-analysis report</title><style>{CSS}</style></head>"
                              f"<body>{''.join(body)}</body></html>\n").encode())
-    atomic_write_bytes(out.with_suffix(".claims.json"), (json.dumps(claims.to_dict(orient="records"), indent=2) + "\n").encode())
+    if claims is not None:
+        atomic_write_bytes(out.with_suffix(".claims.json"), (json.dumps(claims.to_dict(orient="records"), indent=2) + "\n").encode())
     return out

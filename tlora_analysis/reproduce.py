@@ -86,7 +86,7 @@ def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduc
     log("analysing ...")
     lora, tlora = runs["lora"], runs["tlora"]
     weights = base_weights(configs["lora"].model, lora.layer_names)
-    tables = compare_runs(lora, tlora, weights)
+    tables = compare_runs([lora, tlora], weights)
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")
     settings = {"epochs": epochs, "seed": seed, **SETTINGS}

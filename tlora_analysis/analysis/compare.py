@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ..config import METHODS
 from ..errors import InputError
 from ._common import UpdateSource, as_source
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
@@ -18,48 +19,69 @@ from .similarity import subspace_similarity_table, update_similarity
 from .spectra import effective_rank, spectra
 from .summary import summary
 
+METHOD_ORDER = {method: i for i, method in enumerate(METHODS)}
+
 SETTINGS = {"histogram_bins": 40, "baseline_samples": 32, "intruder_k": 10, "intruder_epsilon": 0.5, "energy_rank": 0.9}
 """What :func:`compare_runs` computes with; figures.json records it next to the figures."""
 
 
 def compare_runs(
-    lora: UpdateSource,
-    tlora: UpdateSource,
+    runs: Sequence[UpdateSource],
     base_weights: Mapping[str, torch.Tensor] | None = None,
     *,
     bins: int = SETTINGS["histogram_bins"],
     baseline_samples: int = SETTINGS["baseline_samples"],
 ) -> dict[str, pd.DataFrame]:
-    """Every analysis table for one LoRA run and one TLoRA run of the same model and targets.
+    """Every analysis table for a set of runs of the same model and targets, any methods.
 
-    Keys: spectra, norms, effective_rank, scales, weight_stats, weight_histograms,
-    similarity, subspace (last epoch, LoRA vs TLoRA), subspace_epochs (each epoch of each
-    run vs its own last), summary, and with ``base_weights`` also amplification and intruders.
+    Args:
+        runs: runs, PEFT adapters or paths; their names must differ.
+        base_weights: W0 per module, for amplification and intruders.
+        bins: histogram bins of the trained matrices.
+        baseline_samples: random updates per (shape, rank) for the cosine baseline.
+
+    Keys: spectra, norms, effective_rank, weight_stats, weight_histograms, subspace_epochs
+    (each epoch of each run vs its own last), summary; ``similarity_pairs`` (the cosine for
+    every pair of runs of different methods); with a TLoRA run ``scales``; with a LoRA and a
+    TLoRA run the paper's pair, ``similarity`` and ``subspace`` (last epoch); and with
+    ``base_weights`` also amplification, intruders and intruder_counts.
     """
-    lora, tlora = as_source(lora), as_source(tlora)
-    if lora.method != "lora" or tlora.method != "tlora":
-        raise InputError(f"compare_runs takes a LoRA run and a TLoRA run, got {lora.method!r} ({lora.name}) and {tlora.method!r} ({tlora.name})")
-    both = (lora, tlora)
-    last = min(lora.epochs[-1], tlora.epochs[-1])
+    runs = sorted((as_source(r) for r in runs), key=lambda r: METHOD_ORDER.get(r.method, len(METHOD_ORDER)))
+    adapted = [r for r in runs if r.layers]
+    if not adapted:
+        raise InputError("compare_runs needs at least one run with adapted layers")
+    names = [r.name for r in adapted]
+    if len(set(names)) != len(names):
+        raise InputError(f"compare_runs needs runs with different names, got {names}")
+    last = min(r.epochs[-1] for r in adapted)
+    pairs = [(a, b) for i, a in enumerate(adapted) for b in adapted[i + 1:] if a.method != b.method]
     tables = {
-        "spectra": pd.concat([spectra(r) for r in both], ignore_index=True),
-        "norms": pd.concat([norms(r) for r in both], ignore_index=True),
-        "effective_rank": pd.concat([effective_rank(r, energy=SETTINGS["energy_rank"]) for r in both], ignore_index=True),
-        "scales": scales(tlora),
-        "weight_stats": pd.concat([weight_distributions(r, pool=True) for r in both], ignore_index=True),
-        "weight_histograms": pd.concat([weight_histograms(r, bins=bins, pool=True) for r in both], ignore_index=True),
-        "similarity": update_similarity(lora, tlora, baseline_samples=baseline_samples),
-        "subspace": subspace_similarity_table(lora, tlora, epochs=[last]),
+        "spectra": pd.concat([spectra(r) for r in adapted], ignore_index=True),
+        "norms": pd.concat([norms(r) for r in adapted], ignore_index=True),
+        "effective_rank": pd.concat([effective_rank(r, energy=SETTINGS["energy_rank"]) for r in adapted], ignore_index=True),
+        "weight_stats": pd.concat([weight_distributions(r, pool=True) for r in adapted], ignore_index=True),
+        "weight_histograms": pd.concat([weight_histograms(r, bins=bins, pool=True) for r in adapted], ignore_index=True),
         "subspace_epochs": pd.concat(
-            [subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e > 0], epoch_b=r.epochs[-1]).query("i == j") for r in both],
+            [subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e > 0], epoch_b=r.epochs[-1]).query("i == j") for r in adapted],
             ignore_index=True,
         ),
-        "summary": pd.concat([summary(r) for r in both], ignore_index=True),
+        "summary": pd.concat([summary(r) for r in adapted], ignore_index=True),
     }
+    if pairs:
+        tables["similarity_pairs"] = pd.concat([update_similarity(a, b, baseline_samples=baseline_samples) for a, b in pairs],
+                                               ignore_index=True)
+    tlora = [r for r in adapted if r.method == "tlora"]
+    if tlora:
+        tables["scales"] = pd.concat([scales(r) for r in tlora], ignore_index=True)
+    lora = [r for r in adapted if r.method == "lora"]
+    if lora and tlora:  # the paper's pair: its claims and figures compare the first LoRA and the first TLoRA run
+        similarity = tables["similarity_pairs"]
+        tables["similarity"] = similarity[(similarity.run_a == lora[0].name) & (similarity.run_b == tlora[0].name)].reset_index(drop=True)
+        tables["subspace"] = subspace_similarity_table(lora[0], tlora[0], epochs=[last])
     if base_weights is not None:
-        tables["amplification"] = pd.concat([amplification(r, base_weights) for r in both], ignore_index=True)
+        tables["amplification"] = pd.concat([amplification(r, base_weights) for r in adapted], ignore_index=True)
         intruders = pd.concat(
-            [intruder_dimensions(r, base_weights, k=SETTINGS["intruder_k"], epsilon=SETTINGS["intruder_epsilon"]) for r in both],
+            [intruder_dimensions(r, base_weights, k=SETTINGS["intruder_k"], epsilon=SETTINGS["intruder_epsilon"]) for r in adapted],
             ignore_index=True,
         )
         tables["intruders"] = intruders
@@ -93,7 +115,9 @@ def paper_claims(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     Computed at the last epoch both runs share. ``holds`` is True/False, or None where the
     statistic cannot be computed.
     """
-    norms_t = tables["norms"]
+    if "similarity" not in tables or "scales" not in tables:
+        raise InputError("the paper's claims compare a LoRA run with a TLoRA run, and these tables have no such pair")
+    norms_t = tables["norms"][tables["norms"].method.isin(("lora", "tlora"))]
     last = int(norms_t.groupby("method")["epoch"].max().min())
     rows = []
 

@@ -23,6 +23,7 @@ FIGURES = {
     "scales": (dynamics.scales_by_layer, ("scales",), "TLoRA's α per layer over epochs"),
     "weight_histograms": (dynamics.weight_histograms, ("weight_histograms", "weight_stats"), "entries of the trained matrices with normal fits"),
     "cosine_similarity": (geometry.cosine_similarity, ("similarity",), "LoRA vs TLoRA cosine of ΔW with a random baseline"),
+    "pairwise_similarity": (geometry.pairwise_similarity, ("similarity_pairs",), "mean cosine of ΔW for every pair of methods"),
     "subspace_similarity": (geometry.subspace_similarity, ("subspace",), "φ(i, j) of LoRA's and TLoRA's top subspaces"),
     "subspace_drift": (geometry.subspace_drift, ("subspace_epochs",), "φ between each epoch and the last"),
     "effective_rank": (geometry.effective_rank, ("effective_rank",), "stable and entropy effective rank over epochs"),

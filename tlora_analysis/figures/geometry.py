@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import DIVERGING, METHOD_COLORS, layer_epoch_heatmap, method_label, modules_of
+from .style import DIVERGING, METHOD_COLORS, layer_epoch_heatmap, method_label, module_color, modules_of
 
 
 def cosine_similarity(similarity: pd.DataFrame):
@@ -31,6 +31,31 @@ def cosine_similarity(similarity: pd.DataFrame):
         ax.set_xticks(row.layer)
     handles, labels = axes[1][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=8)
+    return fig
+
+
+def pairwise_similarity(pairs: pd.DataFrame):
+    """For every pair of methods: the mean cosine of their ΔW over layers at the last epoch, per
+    module (one bar each), with the random baseline (mean 95th percentile of |cos|) as a grey band."""
+    last = int(pairs.epoch.max())
+    data = pairs[pairs.epoch == last].assign(pair=lambda t: [f"{method_label(a)} vs {method_label(b)}" for a, b in zip(t.method_a, t.method_b)])
+    labels = list(dict.fromkeys(data.pair))
+    modules = modules_of(data)
+    fig, ax = plt.subplots(figsize=(7.2, 1.2 + 0.45 * len(labels) * max(1, len(modules) / 2)))
+    height = 0.8 / len(modules)
+    y = np.arange(len(labels))
+    for k, module in enumerate(modules):
+        grouped = data[data.module == module].groupby("pair")
+        mean, baseline = grouped.cosine.mean().reindex(labels), grouped.baseline_abs_q95.mean().reindex(labels)
+        offset = y + k * height - 0.4 + height / 2
+        ax.barh(offset, 2 * baseline.to_numpy(), height, left=-baseline.to_numpy(), color="0.88",
+                label="random baseline (95% of |cos|)" if k == 0 else None)
+        ax.barh(offset, mean.to_numpy(), height * 0.6, color=module_color(module, modules), label=f"mean cosine · {module}")
+    ax.axvline(0, color="0.5", lw=0.8)
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel="cosine of ΔW (mean over layers)", title=f"How alike each pair of methods' updates are, epoch {last}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

@@ -14,7 +14,7 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     """2 x 3 panels: mean norm over epochs, spectra at the last epoch, α by layer, B histogram,
     cosine per layer with baseline, entropy rank over epochs."""
     fig, axes = plt.subplots(2, 3, figsize=(12.5, 6.8))
-    norms, spectra, scales = tables["norms"], tables["spectra"], tables["scales"]
+    norms, spectra = tables["norms"], tables["spectra"]
     last = int(norms.groupby("method").epoch.max().min())
 
     ax = axes[0][0]
@@ -35,14 +35,50 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     ax.legend()
 
     ax = axes[0][2]
+    if "scales" not in tables:
+        _missing(ax, "TLoRA α by layer: needs a TLoRA run")
+    else:
+        _alpha_by_layer(ax, tables["scales"], last)
+
+    ax = axes[1][0]
+    hist, stats = tables["weight_histograms"], tables["weight_stats"]
+    if not ((hist.method == "tlora") & (hist.matrix == "B")).any():
+        _missing(ax, "TLoRA B entries: needs a TLoRA run")
+    else:
+        _b_histogram(ax, hist, stats, last)
+
+    ax = axes[1][1]
+    if "similarity" not in tables:
+        _missing(ax, "cos(ΔW_LoRA, ΔW_TLoRA): needs a LoRA and a TLoRA run")
+    else:
+        _cosine_by_layer(ax, tables["similarity"], last)
+
+    ax = axes[1][2]
+    ranks = tables["effective_rank"]
+    for method, group in ranks[ranks.epoch > 0].groupby("method"):
+        mean = group.groupby("epoch").entropy_rank.mean()
+        ax.plot(mean.index, mean.to_numpy(), "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
+    ax.set(title="Entropy effective rank (mean over layers)", xlabel="epoch", ylabel="effective rank", ylim=(0, None))
+    ax.legend()
+    methods = " vs ".join(method_label(m) for m in dict.fromkeys(norms.method))
+    fig.suptitle(f"{methods}: adaptation dynamics at a glance", fontsize=13)
+    return fig
+
+
+def _missing(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="0.4", transform=ax.transAxes, wrap=True)
+    ax.set_axis_off()
+
+
+def _alpha_by_layer(ax, scales: pd.DataFrame, last: int) -> None:
     modules = modules_of(scales)
     for module, group in scales[scales.epoch == last].groupby("module"):
         ax.plot(group.layer, group.alpha, "o-", ms=4, color=module_color(module, modules), label=module)
     ax.set(title=f"TLoRA α by layer, epoch {last}", xlabel="layer", ylabel="α")
     ax.legend()
 
-    ax = axes[1][0]
-    hist, stats = tables["weight_histograms"], tables["weight_stats"]
+
+def _b_histogram(ax, hist: pd.DataFrame, stats: pd.DataFrame, last: int) -> None:
     h = hist[(hist.method == "tlora") & (hist.matrix == "B") & (hist.epoch == last)]
     module = sorted(h.module.unique())[0]
     h = h[h.module == module]
@@ -52,21 +88,11 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     ax.set(title=f"TLoRA B entries ({module}), epoch {last}", xlabel="entry value", ylabel="density")
     ax.text(0.02, 0.95, f"skew {s.skewness:.2f}\nex. kurt {s.excess_kurtosis:.2f}", transform=ax.transAxes, va="top", fontsize=8)
 
-    ax = axes[1][1]
-    sim = tables["similarity"]
+
+def _cosine_by_layer(ax, sim: pd.DataFrame, last: int) -> None:
     sim = sim[sim.epoch == last]
     for module, group in sim.groupby("module"):
         ax.plot(group.layer, group.cosine, "o-", ms=4, color=module_color(module, modules_of(sim)), label=f"cosine · {module}")
     ax.fill_between(sorted(sim.layer.unique()), -sim.baseline_abs_q95.max(), sim.baseline_abs_q95.max(), color="0.85", label="random baseline")
     ax.set(title=f"cos(ΔW_LoRA, ΔW_TLoRA), epoch {last}", xlabel="layer", ylabel="cosine")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, frameon=False)
-
-    ax = axes[1][2]
-    ranks = tables["effective_rank"]
-    for method, group in ranks[ranks.epoch > 0].groupby("method"):
-        mean = group.groupby("epoch").entropy_rank.mean()
-        ax.plot(mean.index, mean.to_numpy(), "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
-    ax.set(title="Entropy effective rank (mean over layers)", xlabel="epoch", ylabel="effective rank", ylim=(0, None))
-    ax.legend()
-    fig.suptitle("LoRA vs TLoRA: adaptation dynamics at a glance", fontsize=13)
-    return fig

@@ -12,8 +12,16 @@ from matplotlib import cm, colors, ticker
 
 from ..store import atomic_write_bytes
 
-METHOD_COLORS = {"lora": "#0072B2", "tlora": "#D55E00", "head": "#7F7F7F"}  # Okabe–Ito blue, vermillion
-METHOD_LABELS = {"lora": "LoRA", "tlora": "TLoRA", "head": "head only"}
+METHOD_COLORS = {
+    "lora": "#0072B2",  # Okabe–Ito blue
+    "tlora": "#D55E00",  # Okabe–Ito vermillion
+    "vera": "#882255",  # Tol wine
+    "loraxs": "#999933",  # Tol olive
+    "full": "#332288",  # Tol indigo
+    "head": "#7F7F7F",
+}
+"""One colour per method, the same in every figure; none is a module colour."""
+METHOD_LABELS = {"lora": "LoRA", "tlora": "TLoRA", "vera": "VeRA", "loraxs": "LoRA-XS", "full": "full fine-tuning", "head": "head only"}
 # Modules (query, value, ...) get other Okabe–Ito colours, so blue and vermillion always mean the methods.
 MODULE_PALETTE = ["#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 SEQUENTIAL = "viridis"  # layers and epochs
