@@ -75,11 +75,13 @@ def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
     assert main(["report", str(lora.path), str(tlora.path), "--out", str(tmp_path / "r.html"), "--no-base"]) == 0
     assert main(["analyze", str(lora.path), str(tlora.path), "--out", str(tmp_path / "tables"), "--no-base"]) == 0
     assert (tmp_path / "tables" / "similarity.csv").exists()
-    assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "single")]) == 0
+    assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "single"), "--no-base"]) == 0
     assert sorted(p.name for p in (tmp_path / "single").iterdir()) == sorted(
-        f"{n}.csv" for n in ("spectra", "norms", "effective_rank", "weight_stats", "scales", "summary"))
-    assert main(["figures", str(tlora.path), str(lora.path), "--out", str(tmp_path / "x"), "--no-base"]) == 2
-    assert "takes a LoRA run and a TLoRA run" in capsys.readouterr().err
+        f"{n}.csv" for n in ("spectra", "norms", "effective_rank", "weight_stats", "weight_histograms", "subspace_epochs", "scales", "summary"))
+    # the order of the runs does not matter, and a run without a base model asks for one
+    assert main(["figures", str(tlora.path), str(lora.path), "--out", str(tmp_path / "x"), "--no-base"]) == 0
+    assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "y")]) == 2
+    assert "names no base model; pass --base MODEL or --no-base" in capsys.readouterr().err
 
 
 def test_every_option_of_every_command_has_help(capsys):
