@@ -34,24 +34,19 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     ax.set(title=f"Normalized spectra σᵢ/σ₁, epoch {last}", xlabel="index i", ylabel="σᵢ / σ₁")
     ax.legend()
 
-    ax = axes[0][2]
-    if "scales" not in tables:
-        _missing(ax, "TLoRA α by layer: needs a TLoRA run")
-    else:
-        _alpha_by_layer(ax, tables["scales"], last)
-
-    ax = axes[1][0]
     hist, stats = tables["weight_histograms"], tables["weight_stats"]
-    if not ((hist.method == "tlora") & (hist.matrix == "B")).any():
-        _missing(ax, "TLoRA B entries: needs a TLoRA run")
-    else:
-        _b_histogram(ax, hist, stats, last)
-
-    ax = axes[1][1]
-    if "similarity" not in tables:
-        _missing(ax, "cos(ΔW_LoRA, ΔW_TLoRA): needs a LoRA and a TLoRA run")
-    else:
-        _cosine_by_layer(ax, tables["similarity"], last)
+    has_b = bool(((hist.method == "tlora") & (hist.matrix == "B")).any())
+    paired_panels = [  # (axis, whether its tables are there, how to draw it, what it needs)
+        (axes[0][2], "scales" in tables, lambda ax: _alpha_by_layer(ax, tables["scales"], last), "TLoRA α by layer: needs a TLoRA run"),
+        (axes[1][0], has_b, lambda ax: _b_histogram(ax, hist, stats, last), "TLoRA B entries: needs a TLoRA run"),
+        (axes[1][1], "similarity" in tables, lambda ax: _cosine_by_layer(ax, tables["similarity"], last),
+         "cos(ΔW_LoRA, ΔW_TLoRA): needs a LoRA and a TLoRA run"),
+    ]
+    for ax, ready, draw, needs in paired_panels:
+        if ready:
+            draw(ax)
+        else:
+            _missing(ax, needs)
 
     ax = axes[1][2]
     ranks = tables["effective_rank"]
