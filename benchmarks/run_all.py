@@ -17,6 +17,7 @@ import bench_cli  # noqa: E402
 import bench_recording  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_storage  # noqa: E402
+import bench_training  # noqa: E402
 from harness import machine  # noqa: E402
 
 BENCHMARKS = [
@@ -26,6 +27,7 @@ BENCHMARKS = [
     ("4. Recording overhead", bench_recording),
     ("5. Adapter forward + backward", bench_adapters),
     ("6. Command-line start-up", bench_cli),
+    ("7. Where a training epoch goes", bench_training),
 ]
 
 if __name__ == "__main__":
