@@ -18,7 +18,7 @@ from helpers import ENV, cli, expect_error, tree_digest
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.models import DEFAULT_MODEL_HUB_NAME, load_model
 from tlora_analysis.recording import DeltaRecorder
-from tlora_analysis.store import RunLock, atomic_write_json
+from tlora_analysis.store import RunLock, atomic_write_json, umask
 
 
 def copy_of(src, tmp_path, name="copy"):
@@ -180,13 +180,7 @@ def test_exports_name_the_base_model_portably(tmp_path, toy_runs):
         export(run, tmp_path / f"out-{expected.replace('/', '_')}")
         config = json.loads((tmp_path / f"out-{expected.replace('/', '_')}" / "adapter_config.json").read_text())
         assert config["base_model_name_or_path"] == expected
-        assert stat.S_IMODE((tmp_path / f"out-{expected.replace('/', '_')}").stat().st_mode) == 0o777 & ~_umask()
-
-
-def _umask():
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+        assert stat.S_IMODE((tmp_path / f"out-{expected.replace('/', '_')}").stat().st_mode) == 0o777 & ~umask()
 
 
 def test_the_hub_name_of_the_default_resolves_to_the_embedded_copy():

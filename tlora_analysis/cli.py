@@ -61,7 +61,10 @@ def _add_runs(p) -> None:
 
 
 def _compare(args):
-    """Open the runs as given (a snapshot file stays one epoch) and compute every table."""
+    """Open the runs as given (a snapshot file stays one epoch) and compute every table.
+
+    Returns the sources, the tables and the base model the W0 analyses used (None without them).
+    """
     from .analysis import compare_runs
     from .models import base_weights, model_named_in_file
     from .sources import open_updates
@@ -70,14 +73,15 @@ def _compare(args):
     adapted = [s for s in sources if s.layers]
     if not adapted:
         raise InputError(f"{args.runs[0]}: none of the runs has adapted layers to analyse")
-    weights = None
+    weights = base = None
     if not args.no_base:
         first = adapted[0]
         named = next((s.meta.get("model") for s in adapted if s.meta.get("model")), None)
         if args.base is None and not named:
             raise InputError(f"{first.path}: names no base model; pass --base MODEL or --no-base")
-        weights = base_weights(model_named_in_file(named, first.path, args.base), list(first.deltas(first.epochs[-1])))
-    return sources, compare_runs(adapted, weights)
+        base = model_named_in_file(named, first.path, args.base)
+        weights = base_weights(base, list(first.layers))
+    return sources, compare_runs(adapted, weights), base
 
 
 def _add_analyze(sub) -> None:
@@ -111,8 +115,7 @@ def _cmd_figures(args) -> int:
     from .analysis.compare import SETTINGS
     from .figures import render_all
 
-    sources, tables = _compare(args)
-    base = None if args.no_base else (args.base or sources[0].meta.get("model"))
+    sources, tables, base = _compare(args)
     entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources}, settings={"base": base, **SETTINGS})
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
     return 0
@@ -130,7 +133,7 @@ def _add_report(sub) -> None:
 def _cmd_report(args) -> int:
     from .report import write_report
 
-    sources, tables = _compare(args)
+    sources, tables, _ = _compare(args)
     print(f"wrote {write_report(tables, sources, args.out)}")
     return 0
 

@@ -64,6 +64,7 @@ class DeltaRecorder:
         if len(methods) > 1:
             raise ValueError(f"model mixes adapter methods {sorted(methods)}; record one method per run")
         method = methods.pop() if methods else metadata.get("method", "none")
+        records = {name: layer.record() for name, layer in self.layers.items()}
         header = {
             "method": method,
             "rank": next(iter(self.layers.values())).rank if self.layers else 0,
@@ -71,11 +72,13 @@ class DeltaRecorder:
             "versions": package_versions(),
             "parameter_counts": count_parameters(model).as_dict(),
             **metadata,
-            "layers": {name: layer.record() for name, layer in self.layers.items()},
+            "layers": records,
         }
         self.writer = RunWriter(run_dir, header)
         self.path = self.writer.path
-        if not self.writer.meta.get("frozen_file") and any(layer.frozen_differs_from_rebuild() for layer in self.layers.values()):
+        if not self.writer.meta.get("frozen_file") and any(
+            layer.frozen_differs_from_rebuild(records[name]) for name, layer in self.layers.items()
+        ):
             self.writer.save_frozen({f"{n}.{k}": t for n, layer in self.layers.items() for k, t in layer.frozen_tensors().items()})
         self._grad_sq: torch.Tensor | None = None  # per layer, summed over the epoch's steps
         self._grad_steps = 0

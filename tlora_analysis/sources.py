@@ -19,7 +19,7 @@ import torch
 
 from .errors import InputError, require
 from .factored import FactoredDelta
-from .store import MAX_DIM, Run, check_finite, inside, read_json, read_tensors, snapshot_name
+from .store import MAX_DIM, Run, check_values, inside, read_json, read_tensors, snapshot_name
 
 __all__ = ["open_updates", "SingleState", "PeftAdapter", "PeftVeraAdapter", "open_peft", "SUPPORTED_PEFT_TYPES", "refuse_pickle", "refuse_pickled_files"]
 
@@ -136,6 +136,15 @@ class SingleState:
         return {}
 
 
+def _adapter_tensors(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    """A PEFT adapter directory's ``adapter_model.safetensors``: its path and tensors."""
+    weights = folder / "adapter_model.safetensors"
+    if not weights.exists():
+        refuse_pickled_files(folder)
+        raise InputError(f"{weights}: missing; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors")
+    return weights, read_tensors(inside(folder, weights, "adapter_model.safetensors"))
+
+
 class PeftAdapter(SingleState):
     """A PEFT LoRA adapter directory as a one-epoch source (epoch 0 = the saved state).
 
@@ -146,11 +155,9 @@ class PeftAdapter(SingleState):
 
     method = "lora"
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        config_path = self.path / "adapter_config.json"
-        self.config = read_json(config_path, "adapter_config.json")
-        where = str(config_path)
+    def __init__(self, path: str | Path, config: dict) -> None:
+        self.path, self.config = Path(path), config
+        where = str(self.path / "adapter_config.json")
         if self.config.get("use_dora"):
             raise InputError(f"{where}: DoRA adapters (use_dora: true) are not supported; supported: plain LoRA")
         self.default_rank = _check_number(require(self.config, "r", where), where, "'r'", 1, MAX_DIM, integer=True)
@@ -161,11 +168,7 @@ class PeftAdapter(SingleState):
         self.use_rslora = bool(self.config.get("use_rslora", False))
         self.name = self.path.name
         self.meta = {"peft_config": self.config, "model": self.config.get("base_model_name_or_path")}
-        weights = self.path / "adapter_model.safetensors"
-        if not weights.exists():
-            refuse_pickled_files(self.path)
-            raise InputError(f"{weights}: missing; a PEFT adapter directory holds adapter_config.json and adapter_model.safetensors")
-        tensors = read_tensors(inside(self.path, weights, "adapter_model.safetensors"))
+        weights, tensors = _adapter_tensors(self.path)
         pairs: dict[str, dict[str, torch.Tensor]] = {}
         for key, tensor in tensors.items():
             match = _LORA_KEY.match(key)
@@ -186,9 +189,7 @@ class PeftAdapter(SingleState):
             if r != expected_r:
                 raise InputError(f"{weights}: module {module!r} has rank {r}, adapter_config.json says {expected_r}")
             for which, tensor in pair.items():
-                if not tensor.is_floating_point():
-                    raise InputError(f"{weights}: tensor lora_{which} of module {module} has dtype {tensor.dtype}; expected real floating point")
-                check_finite(tensor, f"{weights}: tensor lora_{which} of module {module}")
+                check_values(tensor, f"{weights}: tensor lora_{which} of module {module}")
             alpha = _check_number(_pattern_value(self.config.get("alpha_pattern") or {}, module, self.lora_alpha, where),
                                   where, f"alpha_pattern value for {module}", -1e12, 1e12)
             scaling = alpha / (math.sqrt(r) if self.use_rslora else r)
@@ -233,10 +234,7 @@ class PeftVeraAdapter(SingleState):
         if config.get("fan_in_fan_out"):
             raise InputError(f"{where}: VeRA adapters with fan_in_fan_out are not supported yet")
         self.meta = {"peft_config": config, "model": config.get("base_model_name_or_path")}
-        weights = inside(self.path, self.path / "adapter_model.safetensors", "adapter_model.safetensors")
-        if not weights.exists():
-            refuse_pickled_files(self.path)
-        tensors = read_tensors(weights)
+        weights, tensors = _adapter_tensors(self.path)
         if "base_model.vera_A" not in tensors or "base_model.vera_B" not in tensors:
             raise InputError(f"{weights}: no base_model.vera_A/vera_B; save the adapter with save_projection=True "
                              "(regenerating them from projection_prng_key depends on the torch build)")
@@ -251,9 +249,7 @@ class PeftVeraAdapter(SingleState):
         if not lambdas:
             raise InputError(f"{weights}: no vera_lambda_b/vera_lambda_d tensors found")
         for tensor in (a, b, *(t for pair in lambdas.values() for t in pair.values())):
-            if not tensor.is_floating_point():
-                raise InputError(f"{weights}: tensors must be real floating point, found {tensor.dtype}")
-            check_finite(tensor, f"{weights}")
+            check_values(tensor, f"{weights}")
         self.layers, self._tensors = {}, {}
         for module, pair in lambdas.items():
             if set(pair) != {"b", "d"} or pair["d"].shape != (self.rank,) or pair["b"].shape != (b.shape[0],):
@@ -274,14 +270,14 @@ class PeftVeraAdapter(SingleState):
 
 def open_peft(path: Path):
     """A PEFT adapter directory, by its ``peft_type``: LoRA or VeRA."""
-    config_path = path / "adapter_config.json"
+    config_path = inside(path, path / "adapter_config.json", "adapter_config.json")
     config = read_json(config_path, "adapter_config.json")
     peft_type = str(config.get("peft_type", "LORA")).upper()
     if peft_type == "VERA":
         return PeftVeraAdapter(path, config)
     if peft_type != "LORA":
         raise InputError(f"{config_path}: peft_type {peft_type!r} is not supported; supported adapter types: {', '.join(SUPPORTED_PEFT_TYPES)}")
-    return PeftAdapter(path)
+    return PeftAdapter(path, config)
 
 
 def open_updates(path: str | Path):
@@ -313,7 +309,6 @@ def open_updates(path: str | Path):
     if (path / "run.json").exists():
         return Run(path)
     if (path / "adapter_config.json").exists():
-        inside(path, path / "adapter_config.json", "adapter_config.json")
         return open_peft(path)
     if not any(path.iterdir()):
         raise InputError(f"{path}: empty directory; expected a run (run.json) or a PEFT adapter (adapter_config.json)")

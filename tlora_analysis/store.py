@@ -62,6 +62,8 @@ __all__ = [
     "RunLock",
     "umask",
     "inside",
+    "check_values",
+    "take_tensor",
 ]
 
 RUN_FORMAT = "tlora-analysis-run"
@@ -178,6 +180,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def take_tensor(tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[int, ...], path: Path, where: str) -> torch.Tensor:
+    """``tensors[key]`` from the file at ``path``, checked: present, of ``shape``, and :func:`check_values`."""
+    if key not in tensors:
+        raise InputError(f"{path}: missing tensor {key!r}")
+    tensor = tensors[key]
+    if tuple(tensor.shape) != shape:
+        raise InputError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, run.json implies {shape}")
+    check_values(tensor, where)
+    return tensor
+
+
 def _check_layer(layer: Any, method: str, where: str) -> None:
     """A run.json layer record, checked before anything is allocated from it (the method's
     own fields by its class's :meth:`~tlora_analysis.methods.AdapterLayer.check_record`)."""
@@ -208,7 +221,10 @@ MAX_ABS_VALUE = 1e15
 and far enough below float64's range that squared norms of products cannot overflow."""
 
 
-def check_finite(tensor: torch.Tensor, where: str) -> None:
+def check_values(tensor: torch.Tensor, where: str) -> None:
+    """A tensor read from a file must be real floating point, finite and of plausible magnitude."""
+    if not tensor.is_floating_point():
+        raise InputError(f"{where}: has dtype {tensor.dtype}; adapter tensors are real floating point")
     if not bool(torch.isfinite(tensor).all()):
         kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
         raise InputError(f"{where}: holds {kind} values")
@@ -418,14 +434,7 @@ class Run:
         tensors = read_tensors(path)
         for name, layer in self.layers.items():
             for key, shape in self._expected_shapes(layer).items():
-                full = f"{name}.{key}"
-                if full not in tensors:
-                    raise InputError(f"{path}: missing tensor {full!r}")
-                if tuple(tensors[full].shape) != shape:
-                    raise InputError(f"{path}: tensor {full!r} has shape {tuple(tensors[full].shape)}, run.json implies {shape}")
-                if not tensors[full].is_floating_point():
-                    raise InputError(f"{path}: tensor {full!r} has dtype {tensors[full].dtype}; adapter tensors are real floating point")
-                check_finite(tensors[full], f"{path}: tensor {full!r} (module {name}, epoch {epoch})")
+                take_tensor(tensors, f"{name}.{key}", shape, path, f"{path}: tensor {name}.{key} (epoch {epoch})")
         self._last_snapshot = (epoch, tensors)
         return tensors
 
@@ -449,15 +458,8 @@ class Run:
             shapes = self._method_class.frozen_shapes(layer)
             if stored is not None:
                 where = self.path / FROZEN_FILE
-                tensors = {}
-                for key, shape in shapes.items():
-                    tensor = stored.get(f"{name}.{key}")
-                    if tensor is None:
-                        raise InputError(f"{where}: missing tensor {name}.{key}")
-                    if tuple(tensor.shape) != shape or not tensor.is_floating_point():
-                        raise InputError(f"{where}: tensor {name}.{key} should be a floating-point {shape}, "
-                                         f"got {tensor.dtype} {tuple(tensor.shape)}")
-                    tensors[key] = tensor
+                tensors = {key: take_tensor(stored, f"{name}.{key}", shape, where, f"{where}: tensor {name}.{key}")
+                           for key, shape in shapes.items()}
                 origin = f"{where} does not match"
             else:
                 tensors = self._method_class.rebuild_frozen(layer)

@@ -204,10 +204,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
         step, start_epoch = 0, 0
         if resume:
-            meta = read_json(out_dir / "run.json", "run.json")
-            _check_resumable(meta, config, out_dir, model)
-            finished = sorted(int(r["epoch"]) for r in load_run(out_dir).meta["epochs"])
-            start_epoch = finished[-1] if finished else 0
+            previous = load_run(out_dir)
+            _check_resumable(previous.meta, config, out_dir, model)
+            start_epoch = previous.epochs[-1] if previous.epochs else 0
             if start_epoch > config.epochs:
                 raise InputError(f"{out_dir}: already has {start_epoch} epochs, more than --epochs {config.epochs}")
             if start_epoch > 0:

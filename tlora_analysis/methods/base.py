@@ -62,7 +62,7 @@ class AdapterLayer(nn.Module):
     """``"layer"``: each layer's seed comes from the run seed and its name; ``"run"``: every layer
     gets the run seed itself (VeRA's frozen pair depends on the seed and the shape only)."""
 
-    def __init__(self, base: nn.Linear, rank: int, *, seed: int = 0) -> None:
+    def __init__(self, base: nn.Linear, rank: int, *, seed: int = 0, dropout: float = 0.0) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"{type(self).__name__} wraps nn.Linear, got {type(base).__name__}")
@@ -76,6 +76,7 @@ class AdapterLayer(nn.Module):
         self.seed = seed
         self.in_features = base.in_features
         self.out_features = base.out_features
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on the input of the low-rank path
         base.requires_grad_(False)
 
     # ------------------------------------------------------------------ live layer
@@ -115,12 +116,13 @@ class AdapterLayer(nn.Module):
             record["frozen_sha256"] = {name: tensor_sha256(t) for name, t in self.frozen_tensors().items()}
         return record
 
-    def frozen_differs_from_rebuild(self) -> bool:
-        """True if the frozen tensors are not what :meth:`rebuild_frozen` gives (then a run stores them)."""
-        if not self.frozen_names:
-            return False
-        rebuilt = self.rebuild_frozen(self.record())
-        return any(n not in rebuilt or tensor_sha256(rebuilt[n]) != tensor_sha256(t) for n, t in self.frozen_tensors().items())
+    @classmethod
+    def frozen_differs_from_rebuild(cls, record: dict) -> bool:
+        """True if a layer's frozen tensors, as :meth:`record` checksums them, are not what
+        :meth:`rebuild_frozen` gives (then a run stores them)."""
+        recorded = record.get("frozen_sha256", {})
+        rebuilt = cls.rebuild_frozen(record)
+        return any(n not in rebuilt or tensor_sha256(rebuilt[n]) != checksum for n, checksum in recorded.items())
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"

@@ -34,9 +34,8 @@ class FullLinear(AdapterLayer):
         if entries > MAX_FULL_ENTRIES:
             raise InputError(f"full fine-tuning of a {base.out_features}x{base.in_features} layer stores {entries:,} numbers per "
                              f"snapshot, more than the limit of {MAX_FULL_ENTRIES:,}; target smaller layers")
-        super().__init__(base, min(base.out_features, base.in_features), seed=seed)
+        super().__init__(base, min(base.out_features, base.in_features), seed=seed, dropout=dropout)
         self.full_delta = nn.Parameter(torch.zeros_like(base.weight, dtype=torch.float32))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         return self.dropout(x.to(self.full_delta.dtype)) @ self.full_delta.T

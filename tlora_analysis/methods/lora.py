@@ -26,7 +26,7 @@ class LoRALinear(AdapterLayer):
 
     def __init__(self, base: nn.Linear, rank: int, lora_alpha: float | None = None, *, dropout: float = 0.0, use_rslora: bool = False,
                  seed: int = 0) -> None:
-        super().__init__(base, rank, seed=seed)
+        super().__init__(base, rank, seed=seed, dropout=dropout)
         self.lora_alpha = float(rank if lora_alpha is None else lora_alpha)
         self.use_rslora = use_rslora
         self.scaling = self.lora_alpha / (math.sqrt(rank) if use_rslora else rank)
@@ -35,7 +35,6 @@ class LoRALinear(AdapterLayer):
         nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
         self.lora_A = nn.Parameter(a.to(device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.lora_A.dtype))

@@ -38,14 +38,13 @@ class LoRAXSLinear(AdapterLayer):
     frozen_names = ("loraxs_A", "loraxs_B")
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
-        super().__init__(base, rank, seed=seed)
+        super().__init__(base, rank, seed=seed, dropout=dropout)
         device = base.weight.device
         a, b = loraxs_frozen_matrices(base.weight, rank)
         self.register_buffer("loraxs_A", a.to(device))
         self.register_buffer("loraxs_B", b.to(device))
         self.loraxs_R = nn.Parameter(torch.zeros(rank, rank, device=device))
         self.scaling = (rank if alpha is None else float(alpha)) / rank
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.loraxs_R.dtype))

@@ -43,8 +43,7 @@ class TLoRALinear(AdapterLayer):
     frozen_names = ("tlora_A", "tlora_C")
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
-        super().__init__(base, rank, seed=seed)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        super().__init__(base, rank, seed=seed, dropout=dropout)
         device = base.weight.device
         a, c = tlora_frozen_matrices(seed, base.out_features, base.in_features, rank)
         self.register_buffer("tlora_A", a.to(device))

@@ -38,14 +38,13 @@ class VeRALinear(AdapterLayer):
     frozen_names = ("vera_A", "vera_B")
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
-        super().__init__(base, rank, seed=seed)
+        super().__init__(base, rank, seed=seed, dropout=dropout)
         device = base.weight.device
         a, b = vera_frozen_matrices(seed, base.out_features, base.in_features, rank)
         self.register_buffer("vera_A", a.to(device))
         self.register_buffer("vera_B", b.to(device))
         self.vera_lambda_d = nn.Parameter(torch.full((rank,), 0.1 if alpha is None else float(alpha), device=device))
         self.vera_lambda_b = nn.Parameter(torch.zeros(base.out_features, device=device))
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.vera_A.dtype))
@@ -55,7 +54,7 @@ class VeRALinear(AdapterLayer):
         return math.nan
 
     def delta(self) -> FactoredDelta:
-        return self.delta_from(self.record(), self.trainable_tensors(), self.frozen_tensors())
+        return FactoredDelta(self.vera_B * self.vera_lambda_b.detach()[:, None], torch.diag(self.vera_lambda_d.detach()), self.vera_A)
 
     @classmethod
     def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
