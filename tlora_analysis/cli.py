@@ -53,6 +53,33 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _add_study(sub) -> None:
+    from .config import add_config_arguments
+    from .study import Executor
+
+    p = sub.add_parser("study", help="run a grid of training runs from a TOML spec (seeds, ranks, learning rates, methods)",
+                       description="Run every cell of a study spec: train's options in snake_case, a list sweeps a setting, a "
+                                   "table keyed by method gives per-method values. Running it again reuses finished cells and "
+                                   "resumes interrupted ones. Analyse the result with figures/report/analyze STUDY_DIR.")
+    p.add_argument("spec", metavar="SPEC.toml", help="the study spec")
+    p.add_argument("--out", required=True, help="the study directory (runs/, logs/, study.json)")
+    p.add_argument("--extend", action="store_true", help="accept a spec that adds cells to the existing study in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(p, Executor)
+    p.set_defaults(func=_cmd_study)
+
+
+def _cmd_study(args) -> int:
+    from .config import config_from_arguments
+    from .study import Executor, run_study
+
+    study = run_study(args.spec, args.out, executor=Executor(**config_from_arguments(args, Executor)), extend=args.extend,
+                      progress=not args.no_progress)
+    table = study.runs
+    print(table.drop(columns=["path"]).to_string(index=False))
+    return 1 if (table.status == "failed").any() else 0
+
+
 def _add_runs(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, snapshot files or PEFT adapter directories, of any "
                                                           "methods; the paper's claims need one LoRA and one TLoRA run among them")
@@ -226,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = [_add_train, _add_analyze, _add_figures, _add_report, _add_reproduce, _add_inspect, _add_export]
+COMMANDS = [_add_train, _add_study, _add_analyze, _add_figures, _add_report, _add_reproduce, _add_inspect, _add_export]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

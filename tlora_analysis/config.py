@@ -16,7 +16,7 @@ from typing import Any
 from .data.tasks import TASKS
 from .errors import InputError
 
-__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "add_config_arguments", "config_from_arguments"]
+__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "add_config_arguments", "config_from_arguments", "option"]
 
 METHODS = ("lora", "tlora", "vera", "loraxs", "full")
 """Adapter methods (each one a class in :mod:`tlora_analysis.adapters`)."""
@@ -36,7 +36,7 @@ REPORT_TO = ("tensorboard",)
 """Where ``train`` can send live update geometry besides run.json."""
 
 
-def _option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, cli: bool = True, **argparse_kwargs: Any):
+def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, cli: bool = True, **argparse_kwargs: Any):
     """A dataclass field that carries its command-line help (peft's ``LoraConfig`` style)."""
     metadata = {"help": help, "cli": cli, "argparse": argparse_kwargs}
     if factory is not MISSING:
@@ -51,29 +51,29 @@ class TrainConfig:
     Each field's help text is the ``--option`` help of ``tlora-analysis train``.
     """
 
-    method: str = _option("tlora", "adapter method; 'full' trains the target matrices whole, 'head' only the classifier",
+    method: str = option("tlora", "adapter method; 'full' trains the target matrices whole, 'head' only the classifier",
                           choices=TRAIN_METHODS)
-    task: str = _option("default", "task; 'default' is the embedded offline sentiment task", choices=tuple(TASKS))
-    model: str = _option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2")
-    rank: int = _option(8, "adapter rank r")
-    alpha: float | None = _option(None, "LoRA, LoRA-XS: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1); "
+    task: str = option("default", "task; 'default' is the embedded offline sentiment task", choices=tuple(TASKS))
+    model: str = option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2")
+    rank: int = option(8, "adapter rank r")
+    alpha: float | None = option(None, "LoRA, LoRA-XS: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1); "
                                         "VeRA: initial λ_d (default 0.1)")
-    targets: list[str] = _option(help="module name suffixes to adapt", factory=lambda: ["query", "value"], nargs="+")
-    epochs: int = _option(4, "training epochs (with --resume: train up to this many)")
-    lr: float | None = _option(None, f"peak learning rate (default per method: {DEFAULT_LR})")
-    batch_size: int = _option(32, "examples per optimizer step")
-    max_length: int = _option(64, "maximum tokens per example")
-    max_train_samples: int | None = _option(None, "use only the first N training examples")
-    max_eval_samples: int | None = _option(None, "use only the first N validation examples")
-    warmup_ratio: float = _option(0.06, "fraction of all steps spent on linear learning-rate warm-up")
-    weight_decay: float = _option(0.0, "AdamW weight decay")
-    seed: int = _option(0, "seeds data order, dropout, the head and the frozen matrices")
-    device: str = _option("cpu", "cpu, cuda or cuda:N")
-    data_dir: str | None = _option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
-    record_grad_norms: bool = _option(True, "record each layer's gradient-norm RMS per epoch", cli=False)
-    report_to: list[str] = _option(help=f"also send per-layer update geometry to these ({', '.join(REPORT_TO)})",
+    targets: list[str] = option(help="module name suffixes to adapt", factory=lambda: ["query", "value"], nargs="+")
+    epochs: int = option(4, "training epochs (with --resume: train up to this many)")
+    lr: float | None = option(None, f"peak learning rate (default per method: {DEFAULT_LR})")
+    batch_size: int = option(32, "examples per optimizer step")
+    max_length: int = option(64, "maximum tokens per example")
+    max_train_samples: int | None = option(None, "use only the first N training examples")
+    max_eval_samples: int | None = option(None, "use only the first N validation examples")
+    warmup_ratio: float = option(0.06, "fraction of all steps spent on linear learning-rate warm-up")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    seed: int = option(0, "seeds data order, dropout, the head and the frozen matrices")
+    device: str = option("cpu", "cpu, cuda or cuda:N")
+    data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
+    record_grad_norms: bool = option(True, "record each layer's gradient-norm RMS per epoch", cli=False)
+    report_to: list[str] = option(help=f"also send per-layer update geometry to these ({', '.join(REPORT_TO)})",
                                    factory=list, nargs="*", choices=REPORT_TO)
-    log_every_steps: int = _option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)")
+    log_every_steps: int = option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)")
 
     def __post_init__(self) -> None:
         if self.method not in TRAIN_METHODS:
@@ -112,13 +112,14 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--option`` per :class:`TrainConfig` field, with its help and default.
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:
+    """One ``--option`` per field of ``cls`` (:class:`TrainConfig` or another dataclass built
+    with :func:`option`), with its help and default.
 
     Every default is ``None`` on the parser, so that :func:`config_from_arguments` can tell
     what the user gave (``train --resume`` must know that).
     """
-    for f in fields(TrainConfig):
+    for f in fields(cls):
         if not f.metadata.get("cli"):
             continue
         default = f.default_factory() if f.default_factory is not MISSING else f.default
@@ -130,6 +131,6 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{f.name.replace('_', '-')}", default=None, help=f.metadata["help"] + shown, **kwargs)
 
 
-def config_from_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`TrainConfig` fields the user set on the command line."""
-    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+def config_from_arguments(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
+    """The fields of ``cls`` the user set on the command line."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}

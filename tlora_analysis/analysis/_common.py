@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+import pandas as pd
 
 from ..errors import InputError
 from ..factored import FactoredDelta
@@ -97,3 +100,43 @@ def iter_deltas(source: UpdateSource, epochs: Iterable[int] | None = None) -> It
             raise InputError(f"run {source.name!r} has no adapter layers at epoch {epoch}")
         for name, delta in deltas.items():
             yield row_key(source, name, epoch), delta
+
+
+NOT_SETTINGS = ("device", "report_to", "log_every_steps", "record_grad_norms", "data_dir")
+"""Config fields that never change what a run learns, so they never become columns."""
+
+
+def runs_with_settings(source) -> list[tuple[UpdateSource, dict]] | None:
+    """``(run, settings)`` for a Study (its swept settings) or a list of runs (the config fields
+    that differ between them); None for a single source. Runs without adapted layers are skipped."""
+    from ..study import Study
+
+    if isinstance(source, Study):
+        return [(run, {k: v for k, v in settings.items() if k != "method"}) for run, settings in source.finished(adapted_only=True)]
+    if not isinstance(source, (list, tuple)):
+        return None
+    runs = [as_source(s) for s in source]
+    configs = [r.meta.get("config") or {} for r in runs]
+    keys = sorted({k for c in configs for k in c} - set(NOT_SETTINGS) - {"method"})
+    varied = [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+    return [(r, {k: c.get(k) for k in varied}) for r, c in zip(runs, configs) if r.layers]
+
+
+def per_run(analysis):
+    """Let a one-run analysis take a Study or a list of runs as well: its tables concatenated,
+    each row carrying its run's varied settings (rank, lr, seed, ...) as columns for ``groupby``."""
+
+    @functools.wraps(analysis)
+    def wrapper(source, *args, **kwargs):
+        runs = runs_with_settings(source)
+        if runs is None:
+            return analysis(source, *args, **kwargs)
+        if not runs:
+            raise InputError("no finished run with adapted layers to analyse")
+        tables = []
+        for run, settings in runs:
+            table = analysis(run, *args, **kwargs)
+            tables.append(table.assign(**{k: v for k, v in settings.items() if k not in table.columns}))
+        return pd.concat(tables, ignore_index=True)
+
+    return wrapper

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ._common import UpdateSource, as_source, iter_deltas
+from ._common import UpdateSource, as_source, iter_deltas, per_run
 
 
 def _w0(base_weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -21,6 +21,7 @@ def _w0(base_weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, i
     return w0
 
 
+@per_run
 def amplification(
     run: UpdateSource, base_weights: Mapping[str, torch.Tensor], epochs: Iterable[int] | None = None, seed: int = 0
 ) -> pd.DataFrame:
@@ -52,6 +53,7 @@ def amplification(
     return pd.DataFrame(rows)
 
 
+@per_run
 def intruder_dimensions(
     run: UpdateSource,
     base_weights: Mapping[str, torch.Tensor],

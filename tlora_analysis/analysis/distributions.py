@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ._common import UpdateSource, as_source, epochs_of, module_and_layer
+from ._common import UpdateSource, as_source, epochs_of, module_and_layer, per_run
 
 SHAPIRO_MAX = 5000  # scipy's Shapiro–Wilk p-value is exact up to this many values
 
@@ -57,6 +57,7 @@ def describe(values: np.ndarray) -> dict[str, float]:
     }
 
 
+@per_run
 def weight_distributions(run: UpdateSource, epochs: Iterable[int] | None = None, pool: bool = False) -> pd.DataFrame:
     """Mean, std, skewness, excess kurtosis and a normality test (Shapiro–Wilk up to 5,000 values,
     D'Agostino–Pearson above) of the trained matrices' entries: B for TLoRA, A and B for LoRA.
@@ -68,6 +69,7 @@ def weight_distributions(run: UpdateSource, epochs: Iterable[int] | None = None,
     return pd.DataFrame([{**key, "matrix": matrix, **describe(values)} for key, matrix, values in _entries(run, epochs, pool)])
 
 
+@per_run
 def weight_histograms(run: UpdateSource, epochs: Iterable[int] | None = None, bins: int = 40, pool: bool = True) -> pd.DataFrame:
     """Histogram of the trained matrices' entries: one row per bin with its edges, count and density
     (``numpy.histogram``), and the density of the normal with the sample's mean and std at the bin centre."""

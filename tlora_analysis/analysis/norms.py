@@ -9,9 +9,10 @@ import pandas as pd
 
 from ..errors import InputError
 from ..factored import inner
-from ._common import UpdateSource, as_source, epochs_of, row_key
+from ._common import UpdateSource, as_source, epochs_of, per_run, row_key
 
 
+@per_run
 def norms(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
     """Frobenius and spectral norms of ΔW and Frobenius norms of the trainable matrices, per layer and epoch.
 
@@ -40,6 +41,7 @@ def norms(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+@per_run
 def scales(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
     """TLoRA's learned α per layer and epoch, with its mean, standard deviation and coefficient
     of variation across the layers of each (module, epoch) — the paper's finding 3."""

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._common import UpdateSource, as_source, epochs_of, iter_deltas, row_key
+from ._common import UpdateSource, as_source, epochs_of, iter_deltas, per_run, row_key
 
 
+@per_run
 def spectra(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
     """Singular values σ_i of ΔW and eigenvalues σ_i² of ΔWᵀΔW, one row per (layer, epoch, i).
 
@@ -27,6 +28,7 @@ def spectra(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+@per_run
 def core_eigenvalues(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
     """Eigenvalues of TLoRA's trainable r x r matrix B itself (possibly complex), per layer and epoch."""
     run = as_source(run)
@@ -62,6 +64,7 @@ def rank_measures(singular_values: np.ndarray, energy: float = 0.9) -> dict[str,
     }
 
 
+@per_run
 def effective_rank(run: UpdateSource, epochs: Iterable[int] | None = None, energy: float = 0.9) -> pd.DataFrame:
     """Per layer and epoch: nominal rank, stable rank ‖ΔW‖_F²/‖ΔW‖₂², entropy effective rank exp(H(σ/Σσ))
     and the number of singular values holding ``energy`` of Σσ² (beyond the paper).

@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pandas as pd
 
-from ._common import UpdateSource, as_source
+from ._common import UpdateSource, as_source, per_run
 from .norms import norms, scales
 from .spectra import effective_rank
 
 
+@per_run
 def summary(run: UpdateSource) -> pd.DataFrame:
     """Final metric, trainable parameters, and at the last epoch: mean ‖ΔW‖_F, mean stable and entropy
     rank, and (TLoRA) the coefficient of variation of α across layers."""
