@@ -55,8 +55,17 @@ def test_core_eigenvalues_of_tlora_b(runs):
         expected = sorted(np.linalg.eigvals(matrices["B"].double().numpy()), key=lambda v: -abs(v))
         rows = table[table.name == name].sort_values("index")
         np.testing.assert_allclose(rows.real + 1j * rows.imag, expected, rtol=1e-8)
-    with pytest.raises(InputError, match="only for TLoRA"):
-        A.core_eigenvalues(runs["lora"])
+    assert set(table.matrix) == {"B"}
+    lora = runs["lora"]
+    table = A.core_eigenvalues(lora, epochs=[2])
+    for name, w in dense(lora, 2).items():
+        if w.shape[0] != w.shape[1]:
+            assert name not in set(table.name)
+            continue
+        rows = table[table.name == name].sort_values("index")
+        # the nonzero eigenvalues of the square ΔW, from numpy's dense eigen-decomposition
+        expected = sorted(np.linalg.eigvals(w), key=lambda v: -abs(v))[: len(rows)]
+        np.testing.assert_allclose(rows.magnitude, np.abs(expected), rtol=1e-6, atol=1e-10)
 
 
 def test_norms_and_steps_match_numpy(runs):

@@ -13,21 +13,30 @@ Beyond the paper: :func:`effective_rank`, :func:`subspace_similarity` (LoRA §7)
 
 from importlib import import_module
 
-from ._common import as_source, module_and_layer
+from ._common import as_source, module_and_layer, runs_with_settings
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
 from .norms import norms, scale_variation, scales
-from .similarity import random_subspace_similarity, subspace_similarity, subspace_similarity_table, update_similarity
+from .similarity import (
+    adapted_weight_similarity,
+    random_subspace_similarity,
+    reachable_cosine,
+    subspace_similarity,
+    subspace_similarity_table,
+    update_similarity,
+)
 from .spectra import core_eigenvalues, effective_rank, rank_measures, spectra
 from .summary import summary
 
-_LAZY = {"weight_distributions": "distributions", "weight_histograms": "distributions", "compare_runs": "compare", "paper_claims": "compare"}
+_LAZY = {"weight_distributions": "distributions", "weight_histograms": "distributions", "compare_runs": "compare", "paper_claims": "claims", "READINGS": "claims",
+         "aggregate": "aggregate", "similarity_controls": "controls", "rank_similarity": "controls", "study_claims": "controls", "summarize_claims": "controls"}
 """Imported on first use: they need scipy's statistics, which ``inspect`` should not pay for."""
 
 __all__ = [
     "as_source", "module_and_layer", "spectra", "core_eigenvalues", "effective_rank", "rank_measures", "norms", "scales",
     "scale_variation", "weight_distributions", "weight_histograms", "update_similarity", "subspace_similarity",
     "subspace_similarity_table", "random_subspace_similarity", "amplification", "intruder_dimensions", "intruder_counts",
-    "summary", "compare_runs", "paper_claims",
+    "summary", "compare_runs", "paper_claims", "READINGS", "aggregate", "similarity_controls", "rank_similarity", "study_claims", "summarize_claims",
+    "reachable_cosine", "adapted_weight_similarity", "runs_with_settings",
 ]
 
 

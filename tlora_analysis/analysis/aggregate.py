@@ -70,14 +70,14 @@ def aggregate(table: pd.DataFrame, over: str = "seed", by: Sequence[str] | None 
         by = [c for c in table.columns if c != over and c not in RUN_COLUMNS and (c not in numeric or c in KEY_COLUMNS)]
     if values is None:
         values = [c for c in numeric if c not in by and c != over and c not in KEY_COLUMNS]
-    long = table.melt(id_vars=[*by, over], value_vars=list(values), var_name="quantity", value_name="value")
+    long = table.melt(id_vars=[*by, over], value_vars=list(values), var_name="quantity", value_name="_value")
     keys = [*by, "quantity"]
-    long = long.dropna(subset=["value"])
+    long = long.dropna(subset=["_value"])
     grouped = long.groupby(keys, dropna=False, sort=True)
-    long = long.assign(_group=grouped.ngroup(), _n=grouped["value"].transform("size")).sort_values(["_group", over], kind="stable")
+    long = long.assign(_group=grouped.ngroup(), _n=grouped["_value"].transform("size")).sort_values(["_group", over], kind="stable")
     rows = []
     for n, part in long.groupby("_n"):
-        samples = part["value"].to_numpy(dtype=float).reshape(-1, n)
+        samples = part["_value"].to_numpy(dtype=float).reshape(-1, n)
         ci = bootstrap_interval(samples, confidence, resamples)
         rows.append(part[keys].iloc[::n].reset_index(drop=True).assign(
             mean=samples.mean(axis=1), std=samples.std(axis=1, ddof=1) if n > 1 else np.nan, n=int(n), ci_low=ci[:, 0], ci_high=ci[:, 1]))

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..factored import FactoredDelta, cosine_similarity
+from ..factored import FactoredDelta, cosine_similarity, inner
 from ._common import UpdateSource, as_source, epochs_of, module_and_layer
 
 
@@ -152,4 +152,56 @@ def subspace_similarity_table(
                 rows.append({"run_a": run_a.name, "run_b": run_b.name, "module": module, "layer": layer, "epoch": epoch,
                              "epoch_b": epoch if epoch_b is None else epoch_b, "name": name, "side": side,
                              "i": x + 1, "j": y + 1, "phi": phi[x, y], "phi_random": random_cache[(dim, ii, jj)][x, y]})
+    return pd.DataFrame(rows)
+
+
+def reachable_cosine(run_a: UpdateSource, run_b: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+    """The largest cosine with ΔW_a that any update of run_b's form P·M·Q could reach, per layer.
+
+    run_b's outer factors are fixed (TLoRA's frozen A and C), so every update it can learn
+    lies in {P M Q}: its best cosine with ΔW_a is ‖P_P ΔW_a P_Q‖_F / ‖ΔW_a‖_F, with P_P and
+    P_Q the orthogonal projectors onto span(P) and the row space of Q. Computed from thin QRs
+    and r x r products. Where this bound is below a threshold, no training of run_b's core
+    could make the cosine reach it.
+    """
+    run_a, run_b = as_source(run_a), as_source(run_b)
+    rows = []
+    for epoch, name, a, b in _matched(run_a, run_b, epochs):
+        module, layer = module_and_layer(name)
+        q_left = torch.linalg.qr(b.left.double())[0]
+        q_right = torch.linalg.qr(b.right.double().T)[0]
+        projected = (q_left.T @ a.left.double()) @ a.core.double() @ (a.right.double() @ q_right)
+        norm = a.frobenius_norm()
+        rows.append({"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
+                     "module": module, "layer": layer, "epoch": epoch, "name": name,
+                     "reachable_cosine": float(torch.linalg.matrix_norm(projected)) / norm if norm > 0 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def _inner_dense(weight: torch.Tensor, delta: FactoredDelta) -> float:
+    """⟨W, ΔW⟩_F from ΔW's factors: Σ (Lᵀ W Rᵀ) ⊙ K."""
+    return float(((delta.left.double().T @ weight @ delta.right.double().T) * delta.core.double()).sum())
+
+
+def adapted_weight_similarity(run_a: UpdateSource, run_b: UpdateSource, base_weights, epochs: Iterable[int] | None = None) -> pd.DataFrame:
+    """cos(W0 + ΔW_a, W0 + ΔW_b) per layer, beside cos(W0, W0 + ΔW_a) and cos(W0, W0 + ΔW_b).
+
+    The adapted weights share W0, so their cosine is high whatever the updates are; the two
+    W0 columns show how high it is for that reason alone. Also ‖W0‖_F and each relative norm
+    ‖ΔW‖_F / ‖W0‖_F. No d x d matrix besides W0 itself is formed.
+    """
+    run_a, run_b = as_source(run_a), as_source(run_b)
+    rows = []
+    for epoch, name, a, b in _matched(run_a, run_b, epochs):
+        module, layer = module_and_layer(name)
+        w0 = base_weights[name].double()
+        w0_sq = float(w0.pow(2).sum())
+        wa, wb = _inner_dense(w0, a), _inner_dense(w0, b)
+        na, nb = a.frobenius_norm() ** 2, b.frobenius_norm() ** 2
+        norm_a, norm_b = math.sqrt(w0_sq + 2 * wa + na), math.sqrt(w0_sq + 2 * wb + nb)
+        rows.append({"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
+                     "module": module, "layer": layer, "epoch": epoch, "name": name,
+                     "adapted_cosine": (w0_sq + wa + wb + inner(a, b)) / (norm_a * norm_b),
+                     "w0_cosine_a": (w0_sq + wa) / (math.sqrt(w0_sq) * norm_a), "w0_cosine_b": (w0_sq + wb) / (math.sqrt(w0_sq) * norm_b),
+                     "w0_frobenius": math.sqrt(w0_sq), "relative_norm_a": math.sqrt(na / w0_sq), "relative_norm_b": math.sqrt(nb / w0_sq)})
     return pd.DataFrame(rows)

@@ -30,18 +30,24 @@ def spectra(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFr
 
 @per_run
 def core_eigenvalues(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
-    """Eigenvalues of TLoRA's trainable r x r matrix B itself (possibly complex), per layer and epoch."""
+    """Eigenvalues (complex in general) per layer and epoch: of TLoRA's trained r x r matrix B
+    (``matrix = "B"``), and for other methods of the square ΔW itself, whose nonzero
+    eigenvalues are those of the r x r product K·R·L of its factors (``matrix = "ΔW"``)."""
     run = as_source(run)
-    if run.method != "tlora":
-        from ..errors import InputError
-
-        raise InputError(f"run {run.name!r} is {run.method}; eigenvalues of the square core B exist only for TLoRA")
     rows = []
     for epoch in epochs_of(run, epochs):
-        for name, matrices in run.trainable(epoch).items():
-            values = torch.linalg.eigvals(matrices["B"].double()).numpy()
+        trainable = run.trainable(epoch) if run.method == "tlora" else {}
+        for name, delta in run.deltas(epoch).items():
+            if run.method == "tlora":
+                matrix, square = "B", trainable[name]["B"].double()
+            elif delta.shape[0] == delta.shape[1]:
+                matrix, square = "ΔW", delta.core.double() @ delta.right.double() @ delta.left.double()
+            else:
+                continue
+            values = torch.linalg.eigvals(square).numpy()
             for i, lam in enumerate(sorted(values, key=lambda v: -abs(v)), start=1):
-                rows.append({**row_key(run, name, epoch), "index": i, "real": lam.real, "imag": lam.imag, "magnitude": abs(lam)})
+                rows.append({**row_key(run, name, epoch), "matrix": matrix, "index": i, "real": lam.real, "imag": lam.imag,
+                             "magnitude": abs(lam)})
     return pd.DataFrame(rows)
 
 

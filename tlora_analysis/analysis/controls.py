@@ -1,0 +1,185 @@
+"""What a study adds to one pair of runs: the controls the paper lacks, and its claims over seeds.
+
+- :func:`similarity_controls`: cosine and top-r subspace similarity φ between runs of the
+  *same* method that differ only in seed, beside runs of different methods at the same
+  seed. A LoRA–TLoRA cosine means little until it is set against LoRA–LoRA.
+- :func:`rank_similarity`: φ(i, j) between the updates of one method at two ranks, same
+  seed (the LoRA paper's rank study).
+- :func:`study_claims`: every reading of the paper's findings per seed, for each pairing of
+  a LoRA group with a TLoRA group; :func:`summarize_claims` folds the seeds into mean, CI
+  and "holds in k of n seeds".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+import torch
+
+from ..study import Study
+from .aggregate import aggregate
+from .claims import paper_claims
+from .distributions import weight_distributions
+from .norms import norms, scales
+from .similarity import (
+    adapted_weight_similarity,
+    random_subspace_similarity,
+    reachable_cosine,
+    subspace_similarity,
+    subspace_similarity_table,
+    update_similarity,
+)
+from .spectra import core_eigenvalues, effective_rank, spectra
+
+SAME_METHOD = "same method, other seed"
+OTHER_METHOD = "other method, same seed"
+
+
+def _without(settings: Mapping, *keys: str) -> dict:
+    return {k: v for k, v in settings.items() if k not in keys}
+
+
+def _pairs(study: Study):
+    """(kind, a, sa, b, sb) for every pair of finished adapted cells that differ only in seed, or only in method at one seed."""
+    cells = study.finished(adapted_only=True)
+    per_method = set(study.spec.per_method)
+    for i, (a, sa) in enumerate(cells):
+        for b, sb in cells[i + 1:]:
+            if sa["method"] == sb["method"] and _without(sa, "seed") == _without(sb, "seed"):
+                yield SAME_METHOD, a, sa, b, sb
+            elif sa["method"] != sb["method"] and sa.get("seed") == sb.get("seed") and \
+                    _without(sa, "method", *per_method) == _without(sb, "method", *per_method):
+                yield OTHER_METHOD, a, sa, b, sb
+
+
+def _last(a, b) -> int:
+    return min(a.epochs[-1], b.epochs[-1])
+
+
+def similarity_controls(study: Study, baseline_samples: int = 32) -> pd.DataFrame:
+    """Per layer at the last shared epoch, for every control pair: cosine of ΔW (with the random
+    baseline), φ of the top-r left singular subspaces, and φ of random subspaces of that size.
+
+    ``kind`` is "same method, other seed" or "other method, same seed"; the pair's
+    settings appear as ``<key>_a`` / ``<key>_b`` columns.
+    """
+    rows, random_phi = [], {}
+    for kind, a, sa, b, sb in _pairs(study):
+        last = _last(a, b)
+        table = update_similarity(a, b, epochs=[last], baseline_samples=baseline_samples)
+        deltas_a, deltas_b = a.deltas(last), b.deltas(last)
+        phis, phis_random = [], []
+        for name in table.name:
+            da, db = deltas_a[name], deltas_b[name]
+            k = min(da.rank, db.rank)
+            phi = subspace_similarity(da, db, k, k)
+            phis.append(float(phi[-1, -1]))
+            key = (da.shape[0], k)
+            if key not in random_phi:
+                random_phi[key] = float(random_subspace_similarity(da.shape[0], k, k)[-1, -1])
+            phis_random.append(random_phi[key])
+        settings = {**{f"{k}_a": v for k, v in sa.items()}, **{f"{k}_b": v for k, v in sb.items()}}
+        rows.append(table.assign(kind=kind, phi=phis, phi_random=phis_random, **settings))
+    if not rows:
+        return pd.DataFrame(columns=["kind", "run_a", "run_b", "method_a", "method_b", "module", "layer", "epoch", "name", "cosine", "phi"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def rank_similarity(study: Study) -> pd.DataFrame:
+    """φ(i, j) between the last-epoch updates of every two cells of one method and seed that differ only in rank."""
+    cells = study.finished(adapted_only=True)
+    tables = []
+    for i, (a, sa) in enumerate(cells):
+        for b, sb in cells[i + 1:]:
+            if sa.get("rank") != sb.get("rank") and _without(sa, "rank") == _without(sb, "rank"):
+                small, large = (a, b) if a.rank <= b.rank else (b, a)
+                table = subspace_similarity_table(small, large, epochs=[_last(a, b)])
+                tables.append(table.assign(method=sa["method"], seed=sa.get("seed"), rank_a=small.rank, rank_b=large.rank))
+    if not tables:
+        return pd.DataFrame(columns=["run_a", "run_b", "method", "rank_a", "rank_b", "module", "layer", "i", "j", "phi", "phi_random"])
+    return pd.concat(tables, ignore_index=True)
+
+
+def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = None, baseline_samples: int = 32) -> dict[str, pd.DataFrame]:
+    """The tables the claims read, for one LoRA and one TLoRA run (cheaper than all of compare_runs)."""
+    from .base_alignment import amplification
+
+    last = _last(lora, tlora)
+    runs = (lora, tlora)
+    tables = {
+        "norms": pd.concat([norms(r) for r in runs], ignore_index=True),
+        "spectra": pd.concat([spectra(r, [last]) for r in runs], ignore_index=True),
+        "effective_rank": pd.concat([effective_rank(r, [last]) for r in runs], ignore_index=True),
+        "weight_stats": pd.concat([weight_distributions(r, [last], pool=True) for r in runs], ignore_index=True),
+        "core_eigenvalues": pd.concat([core_eigenvalues(r, [last]) for r in runs], ignore_index=True),
+        "scales": scales(tlora),
+        "similarity": update_similarity(lora, tlora, epochs=[last], baseline_samples=baseline_samples),
+        "reachable": reachable_cosine(lora, tlora, epochs=[last]),
+    }
+    if base_weights is not None:
+        tables["adapted_similarity"] = adapted_weight_similarity(lora, tlora, base_weights, epochs=[last])
+        tables["amplification"] = pd.concat([amplification(r, base_weights, [last]) for r in runs], ignore_index=True)
+    return tables
+
+
+def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None = None,
+                 controls: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every reading of the paper's findings, per seed, for each (LoRA group, TLoRA group) pairing.
+
+    A group is a cell's settings without its seed. The TLoRA group's settings are columns
+    (so a sensitivity study's verdicts can be laid out by init, lr, rank); ``lora_group``
+    and ``tlora_group`` name the two groups. The same-method seed control and the α-vs-seed
+    reading use every seed of the group at once and are repeated on each seed's row.
+    """
+    controls = similarity_controls(study) if controls is None else controls
+    cells = study.finished(adapted_only=True)
+    per_method = set(study.spec.per_method)
+    lora = [(r, s) for r, s in cells if s["method"] == "lora"]
+    tlora = [(r, s) for r, s in cells if s["method"] == "tlora"]
+    rows = []
+    for t, st in tlora:
+        for lo, sl in lora:
+            if sl.get("seed") != st.get("seed") or _without(sl, "method", *per_method) != _without(st, "method", *per_method):
+                continue
+            tables = pair_tables(lo, t, base_weights)
+            group_l, group_t = _without(sl, "seed"), _without(st, "seed")
+            same = controls[(controls.kind == SAME_METHOD)] if len(controls) else controls
+            if len(same):
+                mask = same.method_a == "lora"
+                for key, value in group_l.items():
+                    mask &= same[f"{key}_a"] == value
+                if mask.any():
+                    tables["seed_control"] = same[mask]
+            siblings = [r for r, s in tlora if _without(s, "seed") == group_t]
+            if len(siblings) > 1:
+                tables["scales_over_seeds"] = pd.concat([scales(r) for r in siblings], ignore_index=True)
+            claims = paper_claims(tables)
+            rows.append(claims.assign(seed=st.get("seed"), lora_run=lo.name, tlora_run=t.name,
+                                      lora_group=_label(group_l), tlora_group=_label(group_t),
+                                      **{k: v for k, v in group_t.items() if k != "method"}))
+    if not rows:
+        return pd.DataFrame(columns=["finding", "reading", "value", "holds", "seed", "lora_group", "tlora_group"])
+    return pd.concat(rows, ignore_index=True)
+
+
+def _label(settings: Mapping) -> str:
+    return " ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def summarize_claims(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Fold the seeds of :func:`study_claims`: each reading's mean statistic with its 95% bootstrap
+    CI, and ``holds_in`` = "k/n" (seeds where it holds / seeds where it could be decided)."""
+    if per_seed.empty:
+        return per_seed
+    keys = [c for c in per_seed.columns if c not in ("statistic", "value", "holds", "reason", "seed", "lora_run", "tlora_run", "epoch")]
+    stats = aggregate(per_seed[[*keys, "seed", "value"]], over="seed", by=keys, values=["value"]).drop(columns="quantity")
+    decided = per_seed.dropna(subset=["holds"]).groupby(keys, dropna=False)["holds"].agg(k="sum", n="size").reset_index()
+    out = per_seed[keys].drop_duplicates().merge(stats, on=keys, how="left").merge(decided, on=keys, how="left", suffixes=("", "_decided"))
+    out["holds_in"] = [f"{int(k)}/{int(n)}" if not math.isnan(n) else "—" for k, n in zip(out.k.fillna(0), out.n_decided.fillna(math.nan))]
+    out["verdict"] = [("holds" if k == n else "does not hold" if k == 0 else "mixed") if not math.isnan(n) else "not computed"
+                      for k, n in zip(out.k.fillna(0), out.n_decided.fillna(math.nan))]
+    order = {name: i for i, name in enumerate(per_seed.reading.drop_duplicates())}
+    out = out.assign(_order=out.reading.map(order)).sort_values([c for c in keys if c not in ("finding", "claim", "reading", "headline", "threshold")] + ["finding", "_order"], kind="stable")
+    return out.drop(columns=["_order", "k"]).reset_index(drop=True)
