@@ -51,10 +51,11 @@ def test_figures_without_base_weights_skip_only_what_needs_them(tmp_path, pair):
 def test_claims_and_report(tmp_path, pair):
     lora, tlora, tables = pair
     claims = paper_claims(tables)
-    assert len(claims) == 6 and claims.epoch.iloc[0] == 3
+    headline = claims[claims.headline]
+    assert list(headline.finding) == [1, 2, 3, 4, 5, 6] and claims.epoch.iloc[0] == 3
     assert all(h in (True, False, None) for h in claims.holds)
     # Random factors drawn independently: the updates are not alike, so finding 6 must not hold.
-    assert claims.holds.iloc[5] is False or claims.holds.iloc[5] == False  # noqa: E712
+    assert headline.holds.iloc[5] is False or headline.holds.iloc[5] == False  # noqa: E712
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
     (tmp_path / "report.html").symlink_to(precious)  # a planted link is replaced, not written through
@@ -90,7 +91,7 @@ def test_every_option_of_every_command_has_help(capsys):
     from tlora_analysis.cli import build_parser
 
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"train", "analyze", "figures", "report", "reproduce", "inspect", "export"}
+    assert set(subparsers.choices) == {"train", "study", "analyze", "figures", "report", "reproduce", "inspect", "export"}
     for name, parser in subparsers.choices.items():
         assert parser.description, name
         for action in parser._actions:

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from helpers import ENV, cli, expect_error, tree_digest
+from tlora_analysis.errors import InputError
 from tlora_analysis.models import load_model
 from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.training import TrainConfig, train
@@ -188,11 +189,11 @@ def test_a_head_only_run_is_inspected_without_a_crash(tmp_path, tiny_model_dir):
 
 # --------------------------------------------------------------------------- writing: nothing destroyed, nothing outside the output
 def test_reproduce_never_deletes_a_directory_it_did_not_write(tmp_path):
-    (tmp_path / "runs" / "lora").mkdir(parents=True)
-    (tmp_path / "runs" / "lora" / "thesis.tex").write_text("years of work")
+    (tmp_path / "runs").mkdir(parents=True)
+    (tmp_path / "runs" / "thesis.tex").write_text("years of work")
     refused(["reproduce", "--runs-dir", tmp_path / "runs", "--out", tmp_path / "figs", "--max-train-samples", "8", "--no-progress"],
-            [tmp_path], "no tlora-analysis run")
-    assert (tmp_path / "runs" / "lora" / "thesis.tex").read_text() == "years of work"
+            [tmp_path], "no tlora-analysis study")
+    assert (tmp_path / "runs" / "thesis.tex").read_text() == "years of work"
 
 
 @pytest.fixture(scope="module")
@@ -268,20 +269,25 @@ def test_the_suite_runs_each_case_under_limits():
     assert result.returncode != 0 and "MemoryError" in result.stderr
 
 
-def test_reproduce_swaps_in_a_new_run_only_after_it_finished(tmp_path, tiny_run, monkeypatch):
+def test_reproduce_swaps_in_a_new_study_only_after_it_finished(tmp_path, tiny_model_dir, monkeypatch):
     import tlora_analysis.reproduce as reproduce
+    from tlora_analysis.study import Executor
 
-    old = shutil.copytree(tiny_run, tmp_path / "tlora")
+    quiet = dict(executor=Executor(), progress=False, log=lambda _: None)
+    spec = reproduce.reproduce_spec(1, 1, model=tiny_model_dir, max_train_samples=8, max_eval_samples=4, batch_size=4)
+    old = tmp_path / "study"
+    reproduce._run_or_reuse({**spec, "method": ["tlora"]}, old, False, **quiet)
     before = tree_digest(old)
-    changed = TrainConfig.from_dict({**json.loads((old / "run.json").read_text())["config"], "epochs": 2})
+    with pytest.raises(InputError, match="--retrain"):
+        reproduce._run_or_reuse(spec, old, False, **quiet)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt  # killed mid-way
 
-    monkeypatch.setattr(reproduce, "train", crash)
+    monkeypatch.setattr(reproduce, "run_study", crash)
     with pytest.raises(KeyboardInterrupt):
-        reproduce._train_or_reuse(changed, old, retrain=False, progress=False, log=lambda _: None)
-    assert tree_digest(old) == before and sorted(p.name for p in tmp_path.iterdir()) == ["tlora"]
+        reproduce._run_or_reuse(spec, old, True, **quiet)
+    assert tree_digest(old) == before and sorted(p.name for p in tmp_path.iterdir()) == ["study"]
     monkeypatch.undo()
-    run = reproduce._train_or_reuse(changed, old, retrain=False, progress=False, log=lambda _: None)
-    assert run.epochs == [0, 1, 2] and sorted(p.name for p in tmp_path.iterdir()) == ["tlora"]
+    study = reproduce._run_or_reuse(spec, old, True, **quiet)
+    assert sorted(study.cells) == ["head-s0", "lora-s0", "tlora-s0"] and sorted(p.name for p in tmp_path.iterdir()) == ["study"]

@@ -53,12 +53,15 @@ def inject_adapters(
     seed: int = 0,
     modules_to_save: Sequence[str] = (),
     dropout: float = 0.0,
+    **options,
 ) -> nn.Module:
     """Replace every ``nn.Linear`` whose qualified name ends with a target by an adapter layer.
 
     All base weights are frozen; parameters inside a module named in ``modules_to_save`` (e.g. ``["classifier"]``) stay trainable, as in peft.
     ``alpha`` is LoRA's ``lora_alpha`` (default: ``rank``, i.e. scaling 1) or TLoRA's
     initial α (default 1.0). Each layer gets its own seed from :func:`layer_seed`.
+    ``options`` are method-specific settings (TLoRA's ``init``); a method ignores the ones
+    it does not list in its ``options``.
     Returns the same model, modified in place. A bad argument raises :class:`InputError`
     (a ``ValueError``) before the model is touched.
     """
@@ -91,12 +94,13 @@ def inject_adapters(
                 f"({layer.out_features}x{layer.in_features})"
             )
 
+    own_options = {k: v for k, v in options.items() if k in layer_class.options and v is not None}
     model.requires_grad_(False)
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer_seed_ = layer_seed(seed, name) if layer_class.seed_scope == "layer" else seed
-        setattr(parent, child, layer_class(linear[name], rank, alpha, dropout=dropout, seed=layer_seed_))
+        setattr(parent, child, layer_class(linear[name], rank, alpha, dropout=dropout, seed=layer_seed_, **own_options))
     for name, param in model.named_parameters():
         if any(f".{m}." in f".{name}" for m in modules_to_save):
             param.requires_grad_(True)

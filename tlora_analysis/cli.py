@@ -82,9 +82,33 @@ def _cmd_study(args) -> int:
 
 def _add_runs(p) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, snapshot files or PEFT adapter directories, of any "
-                                                          "methods; the paper's claims need one LoRA and one TLoRA run among them")
+                                                          "methods (the paper's claims need one LoRA and one TLoRA run among them), "
+                                                          "or one study directory")
     p.add_argument("--base", default=None, help="base model for amplification and intruder dimensions (default: the runs' model)")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
+
+
+def _study(args):
+    """The study named by a single RUN argument that is a study directory, else None."""
+    if len(args.runs) == 1 and (Path(args.runs[0]) / "study.json").is_file():
+        from .study import load_study
+
+        return load_study(args.runs[0])
+    return None
+
+
+def _compare_study(study, args):
+    from .analysis.compare import compare_study
+    from .models import base_weights, model_named_in_file
+
+    adapted = study.finished(adapted_only=True)
+    if not adapted:
+        raise InputError(f"{study.path}: no finished cell has adapted layers to analyse")
+    weights = base = None
+    if not args.no_base:
+        base = model_named_in_file(adapted[0][0].meta.get("model"), study.path / "study.json", args.base)
+        weights = base_weights(base, adapted[0][0].layer_names)
+    return compare_study(study, weights), base
 
 
 def _compare(args):
@@ -124,7 +148,9 @@ def _add_analyze(sub) -> None:
 def _cmd_analyze(args) -> int:
     from .reproduce import write_tables
 
-    for path in write_tables(_compare(args)[1], Path(args.out)):
+    study = _study(args)
+    tables = _compare_study(study, args)[0] if study else _compare(args)[1]
+    for path in write_tables(tables, Path(args.out)):
         print(path)
     return 0
 
@@ -140,8 +166,15 @@ def _add_figures(sub) -> None:
 
 def _cmd_figures(args) -> int:
     from .analysis.compare import SETTINGS
-    from .figures import render_all
+    from .figures import render_all, render_study
 
+    study = _study(args)
+    if study:
+        tables, base = _compare_study(study, args)
+        entries = render_study(tables, args.out, sources={n: str(study.run_dir(n)) for n in study.cells},
+                               settings={"base": base, "study": study.spec.raw, **SETTINGS})
+        print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
+        return 0
     sources, tables, base = _compare(args)
     entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources}, settings={"base": base, **SETTINGS})
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
@@ -158,8 +191,19 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report
+    from .report import write_report, write_study_report
 
+    study = _study(args)
+    if study:
+        import tempfile
+
+        from .figures import render_study
+
+        tables, _ = _compare_study(study, args)
+        with tempfile.TemporaryDirectory() as scratch:
+            render_study(tables, scratch)
+            print(f"wrote {write_study_report(tables, study, args.out, scratch)}")
+        return 0
     sources, tables, _ = _compare(args)
     print(f"wrote {write_report(tables, sources, args.out)}")
     return 0
@@ -167,19 +211,21 @@ def _cmd_report(args) -> int:
 
 def _add_reproduce(sub) -> None:
     from .config import REPRODUCE_EPOCHS
+    from .reproduce import REPRODUCE_SEEDS
 
-    p = sub.add_parser("reproduce", help="the main job: train LoRA, TLoRA and head-only, regenerate every figure and the report",
-                       description="Train LoRA, TLoRA and a head-only baseline on the embedded default task with the "
-                                   "embedded model, analyse them and regenerate every figure, report.html and results.json. "
-                                   "Finished runs with the same settings are reused.")
+    p = sub.add_parser("reproduce", help="the main job: a study of LoRA, TLoRA and head-only over seeds, every figure and the report",
+                       description="Run a study of LoRA, TLoRA and a head-only baseline on the embedded default task with the "
+                                   "embedded model over several seeds, analyse it and regenerate every figure (with seed "
+                                   "confidence bands), report.html and results.json. Finished runs are reused.")
     p.add_argument("--out", default="figures", help="directory for figures, report.html and results.json (default: figures)")
-    p.add_argument("--runs-dir", default="runs/reproduce", help="where the runs and CSV tables go (default: runs/reproduce)")
+    p.add_argument("--runs-dir", default="runs/reproduce", help="the study directory; CSV tables go to its tables/ (default: runs/reproduce)")
     p.add_argument("--epochs", type=int, default=REPRODUCE_EPOCHS, help=f"epochs per run (default {REPRODUCE_EPOCHS})")
-    p.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
+    p.add_argument("--seeds", type=int, default=REPRODUCE_SEEDS, help=f"seeds per method, 0 .. N-1 (default {REPRODUCE_SEEDS})")
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time, sharing the machine's cores (default 2)")
     p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only (for quick checks)")
     p.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on the first N examples only")
-    p.add_argument("--model", default="default", help="model name or path (default: the embedded all-MiniLM-L6-v2)")
-    p.add_argument("--retrain", action="store_true", help="train again even if finished runs exist")
+    p.add_argument("--model", default=None, help="model name or path (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--retrain", action="store_true", help="replace an existing study (swapped in once the new one has finished)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_reproduce)
 
@@ -187,8 +233,9 @@ def _add_reproduce(sub) -> None:
 def _cmd_reproduce(args) -> int:
     from .reproduce import reproduce
 
-    reproduce(args.out, args.runs_dir, epochs=args.epochs, seed=args.seed, retrain=args.retrain, progress=not args.no_progress,
-              max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples, model=args.model)
+    reproduce(args.out, args.runs_dir, epochs=args.epochs, seeds=args.seeds, jobs=args.jobs, retrain=args.retrain,
+              progress=not args.no_progress, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
+              model=args.model)
     return 0
 
 

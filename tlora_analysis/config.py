@@ -16,7 +16,7 @@ from typing import Any
 from .data.tasks import TASKS
 from .errors import InputError
 
-__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "add_config_arguments", "config_from_arguments", "option"]
+__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
 
 METHODS = ("lora", "tlora", "vera", "loraxs", "full")
 """Adapter methods (each one a class in :mod:`tlora_analysis.adapters`)."""
@@ -29,8 +29,11 @@ trains r² + 1 numbers per layer and, like VeRA's scaling vectors, wants a learn
 thirty times LoRA's (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2). VeRA's, LoRA-XS's and full
 fine-tuning's are untuned starting points in the range their papers use; pass ``--lr``."""
 
-REPRODUCE_EPOCHS = 5
+REPRODUCE_EPOCHS = 4
 """Epochs per run of the main job (``tlora-analysis reproduce``)."""
+
+TLORA_INITS = ("kaiming", "var-r", "var-d", "orthonormal")
+"""How TLoRA's frozen A and C are drawn (see :func:`tlora_analysis.methods.tlora.tlora_frozen_matrices`)."""
 
 REPORT_TO = ("tensorboard",)
 """Where ``train`` can send live update geometry besides run.json."""
@@ -58,6 +61,8 @@ class TrainConfig:
     rank: int = option(8, "adapter rank r")
     alpha: float | None = option(None, "LoRA, LoRA-XS: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1); "
                                         "VeRA: initial λ_d (default 0.1)")
+    init: str = option("kaiming", "TLoRA: how the frozen A and C are drawn: kaiming (variance 1/r and 1/d_in), var-r (1/r both), "
+                                  "var-d (1/d_out and 1/d_in) or orthonormal", choices=TLORA_INITS)
     targets: list[str] = option(help="module name suffixes to adapt", factory=lambda: ["query", "value"], nargs="+")
     epochs: int = option(4, "training epochs (with --resume: train up to this many)")
     lr: float | None = option(None, f"peak learning rate (default per method: {DEFAULT_LR})")
@@ -78,6 +83,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in TRAIN_METHODS:
             raise InputError(f"--method must be one of {', '.join(TRAIN_METHODS)}, got {self.method!r}")
+        if self.init not in TLORA_INITS:
+            raise InputError(f"--init must be one of {', '.join(TLORA_INITS)}, got {self.init!r}")
         if self.task not in TASKS:
             raise InputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         for name in ("rank", "epochs", "batch_size", "max_length", "max_train_samples", "max_eval_samples"):

@@ -22,7 +22,8 @@ h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; 
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; } th { background: #f3f3f3; }
 td.text { text-align: left; }
-.holds { background: #d9f2d9; } .fails { background: #f8d7d3; } .unknown { background: #eee; }
+.holds { background: #d9f2d9; } .fails { background: #f8d7d3; } .mixed { background: #fcefc7; } .unknown { background: #eee; }
+h3 { margin-top: 1.2em; } td.text, th.text { text-align: left; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.9em; }
 code { background: #f3f3f3; padding: 0 3px; }
 """
@@ -31,11 +32,13 @@ code { background: #f3f3f3; padding: 0 3px; }
 def _claims_table(claims: pd.DataFrame) -> str:
     rows = []
     for claim in claims.itertuples(index=False):
-        verdict, css = {True: ("holds", "holds"), False: ("does not hold", "fails")}.get(claim.holds, ("cannot be computed", "unknown"))
-        rows.append(f"<tr><td class='text'>{html.escape(claim.claim)}</td><td class='text'>{html.escape(claim.statistic)}</td>"
-                    f"<td class='text'>{html.escape(claim.threshold)}</td><td class='{css}'><b>{verdict}</b></td></tr>")
-    return ("<table><tr><th>finding (TLoRA paper)</th><th>statistic on these runs</th><th>threshold</th><th>verdict</th></tr>"
-            + "".join(rows) + "</table>")
+        verdict, css = {True: ("holds", "holds"), False: ("does not hold", "fails")}.get(claim.holds, ("not computed", "unknown"))
+        reading = f"<b>{html.escape(claim.reading)}</b>" if claim.headline else html.escape(claim.reading)
+        rows.append(f"<tr><td class='text'>{html.escape(claim.claim)}</td><td class='text'>{reading}</td>"
+                    f"<td class='text'>{html.escape(claim.statistic)}</td><td class='text'>{html.escape(claim.threshold)}</td>"
+                    f"<td class='{css}'><b>{verdict}</b></td><td class='text'>{html.escape(claim.reason)}</td></tr>")
+    return ("<table><tr><th>finding (TLoRA paper)</th><th>reading (headline in bold)</th><th>statistic on these runs</th>"
+            "<th>threshold</th><th>verdict</th><th>reason</th></tr>" + "".join(rows) + "</table>")
 
 
 def _settings(runs: Sequence) -> str:
@@ -85,4 +88,95 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
                              f"<body>{''.join(body)}</body></html>\n").encode())
     if claims is not None:
         atomic_write_bytes(out.with_suffix(".claims.json"), (json.dumps(claims.to_dict(orient="records"), indent=2) + "\n").encode())
+    return out
+
+
+def _verdict_cell(verdict: str, text: str) -> str:
+    css = {"holds": "holds", "does not hold": "fails", "mixed": "mixed"}.get(verdict, "unknown")
+    return f"<td class='{css}'>{html.escape(text)}</td>"
+
+
+def _audit(claims: pd.DataFrame, per_seed: pd.DataFrame) -> str:
+    """One table per TLoRA group: each finding's readings with mean [CI] over seeds, threshold, k/n and reason."""
+    parts = []
+    for (lora_group, tlora_group), rows in claims.groupby(["lora_group", "tlora_group"], sort=False):
+        body = []
+        for _, readings in rows.groupby("finding", sort=False):
+            body.append(f"<tr><th colspan='5' class='text'>{html.escape(readings.claim.iloc[0])}</th></tr>")
+            for r in readings.itertuples():
+                seeds = per_seed[(per_seed.tlora_group == tlora_group) & (per_seed.reading == r.reading)]
+                reason = seeds.reason.mode().iloc[0] if len(seeds) else ""
+                value = "—" if pd.isna(r.mean) else f"{r.mean:.3g}" + ("" if pd.isna(r.ci_low) else f" [{r.ci_low:.3g}, {r.ci_high:.3g}]")
+                name = f"<b>{html.escape(r.reading)}</b> (headline)" if r.headline else html.escape(r.reading)
+                body.append(f"<tr><td class='text'>{name}</td><td>{value}</td><td class='text'>{html.escape(r.threshold)}</td>"
+                            + _verdict_cell(r.verdict, f"{r.verdict} ({r.holds_in})") + f"<td class='text'>{html.escape(reason)}</td></tr>")
+        parts.append(f"<h3>LoRA ({html.escape(lora_group)}) vs TLoRA ({html.escape(tlora_group)})</h3>"
+                     "<table><tr><th>reading</th><th>mean [95% CI] over seeds</th><th>threshold</th><th>verdict (seeds)</th>"
+                     "<th>reason (most seeds)</th></tr>" + "".join(body) + "</table>")
+    return "".join(parts)
+
+
+def verdict_map(claims: pd.DataFrame) -> pd.DataFrame:
+    """Readings x TLoRA groups: each cell "verdict k/n (mean)", for laying out how verdicts move with the settings."""
+    cells = claims.assign(cell=[f"{v} {k} ({'—' if pd.isna(m) else f'{m:.3g}'})" for v, k, m in zip(claims.verdict, claims.holds_in, claims["mean"])])
+    table = cells.pivot_table(index=["finding", "reading"], columns="tlora_group", values="cell", aggfunc="first", sort=False)
+    return table.reset_index()
+
+
+def _verdict_map_html(claims: pd.DataFrame) -> str:
+    table = verdict_map(claims)
+    groups = [c for c in table.columns if c not in ("finding", "reading")]
+    head = "<tr><th>reading</th>" + "".join(f"<th>{html.escape(g)}</th>" for g in groups) + "</tr>"
+    rows = []
+    for r in table.itertuples(index=False):
+        cells = "".join(_verdict_cell(str(v).split(" ")[0] if str(v).startswith(("holds", "mixed")) else
+                                      "does not hold" if str(v).startswith("does") else "", str(v)) for v in r[2:])
+        rows.append(f"<tr><td class='text'>{r.finding}. {html.escape(r.reading)}</td>{cells}</tr>")
+    return "<table>" + head + "".join(rows) + "</table>"
+
+
+def write_study_report(tables: Mapping[str, pd.DataFrame], study, out: str | Path, figure_dir: str | Path) -> Path:
+    """Write a study's report: runs, metric with seed CIs, the claims audit (every reading, CI over seeds,
+    k of n seeds), the verdict map across TLoRA settings, controls, and every figure in ``figure_dir``."""
+    from .figures import STUDY_FIGURES
+
+    out, figure_dir = Path(out), Path(figure_dir)
+    figures = []
+    for name, caption in [*((n, d[2]) for n, d in STUDY_FIGURES.items()), ("overview", "seed-0 pair: key panels"),
+                          *((n, f"seed-0 pair: {d[2]}") for n, d in FIGURES.items())]:
+        png = figure_dir / f"{name}.png"
+        if png.exists():
+            data = base64.b64encode(png.read_bytes()).decode()
+            figures.append(f"<figure><img alt='{name}' src='data:image/png;base64,{data}'><figcaption><b>{name}</b>: "
+                           f"{html.escape(caption)}</figcaption></figure>")
+    runs = tables["runs"]
+    body = [
+        f"<h1>Study {html.escape(str(study.path))}: adaptation dynamics over seeds</h1>",
+        "<p>Every number is a mean over seeds with a 95% percentile-bootstrap interval (scipy.stats.bootstrap); "
+        "quantities are defined in the project's <code>docs/quantities.md</code>.</p>",
+        f"<pre>{html.escape(json.dumps(study.spec.raw, indent=1))}</pre>",
+        "<h2>Runs</h2>", runs.drop(columns=["path"]).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""),
+    ]
+    if "runs_over_seeds" in tables:
+        body += ["<h2>Final metric and parameters over seeds</h2>",
+                 tables["runs_over_seeds"].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+    if "claims" in tables and len(tables["claims"]):
+        claims = tables["claims"]
+        body += ["<h2>Claims audit</h2>",
+                 "<p>Each of the paper's findings read every way a careful reader could mean it: the statistic's mean and CI "
+                 "over seeds, a threshold fixed in <code>tlora_analysis/analysis/claims.py</code>, and in how many seeds it holds. "
+                 "'not computed' names what the reading needs.</p>", _audit(claims, tables["claims_per_seed"])]
+        if claims.tlora_group.nunique() > 1:
+            body += ["<h2>Verdict map: how the verdicts move with TLoRA's settings</h2>", _verdict_map_html(claims)]
+    if "controls" in tables and len(tables["controls"]):
+        controls = tables["controls"].groupby(["kind", "method_a", "method_b"], as_index=False).agg(
+            cosine=("cosine", "mean"), random_cos_q95=("baseline_abs_q95", "mean"), phi=("phi", "mean"), phi_random=("phi_random", "mean"),
+            pairs=("run_b", "nunique"))
+        body += ["<h2>Controls</h2><p>Mean over layers and pairs at the last epoch.</p>",
+                 controls.to_html(index=False, float_format=lambda v: f"{v:.4g}")]
+    body += ["<h2>Figures</h2>", *figures]
+    atomic_write_bytes(out, (f"<!doctype html><html><head><meta charset='utf-8'><title>tlora-analysis study report</title><style>{CSS}"
+                             "</style></head>" f"<body>{''.join(body)}</body></html>\n").encode())
+    if "claims" in tables:
+        atomic_write_bytes(out.with_suffix(".claims.csv"), tables["claims"].to_csv(index=False).encode())
     return out

@@ -1,7 +1,10 @@
-"""The main job: train LoRA, TLoRA and a head-only baseline on the default task, analyse, draw, report.
+"""The main job: a small study of LoRA, TLoRA and head-only on the default task over several seeds,
+then every table, figure and the report with seed confidence intervals.
 
-Runs that already finished with the same settings are reused (``retrain=True`` forces
-training again); an unfinished run is resumed.
+The study lives in ``runs_dir`` (a study directory). Running the job again reuses its
+finished cells and resumes interrupted ones. A study with other settings there is replaced
+only with ``retrain=True``, and only after the new one has finished (it is run beside the
+old one and then swapped in), so nothing is lost to a failed or interrupted run.
 """
 
 from __future__ import annotations
@@ -11,101 +14,146 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .analysis import compare_runs
-from .analysis.compare import SETTINGS
-from .config import REPRODUCE_EPOCHS, TrainConfig
+from .config import REPRODUCE_EPOCHS
 from .errors import InputError
-from .figures import render_all
-from .models import base_weights
-from .report import write_report
-from .store import RUN_FORMAT, Run, atomic_write_bytes, atomic_write_json, load_run, read_json
-from .training import resume, train
+from .store import atomic_write_bytes, atomic_write_json, read_json
+from .study import STUDY_FORMAT, STUDY_JSON, Executor, cell_threads, load_study, run_study
+
+REPRODUCE_METHODS = ("lora", "tlora", "head")
+REPRODUCE_SEEDS = 3
 
 
-def _check_replaceable(run_dir: Path) -> None:
-    """Refuse, before any work, to replace a directory that is not a run this tool wrote."""
-    if run_dir.is_symlink() or (run_dir.exists() and not run_dir.is_dir()):
-        raise InputError(f"{run_dir}: exists and is not a run directory; reproduce writes its runs there, choose another --runs-dir")
-    if run_dir.is_dir() and any(run_dir.iterdir()) and (
-        not (run_dir / "run.json").is_file() or read_json(run_dir / "run.json", "run.json").get("format") != RUN_FORMAT
+def reproduce_spec(epochs: int = REPRODUCE_EPOCHS, seeds: int = REPRODUCE_SEEDS, **overrides) -> dict:
+    """The main job's study: LoRA, TLoRA and head-only at each method's default learning rate, ``seeds`` seeds."""
+    return {"method": list(REPRODUCE_METHODS), "seed": list(range(seeds)), "epochs": epochs,
+            **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def _check_replaceable(study_dir: Path) -> None:
+    """Refuse, before any work, to replace a directory that is not a study this tool wrote."""
+    if study_dir.is_symlink() or (study_dir.exists() and not study_dir.is_dir()):
+        raise InputError(f"{study_dir}: exists and is not a study directory; choose another --runs-dir")
+    if study_dir.is_dir() and any(study_dir.iterdir()) and (
+        not (study_dir / STUDY_JSON).is_file() or read_json(study_dir / STUDY_JSON, "study.json").get("format") != STUDY_FORMAT
     ):
-        raise InputError(f"{run_dir}: holds files but no tlora-analysis run; reproduce will not replace it, choose another --runs-dir")
+        raise InputError(f"{study_dir}: holds files but no tlora-analysis study; reproduce will not replace it, choose another --runs-dir")
 
 
-def _train_or_reuse(config: TrainConfig, run_dir: Path, retrain: bool, progress: bool, log: Callable[[str], None]) -> Run:
-    """Reuse or resume a run with these settings; otherwise train a new one beside the old, and
-    only once it has finished swap it in and delete the old run."""
-    if (run_dir / "run.json").exists() and not retrain:
-        meta = read_json(run_dir / "run.json", "run.json")
-        if meta.get("config") == asdict(config):
-            if meta.get("status") == "finished":
-                log(f"reusing finished run {run_dir}")
-                return load_run(run_dir)
-            return resume(run_dir, progress=progress, log=log)
-    if not run_dir.exists():
-        return train(config, run_dir, progress=progress, log=log)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{run_dir.name}.new-", dir=run_dir.parent))
+def _run_or_reuse(spec: dict, study_dir: Path, retrain: bool, executor: Executor, progress: bool, log: Callable[[str], None]):
+    """Run the study in ``study_dir``; with ``retrain`` (or another spec there and ``retrain``), run it beside
+    the old one and swap it in only once it has finished."""
+    existing = (study_dir / STUDY_JSON).is_file()
+    if existing and not retrain and read_json(study_dir / STUDY_JSON, "study.json").get("spec") != spec:
+        raise InputError(f"{study_dir}: holds a study with other settings; pass --retrain to replace it once the new one "
+                         "has finished, or choose another --runs-dir")
+    if not existing or not retrain:
+        return run_study(spec, study_dir, executor=executor, progress=progress, log=log)
+    fresh = Path(tempfile.mkdtemp(prefix=f".{study_dir.name}.new-", dir=study_dir.parent))
     fresh.rmdir()
     try:
-        train(config, fresh, progress=progress, log=log)
+        study = run_study(spec, fresh, executor=executor, progress=progress, log=log)
+        if (study.runs.status != "finished").any():
+            raise InputError(f"{fresh}: some cells failed; the old study in {study_dir} is kept")
     except BaseException:
         shutil.rmtree(fresh, ignore_errors=True)
         raise
-    retired = run_dir.with_name(f".{run_dir.name}.old-{os.getpid()}")
-    os.rename(run_dir, retired)
-    os.rename(fresh, run_dir)
+    retired = study_dir.with_name(f".{study_dir.name}.old-{os.getpid()}")
+    os.rename(study_dir, retired)
+    os.rename(fresh, study_dir)
     shutil.rmtree(retired)
-    return load_run(run_dir)
+    return load_study(study_dir)
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
+    """Every table as ``NAME.csv`` (nested dicts of tables go to a subfolder of that name)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, table in tables.items():
+        if isinstance(table, dict):
+            paths += write_tables(table, out_dir / name)
+            continue
         path = out_dir / f"{name}.csv"
         atomic_write_bytes(path, table.to_csv(index=False).encode())
         paths.append(path)
     return paths
 
 
-def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduce", *, epochs: int = REPRODUCE_EPOCHS, seed: int = 0,
-              retrain: bool = False, progress: bool = True, log: Callable[[str], None] = print, **overrides) -> dict:
-    """Train (or reuse) the three runs, write tables to ``runs_dir/tables``, figures and report.html to ``out``."""
+def study_results(tables: dict[str, pd.DataFrame]) -> dict:
+    """results.json: per method group the final metric (mean, CI, n) and parameter counts; per reading its verdict over seeds."""
+    runs = tables["runs"]
+    done = runs[runs.status == "finished"]
+    methods = {}
+    for method, rows in done.groupby("method", sort=False):
+        metric = tables.get("runs_over_seeds")
+        row = {"metric": str(rows.metric.iloc[0]), "seeds": sorted(int(s) for s in rows.seed), "per_seed": [round(float(v), 4) for v in rows.final_metric],
+               "mean": round(float(rows.final_metric.mean()), 4), "adapter_params": int(rows.adapter_params.iloc[0]),
+               "head_params": int(rows.head_params.iloc[0]), "frozen_random_params": int(rows.frozen_random_params.iloc[0])}
+        if metric is not None:
+            m = metric[(metric.method == method) & (metric.quantity == "final_metric")]
+            if len(m):
+                row.update(ci_low=round(float(m.ci_low.iloc[0]), 4), ci_high=round(float(m.ci_high.iloc[0]), 4))
+        methods[method] = row
+    claims = tables.get("claims")
+    readings = [] if claims is None else [
+        {"finding": int(r.finding), "reading": r.reading, "headline": bool(r.headline), "threshold": r.threshold, "mean": _round(r.mean),
+         "ci": [_round(r.ci_low), _round(r.ci_high)], "holds_in": r.holds_in, "verdict": r.verdict}
+        for r in claims.itertuples()]
+    return {"methods": methods, "claims": readings}
+
+
+def _round(value) -> float | None:
+    return None if pd.isna(value) else float(f"{float(value):.4g}")
+
+
+def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduce", *, epochs: int = REPRODUCE_EPOCHS,
+              seeds: int = REPRODUCE_SEEDS, jobs: int = 2, retrain: bool = False, progress: bool = True,
+              log: Callable[[str], None] = print, **overrides) -> dict:
+    """Run (or reuse) the main study, write its tables to ``runs_dir/tables`` and figures, report.html and results.json to ``out``.
+
+    Args:
+        out: where figures, report.html and results.json go.
+        runs_dir: the study directory.
+        epochs: epochs per run.
+        seeds: seeds 0 .. seeds − 1 of each method.
+        jobs: runs at a time; the machine's cores are divided between them.
+        retrain: replace an existing study (after the new one has finished).
+        progress: show progress bars.
+        log: where progress lines go.
+        overrides: other ``train`` settings (max_train_samples, model, ...).
+    """
+    from .analysis.compare import SETTINGS, compare_study
+    from .figures import render_study
+    from .models import base_weights
+    from .report import write_study_report
+
     started = time.perf_counter()
     out, runs_dir = Path(out), Path(runs_dir)
-    configs = {method: TrainConfig(method=method, epochs=epochs, seed=seed, **overrides) for method in ("lora", "tlora", "head")}
-    for method in configs:  # every input is checked before anything is trained or replaced
-        _check_replaceable(runs_dir / method)
-    runs = {method: _train_or_reuse(config, runs_dir / method, retrain, progress, log) for method, config in configs.items()}
+    spec = reproduce_spec(epochs, seeds, **overrides)
+    _check_replaceable(runs_dir)
+    if jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {jobs}")
+    log(f"study: {', '.join(REPRODUCE_METHODS)} x {seeds} seeds, {epochs} epochs, {jobs} jobs of {cell_threads(jobs)} threads")
+    study = _run_or_reuse(spec, runs_dir, retrain, Executor(jobs=jobs), progress, log)
+    if (study.runs.status != "finished").any():
+        raise InputError(f"{runs_dir}: some cells did not finish (see study.json and logs/); run the same command again to resume")
     log("analysing ...")
-    lora, tlora = runs["lora"], runs["tlora"]
-    weights = base_weights(configs["lora"].model, lora.layer_names)
-    tables = compare_runs([lora, tlora], weights)
+    adapted = study.finished(adapted_only=True)
+    weights = base_weights(spec.get("model", "default"), adapted[0][0].layer_names)
+    tables = compare_study(study, weights)
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")
-    settings = {"epochs": epochs, "seed": seed, **SETTINGS}
-    render_all(tables, out, sources={m: str(r.path) for m, r in runs.items()}, settings=settings)
-    write_report(tables, [lora, tlora], out / "report.html", figure_dir=out)
-    results = {
-        method: {
-            "final_metric": run.metrics[run.epochs[-1]].get(run.meta["main_metric"]),
-            "metric": run.meta["main_metric"],
-            "parameter_counts": run.meta["parameter_counts"],
-            "train_seconds": round(sum(run.record(e).get("time_s", 0.0) for e in run.epochs), 1),
-        }
-        for method, run in runs.items()
-    }
+    render_study(tables, out, sources={name: str(study.run_dir(name)) for name in study.cells}, settings={"study": spec, **SETTINGS})
+    write_study_report(tables, study, out / "report.html", figure_dir=out)
+    results = study_results(tables)
     atomic_write_json(out / "results.json", results)
     log("")
-    log(f"{'method':<8}{'accuracy':>10}{'adapter params':>16}{'head params':>13}{'frozen random':>15}")
-    for method, r in results.items():
-        c = r["parameter_counts"]
-        log(f"{method:<8}{r['final_metric']:>10.4f}{c['adapter_trainable']:>16,}{c['other_trainable']:>13,}{c['frozen_random']:>15,}")
+    log(f"{'method':<8}{'mean':>8}{'95% CI':>18}  per seed")
+    for method, r in results["methods"].items():
+        ci = f"[{r.get('ci_low', float('nan')):.3f}, {r.get('ci_high', float('nan')):.3f}]"
+        log(f"{method:<8}{r['mean']:>8.3f}{ci:>18}  {', '.join(f'{v:.3f}' for v in r['per_seed'])}")
     log(f"figures, report.html and results.json in {out}/; tables in {runs_dir / 'tables'}/ ({time.perf_counter() - started:.0f}s)")
     return results

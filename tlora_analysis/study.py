@@ -319,7 +319,7 @@ def run_cell(study_dir: str | Path, name: str, threads: int | None = None) -> st
     run_dir = study.run_dir(name)
     if (run_dir / "run.json").is_file():
         meta = read_json(run_dir / "run.json", "run.json")
-        if meta.get("config") != asdict(config):
+        if not isinstance(meta.get("config"), dict) or asdict(TrainConfig.from_dict(meta["config"])) != asdict(config):
             raise InputError(f"{run_dir}: holds a run with other settings than cell {name} of the study")
         if meta.get("status") == "finished":
             return "reused"
@@ -459,6 +459,10 @@ def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, execut
             records.setdefault(name, {"settings": settings, "status": "pending", "log": f"logs/{name}.log"})
         atomic_write_json(out / STUDY_JSON, meta)
         study = Study(out)
+        for name in cells:  # cells that finished before a kill are finished, whatever the record says
+            if study.status(name) == "finished":
+                records[name]["status"] = "finished"
+        atomic_write_json(out / STUDY_JSON, meta)
         todo = [name for name in cells if study.status(name) != "finished"]
         log(f"{out}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
             f"({executor.executor}, {executor.jobs} at a time, {cell_threads(executor.jobs)} threads each)")

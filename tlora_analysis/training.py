@@ -48,7 +48,8 @@ def _build_model(config: TrainConfig, num_labels: int):
             if name.split(".")[0] in HEAD_MODULES:
                 param.requires_grad_(True)
     else:
-        inject_adapters(model, config.method, config.rank, config.targets, alpha=config.alpha, seed=config.seed, modules_to_save=HEAD_MODULES)
+        inject_adapters(model, config.method, config.rank, config.targets, alpha=config.alpha, seed=config.seed, modules_to_save=HEAD_MODULES,
+                        init=config.init)
     return model
 
 

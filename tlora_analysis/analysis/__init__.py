@@ -28,14 +28,14 @@ from .spectra import core_eigenvalues, effective_rank, rank_measures, spectra
 from .summary import summary
 
 _LAZY = {"weight_distributions": "distributions", "weight_histograms": "distributions", "compare_runs": "compare", "paper_claims": "claims", "READINGS": "claims",
-         "aggregate": "aggregate", "similarity_controls": "controls", "rank_similarity": "controls", "study_claims": "controls", "summarize_claims": "controls"}
+         "aggregate": "aggregate", "similarity_controls": "controls", "rank_similarity": "controls", "study_claims": "controls", "summarize_claims": "controls", "function_similarity": "function_space"}
 """Imported on first use: they need scipy's statistics, which ``inspect`` should not pay for."""
 
 __all__ = [
     "as_source", "module_and_layer", "spectra", "core_eigenvalues", "effective_rank", "rank_measures", "norms", "scales",
     "scale_variation", "weight_distributions", "weight_histograms", "update_similarity", "subspace_similarity",
     "subspace_similarity_table", "random_subspace_similarity", "amplification", "intruder_dimensions", "intruder_counts",
-    "summary", "compare_runs", "paper_claims", "READINGS", "aggregate", "similarity_controls", "rank_similarity", "study_claims", "summarize_claims",
+    "summary", "compare_runs", "paper_claims", "READINGS", "aggregate", "similarity_controls", "rank_similarity", "study_claims", "summarize_claims", "function_similarity",
     "reachable_cosine", "adapted_weight_similarity", "runs_with_settings",
 ]
 

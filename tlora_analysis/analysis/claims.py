@@ -61,16 +61,18 @@ class Reading:
     needs: tuple[str, ...]
     compute: Callable[[Mapping[str, pd.DataFrame], int], Verdict]
     headline: bool = False
+    limits: tuple[float, ...] = ()
+    """The threshold values ``value`` is compared with, for drawing them."""
 
 
 READINGS: list[Reading] = []
 
 
-def reading(finding: int, name: str, threshold: str, needs: tuple[str, ...], headline: bool = False):
+def reading(finding: int, name: str, threshold: str, needs: tuple[str, ...], headline: bool = False, limits: tuple[float, ...] = ()):
     """Register a reading of ``finding``; the function gets the tables and the epoch to read."""
 
     def register(compute):
-        READINGS.append(Reading(finding, name, threshold, needs, compute, headline))
+        READINGS.append(Reading(finding, name, threshold, needs, compute, headline, limits))
         return compute
 
     return register
@@ -102,7 +104,8 @@ def _matrix(tables, last, method, matrix):
     return stats[stats.matrix == matrix]
 
 
-@reading(1, "moments of TLoRA's B (pooled per module)", MOMENTS, ("weight_stats",), headline=True)
+@reading(1, "moments of TLoRA's B (pooled per module)", MOMENTS, ("weight_stats",), headline=True,
+         limits=(GAUSSIAN_MAX_ABS_EXCESS_KURTOSIS,))
 def _gaussian_b(tables, last):
     return _moments(_matrix(tables, last, "tlora", "B"), "TLoRA's B")
 
@@ -147,7 +150,8 @@ def _mean_norms(tables, method="tlora") -> pd.Series:
     return norms[norms.method == method].groupby("epoch")["frobenius"].mean()
 
 
-@reading(2, "relative change of mean ‖ΔW‖_F in the last epoch", f"< {STABLE_MAX_CHANGE}", ("norms",), headline=True)
+@reading(2, "relative change of mean ‖ΔW‖_F in the last epoch", f"< {STABLE_MAX_CHANGE}", ("norms",), headline=True,
+         limits=(STABLE_MAX_CHANGE,))
 def _stable_last(tables, last):
     mean = _mean_norms(tables)
     change = abs(mean.get(last, math.nan) - mean.get(last - 1, math.nan)) / mean.get(last, math.nan)
@@ -169,7 +173,8 @@ def _stable_steps(tables, last):
 
 
 # --------------------------------------------------------------------------- 3. α varies
-@reading(3, "coefficient of variation of α across layers", f"> {ALPHA_MIN_CV} in every module", ("scales",), headline=True)
+@reading(3, "coefficient of variation of α across layers", f"> {ALPHA_MIN_CV} in every module", ("scales",), headline=True,
+         limits=(ALPHA_MIN_CV,))
 def _alpha_cv(tables, last):
     sc = tables["scales"]
     cv = sc[sc.epoch == last].groupby("module")["alpha_cv_across_layers"].mean()
@@ -219,7 +224,8 @@ def _tv(tables, last, **kwargs) -> float:
     return float(np.mean(distances)) if distances else math.nan
 
 
-@reading(4, "total-variation distance of normalized singular values σ_i/Σσ", f"< {SPECTRUM_MAX_DISTANCE}", ("spectra",), headline=True)
+@reading(4, "total-variation distance of normalized singular values σ_i/Σσ", f"< {SPECTRUM_MAX_DISTANCE}", ("spectra",), headline=True,
+         limits=(SPECTRUM_MAX_DISTANCE,))
 def _spectra_tv(tables, last):
     d = _tv(tables, last)
     holds = _holds(d, lambda v: v < SPECTRUM_MAX_DISTANCE)
@@ -276,7 +282,7 @@ def _norm_ratio(tables, last, column):
     return float(at.get("tlora", math.nan) / at.get("lora", math.nan)), at
 
 
-@reading(5, "ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", RATIO, ("norms",), headline=True)
+@reading(5, "ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", RATIO, ("norms",), headline=True, limits=NORM_RATIO_RANGE)
 def _frobenius_ratio(tables, last):
     ratio, at = _norm_ratio(tables, last, "frobenius")
     return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get('tlora', math.nan):.3g} / {at.get('lora', math.nan):.3g})")
@@ -325,7 +331,7 @@ def _cosine_verdict(value: float, text: str, yes: str, no: str) -> Verdict:
     return Verdict(value, text, holds, yes if holds else no)
 
 
-@reading(6, "mean cosine of ΔW over layers", f"> {HIGH_COSINE}", ("similarity",), headline=True)
+@reading(6, "mean cosine of ΔW over layers", f"> {HIGH_COSINE}", ("similarity",), headline=True, limits=(HIGH_COSINE,))
 def _cosine(tables, last):
     sim = _at_pair(tables["similarity"], last)
     mean = float(sim.cosine.mean())

@@ -90,3 +90,60 @@ def compare_runs(
         tables["intruders"] = intruders
         tables["intruder_counts"] = intruder_counts(intruders)
     return tables
+
+
+def metrics_over_epochs(study) -> pd.DataFrame:
+    """One row per finished cell and epoch: its swept settings and every recorded metric."""
+    rows = []
+    for run, settings in study.finished():
+        for epoch, metrics in run.metrics.items():
+            rows.append({"run": run.name, **settings, "epoch": epoch, **metrics})
+    return pd.DataFrame(rows)
+
+
+def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None, *, pair_seed: int | None = None,
+                  function_examples: int = 64) -> dict[str, pd.DataFrame]:
+    """Every table of a study: per-run tables with settings columns, their means and CIs over seeds,
+    the controls, and the paper's claims per seed and summarized.
+
+    Keys: runs, metrics, norms, spectra (last epoch), effective_rank, scales, controls,
+    rank_similarity, claims_per_seed, claims; each per-run table also as ``<name>_over_seeds``
+    (:func:`~tlora_analysis.analysis.aggregate.aggregate`). ``pair`` holds the
+    :func:`compare_runs` tables of one LoRA and one TLoRA cell at ``pair_seed`` (default: the
+    smallest seed) for the single-pair figures. ``function_examples`` validation examples feed
+    the function-space reading of the claims (0 skips it; it needs the runs' base model).
+    """
+    from .aggregate import aggregate
+    from .controls import rank_similarity, similarity_controls, study_claims, summarize_claims
+
+    runs = study.runs
+    tables: dict[str, pd.DataFrame] = {"runs": runs, "metrics": metrics_over_epochs(study)}
+    adapted = study.finished(adapted_only=True)
+    if adapted:
+        last = min(run.epochs[-1] for run, _ in adapted)
+        tables["norms"] = norms(study)
+        tables["spectra"] = spectra(study, [last])
+        tables["effective_rank"] = effective_rank(study, [last], energy=SETTINGS["energy_rank"])
+        if any(s["method"] == "tlora" for _, s in adapted):
+            tables["scales"] = pd.concat([scales(r).assign(**s) for r, s in adapted if s["method"] == "tlora"], ignore_index=True)
+        tables["controls"] = similarity_controls(study, baseline_samples=SETTINGS["baseline_samples"])
+        tables["rank_similarity"] = rank_similarity(study)
+        tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"],
+                                                 function_examples=function_examples if base_weights is not None else 0)
+        tables["claims"] = summarize_claims(tables["claims_per_seed"])
+    seeds = "seed" in study.swept and runs.seed.nunique() > 1
+    for name in ("metrics", "norms", "spectra", "effective_rank", "scales"):
+        if seeds and name in tables:
+            tables[f"{name}_over_seeds"] = aggregate(tables[name])
+    finished = runs[runs.status == "finished"]
+    if seeds and len(finished):
+        keys = [c for c in study.swept if c != "seed"]
+        tables["runs_over_seeds"] = aggregate(finished, by=keys, values=["final_metric", "trainable_params", "adapter_params"])
+    pair_seed = min((s.get("seed", 0) for _, s in adapted), default=None) if pair_seed is None else pair_seed
+    pair = [r for r, s in adapted if s.get("seed", 0) == pair_seed]
+    lora = [r for r in pair if r.method == "lora"][:1]
+    tlora = [r for r in pair if r.method == "tlora"][:1]
+    others = [r for r in pair if r.method not in ("lora", "tlora")]
+    if lora or tlora:
+        tables["pair"] = compare_runs([*lora, *tlora, *others], base_weights)
+    return tables

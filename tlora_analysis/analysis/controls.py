@@ -102,8 +102,10 @@ def rank_similarity(study: Study) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = None, baseline_samples: int = 32) -> dict[str, pd.DataFrame]:
-    """The tables the claims read, for one LoRA and one TLoRA run (cheaper than all of compare_runs)."""
+def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = None, baseline_samples: int = 32,
+                function_examples: int = 0) -> dict[str, pd.DataFrame]:
+    """The tables the claims read, for one LoRA and one TLoRA run (cheaper than all of compare_runs);
+    with ``function_examples`` also the function-space cosine on that many validation examples."""
     from .base_alignment import amplification
 
     last = _last(lora, tlora)
@@ -121,17 +123,22 @@ def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = N
     if base_weights is not None:
         tables["adapted_similarity"] = adapted_weight_similarity(lora, tlora, base_weights, epochs=[last])
         tables["amplification"] = pd.concat([amplification(r, base_weights, [last]) for r in runs], ignore_index=True)
+    if function_examples:
+        from .function_space import function_similarity
+
+        tables["function_similarity"] = function_similarity(lora, tlora, examples=function_examples, epoch=last)
     return tables
 
 
 def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None = None,
-                 controls: pd.DataFrame | None = None) -> pd.DataFrame:
+                 controls: pd.DataFrame | None = None, function_examples: int = 0) -> pd.DataFrame:
     """Every reading of the paper's findings, per seed, for each (LoRA group, TLoRA group) pairing.
 
     A group is a cell's settings without its seed. The TLoRA group's settings are columns
     (so a sensitivity study's verdicts can be laid out by init, lr, rank); ``lora_group``
     and ``tlora_group`` name the two groups. The same-method seed control and the α-vs-seed
     reading use every seed of the group at once and are repeated on each seed's row.
+    ``function_examples`` > 0 adds the function-space reading (it loads the base model).
     """
     controls = similarity_controls(study) if controls is None else controls
     cells = study.finished(adapted_only=True)
@@ -143,7 +150,7 @@ def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None =
         for lo, sl in lora:
             if sl.get("seed") != st.get("seed") or _without(sl, "method", *per_method) != _without(st, "method", *per_method):
                 continue
-            tables = pair_tables(lo, t, base_weights)
+            tables = pair_tables(lo, t, base_weights, function_examples=function_examples)
             group_l, group_t = _without(sl, "seed"), _without(st, "seed")
             same = controls[(controls.kind == SAME_METHOD)] if len(controls) else controls
             if len(same):

@@ -10,9 +10,10 @@ import pandas as pd
 
 from ..store import atomic_write_bytes
 from . import dynamics, geometry, overview
+from .study import STUDY_FIGURES
 from .style import save, style
 
-__all__ = ["render_all", "FIGURES", "dynamics", "geometry", "overview"]
+__all__ = ["render_all", "render_study", "FIGURES", "STUDY_FIGURES", "dynamics", "geometry", "overview"]
 
 # name -> (function, tables it needs, what it shows)
 FIGURES = {
@@ -31,18 +32,44 @@ FIGURES = {
 }
 
 
+def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path) -> list[dict]:
+    entries = []
+    for name, (draw, needs, description) in registry.items():
+        if all(key in tables and len(tables[key]) for key in needs):
+            paths = save(draw(*(tables[key] for key in needs)), out_dir, name)
+            entries.append({"name": name, "files": [p.name for p in paths], "shows": description, "tables": list(needs)})
+    return entries
+
+
+def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path) -> list[dict]:
+    entries = _draw(FIGURES, tables, out_dir)
+    paths = save(overview.overview(tables), out_dir, "overview")
+    return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": "key panels side by side", "tables": ["several"]}]
+
+
+def _manifest(out_dir: Path, entries: list[dict], sources: Mapping | None, settings: Mapping | None) -> None:
+    manifest = {"figures": entries, "sources": dict(sources or {}), "settings": dict(settings or {})}
+    atomic_write_bytes(out_dir / "figures.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+
+
 def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None, settings: Mapping | None = None) -> list[dict]:
     """Draw every figure whose tables are present into ``out_dir`` (PNG and PDF) and write ``figures.json``
     listing each file with what it shows, its source runs and the analysis settings."""
     out_dir = Path(out_dir)
-    entries = []
     with style():
-        for name, (draw, needs, description) in FIGURES.items():
-            if all(key in tables for key in needs):
-                paths = save(draw(*(tables[key] for key in needs)), out_dir, name)
-                entries.append({"name": name, "files": [p.name for p in paths], "shows": description, "tables": list(needs)})
-        paths = save(overview.overview(tables), out_dir, "overview")
-        entries.append({"name": "overview", "files": [p.name for p in paths], "shows": "key panels side by side", "tables": ["several"]})
-    manifest = {"figures": entries, "sources": dict(sources or {}), "settings": dict(settings or {})}
-    atomic_write_bytes(out_dir / "figures.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+        entries = _pair_figures(tables, out_dir)
+    _manifest(out_dir, entries, sources, settings)
+    return entries
+
+
+def render_study(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None,
+                 settings: Mapping | None = None) -> list[dict]:
+    """Draw a study's figures (seed bands, controls, claims per seed) and, from its ``pair`` tables,
+    every single-pair figure; write ``figures.json`` listing them all."""
+    out_dir = Path(out_dir)
+    with style():
+        entries = _draw(STUDY_FIGURES, tables, out_dir)
+        if "pair" in tables:
+            entries += _pair_figures(tables["pair"], out_dir)
+    _manifest(out_dir, entries, sources, settings)
     return entries

@@ -58,6 +58,8 @@ class AdapterLayer(nn.Module):
     cache_deltas: ClassVar[bool] = False
     """True where building a delta from a snapshot costs a dense SVD: a run then keeps each
     epoch's deltas instead of rebuilding them for every analysis."""
+    options: ClassVar[tuple[str, ...]] = ()
+    """Method-specific settings (``TrainConfig`` fields) its constructor takes, e.g. TLoRA's ``init``."""
     seed_scope: ClassVar[str] = "layer"
     """``"layer"``: each layer's seed comes from the run seed and its name; ``"run"``: every layer
     gets the run seed itself (VeRA's frozen pair depends on the seed and the shape only)."""

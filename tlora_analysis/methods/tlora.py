@@ -7,20 +7,36 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..config import TLORA_INITS
 from ..factored import FactoredDelta
 from .base import AdapterLayer, register_method
 
 
-def tlora_frozen_matrices(seed: int, d_out: int, d_in: int, rank: int) -> tuple[Tensor, Tensor]:
-    """TLoRA's frozen A (d_out x r, std 1/√r) and C (r x d_in, std 1/√d_in), in float32.
+def tlora_frozen_matrices(seed: int, d_out: int, d_in: int, rank: int, init: str = "kaiming") -> tuple[Tensor, Tensor]:
+    """TLoRA's frozen A (d_out x r) and C (r x d_in), in float32, drawn as ``init`` says.
+
+    The paper's text does not pin this down, so it is a setting (``train --init``):
+
+    - ``kaiming`` (default): Gaussian, variance 1/r for A and 1/d_in for C, so that C·x and
+      A·(·) keep activations at unit scale;
+    - ``var-r``: Gaussian, variance 1/r for both;
+    - ``var-d``: Gaussian, variance 1/d_out for A and 1/d_in for C;
+    - ``orthonormal``: A with orthonormal columns and C with orthonormal rows (the QR of
+      the same Gaussian draws).
 
     Always drawn on the CPU so that the same seed gives the same matrices whatever device
-    the model lives on; snapshots store this seed, not the matrices.
+    the model lives on; snapshots store the seed and init, not the matrices.
     """
+    if init not in TLORA_INITS:
+        raise ValueError(f"init must be one of {', '.join(TLORA_INITS)}, got {init!r}")
     generator = torch.Generator().manual_seed(seed)
-    c = torch.randn(rank, d_in, generator=generator) / math.sqrt(d_in)
-    a = torch.randn(d_out, rank, generator=generator) / math.sqrt(rank)
-    return a, c
+    c = torch.randn(rank, d_in, generator=generator)
+    a = torch.randn(d_out, rank, generator=generator)
+    if init == "orthonormal":
+        return torch.linalg.qr(a)[0].contiguous(), torch.linalg.qr(c.T)[0].T.contiguous()
+    a_var = {"kaiming": rank, "var-r": rank, "var-d": d_out}[init]
+    c_var = {"kaiming": d_in, "var-r": rank, "var-d": d_in}[init]
+    return a / math.sqrt(a_var), c / math.sqrt(c_var)
 
 
 @register_method
@@ -28,8 +44,8 @@ class TLoRALinear(AdapterLayer):
     """TLoRA: ΔW = α · A · B · C.
 
     - A (d_out x r) and C (r x d_in) are frozen random buffers from
-      :func:`tlora_frozen_matrices`, Gaussian with variance 1/r and 1/d_in (Kaiming-style),
-      so C·x and A·(·) keep activations at unit scale.
+      :func:`tlora_frozen_matrices`; by default Gaussian with variance 1/r and 1/d_in
+      (Kaiming-style), so C·x and A·(·) keep activations at unit scale (``init`` chooses).
     - B (r x r) is the only trainable matrix. It starts at zero so that ΔW = 0 and the
       adapted model equals the base model at step 0 (the gradient of B is
       α Aᵀ G (C x)ᵀ, non-zero, so training starts at once).
@@ -41,15 +57,28 @@ class TLoRALinear(AdapterLayer):
 
     method = "tlora"
     frozen_names = ("tlora_A", "tlora_C")
+    options = ("init",)
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0,
+                 init: str = "kaiming") -> None:
         super().__init__(base, rank, seed=seed, dropout=dropout)
         device = base.weight.device
-        a, c = tlora_frozen_matrices(seed, base.out_features, base.in_features, rank)
+        self.init = init
+        a, c = tlora_frozen_matrices(seed, base.out_features, base.in_features, rank, init)
         self.register_buffer("tlora_A", a.to(device))
         self.register_buffer("tlora_C", c.to(device))
         self.tlora_B = nn.Parameter(torch.zeros(rank, rank, device=device))
         self.tlora_alpha = nn.Parameter(torch.tensor(1.0 if alpha is None else float(alpha), device=device))
+
+    def record(self) -> dict:
+        return {**super().record(), "init": self.init}
+
+    @classmethod
+    def check_record(cls, record: dict, where: str) -> None:
+        if record.get("init", "kaiming") not in TLORA_INITS:
+            from ..errors import InputError
+
+            raise InputError(f"{where}: 'init' should be one of {', '.join(TLORA_INITS)}, got {record.get('init')!r:.60}")
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.tlora_B.dtype))
@@ -74,7 +103,7 @@ class TLoRALinear(AdapterLayer):
     @classmethod
     def rebuild_frozen(cls, record: dict) -> dict[str, Tensor]:
         (d_out, d_in), r = record["shape"], record["rank"]
-        a, c = tlora_frozen_matrices(int(record["seed"]), d_out, d_in, int(r))
+        a, c = tlora_frozen_matrices(int(record["seed"]), d_out, d_in, int(r), record.get("init", "kaiming"))
         return {"tlora_A": a, "tlora_C": c}
 
     @classmethod

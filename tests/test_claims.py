@@ -1,0 +1,111 @@
+"""The claims registry: each reading on synthetic tables, and the new statistics against dense numpy."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import make_run
+from tlora_analysis import analysis as A
+from tlora_analysis.analysis.claims import FINDINGS, READINGS, paper_claims
+from tlora_analysis.store import load_run
+
+
+def synthetic_tables(tlora_scale=1.0, cosine=0.9, alpha_spread=0.2, last_change=0.01):
+    """Tables shaped like compare_runs' output for 2 modules x 4 layers, with chosen statistics."""
+    names = [f"l.{layer}.{module}" for module in ("query", "value") for layer in range(4)]
+    rows = []
+    for method, scale in (("lora", 1.0), ("tlora", tlora_scale)):
+        for name in names:
+            module, layer = name.split(".")[2], int(name.split(".")[1])
+            for epoch, size in ((1, 1.0 - last_change), (2, 1.0)):
+                fro = scale * size * (1 + 0.1 * layer)
+                rows.append({"method": method, "name": name, "module": module, "layer": layer, "epoch": epoch,
+                             "frobenius": fro, "spectral": fro / 2, "delta_step": fro * 0.05})
+    norms = pd.DataFrame(rows)
+    spectra = pd.DataFrame([{"method": m, "name": n, "epoch": 2, "index": i, "singular_value": v, "matrix": "ΔW", "magnitude": v}
+                            for m in ("lora", "tlora") for n in names for i, v in enumerate([4.0, 2.0, 1.0], start=1)])
+    rng = np.random.default_rng(0)
+    stats = []
+    for method, matrices in (("lora", ("A", "B")), ("tlora", ("B",))):
+        for module in ("query", "value"):
+            for matrix in matrices:
+                stats.append({"method": method, "module": module, "matrix": matrix, "epoch": 2, "layer": -1, "n": 400,
+                              **A.weight_distributions.__wrapped__.__globals__["describe"](rng.standard_normal(400))})
+    scales = pd.DataFrame([{"method": "tlora", "module": module, "layer": layer, "epoch": 2, "alpha": 1 + alpha_spread * layer,
+                            "alpha_cv_across_layers": alpha_spread} for module in ("query", "value") for layer in range(4)])
+    similarity = pd.DataFrame([{"name": n, "epoch": 2, "cosine": cosine, "baseline_abs_q95": 0.05} for n in names])
+    reachable = pd.DataFrame([{"name": n, "epoch": 2, "reachable_cosine": max(cosine, 0.95)} for n in names])
+    ranks = pd.DataFrame([{"method": m, "name": n, "epoch": 2, "entropy_rank": 2.5} for m in ("lora", "tlora") for n in names])
+    return {"norms": norms, "spectra": spectra, "weight_stats": pd.DataFrame(stats), "scales": scales, "similarity": similarity,
+            "reachable": reachable, "core_eigenvalues": spectra, "effective_rank": ranks}
+
+
+def test_registry_covers_every_finding_with_one_headline_each():
+    assert sorted({r.finding for r in READINGS}) == sorted(FINDINGS)
+    for finding in FINDINGS:
+        assert sum(r.headline for r in READINGS if r.finding == finding) == 1
+    assert len(READINGS) >= 18 and len({r.name for r in READINGS}) == len(READINGS)
+
+
+def test_readings_on_tables_built_to_hold():
+    claims = paper_claims(synthetic_tables())
+    decided = claims.dropna(subset=["holds"])
+    # Every reading that can be computed from these tables holds, except the Gaussian-draw-based ones which hold by construction too.
+    assert decided.holds.all(), decided[~decided.holds.astype(bool)][["reading", "statistic"]].to_string()
+    missing = claims[claims.holds.isna()]
+    assert set(missing.reading.str[:25]) and all(r.startswith("not computed: needs") for r in missing.reason)
+    assert (claims.epoch == 2).all()
+
+
+def test_readings_on_tables_built_to_fail():
+    claims = paper_claims(synthetic_tables(tlora_scale=9.0, cosine=0.01, alpha_spread=0.0, last_change=0.3)).set_index("reading")
+    assert claims.loc["ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", "value"] == pytest.approx(9.0)
+    assert claims.loc["ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", "holds"] is False or not claims.loc[
+        "ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", "holds"]
+    assert not claims.loc["mean cosine of ΔW over layers", "holds"]
+    assert not claims.loc["coefficient of variation of α across layers", "holds"]
+    assert claims.loc["relative change of mean ‖ΔW‖_F in the last epoch", "value"] == pytest.approx(0.3)
+    assert "9.0x" in claims.loc["ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", "reason"]
+
+
+def test_reachable_bound_matches_a_least_squares_fit(tmp_path):
+    make_run(tmp_path / "lora", "lora", rank=4)
+    make_run(tmp_path / "tlora", "tlora", rank=3)
+    lora, tlora = load_run(tmp_path / "lora"), load_run(tmp_path / "tlora")
+    table = A.reachable_cosine(lora, tlora, epochs=[2])
+    for name, t in tlora.deltas(2).items():
+        w = lora.deltas(2)[name].dense(torch.float64).numpy()
+        a, c = t.left.double().numpy(), t.right.double().numpy()
+        # The best A·M·C in least squares: M = A⁺ W C⁺; its cosine with W is the bound.
+        m = np.linalg.lstsq(a, np.linalg.lstsq(c.T, w.T, rcond=None)[0].T, rcond=None)[0]
+        fit = a @ m @ c
+        expected = (fit * w).sum() / (np.linalg.norm(fit) * np.linalg.norm(w))
+        assert table[table.name == name].reachable_cosine.iloc[0] == pytest.approx(expected, rel=1e-8)
+        # and no A·M·C does better than the bound
+        random_m = np.random.default_rng(0).standard_normal(m.shape)
+        other = a @ random_m @ c
+        assert abs((other * w).sum()) / (np.linalg.norm(other) * np.linalg.norm(w)) <= expected + 1e-12
+
+
+def test_adapted_weight_similarity_matches_dense(tmp_path):
+    make_run(tmp_path / "lora", "lora", rank=4)
+    make_run(tmp_path / "tlora", "tlora", rank=3)
+    lora, tlora = load_run(tmp_path / "lora"), load_run(tmp_path / "tlora")
+    generator = torch.Generator().manual_seed(0)
+    base = {n: torch.randn(d.shape, generator=generator, dtype=torch.float64) for n, d in lora.deltas(2).items()}
+    table = A.adapted_weight_similarity(lora, tlora, base, epochs=[2])
+    for name, w0 in base.items():
+        a = w0.numpy() + lora.deltas(2)[name].dense(torch.float64).numpy()
+        b = w0.numpy() + tlora.deltas(2)[name].dense(torch.float64).numpy()
+
+        def cos(x, y):
+            return (x * y).sum() / (np.linalg.norm(x) * np.linalg.norm(y))
+
+        row = table[table.name == name].iloc[0]
+        assert row.adapted_cosine == pytest.approx(cos(a, b), rel=1e-10)
+        assert row.w0_cosine_a == pytest.approx(cos(w0.numpy(), a), rel=1e-10)
+        assert row.relative_norm_b == pytest.approx(np.linalg.norm(b - w0.numpy()) / np.linalg.norm(w0.numpy()), rel=1e-10)
+    assert not math.isnan(table.adapted_cosine.mean())

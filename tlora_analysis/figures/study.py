@@ -1,0 +1,211 @@
+"""Figures of a study: every line is a mean over seeds with its 95% bootstrap band, one colour per method.
+
+Each function is a pure function of :func:`~tlora_analysis.analysis.compare.compare_study`
+tables. Groups are a cell's settings without its seed; where a method has several groups
+(two learning rates, three ranks), they differ by line style and are named in the legend.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from ..analysis.aggregate import aggregate
+from ..analysis.claims import FINDINGS
+from .style import METHOD_COLORS, method_label, modules_of
+
+STYLES = ["-", "--", ":", "-."]
+SETTING_COLUMNS = ("rank", "lr", "alpha", "init", "epochs", "batch_size", "max_train_samples", "targets", "task", "model")
+
+
+def _grouped(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``group`` (method plus the settings that vary within it) and ``style`` (its line style)."""
+    settings = [c for c in SETTING_COLUMNS if c in table.columns]
+    labels, styles = [], {}
+    for method, rows in table.groupby("method", sort=False):
+        varying = [c for c in settings if rows[c].astype(str).nunique() > 1]
+        for index, row in rows.iterrows():
+            label = method_label(method) + "".join(f", {c} {row[c]:g}" if isinstance(row[c], float) else f", {c} {row[c]}" for c in varying)
+            labels.append((index, label))
+            styles.setdefault(method, {}).setdefault(label, STYLES[len(styles.get(method, {})) % len(STYLES)])
+    group = pd.Series(dict(labels))
+    out = table.assign(group=group)
+    return out.assign(style=[styles[m][g] for m, g in zip(out.method, out.group)])
+
+
+def _band(ax, table: pd.DataFrame, x: str, y: str) -> None:
+    """One mean line with its seed CI band per group."""
+    table = _grouped(table)
+    agg = aggregate(table[["group", "method", "style", x, "seed", y]], by=["group", "method", "style", x], values=[y])
+    for (group, method, style), rows in agg.groupby(["group", "method", "style"], sort=False):
+        rows = rows.sort_values(x)
+        color = METHOD_COLORS.get(method, "k")
+        n = int(rows.n.max())
+        ax.plot(rows[x], rows["mean"], style, color=color, marker="o", ms=3, label=f"{group} (n = {n})")
+        ax.fill_between(rows[x], rows.ci_low, rows.ci_high, color=color, alpha=0.18, lw=0)
+
+
+def plot_accuracy_vs_parameters(runs: pd.DataFrame):
+    """Final metric against trainable parameters (adapter + head), each method's groups as points with
+    their seed CI: the paper's results table drawn as a plot."""
+    done = _grouped(runs[runs.status == "finished"].copy())
+    metric = str(done.metric.iloc[0])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    agg = aggregate(done[["group", "method", "trainable_params", "seed", "final_metric"]], by=["group", "method", "trainable_params"],
+                    values=["final_metric"])
+    for row in agg.itertuples():
+        color = METHOD_COLORS.get(row.method, "k")
+        seeds = done[done.group == row.group]
+        ax.scatter(seeds.trainable_params, seeds.final_metric, color=color, alpha=0.35, s=14)
+        err = np.array([[row.mean - row.ci_low], [row.ci_high - row.mean]]) if not np.isnan(row.ci_low) else None
+        ax.errorbar(row.trainable_params, row.mean, yerr=err, fmt="o", color=color, ms=7, capsize=4, label=f"{row.group} (n = {row.n})")
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (adapter + head)")
+    ax.set_ylabel(f"final validation {metric}")
+    ax.set_title(f"{metric} vs trainable parameters: mean and 95% CI over seeds")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_metric_over_epochs(metrics: pd.DataFrame, metric: str | None = None):
+    """The validation metric per epoch, mean and seed band per group."""
+    metric = metric or next(c for c in ("accuracy", "matthews_correlation", "pearson", "f1") if c in metrics.columns)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    _band(ax, metrics, "epoch", metric)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title(f"validation {metric} over epochs (mean, 95% CI over seeds)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_norms_over_epochs(norms: pd.DataFrame):
+    """Mean ‖ΔW‖_F over layers per epoch, one panel per module, log scale (the methods differ by orders of magnitude)."""
+    modules = modules_of(norms)
+    fig, axes = plt.subplots(1, len(modules), figsize=(4.6 * len(modules), 3.9), squeeze=False, layout="constrained")
+    per_run = norms[norms.epoch > 0].groupby(["run", "module", "epoch"], as_index=False).agg(
+        frobenius=("frobenius", "mean"), **{c: (c, "first") for c in norms.columns if c in (*SETTING_COLUMNS, "method", "seed")})
+    for ax, module in zip(axes[0], modules):
+        _band(ax, per_run[per_run.module == module], "epoch", "frobenius")
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean ‖ΔW‖_F over layers")
+        ax.set_title(module)
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def plot_spectra(spectra: pd.DataFrame):
+    """Normalized singular values σ_i/Σσ at the last epoch, averaged over layers per run, mean and seed band."""
+    last = spectra[spectra.epoch == spectra.epoch.max()].copy()
+    last["share"] = last.singular_value / last.groupby(["run", "name"]).singular_value.transform("sum")
+    per_run = last.groupby(["run", "index"], as_index=False).agg(
+        share=("share", "mean"), **{c: (c, "first") for c in last.columns if c in (*SETTING_COLUMNS, "method", "seed")})
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
+    _band(ax, per_run, "index", "share")
+    ax.set_xlabel("index i")
+    ax.set_ylabel("σ_i / Σσ (mean over layers)")
+    ax.set_title(f"normalized spectra of ΔW at epoch {int(last.epoch.max())}")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_scales(scales: pd.DataFrame):
+    """TLoRA's α per layer at the last epoch, one panel per module, mean and seed band per group."""
+    last = scales[scales.epoch == scales.epoch.max()]
+    modules = modules_of(last)
+    fig, axes = plt.subplots(1, len(modules), figsize=(4.6 * len(modules), 3.9), squeeze=False, layout="constrained")
+    for ax, module in zip(axes[0], modules):
+        _band(ax, last[last.module == module], "layer", "alpha")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("α")
+        ax.set_title(f"{module}: TLoRA's α at epoch {int(last.epoch.max())}")
+    axes[0][0].legend(fontsize=8)
+    return fig
+
+
+def plot_similarity_controls(controls: pd.DataFrame):
+    """Mean cosine of ΔW and top-r subspace φ for each kind of pair: two seeds of one method beside
+    two methods at one seed. Dots are pairs, bars their mean; dashed lines are chance."""
+    per_pair = controls.groupby(["kind", "method_a", "method_b", "run_a", "run_b"], as_index=False).agg(
+        cosine=("cosine", "mean"), phi=("phi", "mean"), baseline=("baseline_abs_q95", "mean"), phi_random=("phi_random", "mean"))
+    per_pair["pair"] = [f"{method_label(a)}–{method_label(b)}" for a, b in zip(per_pair.method_a, per_pair.method_b)]
+    per_pair["label"] = per_pair.pair + "\n(" + per_pair.kind.str.replace(", ", "\n") + ")"
+    labels = list(dict.fromkeys(per_pair.sort_values(["kind", "pair"], ascending=[False, True]).label))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    for ax, column, chance, title in ((axes[0], "cosine", "baseline", "cosine of ΔW"), (axes[1], "phi", "phi_random", "φ of top-r subspaces")):
+        for x, label in enumerate(labels):
+            rows = per_pair[per_pair.label == label]
+            color = "0.35" if rows.kind.iloc[0].startswith("same") else METHOD_COLORS.get(rows.method_b.iloc[0], "k")
+            ax.bar(x, rows[column].mean(), color=color, alpha=0.5, width=0.6)
+            ax.scatter(np.full(len(rows), x), rows[column], color=color, s=14, zorder=3)
+            ax.hlines(rows[chance].mean(), x - 0.35, x + 0.35, colors="k", linestyles="dashed", lw=1)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_ylabel(f"mean {title} over layers")
+        ax.set_title(f"{title}: controls (dashed: chance)")
+    return fig
+
+
+def plot_claims_over_seeds(claims_per_seed: pd.DataFrame):
+    """Each finding's headline statistic per seed (dots) and its mean, against the threshold (grey line)."""
+    from ..analysis.claims import READINGS
+
+    headline = {r.finding: r for r in READINGS if r.headline}
+    data = claims_per_seed[claims_per_seed.headline]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4), layout="constrained")
+    for ax, (finding, reading) in zip(axes.flat, sorted(headline.items())):
+        rows = data[data.finding == finding]
+        groups = list(dict.fromkeys(rows.tlora_group))
+        for x, group in enumerate(groups):
+            values = rows[rows.tlora_group == group].value.to_numpy(dtype=float)
+            ax.scatter(np.full(len(values), x), values, color=METHOD_COLORS["tlora"], s=16, alpha=0.6)
+            ax.hlines(np.nanmean(values) if len(values) else np.nan, x - 0.3, x + 0.3, colors="k")
+        for t in reading.limits:
+            ax.axhline(t, color="0.6", ls="--", lw=1)
+        ax.set_xticks(range(len(groups)), [g.replace("method=tlora", "").strip() or "TLoRA" for g in groups], fontsize=7)
+        ax.set_title(f"{finding}. {FINDINGS[finding]}", fontsize=9)
+        ax.set_ylabel(reading.name, fontsize=7)
+        if finding == 5:
+            ax.set_yscale("log")
+    return fig
+
+
+def plot_verdict_map(claims: pd.DataFrame):
+    """Readings (rows) x TLoRA settings (columns): the share of seeds in which each reading holds,
+    annotated "k/n"; grey where a reading could not be computed."""
+    groups = list(dict.fromkeys(claims.tlora_group))
+    readings = list(dict.fromkeys(zip(claims.finding, claims.reading)))
+    grid = np.full((len(readings), len(groups)), np.nan)
+    labels = [["" for _ in groups] for _ in readings]
+    for r in claims.itertuples():
+        i, j = readings.index((r.finding, r.reading)), groups.index(r.tlora_group)
+        if r.holds_in != "—":
+            k, n = map(int, r.holds_in.split("/"))
+            grid[i, j] = k / n if n else np.nan
+        labels[i][j] = r.holds_in
+    fig, ax = plt.subplots(figsize=(3.2 + 1.3 * len(groups), 0.32 * len(readings) + 1.6), layout="constrained")
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("0.88")
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for i in range(len(readings)):
+        for j in range(len(groups)):
+            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(groups)), [g.replace("method=tlora", "").strip() or "TLoRA" for g in groups], fontsize=7, rotation=30, ha="right")
+    ax.set_yticks(range(len(readings)), [f"{f}. {name[:70]}" for f, name in readings], fontsize=7)
+    ax.grid(False)
+    ax.set_title("share of seeds in which each reading holds")
+    fig.colorbar(image, ax=ax, label="holds in k/n seeds", shrink=0.6)
+    return fig
+
+
+STUDY_FIGURES = {
+    "study_accuracy_vs_parameters": (plot_accuracy_vs_parameters, ("runs",), "final metric vs trainable parameters, mean and CI over seeds"),
+    "study_metric": (plot_metric_over_epochs, ("metrics",), "validation metric per epoch with seed bands"),
+    "study_norms": (plot_norms_over_epochs, ("norms",), "mean ‖ΔW‖_F per epoch with seed bands"),
+    "study_spectra": (plot_spectra, ("spectra",), "normalized singular values with seed bands"),
+    "study_scales": (plot_scales, ("scales",), "TLoRA's α per layer with seed bands"),
+    "study_controls": (plot_similarity_controls, ("controls",), "cosine and φ: same method across seeds vs methods at one seed"),
+    "study_verdict_map": (plot_verdict_map, ("claims",), "every reading's verdict over seeds, for each TLoRA setting"),
+    "study_claims": (plot_claims_over_seeds, ("claims_per_seed",), "each finding's headline statistic per seed against its threshold"),
+}
