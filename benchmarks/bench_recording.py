@@ -29,7 +29,7 @@ BLOCK = 5
 def measure(method: str, passes: int = 2) -> list:
     config = TrainConfig(method=method)
     tokenizer = load_tokenizer(config.model)
-    features = _encode(tokenizer, load_task("default").train, ("sentence",), config.max_length)
+    features = _encode(tokenizer, load_task("default").train, load_task("default").spec, config.max_length)
     model = _build_model(config, 2).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     batches = list(_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))

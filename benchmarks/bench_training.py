@@ -35,7 +35,7 @@ def _steps(threads: int, steps: int = STEPS) -> float:
     """Seconds per optimizer step (median), with ``threads`` torch threads."""
     torch.set_num_threads(threads)
     config, tokenizer, data = _setup()
-    features = _encode(tokenizer, data.train, ("sentence",), config.max_length)
+    features = _encode(tokenizer, data.train, data.spec, config.max_length)
     model = _build_model(config, 2).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     batches = list(_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))[: steps + 2]
@@ -58,14 +58,14 @@ def _worker(threads: int, queue) -> None:
 def phases() -> list[list]:
     config, tokenizer, data = _setup()
     started = time.perf_counter()
-    features = _encode(tokenizer, data.train, ("sentence",), config.max_length)
+    features = _encode(tokenizer, data.train, data.spec, config.max_length)
     tokenize = time.perf_counter() - started
     started = time.perf_counter()
     batches = list(_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))
     pad = time.perf_counter() - started
     step = _steps(torch.get_num_threads())
     model = _build_model(config, 2)
-    eval_features = _encode(tokenizer, data.validation, ("sentence",), config.max_length)
+    eval_features = _encode(tokenizer, data.validation, data.spec, config.max_length)
     started = time.perf_counter()
     evaluate(model, tokenizer, eval_features, "default", config.batch_size, "cpu")
     evaluation = time.perf_counter() - started

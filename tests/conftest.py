@@ -51,3 +51,21 @@ def tiny_model(tiny_model_dir):
     from tlora_analysis.models import load_model
 
     return load_model(tiny_model_dir, num_labels=2).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A 2-layer Llama with random weights and the MiniLM tokenizer, saved like a Hub model (safetensors)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tlora_analysis.models import load_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = load_tokenizer("default")
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -109,3 +109,31 @@ def test_adapted_weight_similarity_matches_dense(tmp_path):
         assert row.w0_cosine_a == pytest.approx(cos(w0.numpy(), a), rel=1e-10)
         assert row.relative_norm_b == pytest.approx(np.linalg.norm(b - w0.numpy()) / np.linalg.norm(w0.numpy()), rel=1e-10)
     assert not math.isnan(table.adapted_cosine.mean())
+
+
+def test_function_space_cosine_matches_dense_updates_on_captured_inputs(tmp_path, tiny_model_dir):
+    from tlora_analysis.data import load_task
+    from tlora_analysis.models import load_model, load_tokenizer
+    from tlora_analysis.training import TrainConfig, train
+
+    runs = {}
+    for method in ("lora", "tlora"):
+        config = TrainConfig(method=method, model=tiny_model_dir, epochs=1, max_train_samples=16, max_eval_samples=12, batch_size=8)
+        runs[method] = train(config, tmp_path / method, progress=False, log=lambda _: None)
+    table = A.function_similarity(runs["lora"], runs["tlora"], examples=12, batch_size=5)
+    # Independent: every non-padding token's input to each layer in the base model, one example at a time (no padding at all).
+    model = load_model(tiny_model_dir, 2).eval()
+    tokenizer = load_tokenizer(tiny_model_dir)
+    captured = {name: [] for name in table.name}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda m, i, n=n: captured[n].append(i[0][0].double())) for n in captured]
+    with torch.no_grad():
+        for example in load_task("default", max_eval_samples=12, max_train_samples=1).validation:
+            model(**tokenizer(example["sentence"], truncation=True, max_length=64, return_tensors="pt"))
+    for hook in hooks:
+        hook.remove()
+    for row in table.itertuples():
+        x = torch.cat(captured[row.name]).numpy()
+        ya = x @ runs["lora"].deltas(1)[row.name].dense(torch.float64).numpy().T
+        yb = x @ runs["tlora"].deltas(1)[row.name].dense(torch.float64).numpy().T
+        assert row.tokens == x.shape[0]
+        assert row.cosine == pytest.approx((ya * yb).sum() / (np.linalg.norm(ya) * np.linalg.norm(yb)), rel=1e-6, abs=1e-9)

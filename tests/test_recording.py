@@ -125,7 +125,7 @@ def test_train_on_the_default_model(tmp_path, method):
 
     tokenizer = load_tokenizer("default")
     data = load_task("default", max_eval_samples=32)
-    features = _encode(tokenizer, data.validation, ("sentence",), 24)
+    features = _encode(tokenizer, data.validation, data.spec, 24)
     assert evaluate(model, tokenizer, features, "default", 16, "cpu")["accuracy"] == pytest.approx(run.metrics[2]["accuracy"])
 
 

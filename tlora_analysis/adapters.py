@@ -28,6 +28,8 @@ __all__ = [
     "count_parameters",
     "ParameterCounts",
     "layer_seed",
+    "PRESETS",
+    "as_linear",
     "tlora_frozen_matrices",
     "tensor_sha256",
 ]
@@ -39,8 +41,48 @@ def layer_seed(seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") % (2**63)
 
 
+PRESETS = ("attention", "mlp", "all-linear")
+"""Target presets. ``all-linear`` has peft's meaning: every linear layer but the output head."""
+OUTPUT_HEADS = ("classifier", "score", "lm_head", "qa_outputs")
+ATTENTION_PARTS = {"attention", "attn", "self_attn", "self_attention", "crossattention"}
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """nn.Linear, or GPT-2's Conv1D (a linear layer whose weight is stored transposed)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" and hasattr(module, "nf")
+
+
+def _preset_kind(name: str) -> str | None:
+    """attention, mlp or None (an output head or a layer outside the transformer blocks that no preset but all-linear takes)."""
+    parts = name.split(".")
+    if parts[0] in OUTPUT_HEADS or parts[-1] in OUTPUT_HEADS:
+        return None
+    if ATTENTION_PARTS & set(parts):
+        return "attention"
+    return "mlp" if any(p.isdigit() for p in parts) else "other"
+
+
 def _matches(name: str, targets: Sequence[str]) -> bool:
-    return any(name == t or name.endswith("." + t) for t in targets)
+    kind = _preset_kind(name)
+    for t in targets:
+        if t == "all-linear" and kind is not None or t == kind:
+            return True
+        if t not in PRESETS and (name == t or name.endswith("." + t)):
+            return True
+    return False
+
+
+def as_linear(module: nn.Module) -> nn.Linear:
+    """A frozen ``nn.Linear`` computing what ``module`` computes: the module itself, or for GPT-2's
+    Conv1D (y = x W + b with W stored in x out, peft's ``fan_in_fan_out``) a Linear holding Wᵀ."""
+    if isinstance(module, nn.Linear):
+        return module
+    weight = module.weight
+    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=module.bias is not None, device=weight.device, dtype=weight.dtype)
+    linear.weight = nn.Parameter(weight.detach().T.contiguous(), requires_grad=False)
+    if module.bias is not None:
+        linear.bias = nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+    return linear
 
 
 def inject_adapters(
@@ -55,7 +97,13 @@ def inject_adapters(
     dropout: float = 0.0,
     **options,
 ) -> nn.Module:
-    """Replace every ``nn.Linear`` whose qualified name ends with a target by an adapter layer.
+    """Replace every linear layer whose qualified name ends with a target by an adapter layer.
+
+    Targets are name suffixes (``q_proj``, ``query``, ``attn.c_attn``) or a preset: ``attention``
+    (layers inside an attention block), ``mlp`` (the other layers of the transformer blocks)
+    or ``all-linear`` (every linear layer but the output head, as in peft). GPT-2's
+    ``Conv1D`` counts as linear: it is replaced by an ``nn.Linear`` holding its weight
+    transposed, so every ΔW has the (d_out, d_in) orientation of ``nn.Linear.weight``.
 
     All base weights are frozen; parameters inside a module named in ``modules_to_save`` (e.g. ``["classifier"]``) stay trainable, as in peft.
     ``alpha`` is LoRA's ``lora_alpha`` (default: ``rank``, i.e. scaling 1) or TLoRA's
@@ -77,7 +125,7 @@ def inject_adapters(
     if adapter_layers(model):
         raise InputError("model already has adapter layers; inject into a fresh model")
 
-    linear = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linear = {name: m for name, m in model.named_modules() if _is_linear(m) and name}
     chosen = [name for name in linear if _matches(name, target_modules)]
     if not chosen:
         suffixes = sorted({name.rsplit(".", 1)[-1] for name in linear})
@@ -87,11 +135,12 @@ def inject_adapters(
         )
     for name in chosen:
         layer = linear[name]
-        limit = min(layer.in_features, layer.out_features)
+        out_features, in_features = layer.weight.shape if isinstance(layer, nn.Linear) else layer.weight.shape[::-1]
+        limit = min(in_features, out_features)
         if rank > limit:
             raise InputError(
                 f"rank {rank} exceeds min(in_features, out_features) = {limit} of layer {name!r} "
-                f"({layer.out_features}x{layer.in_features})"
+                f"({out_features}x{in_features})"
             )
 
     own_options = {k: v for k, v in options.items() if k in layer_class.options and v is not None}
@@ -100,7 +149,7 @@ def inject_adapters(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer_seed_ = layer_seed(seed, name) if layer_class.seed_scope == "layer" else seed
-        setattr(parent, child, layer_class(linear[name], rank, alpha, dropout=dropout, seed=layer_seed_, **own_options))
+        setattr(parent, child, layer_class(as_linear(linear[name]), rank, alpha, dropout=dropout, seed=layer_seed_, **own_options))
     for name, param in model.named_parameters():
         if any(f".{m}." in f".{name}" for m in modules_to_save):
             param.requires_grad_(True)

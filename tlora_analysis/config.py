@@ -56,7 +56,8 @@ class TrainConfig:
 
     method: str = option("tlora", "adapter method; 'full' trains the target matrices whole, 'head' only the classifier",
                           choices=TRAIN_METHODS)
-    task: str = option("default", "task; 'default' is the embedded offline sentiment task", choices=tuple(TASKS))
+    task: str = option("default", "task; 'default' is the embedded offline sentiment task, 'lm' causal-LM fine-tuning "
+                                  "(see --data-file)", choices=tuple(TASKS))
     model: str = option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2")
     rank: int = option(8, "adapter rank r")
     alpha: float | None = option(None, "LoRA, LoRA-XS: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1); "
@@ -75,6 +76,8 @@ class TrainConfig:
     seed: int = option(0, "seeds data order, dropout, the head and the frozen matrices")
     device: str = option("cpu", "cpu, cuda or cuda:N")
     data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
+    data_file: str | None = option(None, "--task lm: a local .txt (one example per line) or .jsonl ('text', or 'prompt' and "
+                                         "'completion': loss on the completion only); default: the offline default LM task")
     record_grad_norms: bool = option(True, "record each layer's gradient-norm RMS per epoch", cli=False)
     report_to: list[str] = option(help=f"also send per-layer update geometry to these ({', '.join(REPORT_TO)})",
                                    factory=list, nargs="*", choices=REPORT_TO)
@@ -93,6 +96,11 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
         if self.log_every_steps < 0:
             raise InputError(f"--log-every-steps must be 0 or more, got {self.log_every_steps}")
+        if TASKS[self.task].kind == "causal-lm" and (self.model == "default" or self.method == "head"):
+            raise InputError("--task lm fine-tunes a causal language model: pass --model with a decoder (a Llama, Qwen2 or GPT-2 "
+                             "folder or Hub name) and an adapter --method")
+        if self.data_file is not None and TASKS[self.task].kind != "causal-lm":
+            raise InputError(f"--data-file is for --task lm; --task {self.task} reads --data-dir")
         if self.lr is None:
             self.lr = DEFAULT_LR[self.method]
         for name in ("lr", "alpha", "warmup_ratio", "weight_decay"):

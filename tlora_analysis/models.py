@@ -95,6 +95,13 @@ def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, device: s
     return model.to(device)
 
 
+def load_causal_lm(name_or_path: str, device: str | torch.device = "cpu") -> nn.Module:
+    """A pretrained causal language model (Llama, Mistral, Qwen2, GPT-2, ...), from safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    return _pretrained(AutoModelForCausalLM, name_or_path, use_safetensors=True).to(device)
+
+
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     """The tokenizer that belongs to :func:`load_model`'s model."""
     from transformers import AutoTokenizer
@@ -114,5 +121,6 @@ def base_weights(name_or_path: str, module_names: list[str]) -> dict[str, torch.
             module = model.get_submodule(name)
         except AttributeError as err:
             raise InputError(f"{name_or_path}: the base model has no module {name!r} (is it the adapter's base model?)") from err
-        weights[name] = module.weight.detach().clone()
+        weight = module.weight.detach()
+        weights[name] = (weight if isinstance(module, torch.nn.Linear) else weight.T).clone()  # GPT-2's Conv1D stores Wᵀ
     return weights

@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 from .adapters import adapter_layers, inject_adapters, tensor_sha256
 from .config import TrainConfig
 from .data import TASKS, compute_metrics, load_task
+from .data.lm import encode_lm
 from .errors import InputError
 from .live import make_sinks
-from .models import load_model, load_tokenizer, model_named_in_file
+from .models import load_causal_lm, load_model, load_tokenizer, model_named_in_file
 from .recording import DeltaRecorder
 from .store import HEAD_PREFIX, Run, RunLock, atomic_save_tensors, inside, load_run, read_json, read_tensors
 
@@ -41,7 +42,10 @@ def _seed_everything(seed: int) -> None:
 
 def _build_model(config: TrainConfig, num_labels: int):
     _seed_everything(config.seed)  # the classifier head's initialization depends on it
-    model = load_model(config.model, num_labels, config.device)
+    if TASKS[config.task].kind == "causal-lm":
+        model = load_causal_lm(config.model, config.device)
+    else:
+        model = load_model(config.model, num_labels, config.device)
     if config.method == "head":
         model.requires_grad_(False)
         for name, param in model.named_parameters():
@@ -53,8 +57,11 @@ def _build_model(config: TrainConfig, num_labels: int):
     return model
 
 
-def _encode(tokenizer, examples: list[dict], text_columns: tuple[str, ...], max_length: int) -> list[dict]:
-    texts = [[ex[c] for ex in examples] for c in text_columns]
+def _encode(tokenizer, examples: list[dict], spec, max_length: int) -> list[dict]:
+    """Token ids and labels: a class (or score) per example, or per token for a causal LM."""
+    if spec.kind == "causal-lm":
+        return encode_lm(tokenizer, examples, max_length)
+    texts = [[ex[c] for ex in examples] for c in spec.text_columns]
     encoded = tokenizer(*texts, truncation=True, max_length=max_length)
     keys = list(encoded.keys())
     return [{**{k: encoded[k][i] for k in keys}, "labels": ex["label"]} for i, ex in enumerate(examples)]
@@ -64,13 +71,21 @@ def _batches(tokenizer, features: list[dict], batch_size: int, order: list[int],
     for start in range(0, len(order), batch_size):
         chunk = [features[i] for i in order[start : start + batch_size]]
         batch = tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in chunk], return_tensors="pt")
-        labels = torch.tensor([f["labels"] for f in chunk])
+        if isinstance(chunk[0]["labels"], list):  # token labels (causal LM): padding is ignored by the loss
+            width = batch["input_ids"].shape[1]
+            labels = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in chunk])
+            if tokenizer.padding_side == "left":
+                labels = torch.tensor([[-100] * (width - len(f["labels"])) + f["labels"] for f in chunk])
+        else:
+            labels = torch.tensor([f["labels"] for f in chunk])
         yield {k: v.to(device) for k, v in batch.items()}, labels.to(device)
 
 
 @torch.no_grad()
 def evaluate(model, tokenizer, features: list[dict], task: str, batch_size: int, device: str) -> dict[str, float]:
     model.eval()
+    if TASKS[task].kind == "causal-lm":
+        return _evaluate_lm(model, tokenizer, features, batch_size, device)
     predictions, labels, losses = [], [], []
     for batch, y in _batches(tokenizer, features, batch_size, list(range(len(features))), device):
         out = model(**batch, labels=y)
@@ -80,6 +95,17 @@ def evaluate(model, tokenizer, features: list[dict], task: str, batch_size: int,
         labels.append(y)
     metrics = compute_metrics(task, torch.cat(predictions).cpu().numpy(), torch.cat(labels).cpu().numpy())
     return {"eval_loss": sum(losses) / max(len(features), 1), **metrics}
+
+
+def _evaluate_lm(model, tokenizer, features: list[dict], batch_size: int, device: str) -> dict[str, float]:
+    """Mean next-token loss over every predicted (unmasked) token, and its exponential, the perplexity."""
+    total, tokens = 0.0, 0
+    for batch, y in _batches(tokenizer, features, batch_size, list(range(len(features))), device):
+        predicted = int((y[:, 1:] != -100).sum())  # the model shifts the labels by one
+        total += float(model(**batch, labels=y).loss) * predicted
+        tokens += predicted
+    loss = total / max(tokens, 1)
+    return {"perplexity": math.exp(min(loss, 700.0)), "eval_loss": loss}
 
 
 def _lr_at(step: int, total: int, config: TrainConfig) -> float:
@@ -141,7 +167,7 @@ def _check_device(device: str) -> None:
 
 
 def _check_labels(examples: list[dict], num_labels: int, task: str) -> None:
-    if num_labels == 1:
+    if num_labels <= 1:  # regression, or a causal LM (no labels)
         return
     bad = next((ex["label"] for ex in examples if not 0 <= int(ex["label"]) < num_labels), None)
     if bad is not None:
@@ -189,13 +215,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             raise InputError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
         if resume and not has_run:
             raise InputError(f"{out_dir}: no run.json to resume")
-        data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples)
+        data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples, config.data_file)
         spec = data.spec
         _check_labels(data.train + data.validation, spec.num_labels, config.task)
         tokenizer = load_tokenizer(config.model)
         model = _build_model(config, spec.num_labels)
-        train_features = _encode(tokenizer, data.train, spec.text_columns, config.max_length)
-        eval_features = _encode(tokenizer, data.validation, spec.text_columns, config.max_length)
+        train_features = _encode(tokenizer, data.train, spec, config.max_length)
+        eval_features = _encode(tokenizer, data.validation, spec, config.max_length)
         if not train_features or not eval_features:
             raise InputError(f"task {config.task!r}: the train or validation split is empty")
         steps_per_epoch = math.ceil(len(train_features) / config.batch_size)

@@ -46,7 +46,7 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
     name = model_named_in_file(config.model, run_a.path / "run.json", model)
     data = load_task(config.task, config.data_dir, max_eval_samples=examples, max_train_samples=1)
     tokenizer = load_tokenizer(name)
-    features = _encode(tokenizer, data.validation, data.spec.text_columns, config.max_length)
+    features = _encode(tokenizer, data.validation, data.spec, config.max_length)
     base = load_model(name, data.spec.num_labels, device).eval()
     factors = {n: tuple(t.to(device, torch.float64) for t in (d.left, d.core, d.right)) for n, d in deltas_a.items()}
     factors_b = {n: tuple(t.to(device, torch.float64) for t in (d.left, d.core, d.right)) for n, d in deltas_b.items()}

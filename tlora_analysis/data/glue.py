@@ -31,6 +31,7 @@ def load_task(
     data_dir: str | Path | None = None,
     max_train_samples: int | None = None,
     max_eval_samples: int | None = None,
+    data_file: str | Path | None = None,
 ) -> TaskData:
     """Load a task's train and validation splits.
 
@@ -41,7 +42,12 @@ def load_task(
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     spec = TASKS[task]
-    if task == "default":
+    if spec.kind == "causal-lm":
+        from .lm import default_lm_examples, read_lm_file
+
+        splits = read_lm_file(data_file) if data_file is not None else default_lm_examples()
+        train, validation = splits["train"], splits["validation"]
+    elif task == "default":
         from .default_task import generate
 
         splits = generate()

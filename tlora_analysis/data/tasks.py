@@ -24,6 +24,7 @@ class TaskSpec:
     tsv_header: bool = True
     tsv_names: tuple[str, ...] = ()  # column names for header-less TSVs (CoLA)
     label_map: dict[str, int] = field(default_factory=dict)  # GLUE string labels -> ints
+    kind: str = "classification"  # or "causal-lm": next-token loss, perplexity
 
     @property
     def main_metric(self) -> str:
@@ -58,5 +59,6 @@ TASKS: dict[str, TaskSpec] = {
             "qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "QQP",
             tsv_columns={"is_duplicate": "label"},
         ),
+        TaskSpec("lm", ("text",), 0, ("perplexity", "eval_loss"), kind="causal-lm"),
     ]
 }

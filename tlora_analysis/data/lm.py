@@ -1,0 +1,77 @@
+"""Causal-LM fine-tuning data: a local text or JSONL file, or the offline default LM task.
+
+- ``.txt``: one example per non-empty line, ``{"text": line}``; the loss covers every token.
+- ``.jsonl``: one JSON object per line with ``text``, or ``prompt`` and ``completion``; with a
+  prompt the loss covers the completion only.
+
+The last tenth of a file's examples (at least one) is the validation split. The default LM
+task turns the default task's sentences into prompt/completion pairs
+(``Review: <sentence>\\nSentiment:`` → `` positive``/`` negative``), so the LM path runs with
+no download.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import InputError
+
+MAX_FILE_BYTES = 1 << 30
+
+
+def default_lm_examples() -> dict[str, list[dict]]:
+    from .default_task import generate
+
+    words = {0: " negative", 1: " positive"}
+    return {split: [{"prompt": f"Review: {ex['sentence']}\nSentiment:", "completion": words[ex["label"]]} for ex in examples]
+            for split, examples in generate().items()}
+
+
+def read_lm_file(path: str | Path) -> dict[str, list[dict]]:
+    """``{"train": [...], "validation": [...]}`` from a ``.txt`` or ``.jsonl`` file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--data-file {path}: no such regular file")
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise InputError(f"--data-file {path}: larger than {MAX_FILE_BYTES:,} bytes")
+    if path.suffix not in (".txt", ".jsonl"):
+        raise InputError(f"--data-file {path}: expected a .txt or .jsonl file")
+    examples = []
+    for number, line in enumerate(path.read_text(errors="strict").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if path.suffix == ".txt":
+            examples.append({"text": line})
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"--data-file {path}: line {number} is not JSON ({err.msg})") from err
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            examples.append({"text": record["text"]})
+        elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+            examples.append({"prompt": record["prompt"], "completion": record["completion"]})
+        else:
+            raise InputError(f"--data-file {path}: line {number} needs a string 'text', or string 'prompt' and 'completion'")
+    if len(examples) < 2:
+        raise InputError(f"--data-file {path}: needs at least two examples (the last tenth is the validation split)")
+    held_out = max(1, len(examples) // 10)
+    return {"train": examples[:-held_out], "validation": examples[-held_out:]}
+
+
+def encode_lm(tokenizer, examples: list[dict], max_length: int) -> list[dict]:
+    """Token ids with ``labels``: the ids themselves, or -100 over the prompt so that only the completion is learned."""
+    features = []
+    for example in examples:
+        if "text" in example:
+            ids = tokenizer(example["text"], truncation=True, max_length=max_length)["input_ids"]
+            labels = list(ids)
+        else:
+            prompt = tokenizer(example["prompt"], add_special_tokens=True)["input_ids"]
+            completion = tokenizer(example["completion"], add_special_tokens=False)["input_ids"]
+            ids = (prompt + completion)[:max_length]
+            labels = ([-100] * len(prompt) + completion)[:max_length]
+        if any(label != -100 for label in labels):
+            features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
+    return features
