@@ -13,10 +13,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import bench_adapters  # noqa: E402
 import bench_analysis  # noqa: E402
+import bench_big_base  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_recording  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_storage  # noqa: E402
+import bench_study  # noqa: E402
 import bench_training  # noqa: E402
 from harness import machine  # noqa: E402
 
@@ -28,6 +30,8 @@ BENCHMARKS = [
     ("5. Adapter forward + backward", bench_adapters),
     ("6. Command-line start-up", bench_cli),
     ("7. Where a training epoch goes", bench_training),
+    ("8. A 7B-shaped study", bench_study),
+    ("9. inspect with a sharded 7B-shaped base", bench_big_base),
 ]
 
 if __name__ == "__main__":

@@ -168,3 +168,44 @@ def test_lm_data_files(tmp_path, tiny_llama_dir):
                  "line 1 needs a string 'text'")
     expect_error(cli("train", "--method", "lora", "--task", "lm", "--out", tmp_path / "r3"), "--task lm", "--model")
     assert not (tmp_path / "r2").exists() and not (tmp_path / "r3").exists()
+
+
+def test_inspect_with_a_sharded_base_reads_tensors_one_at_a_time_and_caches_w0_svd(tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    from tlora_analysis.analysis import amplification, intruder_dimensions
+    from tlora_analysis.base_weights import SafetensorsWeights
+    from tlora_analysis.checkpoints import inspect
+
+    monkeypatch.setenv("TLORA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    base = tiny("llama")
+    base.save_pretrained(tmp_path / "base", max_shard_size="20KB")
+    assert len(list((tmp_path / "base").glob("model-*-of-*.safetensors"))) > 2
+    peft_model = get_peft_model(tiny("llama"), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    source = open_updates(tmp_path / "adapter")
+    in_memory = {n: tiny("llama").get_submodule(n.split("base_model.model.", 1)[-1]).weight.detach() for n in source.layers}
+    lazy = SafetensorsWeights(tmp_path / "base", list(source.layers))
+    for name in source.layers:
+        torch.testing.assert_close(lazy[name], in_memory[name])
+    expected = intruder_dimensions(source, in_memory, k=3)
+    table = inspect(tmp_path / "adapter", base=str(tmp_path / "base"), intruder_k=3)
+    assert list(table.intruders) == list(expected.groupby("name", sort=False).is_intruder.sum())
+    amp = amplification(source, in_memory).set_index("name")
+    assert list(table.amplification) == pytest.approx(list(amp.loc[table.name, "amplification"]), rel=1e-6)
+    cached = sorted((tmp_path / "cache" / "w0_svd").glob("*.safetensors"))
+    assert len(cached) == len(source.layers)
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("W0's SVD should come from the cache")
+
+    import tlora_analysis.base_weights
+
+    monkeypatch.setattr(tlora_analysis.base_weights, "_svd", no_svd)
+    again = inspect(tmp_path / "adapter", base=str(tmp_path / "base"), intruder_k=3)
+    pd_equal = (again[["amplification", "intruders"]].to_numpy() == table[["amplification", "intruders"]].to_numpy()).all()
+    assert pd_equal and sorted((tmp_path / "cache" / "w0_svd").glob("*.safetensors")) == cached

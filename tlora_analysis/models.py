@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -109,11 +110,18 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     return _pretrained(AutoTokenizer, name_or_path)
 
 
-def base_weights(name_or_path: str, module_names: list[str]) -> dict[str, torch.Tensor]:
+def base_weights(name_or_path: str, module_names: list[str]) -> Mapping[str, torch.Tensor]:
     """W0 of the named linear layers of a pretrained model (for amplification and intruder dimensions).
 
     Names are those of the adapted classification model (e.g. ``bert.encoder.layer.0.attention.self.query``).
+    A local directory of sharded safetensors (with ``model.safetensors.index.json``) is read one
+    tensor at a time (:class:`~tlora_analysis.base_weights.SafetensorsWeights`), never whole.
     """
+    from .base_weights import SafetensorsWeights, is_sharded
+
+    local = resolve_model(name_or_path)
+    if Path(local).is_dir() and is_sharded(local):
+        return SafetensorsWeights(local, module_names)
     model = load_model(name_or_path, num_labels=2)
     weights = {}
     for name in module_names:

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ._common import UpdateSource, as_source, iter_deltas, per_run
+from ._common import UpdateSource, as_source, epochs_of, iter_deltas, per_run
 
 
 def _w0(base_weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -19,6 +19,12 @@ def _w0(base_weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, i
     if tuple(w0.shape) != tuple(shape):
         raise InputError(f"module {name!r}: W0 has shape {tuple(w0.shape)}, the update {tuple(shape)}")
     return w0
+
+
+def _cached(base_weights) -> bool:
+    from ..base_weights import SafetensorsWeights
+
+    return isinstance(base_weights, SafetensorsWeights)
 
 
 @per_run
@@ -31,6 +37,8 @@ def amplification(
     the largest possible) and onto random orthonormal directions (``random_projection``).
     A large factor means ΔW amplifies directions that W0 barely uses (LoRA paper §7.3).
     """
+    from ..base_weights import w0_svd
+
     run = as_source(run)
     generator = torch.Generator().manual_seed(seed)
     rows, w0_svals = [], {}
@@ -39,7 +47,7 @@ def amplification(
         u, s, v = delta.svd()
         r = delta.rank
         if key["name"] not in w0_svals:
-            w0_svals[key["name"]] = torch.linalg.svdvals(w0)
+            w0_svals[key["name"]] = w0_svd(base_weights, key["name"])[1] if _cached(base_weights) else torch.linalg.svdvals(w0)
         q = torch.linalg.qr(torch.randn(w0.shape[0], r, generator=generator, dtype=torch.float64))[0]
         p = torch.linalg.qr(torch.randn(w0.shape[1], r, generator=generator, dtype=torch.float64))[0]
         norm = delta.frobenius_norm()
@@ -67,13 +75,22 @@ def intruder_dimensions(
     One row per (layer, epoch, j). W0's SVD is computed once per layer and reused for
     every epoch. This is the one analysis that forms dense matrices: the merged weight.
     """
+    from tqdm.auto import tqdm
+
+    from ..base_weights import w0_svd
+
     run = as_source(run)
     rows, w0_vectors = [], {}
-    for key, delta in iter_deltas(run, epochs):
+    cached = _cached(base_weights)  # then W0's vectors come from disk each time instead of piling up in memory
+    total = len(run.layers) * len(epochs_of(run, epochs))
+    for key, delta in tqdm(iter_deltas(run, epochs), total=total, desc="intruder dimensions", disable=None, leave=False):
         w0 = _w0(base_weights, key["name"], delta.shape)
-        if key["name"] not in w0_vectors:
-            w0_vectors[key["name"]] = torch.linalg.svd(w0, full_matrices=False)[0]
-        x = w0_vectors[key["name"]]
+        if cached:
+            x = w0_svd(base_weights, key["name"])[0]
+        else:
+            if key["name"] not in w0_vectors:
+                w0_vectors[key["name"]] = w0_svd(base_weights, key["name"])[0]
+            x = w0_vectors[key["name"]]
         y = torch.linalg.svd(w0 + delta.dense(torch.float64), full_matrices=False)[0][:, :k]
         best = (y.T @ x).abs().max(dim=1).values.numpy()
         for j, m in enumerate(best, start=1):
