@@ -12,27 +12,30 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer, saved like a Hub model."""
+def _tiny_bert(path, **overrides):
     from transformers import BertConfig, BertForSequenceClassification
 
     from tlora_analysis.models import load_tokenizer
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = load_tokenizer("default")
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, **overrides)
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 2-layer, 32-wide BERT with random weights and the MiniLM tokenizer, saved like a Hub model."""
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_without_dropout_dir(tmp_path_factory):
+    """The same tiny BERT with dropout off, so that runs over several processes can equal a single-process run."""
+    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert-nodrop"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 @pytest.fixture(scope="session")

@@ -205,18 +205,22 @@ class DeltaRecorderCallback(TrainerCallback):
         self._epoch_start_step = 0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.recorder = DeltaRecorder(model, self.run_dir, metadata=self.metadata, record_grad_norms=self.record_grad_norms,
-                                      sinks=self.sinks)
+        if not state.is_world_process_zero:  # under torchrun / accelerate, global rank 0 alone writes the run
+            return
+        self.recorder = DeltaRecorder(model, self.run_dir, metadata={"world_size": args.world_size, **self.metadata},
+                                      record_grad_norms=self.record_grad_norms, sinks=self.sinks)
         if 0 not in self.recorder.finished_epochs:
             self.recorder.snapshot(0, global_step=state.global_step)
         self._epoch_start_step = state.global_step
 
     def on_step_end(self, args, state, control, **kwargs):
         epoch_ends = abs(state.epoch - round(state.epoch)) < 1e-9  # the snapshot logs this step
-        if self.log_every_steps and self.sinks and state.global_step % self.log_every_steps == 0 and not epoch_ends:
+        if self.recorder is not None and self.log_every_steps and self.sinks and state.global_step % self.log_every_steps == 0 and not epoch_ends:
             self.recorder.log_geometry(state.global_step)
 
     def on_epoch_end(self, args, state, control, **kwargs):
+        if self.recorder is None:
+            return
         epoch = int(round(state.epoch))
         loss = _mean_logged_loss(state.log_history, self._epoch_start_step, state.global_step)
         metrics = {"train_loss": loss} if loss is not None else {}

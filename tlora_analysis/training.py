@@ -23,6 +23,7 @@ from .adapters import adapter_layers, inject_adapters, tensor_sha256
 from .config import TrainConfig
 from .data import TASKS, compute_metrics, load_task
 from .data.lm import encode_lm
+from .distributed import processes
 from .errors import InputError
 from .live import make_sinks
 from .models import load_causal_lm, load_model, load_tokenizer, model_named_in_file
@@ -69,16 +70,20 @@ def _encode(tokenizer, examples: list[dict], spec, max_length: int) -> list[dict
 
 def _batches(tokenizer, features: list[dict], batch_size: int, order: list[int], device: str):
     for start in range(0, len(order), batch_size):
-        chunk = [features[i] for i in order[start : start + batch_size]]
-        batch = tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in chunk], return_tensors="pt")
-        if isinstance(chunk[0]["labels"], list):  # token labels (causal LM): padding is ignored by the loss
-            width = batch["input_ids"].shape[1]
-            labels = torch.tensor([f["labels"] + [-100] * (width - len(f["labels"])) for f in chunk])
-            if tokenizer.padding_side == "left":
-                labels = torch.tensor([[-100] * (width - len(f["labels"])) + f["labels"] for f in chunk])
-        else:
-            labels = torch.tensor([f["labels"] for f in chunk])
-        yield {k: v.to(device) for k, v in batch.items()}, labels.to(device)
+        yield _batch(tokenizer, [features[i] for i in order[start : start + batch_size]], device)
+
+
+def _batch(tokenizer, chunk: list[dict], device: str):
+    """Pad one batch (dynamic padding); token labels (causal LM) are padded with -100, which the loss ignores."""
+    batch = tokenizer.pad([{k: v for k, v in f.items() if k != "labels"} for f in chunk], return_tensors="pt")
+    if isinstance(chunk[0]["labels"], list):
+        width = batch["input_ids"].shape[1]
+        pad = [[-100] * (width - len(f["labels"])) for f in chunk]
+        left = tokenizer.padding_side == "left"
+        labels = torch.tensor([p + f["labels"] if left else f["labels"] + p for p, f in zip(pad, chunk)])
+    else:
+        labels = torch.tensor([f["labels"] for f in chunk])
+    return {k: v.to(device) for k, v in batch.items()}, labels.to(device)
 
 
 @torch.no_grad()
@@ -206,16 +211,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     """
     out_dir = Path(out_dir)
     _check_device(config.device)
+    data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples, config.data_file)
+    procs = processes(config.device, config.batch_size, len(data.train))
+    progress = progress and procs.writes
     created = not out_dir.exists()
-    lock = RunLock.acquire(out_dir)
+    lock = RunLock.acquire(out_dir) if procs.writes else None  # rank 0 alone writes the run
     recorder = None
     try:
         has_run = (out_dir / "run.json").exists()
+        procs.barrier()  # every process has looked before rank 0 writes anything
         if not resume and has_run:
             raise InputError(f"{out_dir}: already holds a run; use --resume to continue it or choose another --out")
         if resume and not has_run:
             raise InputError(f"{out_dir}: no run.json to resume")
-        data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples, config.data_file)
         spec = data.spec
         _check_labels(data.train + data.validation, spec.num_labels, config.task)
         tokenizer = load_tokenizer(config.model)
@@ -240,17 +248,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 step = _load_resume_state(out_dir, start_epoch, model, optimizer, start_epoch * steps_per_epoch)
 
         metadata = {"task": config.task, "model": config.model, "targets": config.targets, "seed": config.seed,
-                    "main_metric": spec.main_metric, "config": asdict(config)}
-        sinks = make_sinks(config.report_to, out_dir)
-        recorder = DeltaRecorder(model, out_dir, metadata=metadata, sinks=sinks,
-                                 record_grad_norms=config.record_grad_norms and config.method != "head")
-        if resume:
-            recorder.writer.update(config=asdict(config))  # --epochs may have extended the run
-            log(f"resuming {out_dir} after epoch {start_epoch}")
-        if 0 not in recorder.finished_epochs:
-            started = time.perf_counter()
-            metrics = evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device)
-            recorder.snapshot(0, metrics, eval_time_s=time.perf_counter() - started, global_step=0)
+                    "main_metric": spec.main_metric, "world_size": procs.world, "config": asdict(config)}
+        if procs.writes:
+            recorder = DeltaRecorder(model, out_dir, metadata=metadata, sinks=make_sinks(config.report_to, out_dir),
+                                     record_grad_norms=config.record_grad_norms and config.method != "head")
+            if resume:
+                recorder.writer.update(config=asdict(config), world_size=procs.world)  # --epochs may have extended the run
+                log(f"resuming {out_dir} after epoch {start_epoch}")
+            if 0 not in recorder.finished_epochs:
+                started = time.perf_counter()
+                metrics = evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device)
+                recorder.snapshot(0, metrics, eval_time_s=time.perf_counter() - started, global_step=0)
+        procs.barrier()
+        trained = procs.wrap(model)
 
         epochs = tqdm(range(start_epoch + 1, config.epochs + 1), desc=f"{config.method} epochs", disable=not progress,
                       initial=start_epoch, total=config.epochs)
@@ -259,37 +269,45 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             torch.manual_seed(config.seed * 100_003 + epoch)  # dropout masks
             order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)).tolist()
             started, losses = time.perf_counter(), []
-            batches = tqdm(_batches(tokenizer, train_features, config.batch_size, order, config.device), total=steps_per_epoch,
-                           desc=f"epoch {epoch}", leave=False, disable=not progress)
-            for batch, labels in batches:
+            batches = tqdm(procs.share(order, config.batch_size), desc=f"epoch {epoch}", leave=False, disable=not progress)
+            for indices, share in batches:
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, total_steps, config)
-                loss = model(**batch, labels=labels).loss
-                loss.backward()
+                batch, labels = _batch(tokenizer, [train_features[i] for i in indices], config.device)
+                loss = trained(**batch, labels=labels).loss
+                (loss * share).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                losses.append(procs.mean(loss.item() * share))
                 step += 1
                 batches.set_postfix(loss=f"{losses[-1]:.3f}")
-                if config.log_every_steps and step % config.log_every_steps == 0 and step % steps_per_epoch:
+                if recorder is not None and config.log_every_steps and step % config.log_every_steps == 0 and step % steps_per_epoch:
                     recorder.log_geometry(step)
             train_time = time.perf_counter() - started
-            metrics = {"train_loss": sum(losses) / len(losses)}
-            started = time.perf_counter()
-            metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
-            _save_resume_state(out_dir, epoch, model, optimizer, step)
-            recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
-            log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
-                f"{spec.main_metric} {metrics[spec.main_metric]:.4f}, {train_time:.1f}s")
-        recorder.finish()
+            if procs.writes:
+                metrics = {"train_loss": sum(losses) / len(losses)}
+                started = time.perf_counter()
+                metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
+                _save_resume_state(out_dir, epoch, model, optimizer, step)
+                recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
+                log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
+                    f"{spec.main_metric} {metrics[spec.main_metric]:.4f}, {train_time:.1f}s")
+            procs.barrier()
+        if recorder is not None:
+            recorder.finish()
     except BaseException:
         if recorder is not None:
             recorder.close()
-        lock.release()
-        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+        if lock is not None:
+            lock.release()
+        if created and procs.writes and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # a run that never started leaves no empty directory
+        procs.close()
         raise
-    lock.release()
+    if lock is not None:
+        lock.release()
+    procs.barrier()
+    procs.close()
     return load_run(out_dir)
 
 
