@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test bench clean
+.PHONY: setup reproduce sensitivity test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 reproduce: setup  ## train LoRA and TLoRA on the default task, regenerate figures/ and the report
 	$(VENV)/bin/tlora-analysis reproduce --out figures
+
+sensitivity: setup  ## the claims audit across TLoRA's init and learning rate (studies/sensitivity.toml, ~10 min)
+	$(VENV)/bin/tlora-analysis study studies/sensitivity.toml --out runs/sensitivity --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/sensitivity --out figures/sensitivity
+	$(VENV)/bin/tlora-analysis report runs/sensitivity --out figures/sensitivity/report.html
 
 test: setup  ## lint, then the whole test suite (a few minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .

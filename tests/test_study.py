@@ -206,5 +206,5 @@ def test_controls_and_claims_over_seeds(tmp_path):
     assert headline["mean"] == pytest.approx(values.mean())
     k = int(per_seed[per_seed.headline & (per_seed.finding == 5)].holds.sum())
     assert headline.holds_in == f"{k}/3"
-    seed_rows = per_seed[per_seed.reading.str.startswith("same-method control")]
-    assert seed_rows.holds.notna().all()  # computed from the study's own LoRA seed pairs
+    seed_rows = per_seed[per_seed.reading.str.startswith("against the same-method control")]
+    assert len(seed_rows) == 3 and seed_rows.reason.str.len().gt(0).all()  # read from the study's own LoRA seed pairs

@@ -28,6 +28,9 @@ _LAZY = {
     "DeltaRecorderCallback": "recording",
     "inspect": "checkpoints",
     "open_updates": "sources",
+    "run_study": "study",
+    "load_study": "study",
+    "Study": "study",
 }
 
 __all__ = list(_LAZY)

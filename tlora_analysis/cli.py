@@ -210,8 +210,7 @@ def _cmd_report(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    from .config import REPRODUCE_EPOCHS
-    from .reproduce import REPRODUCE_SEEDS
+    from .config import REPRODUCE_EPOCHS, REPRODUCE_SEEDS
 
     p = sub.add_parser("reproduce", help="the main job: a study of LoRA, TLoRA and head-only over seeds, every figure and the report",
                        description="Run a study of LoRA, TLoRA and a head-only baseline on the embedded default task with the "

@@ -16,7 +16,7 @@ from typing import Any
 from .data.tasks import TASKS
 from .errors import InputError
 
-__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
+__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "REPRODUCE_SEEDS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
 
 METHODS = ("lora", "tlora", "vera", "loraxs", "full")
 """Adapter methods (each one a class in :mod:`tlora_analysis.adapters`)."""
@@ -30,7 +30,9 @@ thirty times LoRA's (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2). VeRA's, LoRA-XS's
 fine-tuning's are untuned starting points in the range their papers use; pass ``--lr``."""
 
 REPRODUCE_EPOCHS = 4
-"""Epochs per run of the main job (``tlora-analysis reproduce``)."""
+"""Epochs per run of the main job (``tlora-analysis reproduce``); four fit its 10-minute budget on 2 cores."""
+REPRODUCE_SEEDS = 3
+"""Seeds per method of the main job."""
 
 TLORA_INITS = ("kaiming", "var-r", "var-d", "orthonormal")
 """How TLoRA's frozen A and C are drawn (see :func:`tlora_analysis.methods.tlora.tlora_frozen_matrices`)."""

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import REPRODUCE_EPOCHS
+from .config import REPRODUCE_EPOCHS, REPRODUCE_SEEDS
 from .errors import InputError
 from .store import atomic_write_bytes, atomic_write_json, read_json
 from .study import STUDY_FORMAT, STUDY_JSON, Executor, cell_threads, load_study, run_study
 
 REPRODUCE_METHODS = ("lora", "tlora", "head")
-REPRODUCE_SEEDS = 3
 
 
 def reproduce_spec(epochs: int = REPRODUCE_EPOCHS, seeds: int = REPRODUCE_SEEDS, **overrides) -> dict:
@@ -147,7 +146,7 @@ def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduc
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")
     render_study(tables, out, sources={name: str(study.run_dir(name)) for name in study.cells}, settings={"study": spec, **SETTINGS})
-    write_study_report(tables, study, out / "report.html", figure_dir=out)
+    write_study_report(tables, study, out / "report.html", figure_dir=out, sensitivity=out / "sensitivity")
     results = study_results(tables)
     atomic_write_json(out / "results.json", results)
     log("")

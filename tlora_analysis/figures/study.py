@@ -13,15 +13,24 @@ import pandas as pd
 
 from ..analysis.aggregate import aggregate
 from ..analysis.claims import FINDINGS
-from .style import METHOD_COLORS, method_label, modules_of
+from .style import METHOD_COLORS, method_label
 
 STYLES = ["-", "--", ":", "-."]
 SETTING_COLUMNS = ("rank", "lr", "alpha", "init", "epochs", "batch_size", "max_train_samples", "targets", "task", "model")
 
 
+def _settings(table: pd.DataFrame) -> list[str]:
+    """The setting columns of a table: named like a setting and constant within each run (TLoRA's
+    learned α, a quantity, varies within a run; the α setting does not)."""
+    columns = [c for c in SETTING_COLUMNS if c in table.columns]
+    if "run" not in table.columns:
+        return columns
+    return [c for c in columns if table.groupby("run")[c].nunique(dropna=False).max() <= 1]
+
+
 def _grouped(table: pd.DataFrame) -> pd.DataFrame:
     """Add ``group`` (method plus the settings that vary within it) and ``style`` (its line style)."""
-    settings = [c for c in SETTING_COLUMNS if c in table.columns]
+    settings = _settings(table)
     labels, styles = [], {}
     for method, rows in table.groupby("method", sort=False):
         varying = [c for c in settings if rows[c].astype(str).nunique() > 1]
@@ -32,6 +41,38 @@ def _grouped(table: pd.DataFrame) -> pd.DataFrame:
     group = pd.Series(dict(labels))
     out = table.assign(group=group)
     return out.assign(style=[styles[m][g] for m, g in zip(out.method, out.group)])
+
+
+def _facet_key(table: pd.DataFrame) -> str | None:
+    """The setting that splits the figure into panels: the one (rank, lr, ...) with the most values within one method."""
+    best, most = None, 1
+    for column in _settings(table):
+        within = int(table.groupby("method")[column].nunique().max())
+        if within > most:
+            best, most = column, within
+    return best
+
+
+def _facets(table: pd.DataFrame, rows: str | None = None, width: float = 4.6, height: float = 3.7):
+    """A figure with one column per value of the facet setting (and one row per value of ``rows``);
+    yields (axes, the rows of the table to draw there, panel title). A method with one value of the
+    facet setting (LoRA at its one learning rate) is drawn in every column as the reference."""
+    key = _facet_key(table)
+    columns = sorted(table[key].unique()) if key else [None]
+    row_values = sorted(table[rows].unique()) if rows else [None]
+    fig, axes = plt.subplots(len(row_values), len(columns), figsize=(width * len(columns), height * len(row_values)),
+                             squeeze=False, layout="constrained")
+    single = {m for m, n in table.groupby("method")[key].nunique().items() if n == 1} if key else set()
+    panels = []
+    for i, row_value in enumerate(row_values):
+        for j, value in enumerate(columns):
+            part = table if row_value is None else table[table[rows] == row_value]
+            if key:
+                part = part[(part[key] == value) | part.method.isin(single)]
+            title = " · ".join(t for t in (str(row_value) if row_value is not None else "", f"{key} = {value:g}" if isinstance(value, float)
+                                                                                              else f"{key} = {value}" if key else "") if t)
+            panels.append((axes[i][j], part, title))
+    return fig, panels
 
 
 def _band(ax, table: pd.DataFrame, x: str, y: str) -> None:
@@ -70,29 +111,30 @@ def plot_accuracy_vs_parameters(runs: pd.DataFrame):
 
 def plot_metric_over_epochs(metrics: pd.DataFrame, metric: str | None = None):
     """The validation metric per epoch, mean and seed band per group."""
-    metric = metric or next(c for c in ("accuracy", "matthews_correlation", "pearson", "f1") if c in metrics.columns)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-    _band(ax, metrics, "epoch", metric)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"validation {metric}")
-    ax.set_title(f"validation {metric} over epochs (mean, 95% CI over seeds)")
-    ax.legend(fontsize=8)
+    metric = metric or next(c for c in ("accuracy", "matthews_correlation", "pearson", "perplexity", "f1") if c in metrics.columns)
+    fig, panels = _facets(metrics, width=5.6)
+    for ax, part, title in panels:
+        _band(ax, part, "epoch", metric)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {metric}")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"validation {metric} over epochs (mean, 95% CI over seeds)")
     return fig
 
 
 def plot_norms_over_epochs(norms: pd.DataFrame):
     """Mean ‖ΔW‖_F over layers per epoch, one panel per module, log scale (the methods differ by orders of magnitude)."""
-    modules = modules_of(norms)
-    fig, axes = plt.subplots(1, len(modules), figsize=(4.6 * len(modules), 3.9), squeeze=False, layout="constrained")
     per_run = norms[norms.epoch > 0].groupby(["run", "module", "epoch"], as_index=False).agg(
         frobenius=("frobenius", "mean"), **{c: (c, "first") for c in norms.columns if c in (*SETTING_COLUMNS, "method", "seed")})
-    for ax, module in zip(axes[0], modules):
-        _band(ax, per_run[per_run.module == module], "epoch", "frobenius")
+    fig, panels = _facets(per_run, rows="module")
+    for ax, part, title in panels:
+        _band(ax, part, "epoch", "frobenius")
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean ‖ΔW‖_F over layers")
-        ax.set_title(module)
-    axes[0][0].legend(fontsize=8)
+        ax.set_title(title)
+    panels[0][0].legend(fontsize=7)
     return fig
 
 
@@ -102,26 +144,28 @@ def plot_spectra(spectra: pd.DataFrame):
     last["share"] = last.singular_value / last.groupby(["run", "name"]).singular_value.transform("sum")
     per_run = last.groupby(["run", "index"], as_index=False).agg(
         share=("share", "mean"), **{c: (c, "first") for c in last.columns if c in (*SETTING_COLUMNS, "method", "seed")})
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), layout="constrained")
-    _band(ax, per_run, "index", "share")
-    ax.set_xlabel("index i")
-    ax.set_ylabel("σ_i / Σσ (mean over layers)")
-    ax.set_title(f"normalized spectra of ΔW at epoch {int(last.epoch.max())}")
-    ax.legend(fontsize=8)
+    fig, panels = _facets(per_run, width=5.6)
+    for ax, part, title in panels:
+        _band(ax, part, "index", "share")
+        ax.set_xlabel("index i")
+        ax.set_ylabel("σ_i / Σσ (mean over layers)")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"normalized spectra of ΔW at epoch {int(last.epoch.max())} (mean, 95% CI over seeds)")
     return fig
 
 
 def plot_scales(scales: pd.DataFrame):
     """TLoRA's α per layer at the last epoch, one panel per module, mean and seed band per group."""
     last = scales[scales.epoch == scales.epoch.max()]
-    modules = modules_of(last)
-    fig, axes = plt.subplots(1, len(modules), figsize=(4.6 * len(modules), 3.9), squeeze=False, layout="constrained")
-    for ax, module in zip(axes[0], modules):
-        _band(ax, last[last.module == module], "layer", "alpha")
+    fig, panels = _facets(last, rows="module")
+    for ax, part, title in panels:
+        _band(ax, part, "layer", "alpha")
         ax.set_xlabel("layer")
         ax.set_ylabel("α")
-        ax.set_title(f"{module}: TLoRA's α at epoch {int(last.epoch.max())}")
-    axes[0][0].legend(fontsize=8)
+        ax.set_title(title)
+    panels[0][0].legend(fontsize=7)
+    fig.suptitle(f"TLoRA's α per layer at epoch {int(last.epoch.max())} (mean, 95% CI over seeds)")
     return fig
 
 
@@ -184,13 +228,13 @@ def plot_verdict_map(claims: pd.DataFrame):
             k, n = map(int, r.holds_in.split("/"))
             grid[i, j] = k / n if n else np.nan
         labels[i][j] = r.holds_in
-    fig, ax = plt.subplots(figsize=(3.2 + 1.3 * len(groups), 0.32 * len(readings) + 1.6), layout="constrained")
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("0.88")
+    fig, ax = plt.subplots(figsize=(7.5 + 1.3 * len(groups), 0.32 * len(readings) + 1.6), layout="constrained")
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.88")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     for i in range(len(readings)):
         for j in range(len(groups)):
-            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7)
+            dark = not np.isnan(grid[i, j]) and (grid[i, j] < 0.25 or grid[i, j] > 0.8)
+            ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(groups)), [g.replace("method=tlora", "").strip() or "TLoRA" for g in groups], fontsize=7, rotation=30, ha="right")
     ax.set_yticks(range(len(readings)), [f"{f}. {name[:70]}" for f, name in readings], fontsize=7)
     ax.grid(False)
