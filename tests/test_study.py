@@ -208,3 +208,25 @@ def test_controls_and_claims_over_seeds(tmp_path):
     assert headline.holds_in == f"{k}/3"
     seed_rows = per_seed[per_seed.reading.str.startswith("against the same-method control")]
     assert len(seed_rows) == 3 and seed_rows.reason.str.len().gt(0).all()  # read from the study's own LoRA seed pairs
+
+
+def test_figures_report_and_analyze_take_a_study_directory(tmp_path, reference):
+    from tlora_analysis.figures import STUDY_FIGURES
+    from tlora_analysis.report import verdict_classes
+
+    result = cli("figures", reference, "--out", tmp_path / "figs", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    drawn = {e["name"] for e in json.loads((tmp_path / "figs" / "figures.json").read_text())["figures"]}
+    assert set(STUDY_FIGURES) <= drawn and "overview" in drawn  # seed bands, controls, verdict map and the seed-0 pair
+    result = cli("report", reference, "--out", tmp_path / "report.html", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    page = (tmp_path / "report.html").read_text()
+    assert "Claims audit" in page and "mean [95% CI] over seeds" in page and "Verdict map" in page and "Controls" in page
+    claims = pd.read_csv(tmp_path / "report.claims.csv")
+    assert set(claims.tlora_group) == {"method=tlora rank=2", "method=tlora rank=4"}
+    assert claims.holds_in.str.fullmatch(r"\d/2|—").all()
+    classes = verdict_classes(claims)
+    assert sum(len(v) for v in classes.values()) == claims.reading.nunique()
+    result = cli("analyze", reference, "--out", tmp_path / "tables", "--no-base", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"runs.csv", "norms_over_seeds.csv", "controls.csv", "claims.csv", "claims_per_seed.csv"} <= {p.name for p in (tmp_path / "tables").iterdir()}

@@ -123,7 +123,30 @@ def verdict_map(claims: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def verdict_classes(claims: pd.DataFrame) -> dict[str, list[str]]:
+    """Readings that hold in every seed of every TLoRA setting, in none of them, or depend on the setting (or seed)."""
+    out: dict[str, list[str]] = {"always hold": [], "never hold": [], "depend on the setting or seed": [], "not computed": []}
+    for (finding, reading), rows in claims.groupby(["finding", "reading"], sort=False):
+        verdicts = set(rows.verdict)
+        label = f"{finding}. {reading}"
+        if verdicts == {"holds"}:
+            out["always hold"].append(label)
+        elif verdicts == {"does not hold"}:
+            out["never hold"].append(label)
+        elif verdicts == {"not computed"}:
+            out["not computed"].append(label)
+        else:
+            out["depend on the setting or seed"].append(label)
+    return out
+
+
 def _verdict_map_html(claims: pd.DataFrame) -> str:
+    classes = "".join(f"<p><b>{html.escape(name)}</b> ({len(items)}): {html.escape('; '.join(items)) or '—'}</p>"
+                      for name, items in verdict_classes(claims).items())
+    return classes + _verdict_table_html(claims)
+
+
+def _verdict_table_html(claims: pd.DataFrame) -> str:
     table = verdict_map(claims)
     groups = [c for c in table.columns if c not in ("finding", "reading")]
     head = "<tr><th>reading</th>" + "".join(f"<th>{html.escape(g)}</th>" for g in groups) + "</tr>"
