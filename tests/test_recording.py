@@ -1,6 +1,7 @@
 """Snapshots: written by a plain loop, the Trainer callback and the CLI; reloaded exactly; never lost."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -217,3 +218,14 @@ def test_cli_resume_extends_a_finished_run(tmp_path, tiny_model_dir):
     assert main(["train", "--resume", str(tmp_path / "r"), "--epochs", "2", "--no-progress"]) == 0
     assert load_run(tmp_path / "r").epochs == [0, 1, 2]
     assert load_run(tmp_path / "r").meta["config"]["epochs"] == 2
+
+
+def test_bf16_training_records_float32_factors(tmp_path, tiny_model_dir):
+    config = TrainConfig(method="tlora", model=tiny_model_dir, epochs=1, max_train_samples=16, max_eval_samples=8, batch_size=8,
+                         precision="bf16")
+    run = train(config, tmp_path / "run", progress=False, log=lambda _: None)
+    assert run.meta["precision"] == "bf16" and run.meta["recorded_dtype"] == "float32"
+    tensors = run.snapshot_tensors(1)
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    assert any(float(t.abs().sum()) > 0 for k, t in tensors.items() if k.endswith("tlora_B"))
+    assert math.isfinite(run.metrics[1]["train_loss"])

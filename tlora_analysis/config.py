@@ -34,6 +34,8 @@ REPRODUCE_EPOCHS = 4
 REPRODUCE_SEEDS = 3
 """Seeds per method of the main job."""
 
+PRECISIONS = ("fp32", "bf16")
+
 TLORA_INITS = ("kaiming", "var-r", "var-d", "orthonormal")
 """How TLoRA's frozen A and C are drawn (see :func:`tlora_analysis.methods.tlora.tlora_frozen_matrices`)."""
 
@@ -77,6 +79,8 @@ class TrainConfig:
     weight_decay: float = option(0.0, "AdamW weight decay")
     seed: int = option(0, "seeds data order, dropout, the head and the frozen matrices")
     device: str = option("cpu", "cpu, cuda or cuda:N")
+    precision: str = option("fp32", "fp32, or bf16: forward and backward under bfloat16 autocast where the device supports it; "
+                                    "the adapter factors stay float32 and are recorded in float32", choices=PRECISIONS)
     data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
     data_file: str | None = option(None, "--task lm: a local .txt (one example per line) or .jsonl ('text', or 'prompt' and "
                                          "'completion': loss on the completion only); default: the offline default LM task")
@@ -88,6 +92,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in TRAIN_METHODS:
             raise InputError(f"--method must be one of {', '.join(TRAIN_METHODS)}, got {self.method!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.init not in TLORA_INITS:
             raise InputError(f"--init must be one of {', '.join(TLORA_INITS)}, got {self.init!r}")
         if self.task not in TASKS:

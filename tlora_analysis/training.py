@@ -166,9 +166,16 @@ def _load_resume_state(run_dir: Path, epoch: int, model, optimizer, expected_ste
     return expected_step
 
 
-def _check_device(device: str) -> None:
+def _check_device(device: str, precision: str = "fp32") -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {device}: CUDA is not available on this machine")
+    if precision == "bf16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise InputError(f"--precision bf16: this GPU ({torch.cuda.get_device_name()}) does not support bfloat16")
+
+
+def _autocast(config: TrainConfig):
+    """bfloat16 autocast for ``--precision bf16``: matrix products in bf16, parameters (the adapters) in float32."""
+    return torch.autocast(device_type=torch.device(config.device).type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
 def _check_labels(examples: list[dict], num_labels: int, task: str) -> None:
@@ -210,7 +217,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     metrics is the mean of the per-step training losses of that epoch.
     """
     out_dir = Path(out_dir)
-    _check_device(config.device)
+    _check_device(config.device, config.precision)
     data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples, config.data_file)
     procs = processes(config.device, config.batch_size, len(data.train))
     progress = progress and procs.writes
@@ -248,7 +255,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 step = _load_resume_state(out_dir, start_epoch, model, optimizer, start_epoch * steps_per_epoch)
 
         metadata = {"task": config.task, "model": config.model, "targets": config.targets, "seed": config.seed,
-                    "main_metric": spec.main_metric, "world_size": procs.world, "config": asdict(config)}
+                    "main_metric": spec.main_metric, "world_size": procs.world, "precision": config.precision,
+                    "recorded_dtype": "float32", "config": asdict(config)}
         if procs.writes:
             recorder = DeltaRecorder(model, out_dir, metadata=metadata, sinks=make_sinks(config.report_to, out_dir),
                                      record_grad_norms=config.record_grad_norms and config.method != "head")
@@ -257,7 +265,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 log(f"resuming {out_dir} after epoch {start_epoch}")
             if 0 not in recorder.finished_epochs:
                 started = time.perf_counter()
-                metrics = evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device)
+                with _autocast(config):
+                    metrics = evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device)
                 recorder.snapshot(0, metrics, eval_time_s=time.perf_counter() - started, global_step=0)
         procs.barrier()
         trained = procs.wrap(model)
@@ -274,7 +283,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, total_steps, config)
                 batch, labels = _batch(tokenizer, [train_features[i] for i in indices], config.device)
-                loss = trained(**batch, labels=labels).loss
+                with _autocast(config):
+                    loss = trained(**batch, labels=labels).loss
                 (loss * share).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -287,7 +297,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             if procs.writes:
                 metrics = {"train_loss": sum(losses) / len(losses)}
                 started = time.perf_counter()
-                metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
+                with _autocast(config):
+                    metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
                 _save_resume_state(out_dir, epoch, model, optimizer, step)
                 recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
                 log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
