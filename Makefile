@@ -9,27 +9,31 @@ export MPLBACKEND := Agg
 
 .PHONY: setup reproduce sensitivity test bench clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-dev
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+$(VENV)/.installed: pyproject.toml constraints.txt  # what the toolkit needs to run
 	python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed  # and what the tests need (peft, submitit, tensorboard, wandb, ruff, ...)
 	$(PIP) -e ".[dev]"
 	touch $@
 
-reproduce: setup  ## train LoRA and TLoRA on the default task, regenerate figures/ and the report
+reproduce: $(VENV)/.installed  ## the main study (LoRA, TLoRA, head-only x 3 seeds), figures/ and the report
 	$(VENV)/bin/tlora-analysis reproduce --out figures
 
-sensitivity: setup  ## the claims audit across TLoRA's init and learning rate (studies/sensitivity.toml, ~10 min)
+sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init and learning rate (studies/sensitivity.toml, ~10 min)
 	$(VENV)/bin/tlora-analysis study studies/sensitivity.toml --out runs/sensitivity --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/sensitivity --out figures/sensitivity
 	$(VENV)/bin/tlora-analysis report runs/sensitivity --out figures/sensitivity/report.html
 
-test: setup  ## lint, then the whole test suite (a few minutes on 2 CPU cores)
+test: $(VENV)/.installed-dev  ## lint, then the whole test suite (a few minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q -n 2
 
-bench: setup  ## speed, scale, storage and overhead benchmarks (see benchmarks/README.md)
+bench: $(VENV)/.installed-dev  ## speed, scale, storage and overhead benchmarks (see benchmarks/README.md)
 	$(PYTHON) benchmarks/run_all.py
 
 clean:

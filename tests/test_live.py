@@ -142,3 +142,28 @@ def test_intruder_figure_says_how_many_vectors_it_looked_at():
     figure = intruders(counts, amplification)
     assert figure.axes[0].get_ylabel() == "intruder dimensions (of top 5)"
     assert not math.isnan(counts.k.iloc[0])
+
+
+def test_trainer_callback_reaches_weights_and_biases_offline(tmp_path, tiny_model_dir, monkeypatch):
+    """W&B through the Trainer's own report_to integration, offline: the run file holds our geometry keys and values."""
+    pytest.importorskip("wandb")
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true", "WANDB_PROJECT": "tlora-test"}.items():
+        monkeypatch.setenv(key, value)
+    tokenizer = load_tokenizer(tiny_model_dir)
+    model = inject_adapters(load_model(tiny_model_dir), "tlora", 4, ["query"], modules_to_save=["classifier"])
+    encoded = tokenizer(["a fine film", "a dull film"] * 4)
+    dataset = [{"input_ids": encoded["input_ids"][i], "attention_mask": encoded["attention_mask"][i], "labels": i % 2} for i in range(8)]
+    args = TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-2,
+                             save_strategy="no", report_to=["wandb"], use_cpu=True, logging_steps=1, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.add_callback(DeltaRecorderCallback(tmp_path / "run", trainer=trainer))
+    trainer.train()
+    import wandb
+
+    wandb.finish()
+    files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    name = load_run(tmp_path / "run").layer_names[0]
+    assert f"geometry/frobenius/{name}".encode() in files[0].read_bytes()  # W&B stores history keys as plain text
