@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ from harness import machine, megabytes, table
 from tlora_analysis.adapters import layer_seed, tensor_sha256, tlora_frozen_matrices
 from tlora_analysis.store import RunWriter
 
-LAYERS, RANK, EPOCHS, SEEDS, SHAPE = 32, 16, 10, 10, (4096, 4096)
+LAYERS, RANK, EPOCHS, SEEDS, SHAPE = int(os.environ.get("BENCH_STUDY_LAYERS", "32")), 16, 10, int(os.environ.get("BENCH_STUDY_SEEDS", "10")), (4096, 4096)
 NAMES = [f"model.layers.{i}.self_attn.{m}" for i in range(LAYERS) for m in ("q_proj", "v_proj")]
 
 

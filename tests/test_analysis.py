@@ -227,3 +227,25 @@ def test_analyses_on_a_real_training_run(tmp_path):
     np.testing.assert_allclose(spectra[spectra.name == "bert.encoder.layer.5.attention.self.value"].sort_values("index").singular_value,
                                np.linalg.svd(w, compute_uv=False)[:8], rtol=1e-6)
     assert len(A.scales(tlora)) == 12 * 3
+
+
+def test_batched_random_baseline_equals_one_cosine_at_a_time(runs):
+    from tlora_analysis.analysis.similarity import RandomUpdates, random_like
+    from tlora_analysis.factored import cosine_similarity
+
+    b = next(iter(runs["tlora"].deltas(2).values()))
+    a = next(iter(runs["lora"].deltas(2).values()))
+    batched = RandomUpdates(a, 8, torch.Generator().manual_seed(5)).cosines(b)
+    generator = torch.Generator().manual_seed(5)
+    one_by_one = [cosine_similarity(random_like(a, generator), b) for _ in range(8)]
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-9, atol=1e-12)
+
+
+def test_top_singular_vectors_of_large_matrices_match_a_full_svd():
+    from tlora_analysis.analysis.base_alignment import top_left_singular_vectors
+
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(300, 200, generator=generator, dtype=torch.float64) @ torch.diag(torch.linspace(3, 0.1, 200, dtype=torch.float64))
+    fast = top_left_singular_vectors(matrix, 10).numpy()  # ARPACK (min dimension 200 > 64)
+    exact = np.linalg.svd(matrix.numpy(), full_matrices=False)[0][:, :10]
+    np.testing.assert_allclose(np.abs((fast * exact).sum(axis=0)), 1.0, atol=1e-8)  # the same vectors, up to sign

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -19,6 +20,19 @@ def _w0(base_weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, i
     if tuple(w0.shape) != tuple(shape):
         raise InputError(f"module {name!r}: W0 has shape {tuple(w0.shape)}, the update {tuple(shape)}")
     return w0
+
+
+def top_left_singular_vectors(matrix: torch.Tensor, k: int) -> torch.Tensor:
+    """The top-k left singular vectors (d x k, float64). Large matrices go through ARPACK
+    (``scipy.sparse.linalg.svds``, to machine precision): k vectors of a 4096² matrix in about a
+    second instead of the ~20 s of a full SVD; small ones through a full SVD."""
+    k = min(k, min(matrix.shape))
+    if min(matrix.shape) <= max(64, 4 * k):
+        return torch.linalg.svd(matrix, full_matrices=False)[0][:, :k]
+    from scipy.sparse.linalg import svds
+
+    u, s, _ = svds(matrix.numpy(), k=k, tol=0, random_state=0)
+    return torch.from_numpy(u[:, np.argsort(s)[::-1]].copy())
 
 
 def _cached(base_weights) -> bool:
@@ -91,7 +105,7 @@ def intruder_dimensions(
             if key["name"] not in w0_vectors:
                 w0_vectors[key["name"]] = w0_svd(base_weights, key["name"])[0]
             x = w0_vectors[key["name"]]
-        y = torch.linalg.svd(w0 + delta.dense(torch.float64), full_matrices=False)[0][:, :k]
+        y = top_left_singular_vectors(w0 + delta.dense(torch.float64), k)
         best = (y.T @ x).abs().max(dim=1).values.numpy()
         for j, m in enumerate(best, start=1):
             rows.append({**key, "j": j, "max_similarity": float(m), "is_intruder": bool(m < epsilon)})

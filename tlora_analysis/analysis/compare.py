@@ -133,7 +133,7 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
             tables["scales"] = pd.concat([_with_settings(scales(r), s) for r, s in adapted if s["method"] == "tlora"], ignore_index=True)
         tables["controls"] = similarity_controls(study, baseline_samples=SETTINGS["baseline_samples"])
         tables["rank_similarity"] = rank_similarity(study)
-        tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"],
+        tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"], norms_table=tables["norms"],
                                                  function_examples=function_examples if base_weights is not None else 0)
         tables["claims"] = summarize_claims(tables["claims_per_seed"])
     seeds = "seed" in study.swept and runs.seed.nunique() > 1

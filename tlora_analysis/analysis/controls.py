@@ -15,19 +15,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 
+from ..factored import cosine_similarity
 from ..study import Study
+from ._common import module_and_layer
 from .aggregate import aggregate
 from .claims import paper_claims
 from .distributions import weight_distributions
 from .norms import norms, scales
 from .similarity import (
+    RandomUpdates,
     adapted_weight_similarity,
     random_subspace_similarity,
     reachable_cosine,
-    subspace_similarity,
     subspace_similarity_table,
     update_similarity,
 )
@@ -58,33 +61,50 @@ def _last(a, b) -> int:
     return min(a.epochs[-1], b.epochs[-1])
 
 
-def similarity_controls(study: Study, baseline_samples: int = 32) -> pd.DataFrame:
+def similarity_controls(study: Study, baseline_samples: int = 32, seed: int = 0) -> pd.DataFrame:
     """Per layer at the last shared epoch, for every control pair: cosine of ΔW (with the random
-    baseline), φ of the top-r left singular subspaces, and φ of random subspaces of that size.
+    baseline of :func:`update_similarity`), φ of the top-r left singular subspaces, and φ of
+    random subspaces of that size.
 
     ``kind`` is "same method, other seed" or "other method, same seed"; the pair's
-    settings appear as ``<key>_a`` / ``<key>_b`` columns.
+    settings appear as ``<key>_a`` / ``<key>_b`` columns. Each run's update and its singular
+    vectors are computed once per layer and shared by every pair it is in.
     """
-    rows, random_phi = [], {}
-    for kind, a, sa, b, sb in _pairs(study):
-        last = _last(a, b)
-        table = update_similarity(a, b, epochs=[last], baseline_samples=baseline_samples)
-        deltas_a, deltas_b = a.deltas(last), b.deltas(last)
-        phis, phis_random = [], []
-        for name in table.name:
-            da, db = deltas_a[name], deltas_b[name]
-            k = min(da.rank, db.rank)
-            phi = subspace_similarity(da, db, k, k)
-            phis.append(float(phi[-1, -1]))
-            key = (da.shape[0], k)
-            if key not in random_phi:
-                random_phi[key] = float(random_subspace_similarity(da.shape[0], k, k)[-1, -1])
-            phis_random.append(random_phi[key])
-        settings = {**{f"{k}_a": v for k, v in sa.items()}, **{f"{k}_b": v for k, v in sb.items()}}
-        rows.append(table.assign(kind=kind, phi=phis, phi_random=phis_random, **settings))
-    if not rows:
+    pairs = list(_pairs(study))
+    if not pairs:
         return pd.DataFrame(columns=["kind", "run_a", "run_b", "method_a", "method_b", "module", "layer", "epoch", "name", "cosine", "phi"])
-    return pd.concat(rows, ignore_index=True)
+    runs = {r.name: r for _, a, _, b, _ in pairs for r in (a, b)}
+    last = min(r.epochs[-1] for r in runs.values())
+    deltas = {name: dict(run.deltas(last)) for name, run in runs.items()}  # copies: layers are dropped below
+    generator = torch.Generator().manual_seed(seed)
+    random_updates, random_phi, rows = {}, {}, []
+    for layer_name in next(iter(deltas.values())):
+        module, layer = module_and_layer(layer_name)
+        vectors = {}
+        for _, a, _, b, _ in pairs:
+            for run in (a, b):
+                if run.name not in vectors:
+                    delta = deltas[run.name][layer_name]
+                    vectors[run.name] = delta.top_singular_vectors()[0] if delta.frobenius_norm() > 0 else None
+        for kind, a, sa, b, sb in pairs:
+            da, db = deltas[a.name][layer_name], deltas[b.name][layer_name]
+            key = (da.shape, da.rank)
+            if baseline_samples and key not in random_updates:
+                random_updates[key] = RandomUpdates(da, baseline_samples, generator)
+            chance = np.abs(random_updates[key].cosines(db)) if baseline_samples and db.frobenius_norm() > 0 else np.full(1, math.nan)
+            k = min(da.rank, db.rank)
+            if (da.shape[0], k) not in random_phi:
+                random_phi[(da.shape[0], k)] = float(random_subspace_similarity(da.shape[0], k, k)[-1, -1])
+            ua, ub = vectors[a.name], vectors[b.name]
+            phi = float((ua[:, :k].T @ ub[:, :k]).pow(2).sum() / k) if ua is not None and ub is not None else math.nan
+            rows.append({"run_a": a.name, "run_b": b.name, "method_a": a.method, "method_b": b.method, "module": module, "layer": layer,
+                         "epoch": last, "name": layer_name, "cosine": cosine_similarity(da, db),
+                         "baseline_abs_mean": float(chance.mean()), "baseline_abs_q95": float(np.quantile(chance, 0.95)),
+                         "kind": kind, "phi": phi, "phi_random": random_phi[(da.shape[0], k)],
+                         **{f"{key}_a": v for key, v in sa.items()}, **{f"{key}_b": v for key, v in sb.items()}})
+        for run_name in vectors:  # free this layer's cached SVDs before the next layer
+            deltas[run_name][layer_name] = None
+    return pd.DataFrame(rows)
 
 
 def rank_similarity(study: Study) -> pd.DataFrame:
@@ -103,15 +123,17 @@ def rank_similarity(study: Study) -> pd.DataFrame:
 
 
 def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = None, baseline_samples: int = 32,
-                function_examples: int = 0) -> dict[str, pd.DataFrame]:
+                function_examples: int = 0, norms_table: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The tables the claims read, for one LoRA and one TLoRA run (cheaper than all of compare_runs);
-    with ``function_examples`` also the function-space cosine on that many validation examples."""
+    with ``function_examples`` also the function-space cosine on that many validation examples.
+    ``norms_table``: a study's :func:`norms` table to take the two runs' rows from instead of recomputing them."""
     from .base_alignment import amplification
 
     last = _last(lora, tlora)
     runs = (lora, tlora)
     tables = {
-        "norms": pd.concat([norms(r) for r in runs], ignore_index=True),
+        "norms": (pd.concat([norms(r) for r in runs], ignore_index=True) if norms_table is None
+                  else norms_table[norms_table.run.isin([lora.name, tlora.name])].reset_index(drop=True)),
         "spectra": pd.concat([spectra(r, [last]) for r in runs], ignore_index=True),
         "effective_rank": pd.concat([effective_rank(r, [last]) for r in runs], ignore_index=True),
         "weight_stats": pd.concat([weight_distributions(r, [last], pool=True) for r in runs], ignore_index=True),
@@ -131,7 +153,7 @@ def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = N
 
 
 def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None = None,
-                 controls: pd.DataFrame | None = None, function_examples: int = 0) -> pd.DataFrame:
+                 controls: pd.DataFrame | None = None, function_examples: int = 0, norms_table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every reading of the paper's findings, per seed, for each (LoRA group, TLoRA group) pairing.
 
     A group is a cell's settings without its seed. The TLoRA group's settings are columns
@@ -150,7 +172,7 @@ def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None =
         for lo, sl in lora:
             if sl.get("seed") != st.get("seed") or _without(sl, "method", *per_method) != _without(st, "method", *per_method):
                 continue
-            tables = pair_tables(lo, t, base_weights, function_examples=function_examples)
+            tables = pair_tables(lo, t, base_weights, function_examples=function_examples, norms_table=norms_table)
             group_l, group_t = _without(sl, "seed"), _without(st, "seed")
             same = controls[(controls.kind == SAME_METHOD)] if len(controls) else controls
             if len(same):
