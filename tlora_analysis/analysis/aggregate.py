@@ -21,6 +21,8 @@ RUN_COLUMNS = ("run", "run_a", "run_b", "path")
 
 CONFIDENCE = 0.95
 RESAMPLES = 9999
+CHUNK_ELEMENTS = 1 << 24
+"""Resampled values held at once (128 MiB of float64)."""
 
 
 def bootstrap_interval(samples: np.ndarray, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -39,11 +41,17 @@ def bootstrap_interval(samples: np.ndarray, confidence: float = CONFIDENCE, resa
     constant = np.all(samples == samples[..., :1], axis=-1)
     out[constant] = samples[constant][..., :1]
     varying = ~constant & np.all(np.isfinite(samples), axis=-1)
-    if varying.any():
-        result = bootstrap((samples[varying],), np.mean, axis=-1, vectorized=True, confidence_level=confidence,
+    rows = samples[varying]
+    low, high = np.empty(len(rows)), np.empty(len(rows))
+    # scipy resamples every row with the same indices, drawn from the generator alone, so chunks
+    # with a freshly seeded generator give exactly the one-call result; one call over 10,000 rows
+    # would hold rows x resamples x n floats (9 GB for a 7B-shaped study's norms).
+    chunk = max(1, CHUNK_ELEMENTS // (resamples * max(1, rows.shape[-1])))
+    for start in range(0, len(rows), chunk):
+        result = bootstrap((rows[start:start + chunk],), np.mean, axis=-1, vectorized=True, confidence_level=confidence,
                            n_resamples=resamples, method="percentile", random_state=np.random.default_rng(seed))
-        out[varying, 0] = result.confidence_interval.low
-        out[varying, 1] = result.confidence_interval.high
+        low[start:start + chunk], high[start:start + chunk] = result.confidence_interval.low, result.confidence_interval.high
+    out[varying, 0], out[varying, 1] = low, high
     return out
 
 

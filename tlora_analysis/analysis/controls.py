@@ -86,12 +86,16 @@ def similarity_controls(study: Study, baseline_samples: int = 32, seed: int = 0)
                 if run.name not in vectors:
                     delta = deltas[run.name][layer_name]
                     vectors[run.name] = delta.top_singular_vectors()[0] if delta.frobenius_norm() > 0 else None
+        chances = {}  # the baseline depends on run b's update and the random set only: once per run b
         for kind, a, sa, b, sb in pairs:
             da, db = deltas[a.name][layer_name], deltas[b.name][layer_name]
             key = (da.shape, da.rank)
             if baseline_samples and key not in random_updates:
                 random_updates[key] = RandomUpdates(da, baseline_samples, generator)
-            chance = np.abs(random_updates[key].cosines(db)) if baseline_samples and db.frobenius_norm() > 0 else np.full(1, math.nan)
+            if (b.name, key) not in chances:
+                chances[(b.name, key)] = (np.abs(random_updates[key].cosines(db)) if baseline_samples and db.frobenius_norm() > 0
+                                          else np.full(1, math.nan))
+            chance = chances[(b.name, key)]
             k = min(da.rank, db.rank)
             if (da.shape[0], k) not in random_phi:
                 random_phi[(da.shape[0], k)] = float(random_subspace_similarity(da.shape[0], k, k)[-1, -1])
