@@ -157,11 +157,13 @@ def _float64(tensor: Tensor) -> Tensor:
     return tensor.detach().to(torch.float64)
 
 
-def _gram(x: Tensor, y: Tensor) -> Tensor:
-    """xᵀy in float64 for two d x r factors (possibly transposed views): one GEMM on contiguous
-    float64 copies. The copies are d x r (a few MiB even at 70B shapes); doing it in row blocks
-    to save them cost ten times the time."""
-    return _float64(x).contiguous().T @ _float64(y).contiguous()
+def _gram(x: Tensor, y: Tensor, block: int = 1024) -> Tensor:
+    """xᵀy accumulated in float64 a block of rows at a time: exact as a float64 product, without
+    holding float64 copies of two d x r factors (and, measured, as fast as one GEMM or faster)."""
+    out = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], block):
+        out += _float64(x[start : start + block]).T @ _float64(y[start : start + block])
+    return out
 
 
 def _describe(value: object) -> str:
