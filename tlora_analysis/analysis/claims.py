@@ -104,7 +104,7 @@ def _matrix(tables, last, method, matrix):
     return stats[stats.matrix == matrix]
 
 
-@reading(1, "moments of TLoRA's B (pooled per module)", MOMENTS, ("weight_stats",), headline=True,
+@reading(1, "max |excess kurtosis| (and |skewness|) of TLoRA's B, pooled per module", MOMENTS, ("weight_stats",), headline=True,
          limits=(GAUSSIAN_MAX_ABS_EXCESS_KURTOSIS,))
 def _gaussian_b(tables, last):
     return _moments(_matrix(tables, last, "tlora", "B"), "TLoRA's B")
@@ -120,12 +120,12 @@ def _normality_b(tables, last):
                    "normality is not rejected" if holds else "normality is rejected; at this n a test detects small departures")
 
 
-@reading(1, "moments of LoRA's A", MOMENTS, ("weight_stats",))
+@reading(1, "max |excess kurtosis| (and |skewness|) of LoRA's A", MOMENTS, ("weight_stats",))
 def _gaussian_lora_a(tables, last):
     return _moments(_matrix(tables, last, "lora", "A"), "LoRA's A, Kaiming-uniform at init")
 
 
-@reading(1, "moments of LoRA's B", MOMENTS, ("weight_stats",))
+@reading(1, "max |excess kurtosis| (and |skewness|) of LoRA's B", MOMENTS, ("weight_stats",))
 def _gaussian_lora_b(tables, last):
     return _moments(_matrix(tables, last, "lora", "B"), "LoRA's B, zero at init")
 
