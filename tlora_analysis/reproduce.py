@@ -86,13 +86,13 @@ def study_results(tables: dict[str, pd.DataFrame]) -> dict:
     runs = tables["runs"]
     done = runs[runs.status == "finished"]
     methods = {}
+    over_seeds = tables.get("runs_over_seeds")
     for method, rows in done.groupby("method", sort=False):
-        metric = tables.get("runs_over_seeds")
         row = {"metric": str(rows.metric.iloc[0]), "seeds": sorted(int(s) for s in rows.seed), "per_seed": [round(float(v), 4) for v in rows.final_metric],
                "mean": round(float(rows.final_metric.mean()), 4), "adapter_params": int(rows.adapter_params.iloc[0]),
                "head_params": int(rows.head_params.iloc[0]), "frozen_random_params": int(rows.frozen_random_params.iloc[0])}
-        if metric is not None:
-            m = metric[(metric.method == method) & (metric.quantity == "final_metric")]
+        if over_seeds is not None:
+            m = over_seeds[(over_seeds.method == method) & (over_seeds.quantity == "final_metric")]
             if len(m):
                 row.update(ci_low=round(float(m.ci_low.iloc[0]), 4), ci_high=round(float(m.ci_high.iloc[0]), 4))
         methods[method] = row

@@ -298,9 +298,9 @@ def _prepare(spec: StudySpec, out: Path, extend: bool) -> dict:
     changes = "; ".join(_spec_changes(old, spec.raw))
     if not extend:
         raise InputError(f"{out}: holds a study with another spec ({changes}); use --extend to add cells, or another --out")
-    old_cells = parse_spec(old).cells()
-    for name, settings in old_cells.items():
-        if name not in cells or {**parse_spec(old).fixed, **settings} != {**spec.fixed, **cells[name]}:
+    old_spec = parse_spec(old)
+    for name, settings in old_spec.cells().items():
+        if name not in cells or {**old_spec.fixed, **settings} != {**spec.fixed, **cells[name]}:
             raise InputError(f"{out}: --extend may only add cells, but this spec changes or drops cell {name} ({changes})")
     return {**meta, "spec": spec.raw}
 

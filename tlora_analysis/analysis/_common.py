@@ -122,6 +122,11 @@ def runs_with_settings(source) -> list[tuple[UpdateSource, dict]] | None:
     return [(r, {k: c.get(k) for k in varied}) for r, c in zip(runs, configs) if r.layers]
 
 
+def with_settings(table: pd.DataFrame, settings: dict) -> pd.DataFrame:
+    """A run's table with its settings as columns, never over a measured column of the same name (TLoRA's α)."""
+    return table.assign(**{k: v for k, v in settings.items() if k not in table.columns})
+
+
 def per_run(analysis):
     """Let a one-run analysis take a Study or a list of runs as well: its tables concatenated,
     each row carrying its run's varied settings (rank, lr, seed, ...) as columns for ``groupby``."""
@@ -135,8 +140,7 @@ def per_run(analysis):
             raise InputError("no finished run with adapted layers to analyse")
         tables = []
         for run, settings in runs:
-            table = analysis(run, *args, **kwargs)
-            tables.append(table.assign(**{k: v for k, v in settings.items() if k not in table.columns}))
+            tables.append(with_settings(analysis(run, *args, **kwargs), settings))
         return pd.concat(tables, ignore_index=True)
 
     return wrapper

@@ -277,33 +277,33 @@ def _ratio_verdict(ratio: float, text: str) -> Verdict:
                    f"TLoRA's updates are {ratio:.1f}x LoRA's" if ratio > 1 else f"TLoRA's updates are {1 / ratio:.1f}x smaller")
 
 
-def _norm_ratio(tables, last, column):
-    at = _at(tables["norms"], last).groupby("method")[column].mean()
+def _norm_ratio(table: pd.DataFrame, last: int, column: str):
+    at = _at(table, last).groupby("method")[column].mean()
     return float(at.get("tlora", math.nan) / at.get("lora", math.nan)), at
 
 
 @reading(5, "ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", RATIO, ("norms",), headline=True, limits=NORM_RATIO_RANGE)
 def _frobenius_ratio(tables, last):
-    ratio, at = _norm_ratio(tables, last, "frobenius")
+    ratio, at = _norm_ratio(tables["norms"], last, "frobenius")
     return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get('tlora', math.nan):.3g} / {at.get('lora', math.nan):.3g})")
 
 
 @reading(5, "ratio of mean spectral norms ‖ΔW‖_2, TLoRA / LoRA", RATIO, ("norms",))
 def _spectral_ratio(tables, last):
-    ratio, at = _norm_ratio(tables, last, "spectral")
+    ratio, at = _norm_ratio(tables["norms"], last, "spectral")
     return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get('tlora', math.nan):.3g} / {at.get('lora', math.nan):.3g})")
 
 
 @reading(5, "ratio of mean relative norms ‖ΔW‖_F / ‖W0‖_F", RATIO, ("adapted_similarity",))
 def _relative_ratio(tables, last):
-    t = _at_pair(tables["adapted_similarity"], last)
+    t = _at(tables["adapted_similarity"], last)
     ratio = float(t.relative_norm_b.mean() / t.relative_norm_a.mean())
     return _ratio_verdict(ratio, f"{ratio:.3f} ({t.relative_norm_b.mean():.3g} / {t.relative_norm_a.mean():.3g} of ‖W0‖_F)")
 
 
 @reading(5, "ratio of mean amplification factors ‖ΔW‖_F / ‖UᵀW0V‖_F", RATIO, ("amplification",))
 def _amplification_ratio(tables, last):
-    ratio, at = _norm_ratio({"norms": tables["amplification"]}, last, "amplification")
+    ratio, at = _norm_ratio(tables["amplification"], last, "amplification")
     return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get('tlora', math.nan):.3g} / {at.get('lora', math.nan):.3g})")
 
 
@@ -322,10 +322,6 @@ def _norm_profile(tables, last):
 
 
 # --------------------------------------------------------------------------- 6. cosine
-def _at_pair(table: pd.DataFrame, last: int) -> pd.DataFrame:
-    return table[table.epoch == last]
-
-
 def _cosine_verdict(value: float, text: str, yes: str, no: str) -> Verdict:
     holds = _holds(value, lambda v: v > HIGH_COSINE)
     return Verdict(value, text, holds, yes if holds else no)
@@ -333,7 +329,7 @@ def _cosine_verdict(value: float, text: str, yes: str, no: str) -> Verdict:
 
 @reading(6, "mean cosine of ΔW over layers", f"> {HIGH_COSINE}", ("similarity",), headline=True, limits=(HIGH_COSINE,))
 def _cosine(tables, last):
-    sim = _at_pair(tables["similarity"], last)
+    sim = _at(tables["similarity"], last)
     mean = float(sim.cosine.mean())
     above = float((sim.cosine.abs() > sim.baseline_abs_q95).mean())
     return _cosine_verdict(mean, f"mean {mean:.3f} (max {sim.cosine.max():.3f}); random |cos| 95th percentile "
@@ -344,7 +340,7 @@ def _cosine(tables, last):
 @reading(6, "reachable bound: the best cosine any A·M·C with TLoRA's frozen A, C could have with ΔW_LoRA",
          f"> {HIGH_COSINE} (else the claim cannot hold)", ("reachable",))
 def _reachable(tables, last):
-    t = _at_pair(tables["reachable"], last)
+    t = _at(tables["reachable"], last)
     mean = float(t.reachable_cosine.mean())
     below = float((t.reachable_cosine < HIGH_COSINE).mean())
     return _cosine_verdict(mean, f"mean bound {mean:.3f} (max {t.reachable_cosine.max():.3f}); {below:.0%} of layers below {HIGH_COSINE}",
@@ -354,7 +350,7 @@ def _reachable(tables, last):
 
 @reading(6, "cosine of the adapted weights W0 + ΔW", f"> {HIGH_COSINE}", ("adapted_similarity",))
 def _adapted(tables, last):
-    t = _at_pair(tables["adapted_similarity"], last)
+    t = _at(tables["adapted_similarity"], last)
     mean, shared = float(t.adapted_cosine.mean()), float(np.minimum(t.w0_cosine_a, t.w0_cosine_b).mean())
     return Verdict(mean, f"mean cos(W0 + ΔW_LoRA, W0 + ΔW_TLoRA) {mean:.4f}; cos(W0, W0 + ΔW) alone {shared:.4f}",
                    _holds(mean, lambda v: v > HIGH_COSINE),
@@ -376,7 +372,7 @@ def _function_space(tables, last):
 def _seed_control(tables, last):
     control = tables["seed_control"]
     lora_lora, chance = float(control.cosine.mean()), float(control.baseline_abs_q95.mean())
-    cross = float(_at_pair(tables["similarity"], last).cosine.mean())
+    cross = float(_at(tables["similarity"], last).cosine.mean())
     text = f"LoRA–TLoRA {cross:.3f} / LoRA–LoRA {lora_lora:.3f} (random 95th percentile {chance:.3f})"
     if lora_lora <= chance:
         return Verdict(math.nan, text, None, "two LoRA seeds are no more alike than chance, so the cosine cannot tell methods apart here")

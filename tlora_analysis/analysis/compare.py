@@ -9,7 +9,7 @@ import torch
 
 from ..config import METHODS
 from ..errors import InputError
-from ._common import UpdateSource, as_source
+from ._common import UpdateSource, as_source, with_settings
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
 from .distributions import weight_distributions, weight_histograms
 from .norms import norms, scales
@@ -92,11 +92,6 @@ def compare_runs(
     return tables
 
 
-def _with_settings(table: pd.DataFrame, settings: Mapping) -> pd.DataFrame:
-    """A run's table with its settings as columns, never over a measured column of the same name (TLoRA's α)."""
-    return table.assign(**{k: v for k, v in settings.items() if k not in table.columns})
-
-
 def metrics_over_epochs(study) -> pd.DataFrame:
     """One row per finished cell and epoch: its swept settings and every recorded metric."""
     rows = []
@@ -130,7 +125,7 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
         tables["spectra"] = spectra(study, [last])
         tables["effective_rank"] = effective_rank(study, [last], energy=SETTINGS["energy_rank"])
         if any(s["method"] == "tlora" for _, s in adapted):
-            tables["scales"] = pd.concat([_with_settings(scales(r), s) for r, s in adapted if s["method"] == "tlora"], ignore_index=True)
+            tables["scales"] = pd.concat([with_settings(scales(r), s) for r, s in adapted if s["method"] == "tlora"], ignore_index=True)
         tables["controls"] = similarity_controls(study, baseline_samples=SETTINGS["baseline_samples"])
         tables["rank_similarity"] = rank_similarity(study)
         tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"], norms_table=tables["norms"],

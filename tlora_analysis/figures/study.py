@@ -69,8 +69,10 @@ def _facets(table: pd.DataFrame, rows: str | None = None, width: float = 4.6, he
             part = table if row_value is None else table[table[rows] == row_value]
             if key:
                 part = part[(part[key] == value) | part.method.isin(single)]
-            title = " · ".join(t for t in (str(row_value) if row_value is not None else "", f"{key} = {value:g}" if isinstance(value, float)
-                                                                                              else f"{key} = {value}" if key else "") if t)
+            parts = [] if row_value is None else [str(row_value)]
+            if key:
+                parts.append(f"{key} = {value:g}" if isinstance(value, float) else f"{key} = {value}")
+            title = " · ".join(parts)
             panels.append((axes[i][j], part, title))
     return fig, panels
 
