@@ -72,3 +72,21 @@ def tiny_llama_dir(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory):
+    """A 2-layer GPT-2 (Conv1D layers, tied embeddings) with random weights, dropout off and the MiniLM tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from tlora_analysis.models import load_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-gpt2")
+    tokenizer = load_tokenizer("default")
+    config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -49,7 +49,8 @@ def _cmd_train(args) -> int:
     from .training import train
 
     run = train(config, args.out, progress=not args.no_progress)
-    print(f"wrote {run.path} ({len(run.epochs)} snapshots)")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone wrote it
+        print(f"wrote {run.path} ({len(run.epochs)} snapshots)")
     return 0
 
 

@@ -36,6 +36,9 @@ REPRODUCE_SEEDS = 3
 
 PRECISIONS = ("fp32", "bf16")
 
+SHARDINGS = ("ddp", "fsdp")
+"""How the processes of one run under torchrun share the model (see :mod:`tlora_analysis.distributed`)."""
+
 TLORA_INITS = ("kaiming", "var-r", "var-d", "orthonormal")
 """How TLoRA's frozen A and C are drawn (see :func:`tlora_analysis.methods.tlora.tlora_frozen_matrices`)."""
 
@@ -81,6 +84,9 @@ class TrainConfig:
     device: str = option("cpu", "cpu, cuda or cuda:N")
     precision: str = option("fp32", "fp32, or bf16: forward and backward under bfloat16 autocast where the device supports it; "
                                     "the adapter factors stay float32 and are recorded in float32", choices=PRECISIONS)
+    sharding: str = option("ddp", "under torchrun or accelerate launch: ddp keeps a whole model in every process; fsdp shards "
+                                  "parameters, gradients and optimizer state (FSDP2, one unit per transformer block)",
+                           choices=SHARDINGS)
     data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
     data_file: str | None = option(None, "--task lm: a local .txt (one example per line) or .jsonl ('text', or 'prompt' and "
                                          "'completion': loss on the completion only); default: the offline default LM task")
@@ -94,6 +100,8 @@ class TrainConfig:
             raise InputError(f"--method must be one of {', '.join(TRAIN_METHODS)}, got {self.method!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.sharding not in SHARDINGS:
+            raise InputError(f"--sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
         if self.init not in TLORA_INITS:
             raise InputError(f"--init must be one of {', '.join(TLORA_INITS)}, got {self.init!r}")
         if self.task not in TASKS:

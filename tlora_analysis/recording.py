@@ -19,10 +19,11 @@ from torch import nn
 from transformers import TrainerCallback
 
 from .adapters import adapter_layers, count_parameters
+from .distributed import full_parameters, squared_grad_norms
 from .live import GeometrySink, TrainerSink, update_geometry
 from .store import HEAD_PREFIX, RunWriter
 
-__all__ = ["DeltaRecorder", "DeltaRecorderCallback", "package_versions"]
+__all__ = ["DeltaRecorder", "DeltaRecorderCallback", "package_versions", "trainable_groups"]
 
 
 def package_versions() -> dict[str, str]:
@@ -94,11 +95,9 @@ class DeltaRecorder:
         """One hook per backward pass for all layers (not one per parameter): a single Python call
         and three tensor ops per step, accumulated on the device without a host sync."""
         params, owners = [], []
-        for index, layer in enumerate(self.layers.values()):
-            for name, param in layer.named_parameters():
-                if not name.startswith("base.") and param.requires_grad:
-                    params.append(param)
-                    owners.append(index)
+        for index, group in enumerate(trainable_groups(self.model)):
+            params += group
+            owners += [index] * len(group)
         if not params:
             return
         device = params[0].device
@@ -114,8 +113,21 @@ class DeltaRecorder:
 
         self._handles.append(torch.autograd.graph.register_multi_grad_hook(params, hook))
 
+    def add_gradient_norms(self, squared: torch.Tensor) -> None:
+        """Add one optimizer step's squared gradient norm per layer (the order of ``self.layers``).
+
+        For loops over several processes, whose whole gradient the tensor hooks cannot see (they
+        see one process's share): compute it with
+        :func:`~tlora_analysis.distributed.squared_grad_norms` once the gradients are reduced.
+        """
+        self._grad_sq = squared.double() if self._grad_sq is None else self._grad_sq + squared.to(self._grad_sq)
+        self._grad_steps += 1
+
     def snapshot(self, epoch: int, metrics: Mapping[str, float] | None = None, **record: Any) -> Path:
-        """Write the adapter state at ``epoch`` (0 = before training) and list it in run.json."""
+        """Write the adapter state at ``epoch`` (0 = before training) and list it in run.json.
+
+        Under FSDP, call it inside :func:`~tlora_analysis.distributed.full_parameters` (entered by
+        every process): a shard is not a snapshot."""
         tensors = {f"{name}.{key}": t for name, layer in self.layers.items() for key, t in layer.trainable_tensors().items()}
         tensors.update({f"{HEAD_PREFIX}{name}": p for name, p in self._other_trainable()})
         if self._grad_steps:
@@ -182,11 +194,15 @@ class DeltaRecorderCallback(TrainerCallback):
     Evaluation metrics that the Trainer computes at the end of an epoch are added to that
     epoch's record in run.json. ``train_loss`` is the mean training loss over the epoch's
     steps, weighted by the steps each of the Trainer's loss logs covers (as in ``train``).
+    Under ``torchrun`` or ``accelerate launch`` (DDP or FSDP) global rank 0 alone writes, and
+    every process gathers FSDP's shards for a snapshot.
 
     Args:
         run_dir: the run directory to write.
         metadata: extra run.json fields (task, model, ...).
-        record_grad_norms: record each layer's gradient-norm RMS per epoch.
+        record_grad_norms: record each layer's gradient-norm RMS per epoch: the norm of the
+            gradient each optimizer step applies, reduced over processes and after the
+            Trainer's clipping (``max_grad_norm``).
         trainer: give the Trainer (as TRL's callbacks take it) to send the update geometry
             through ``trainer.log`` to every ``report_to`` integration, per epoch and every
             ``log_every_steps`` steps; core histograms go to its TensorBoard writer. Add
@@ -202,29 +218,40 @@ class DeltaRecorderCallback(TrainerCallback):
         self.sinks = [TrainerSink(trainer)] if trainer is not None else []
         self.log_every_steps = log_every_steps
         self.recorder: DeltaRecorder | None = None
+        self._groups: list[list[torch.Tensor]] = []
         self._epoch_start_step = 0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:  # under torchrun / accelerate, global rank 0 alone writes the run
-            return
-        self.recorder = DeltaRecorder(model, self.run_dir, metadata={"world_size": args.world_size, **self.metadata},
-                                      record_grad_norms=self.record_grad_norms, sinks=self.sinks)
-        if 0 not in self.recorder.finished_epochs:
-            self.recorder.snapshot(0, global_step=state.global_step)
+        if self.record_grad_norms:  # every process: under FSDP each holds a shard of every gradient
+            self._groups = trainable_groups(model)
+        with full_parameters(model):
+            if state.is_world_process_zero:  # under torchrun / accelerate, global rank 0 alone writes the run
+                self.recorder = DeltaRecorder(model, self.run_dir, metadata={"world_size": args.world_size, **self.metadata},
+                                              sinks=self.sinks)
+                if 0 not in self.recorder.finished_epochs:
+                    self.recorder.snapshot(0, global_step=state.global_step)
         self._epoch_start_step = state.global_step
 
-    def on_step_end(self, args, state, control, **kwargs):
-        epoch_ends = abs(state.epoch - round(state.epoch)) < 1e-9  # the snapshot logs this step
-        if self.recorder is not None and self.log_every_steps and self.sinks and state.global_step % self.log_every_steps == 0 and not epoch_ends:
-            self.recorder.log_geometry(state.global_step)
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self._groups:
+            squared = squared_grad_norms(self._groups)
+            if self.recorder is not None:
+                self.recorder.add_gradient_norms(squared)
 
-    def on_epoch_end(self, args, state, control, **kwargs):
-        if self.recorder is None:
-            return
-        epoch = int(round(state.epoch))
-        loss = _mean_logged_loss(state.log_history, self._epoch_start_step, state.global_step)
-        metrics = {"train_loss": loss} if loss is not None else {}
-        self.recorder.snapshot(epoch, metrics, global_step=state.global_step)
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        epoch_ends = abs(state.epoch - round(state.epoch)) < 1e-9  # the snapshot logs this step
+        if self.log_every_steps and self.sinks and state.global_step % self.log_every_steps == 0 and not epoch_ends:
+            with full_parameters(model):
+                if self.recorder is not None:
+                    self.recorder.log_geometry(state.global_step)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        with full_parameters(model):
+            if self.recorder is not None:
+                epoch = int(round(state.epoch))
+                loss = _mean_logged_loss(state.log_history, self._epoch_start_step, state.global_step)
+                metrics = {"train_loss": loss} if loss is not None else {}
+                self.recorder.snapshot(epoch, metrics, global_step=state.global_step)
         self._epoch_start_step = state.global_step
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -235,6 +262,13 @@ class DeltaRecorderCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.recorder is not None:
             self.recorder.finish()
+
+
+def trainable_groups(model: nn.Module) -> list[list[torch.Tensor]]:
+    """Each adapter layer's trainable parameters, in model order: the groups whose gradient norms
+    :meth:`DeltaRecorder.add_gradient_norms` takes."""
+    return [[p for n, p in layer.named_parameters() if not n.startswith("base.") and p.requires_grad]
+            for layer in adapter_layers(model).values()]
 
 
 def _mean_logged_loss(history: list[dict], first_step: int, last_step: int) -> float | None:

@@ -22,12 +22,12 @@ from tqdm.auto import tqdm
 from .adapters import adapter_layers, inject_adapters, tensor_sha256
 from .config import TrainConfig
 from .data import TASKS, compute_metrics, load_task
-from .data.lm import encode_lm
-from .distributed import processes
+from .data.lm import encode_lm, predicted_tokens
+from .distributed import full_parameters, like, processes, squared_grad_norms, whole
 from .errors import InputError
 from .live import make_sinks
 from .models import load_causal_lm, load_model, load_tokenizer, model_named_in_file
-from .recording import DeltaRecorder
+from .recording import DeltaRecorder, trainable_groups
 from .store import HEAD_PREFIX, Run, RunLock, atomic_save_tensors, inside, load_run, read_json, read_tensors
 
 __all__ = ["TrainConfig", "train", "resume", "restore_model", "load_snapshot_into"]
@@ -120,14 +120,20 @@ def _lr_at(step: int, total: int, config: TrainConfig) -> float:
     return config.lr * max(0.0, (total - step) / max(1, total - warmup))
 
 
-def _save_resume_state(run_dir: Path, epoch: int, model, optimizer, step: int) -> None:
-    inside(run_dir, run_dir / "resume", "the resume folder")
-    names = {id(p): n for n, p in model.named_parameters()}
-    tensors = {f"param.{n}": p for n, p in model.named_parameters() if p.requires_grad}
+def _resume_tensors(names: dict[int, str], optimizer) -> dict[str, torch.Tensor]:
+    """The trained parameters (named by ``names``, from ``id``) and their optimizer state, whole.
+    Every process calls it: under FSDP it gathers the shards."""
+    tensors = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
+            tensors[f"param.{names[id(p)]}"] = whole(p)
             for key, value in optimizer.state.get(p, {}).items():
-                tensors[f"optim.{names[id(p)]}.{key}"] = torch.as_tensor(value)
+                tensors[f"optim.{names[id(p)]}.{key}"] = whole(torch.as_tensor(value))
+    return tensors
+
+
+def _save_resume_state(run_dir: Path, epoch: int, tensors: dict[str, torch.Tensor], step: int) -> None:
+    inside(run_dir, run_dir / "resume", "the resume folder")
     atomic_save_tensors(run_dir / "resume" / f"epoch_{epoch:03d}.safetensors", tensors, {"epoch": str(epoch), "step": str(step)})
     # Keep the previous epoch's state too: until run.json lists this epoch, resume starts from that one.
     for old in (run_dir / "resume").glob("epoch_*.safetensors"):
@@ -136,8 +142,10 @@ def _save_resume_state(run_dir: Path, epoch: int, model, optimizer, step: int) -
             old.unlink()
 
 
-def _load_resume_state(run_dir: Path, epoch: int, model, optimizer, expected_step: int) -> int:
-    """Load the trainer state saved after ``epoch``; its step must be where that epoch ends."""
+def _load_resume_state(run_dir: Path, epoch: int, model, expected_step: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Load the parameters saved after ``epoch`` into ``model`` (before it is wrapped for several
+    processes) and return the optimizer state by parameter name, for :func:`_restore_optimizer`.
+    The saved step must be where that epoch ends."""
     path = inside(run_dir, run_dir / "resume" / f"epoch_{epoch:03d}.safetensors", "the resume state")
     tensors = read_tensors(path)
     from safetensors import safe_open
@@ -156,14 +164,17 @@ def _load_resume_state(run_dir: Path, epoch: int, model, optimizer, expected_ste
     with torch.no_grad():
         for name in saved:
             value = tensors[f"param.{name}"]
-            if value.shape != params[name].shape or not value.is_floating_point():
+            if value.numel() != params[name].numel() or not value.is_floating_point():  # TLoRA's α was once stored 0-d
                 raise InputError(f"{path}: param.{name} is {value.dtype} {tuple(value.shape)}, the model has {tuple(params[name].shape)}")
-            params[name].copy_(value)
-    for name, param in params.items():
-        state = {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim.{name}.")}
-        if state:
-            optimizer.state[param] = {k: v.to(param.device) if k != "step" else v for k, v in state.items()}
-    return expected_step
+            params[name].copy_(value.reshape(params[name].shape))
+    return {name: state for name in params if (state := {k.rsplit(".", 1)[1]: v for k, v in tensors.items() if k.startswith(f"optim.{name}.")})}
+
+
+def _restore_optimizer(model, optimizer, state: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Give each parameter its saved optimizer state, laid out as the parameter is (sharded under FSDP)."""
+    for name, param in model.named_parameters():
+        if name in state:
+            optimizer.state[param] = {k: v if k == "step" else like(v, param) for k, v in state[name].items()}
 
 
 def _check_device(device: str, precision: str = "fp32") -> None:
@@ -219,7 +230,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     out_dir = Path(out_dir)
     _check_device(config.device, config.precision)
     data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples, config.data_file)
-    procs = processes(config.device, config.batch_size, len(data.train))
+    procs = processes(config.device, config.batch_size, len(data.train), config.sharding)
     progress = progress and procs.writes
     created = not out_dir.exists()
     lock = RunLock.acquire(out_dir) if procs.writes else None  # rank 0 alone writes the run
@@ -239,12 +250,12 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         eval_features = _encode(tokenizer, data.validation, spec, config.max_length)
         if not train_features or not eval_features:
             raise InputError(f"task {config.task!r}: the train or validation split is empty")
+        # What the loss averages over, per example: one each, or a causal LM's predicted tokens.
+        weights = [predicted_tokens(f) for f in train_features] if spec.kind == "causal-lm" else None
         steps_per_epoch = math.ceil(len(train_features) / config.batch_size)
         total_steps = steps_per_epoch * config.epochs
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
-        step, start_epoch = 0, 0
+        step, start_epoch, optimizer_state = 0, 0, {}
         if resume:
             previous = load_run(out_dir)
             _check_resumable(previous.meta, config, out_dir, model)
@@ -252,14 +263,14 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             if start_epoch > config.epochs:
                 raise InputError(f"{out_dir}: already has {start_epoch} epochs, more than --epochs {config.epochs}")
             if start_epoch > 0:
-                step = _load_resume_state(out_dir, start_epoch, model, optimizer, start_epoch * steps_per_epoch)
+                step = start_epoch * steps_per_epoch
+                optimizer_state = _load_resume_state(out_dir, start_epoch, model, step)
 
         metadata = {"task": config.task, "model": config.model, "targets": config.targets, "seed": config.seed,
                     "main_metric": spec.main_metric, "world_size": procs.world, "precision": config.precision,
                     "recorded_dtype": "float32", "config": asdict(config)}
-        if procs.writes:
-            recorder = DeltaRecorder(model, out_dir, metadata=metadata, sinks=make_sinks(config.report_to, out_dir),
-                                     record_grad_norms=config.record_grad_norms and config.method != "head")
+        if procs.writes:  # the model is not yet wrapped: rank 0 reads and evaluates it alone
+            recorder = DeltaRecorder(model, out_dir, metadata=metadata, sinks=make_sinks(config.report_to, out_dir))
             if resume:
                 recorder.writer.update(config=asdict(config), world_size=procs.world)  # --epochs may have extended the run
                 log(f"resuming {out_dir} after epoch {start_epoch}")
@@ -270,6 +281,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 recorder.snapshot(0, metrics, eval_time_s=time.perf_counter() - started, global_step=0)
         procs.barrier()
         trained = procs.wrap(model)
+        # After wrapping: FSDP replaces the parameters by their shards (and its root unit keeps
+        # them whole after a forward pass, so the names are taken now).
+        names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
+        _restore_optimizer(model, optimizer, optimizer_state)
+        # Gradient norms from the reduced gradients (tensor hooks would see one process's share).
+        groups = trainable_groups(model) if config.record_grad_norms and config.method != "head" else []
 
         epochs = tqdm(range(start_epoch + 1, config.epochs + 1), desc=f"{config.method} epochs", disable=not progress,
                       initial=start_epoch, total=config.epochs)
@@ -278,7 +296,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             torch.manual_seed(config.seed * 100_003 + epoch)  # dropout masks
             order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch)).tolist()
             started, losses = time.perf_counter(), []
-            batches = tqdm(procs.share(order, config.batch_size), desc=f"epoch {epoch}", leave=False, disable=not progress)
+            batches = tqdm(procs.share(order, config.batch_size, weights), desc=f"epoch {epoch}", leave=False, disable=not progress)
             for indices, share in batches:
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(step, total_steps, config)
@@ -286,6 +304,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 with _autocast(config):
                     loss = trained(**batch, labels=labels).loss
                 (loss * share).backward()
+                if groups:
+                    squared = squared_grad_norms(groups)
+                    if recorder is not None:
+                        recorder.add_gradient_norms(squared)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 losses.append(procs.mean(loss.item() * share))
@@ -294,15 +316,18 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 if recorder is not None and config.log_every_steps and step % config.log_every_steps == 0 and step % steps_per_epoch:
                     recorder.log_geometry(step)
             train_time = time.perf_counter() - started
-            if procs.writes:
-                metrics = {"train_loss": sum(losses) / len(losses)}
-                started = time.perf_counter()
+            metrics = {"train_loss": sum(losses) / len(losses)}
+            started = time.perf_counter()
+            if procs.writes or procs.sharded:  # FSDP's forward pass needs every process
                 with _autocast(config):
                     metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
-                _save_resume_state(out_dir, epoch, model, optimizer, step)
-                recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
-                log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
-                    f"{spec.main_metric} {metrics[spec.main_metric]:.4f}, {train_time:.1f}s")
+            resume_tensors = _resume_tensors(names, optimizer)
+            with full_parameters(model):
+                if procs.writes:
+                    _save_resume_state(out_dir, epoch, resume_tensors, step)
+                    recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
+                    log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
+                        f"{spec.main_metric} {metrics[spec.main_metric]:.4f}, {train_time:.1f}s")
             procs.barrier()
         if recorder is not None:
             recorder.finish()

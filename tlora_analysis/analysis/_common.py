@@ -102,7 +102,7 @@ def iter_deltas(source: UpdateSource, epochs: Iterable[int] | None = None) -> It
             yield row_key(source, name, epoch), delta
 
 
-NOT_SETTINGS = ("device", "report_to", "log_every_steps", "record_grad_norms", "data_dir")
+NOT_SETTINGS = ("device", "report_to", "log_every_steps", "record_grad_norms", "data_dir", "sharding")
 """Config fields that never change what a run learns, so they never become columns."""
 
 

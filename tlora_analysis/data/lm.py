@@ -61,7 +61,8 @@ def read_lm_file(path: str | Path) -> dict[str, list[dict]]:
 
 
 def encode_lm(tokenizer, examples: list[dict], max_length: int) -> list[dict]:
-    """Token ids with ``labels``: the ids themselves, or -100 over the prompt so that only the completion is learned."""
+    """Token ids with ``labels``: the ids themselves, or -100 over the prompt so that only the completion is learned.
+    Examples left with no token to predict are dropped."""
     features = []
     for example in examples:
         if "text" in example:
@@ -72,6 +73,11 @@ def encode_lm(tokenizer, examples: list[dict], max_length: int) -> list[dict]:
             completion = tokenizer(example["completion"], add_special_tokens=False)["input_ids"]
             ids = (prompt + completion)[:max_length]
             labels = ([-100] * len(prompt) + completion)[:max_length]
-        if any(label != -100 for label in labels):
+        if any(label != -100 for label in labels[1:]):  # the first token is never predicted
             features.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
     return features
+
+
+def predicted_tokens(feature: dict) -> int:
+    """How many of an encoded example's tokens the loss averages over (the model shifts labels by one)."""
+    return sum(label != -100 for label in feature["labels"][1:])

@@ -68,7 +68,9 @@ class TLoRALinear(AdapterLayer):
         self.register_buffer("tlora_A", a.to(device))
         self.register_buffer("tlora_C", c.to(device))
         self.tlora_B = nn.Parameter(torch.zeros(rank, rank, device=device))
-        self.tlora_alpha = nn.Parameter(torch.tensor(1.0 if alpha is None else float(alpha), device=device))
+        # A one-element vector rather than a 0-d scalar: FSDP2 shards parameters along dim 0 and
+        # refuses scalars. Snapshots store it as a scalar (trainable_tensors).
+        self.tlora_alpha = nn.Parameter(torch.full((1,), 1.0 if alpha is None else float(alpha), device=device))
 
     def record(self) -> dict:
         return {**super().record(), "init": self.init}
@@ -86,6 +88,10 @@ class TLoRALinear(AdapterLayer):
 
     def scale(self) -> float:
         return float(self.tlora_alpha.detach())
+
+    def trainable_tensors(self) -> dict[str, Tensor]:
+        tensors = super().trainable_tensors()
+        return {**tensors, "tlora_alpha": tensors["tlora_alpha"].reshape(())}
 
     def delta(self) -> FactoredDelta:
         return FactoredDelta(self.tlora_A, (self.tlora_alpha * self.tlora_B).detach(), self.tlora_C)
