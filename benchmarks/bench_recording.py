@@ -1,11 +1,13 @@
 """4. Recording overhead of DeltaRecorder on the default training run.
 
-Two costs: the gradient-norm tensor hooks, which run on every step, and the snapshot,
-written once per epoch. Whole epochs timed on separate model builds vary by several
-percent on this shared machine, more than the target, so the hooks are measured paired:
-one model runs the default epoch's steps in blocks of 5 with the recorder's hooks
-attached and detached in turn, and the per-step medians are compared. The snapshot's
-write time is compared with the epoch's time (steps x median step).
+Two costs: the per-layer gradient norms, taken on every step, and the snapshot, written
+once per epoch. ``train`` takes the norms after ``backward`` from the reduced gradients
+(:func:`~tlora_analysis.distributed.squared_grad_norms`); a user's own loop gets them from
+the recorder's tensor hooks. Whole epochs timed on separate model builds vary by several
+percent on this shared machine, more than the target, so both are measured paired: one
+model runs the default epoch's steps in blocks of 5 with no norms, hooks, no norms, the
+explicit norms, in turn, and the per-step medians are compared. The snapshot's write time
+is compared with the epoch's time (steps x median step).
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import torch
 from harness import machine, table
 
 from tlora_analysis.data import load_task
+from tlora_analysis.distributed import squared_grad_norms
 from tlora_analysis.models import load_tokenizer
-from tlora_analysis.recording import DeltaRecorder
+from tlora_analysis.recording import DeltaRecorder, trainable_groups
 from tlora_analysis.training import TrainConfig, _batches, _build_model, _encode
 
 BLOCK = 5
 
 
-def measure(method: str, passes: int = 2) -> list:
+def measure(method: str, passes: int = 4) -> list:
     config = TrainConfig(method=method)
     tokenizer = load_tokenizer(config.model)
     features = _encode(tokenizer, load_task("default").train, load_task("default").spec, config.max_length)
@@ -34,25 +37,33 @@ def measure(method: str, passes: int = 2) -> list:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     batches = list(_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))
     with tempfile.TemporaryDirectory() as root:
-        recorder = DeltaRecorder(model, root, record_grad_norms=True)
-        times: dict[bool, list[float]] = {True: [], False: []}
+        recorder = DeltaRecorder(model, root)
+        groups = trainable_groups(model)
+        times: dict[str, list[float]] = {"off": [], "hooks": [], "explicit": []}
         for block_index, start in enumerate(range(0, passes * len(batches), BLOCK)):
-            hooks_on = block_index % 2 == 0
-            if hooks_on:
+            mode = ("off", "hooks", "off", "explicit")[block_index % 4]
+            if mode == "hooks":
                 recorder._attach_grad_hooks()
             for batch, labels in (batches[i % len(batches)] for i in range(start, start + BLOCK)):
                 began = time.perf_counter()
                 model(**batch, labels=labels).loss.backward()
+                if mode == "explicit":
+                    recorder.add_gradient_norms(squared_grad_norms(groups))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                times[hooks_on].append(time.perf_counter() - began)
-            recorder.close()  # detaches the hooks
+                times[mode].append(time.perf_counter() - began)
+            for handle in recorder._handles:  # detach the hooks, keep the recorder open
+                handle.remove()
+            recorder._handles.clear()
         snapshot = statistics.median(_timed(lambda: recorder.snapshot(1)) for _ in range(5))
-    on, off = statistics.median(times[True]), statistics.median(times[False])
+        recorder.close()
+    off, hooks, explicit = (statistics.median(times[k]) for k in ("off", "hooks", "explicit"))
     epoch = off * len(batches)
-    print(f"  {method}: step {off * 1e3:.1f} ms without hooks, {on * 1e3:.1f} ms with; snapshot {snapshot * 1e3:.1f} ms", file=sys.stderr)
-    return [method, f"{epoch:.1f} s ({len(batches)} steps)", f"{off * 1e3:.1f} ms", f"{on * 1e3:.1f} ms", f"{(on / off - 1) * 100:+.2f}%",
-            f"{snapshot * 1e3:.1f} ms", f"{snapshot / epoch * 100:.3f}%", f"**{(on / off - 1 + snapshot / epoch) * 100:+.2f}%**"]
+    print(f"  {method}: step {off * 1e3:.1f} ms without norms, {hooks * 1e3:.1f} ms with hooks, {explicit * 1e3:.1f} ms explicit; "
+          f"snapshot {snapshot * 1e3:.1f} ms", file=sys.stderr)
+    return [method, f"{epoch:.1f} s ({len(batches)} steps)", f"{off * 1e3:.1f} ms", f"{(hooks / off - 1) * 100:+.2f}%",
+            f"{(explicit / off - 1) * 100:+.2f}%", f"{snapshot * 1e3:.1f} ms", f"{snapshot / epoch * 100:.3f}%",
+            f"**{(explicit / off - 1 + snapshot / epoch) * 100:+.2f}%**"]
 
 
 def _timed(fn) -> float:
@@ -63,8 +74,8 @@ def _timed(fn) -> float:
 
 def main() -> str:
     rows = [measure(method) for method in ("lora", "tlora")]
-    return table(["method", "epoch", "step without hooks", "step with hooks", "hook overhead (paired)", "snapshot write",
-                  "snapshot / epoch", "total overhead"], rows)
+    return table(["method", "epoch", "step without norms", "hooks (paired)", "train's norms (paired)", "snapshot write",
+                  "snapshot / epoch", "train's total overhead"], rows)
 
 
 if __name__ == "__main__":
