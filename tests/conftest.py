@@ -39,6 +39,24 @@ def tiny_model_without_dropout_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def default_model_without_dropout_dir(tmp_path_factory):
+    """The embedded default model (all-MiniLM-L6-v2, pretrained) with dropout off in its config, so that
+    runs over several processes can equal a single-process run."""
+    import json
+    import shutil
+
+    from tlora_analysis.models import default_model_path
+
+    path = tmp_path_factory.mktemp("minilm-nodrop")
+    for file in default_model_path().iterdir():
+        if file.is_file():
+            shutil.copyfile(file, path / file.name)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def toy_runs(tmp_path_factory):
     """A LoRA and a TLoRA run of random factors on a toy model (``helpers.make_run``): read-only, copy to tamper."""
     from helpers import make_run

@@ -82,3 +82,20 @@ def tree_digest(*paths):
             elif p.is_file():
                 digest[str(p)] = hashlib.sha256(p.read_bytes()).hexdigest()
     return digest
+
+
+def read_events(folder):
+    """Every TensorBoard scalar and histogram under ``folder``: ``{tag: {step: value}}`` each."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    files = sorted(folder.rglob("events.out.tfevents.*"))
+    assert files, f"no event file under {folder}"
+    scalars, histograms = {}, {}
+    for file in files:
+        acc = event_accumulator.EventAccumulator(str(file), size_guidance={"scalars": 0, "histograms": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
+        for tag in acc.Tags()["histograms"]:
+            histograms.setdefault(tag, {}).update({e.step: e.histogram_value for e in acc.Histograms(tag)})
+    return scalars, histograms

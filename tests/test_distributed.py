@@ -1,4 +1,6 @@
-"""One run over two processes with torchrun (gloo, CPU): it equals the single-process run and only rank 0 writes."""
+"""One run over two processes with torchrun (gloo, CPU), DDP and FSDP: it equals the single-process run and only rank 0 writes.
+
+The default model (pretrained all-MiniLM-L6-v2) with its dropout off: dropout masks differ between layouts."""
 
 import json
 import subprocess
@@ -8,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from helpers import ENV, cli
+from helpers import ENV, cli, read_events
 from tlora_analysis.store import load_run
 
 
@@ -27,13 +29,13 @@ def torchrun(*args, timeout=180):
 
 
 @pytest.fixture(scope="module")
-def single_runs(tmp_path_factory, tiny_model_without_dropout_dir):
+def single_runs(tmp_path_factory, default_model_without_dropout_dir):
     """The single-process reference run of each method (made once, read-only)."""
     root, made = tmp_path_factory.mktemp("single"), {}
 
     def run(method):
         if method not in made:
-            result = cli(*train_args(tiny_model_without_dropout_dir, method), "--out", root / method, timeout=180)
+            result = cli(*train_args(default_model_without_dropout_dir, method), "--out", root / method, timeout=180)
             assert result.returncode == 0, result.stderr[-2000:]
             made[method] = root / method
         return made[method]
@@ -41,13 +43,20 @@ def single_runs(tmp_path_factory, tiny_model_without_dropout_dir):
     return run
 
 
-def assert_same_run(a, b, tolerance=1e-5):
-    """Same epochs, snapshots, training loss and gradient norms (up to float rounding)."""
+def assert_same_run(a, b):
+    """Same epochs, snapshots, training loss and gradient norms, up to float rounding.
+
+    Each entry may differ by 1% of the learning rate: Adam divides by the gradient's running
+    RMS, so an entry whose gradient is near zero moves by up to lr per step whatever its size,
+    and a rounding difference in such a gradient (the processes sum in another order) shows
+    at that scale. Losses and gradient norms agree to 1e-4 relative.
+    """
     a, b = load_run(a), load_run(b)
     assert a.epochs == b.epochs == [0, 1, 2]
+    tolerance = 1e-2 * (a.meta["config"]["lr"] if "config" in a.meta else 1e-2)  # the callback runs here use lr 1e-2
     for epoch in a.epochs:
         for key, tensor in a.snapshot_tensors(epoch).items():
-            torch.testing.assert_close(b.snapshot_tensors(epoch)[key], tensor, rtol=10 * tolerance, atol=tolerance, msg=f"epoch {epoch} {key}")
+            torch.testing.assert_close(b.snapshot_tensors(epoch)[key], tensor, rtol=1e-4, atol=tolerance)
         assert b.metrics[epoch].get("train_loss", 0) == pytest.approx(a.metrics[epoch].get("train_loss", 0), rel=1e-4)
         if epoch:
             assert b.record(epoch)["grad_norm_rms"] == pytest.approx(a.record(epoch)["grad_norm_rms"], rel=1e-4)
@@ -55,8 +64,8 @@ def assert_same_run(a, b, tolerance=1e-5):
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 @pytest.mark.parametrize("method", ["lora", "tlora"])
-def test_torchrun_equals_a_single_process_run(tmp_path, tiny_model_without_dropout_dir, single_runs, method, sharding):
-    result = torchrun("-m", "tlora_analysis", *train_args(tiny_model_without_dropout_dir, method), "--sharding", sharding,
+def test_torchrun_equals_a_single_process_run(tmp_path, default_model_without_dropout_dir, single_runs, method, sharding):
+    result = torchrun("-m", "tlora_analysis", *train_args(default_model_without_dropout_dir, method), "--sharding", sharding,
                       "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     # The last batch of 28 examples holds 4: each process takes 2 and weights its loss by its share. The
@@ -70,11 +79,18 @@ def test_torchrun_equals_a_single_process_run(tmp_path, tiny_model_without_dropo
     assert result.stdout.count("wrote ") == 1
 
 
-def test_fsdp_run_resumes_from_its_gathered_state(tmp_path, tiny_model_without_dropout_dir, single_runs):
-    """Resume state is saved whole (gathered from the shards) and sharded again on resuming."""
+def test_fsdp_run_resumes_from_its_gathered_state(tmp_path, default_model_without_dropout_dir, single_runs):
+    """Resume state is saved whole (gathered from the shards) and sharded again on resuming; the
+    geometry logged between snapshots is read from the whole parameters too."""
     run_dir = tmp_path / "run"
-    args = train_args(tiny_model_without_dropout_dir, "tlora")
-    assert torchrun("-m", "tlora_analysis", *args, "--sharding", "fsdp", "--out", run_dir).returncode == 0
+    args = train_args(default_model_without_dropout_dir, "tlora")
+    result = torchrun("-m", "tlora_analysis", *args, "--sharding", "fsdp", "--report-to", "tensorboard", "--log-every-steps", "2",
+                      "--out", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scalars, _ = read_events(run_dir / "tensorboard")
+    name = load_run(run_dir).layer_names[0]
+    assert sorted(scalars[f"geometry/frobenius/{name}"]) == [0, 2, 4, 6, 8]  # 4 steps an epoch: snapshots at 0, 4, 8
+    assert scalars[f"geometry/frobenius/{name}"][4] == pytest.approx(load_run(run_dir).deltas(1)[name].frobenius_norm(), rel=1e-5)
     with safe_open(str(run_dir / "resume" / "epoch_001.safetensors"), "pt") as handle:  # whole tensors, not one process's shard
         b = next(k for k in handle.keys() if k.startswith("param.") and k.endswith("tlora_B"))
         assert tuple(handle.get_tensor(b).shape) == (8, 8) and tuple(handle.get_tensor(f"optim.{b[6:]}.exp_avg").shape) == (8, 8)
@@ -103,8 +119,8 @@ def test_torchrun_causal_lm_weights_each_share_by_its_predicted_tokens(tmp_path,
     assert_same_run(tmp_path / "single", tmp_path / "run")
 
 
-def test_batch_that_cannot_be_shared_is_refused_before_anything_is_written(tmp_path, tiny_model_without_dropout_dir):
-    result = torchrun("-m", "tlora_analysis", *train_args(tiny_model_without_dropout_dir, "tlora"), "--batch-size", "7", "--out", tmp_path / "run")
+def test_batch_that_cannot_be_shared_is_refused_before_anything_is_written(tmp_path, default_model_without_dropout_dir):
+    result = torchrun("-m", "tlora_analysis", *train_args(default_model_without_dropout_dir, "tlora"), "--batch-size", "7", "--out", tmp_path / "run")
     assert result.returncode != 0 and "must be a multiple of the 2 processes" in result.stderr
     assert not (tmp_path / "run").exists()
 
@@ -129,10 +145,10 @@ Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWi
 """
 
 
-def test_trainer_callback_under_torchrun_writes_once_from_rank_0(tmp_path, tiny_model_without_dropout_dir):
+def test_trainer_callback_under_torchrun_writes_once_from_rank_0(tmp_path, default_model_without_dropout_dir):
     script = tmp_path / "train.py"
     script.write_text(TRAINER_SCRIPT)
-    result = torchrun(script, tiny_model_without_dropout_dir, tmp_path, timeout=240)
+    result = torchrun(script, default_model_without_dropout_dir, tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     run = load_run(tmp_path / "run")
     assert run.epochs == [0, 1, 2] and run.meta["world_size"] == 2 and run.meta["status"] == "finished"
@@ -180,12 +196,12 @@ torch.distributed.destroy_process_group()
 """
 
 
-def test_trainer_callback_gathers_fsdp_shards_for_its_snapshots(tmp_path, tiny_model_without_dropout_dir):
+def test_trainer_callback_gathers_fsdp_shards_for_its_snapshots(tmp_path, default_model_without_dropout_dir):
     """Under FSDP2 the callback's snapshots and gradient norms (gathered from the shards) equal DDP's."""
     script = tmp_path / "loop.py"
     script.write_text(CALLBACK_LOOP)
     for sharding in ("ddp", "fsdp"):
-        result = torchrun(script, tiny_model_without_dropout_dir, tmp_path / sharding, sharding)
+        result = torchrun(script, default_model_without_dropout_dir, tmp_path / sharding, sharding)
         assert result.returncode == 0, result.stderr[-6000:]
         assert files(tmp_path / sharding / "run") == ["run.json"] + [f"snapshots/epoch_00{i}.safetensors" for i in range(3)]
     assert_same_run(tmp_path / "ddp" / "run", tmp_path / "fsdp" / "run")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import make_run
+from helpers import make_run, read_events
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.analysis import compare_runs, intruder_counts, paper_claims
 from tlora_analysis.config import TrainConfig
@@ -19,21 +19,7 @@ from tlora_analysis.recording import DeltaRecorderCallback, _mean_logged_loss
 from tlora_analysis.store import load_run
 from tlora_analysis.training import train
 
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-
-
-def read_events(folder):
-    files = sorted(folder.rglob("events.out.tfevents.*"))
-    assert files, f"no event file under {folder}"
-    scalars, histograms = {}, {}
-    for file in files:
-        acc = event_accumulator.EventAccumulator(str(file), size_guidance={"scalars": 0, "histograms": 0})
-        acc.Reload()
-        for tag in acc.Tags()["scalars"]:
-            scalars.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
-        for tag in acc.Tags()["histograms"]:
-            histograms.setdefault(tag, {}).update({e.step: e.histogram_value for e in acc.Histograms(tag)})
-    return scalars, histograms
+pytest.importorskip("tensorboard")
 
 
 def test_update_geometry_matches_dense_numbers(tmp_path):

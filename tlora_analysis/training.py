@@ -313,8 +313,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 losses.append(procs.mean(loss.item() * share))
                 step += 1
                 batches.set_postfix(loss=f"{losses[-1]:.3f}")
-                if recorder is not None and config.log_every_steps and step % config.log_every_steps == 0 and step % steps_per_epoch:
-                    recorder.log_geometry(step)
+                if config.log_every_steps and step % config.log_every_steps == 0 and step % steps_per_epoch:
+                    with full_parameters(model):
+                        if recorder is not None:
+                            recorder.log_geometry(step)
             train_time = time.perf_counter() - started
             metrics = {"train_loss": sum(losses) / len(losses)}
             started = time.perf_counter()
