@@ -1,6 +1,7 @@
 """One run over two processes with torchrun (gloo, CPU), DDP and FSDP: it equals the single-process run and only rank 0 writes.
 
-The default model (pretrained all-MiniLM-L6-v2) with its dropout off: dropout masks differ between layouts."""
+``train`` runs on the default model (pretrained all-MiniLM-L6-v2), the Trainer-callback runs on a 2-layer
+BERT; both with dropout off, because dropout masks differ between layouts."""
 
 import json
 import subprocess
@@ -62,31 +63,35 @@ def assert_same_run(a, b):
             assert b.record(epoch)["grad_norm_rms"] == pytest.approx(a.record(epoch)["grad_norm_rms"], rel=1e-4)
 
 
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-@pytest.mark.parametrize("method", ["lora", "tlora"])
-def test_torchrun_equals_a_single_process_run(tmp_path, default_model_without_dropout_dir, single_runs, method, sharding):
-    result = torchrun("-m", "tlora_analysis", *train_args(default_model_without_dropout_dir, method), "--sharding", sharding,
-                      "--out", tmp_path / "run")
+def check_torchrun_run(result, run_dir, single, sharding):
+    """The run equals the single-process one and rank 0 alone wrote it. The last batch of 28 examples
+    holds 4: each process takes 2 and weights its loss by its share. The gradient norms are those of
+    the reduced gradient (FSDP: summed over the shards), as in one process."""
     assert result.returncode == 0, result.stderr[-3000:]
-    # The last batch of 28 examples holds 4: each process takes 2 and weights its loss by its share. The
-    # gradient norms are those of the reduced gradient (FSDP: summed over the shards), as in one process.
-    assert_same_run(single_runs(method), tmp_path / "run")
-    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert_same_run(single, run_dir)
+    meta = json.loads((run_dir / "run.json").read_text())
     assert meta["world_size"] == 2 and meta["config"]["sharding"] == sharding
-    assert json.loads((single_runs(method) / "run.json").read_text())["world_size"] == 1
+    assert json.loads((single / "run.json").read_text())["world_size"] == 1
     # Written once, by rank 0: the same files as the single-process run, no leftovers from a second writer.
-    assert files(tmp_path / "run") == files(single_runs(method))
+    assert [f for f in files(run_dir) if not f.startswith("tensorboard/")] == files(single)
     assert result.stdout.count("wrote ") == 1
 
 
-def test_fsdp_run_resumes_from_its_gathered_state(tmp_path, default_model_without_dropout_dir, single_runs):
-    """Resume state is saved whole (gathered from the shards) and sharded again on resuming; the
-    geometry logged between snapshots is read from the whole parameters too."""
+@pytest.mark.parametrize(("method", "sharding"), [("lora", "ddp"), ("tlora", "ddp"), ("lora", "fsdp")])
+def test_torchrun_equals_a_single_process_run(tmp_path, default_model_without_dropout_dir, single_runs, method, sharding):
+    result = torchrun("-m", "tlora_analysis", *train_args(default_model_without_dropout_dir, method), "--sharding", sharding,
+                      "--out", tmp_path / "run")
+    check_torchrun_run(result, tmp_path / "run", single_runs(method), sharding)
+
+
+def test_fsdp_run_equals_a_single_process_run_and_resumes_from_its_gathered_state(tmp_path, default_model_without_dropout_dir, single_runs):
+    """TLoRA under FSDP: as above; the geometry logged between snapshots is read from the whole
+    parameters; the resume state is saved whole (gathered from the shards) and sharded again on resuming."""
     run_dir = tmp_path / "run"
     args = train_args(default_model_without_dropout_dir, "tlora")
     result = torchrun("-m", "tlora_analysis", *args, "--sharding", "fsdp", "--report-to", "tensorboard", "--log-every-steps", "2",
                       "--out", run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    check_torchrun_run(result, run_dir, single_runs("tlora"), "fsdp")
     scalars, _ = read_events(run_dir / "tensorboard")
     name = load_run(run_dir).layer_names[0]
     assert sorted(scalars[f"geometry/frobenius/{name}"]) == [0, 2, 4, 6, 8]  # 4 steps an epoch: snapshots at 0, 4, 8
@@ -145,10 +150,10 @@ Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWi
 """
 
 
-def test_trainer_callback_under_torchrun_writes_once_from_rank_0(tmp_path, default_model_without_dropout_dir):
+def test_trainer_callback_under_torchrun_writes_once_from_rank_0(tmp_path, tiny_model_without_dropout_dir):
     script = tmp_path / "train.py"
     script.write_text(TRAINER_SCRIPT)
-    result = torchrun(script, default_model_without_dropout_dir, tmp_path, timeout=240)
+    result = torchrun(script, tiny_model_without_dropout_dir, tmp_path, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     run = load_run(tmp_path / "run")
     assert run.epochs == [0, 1, 2] and run.meta["world_size"] == 2 and run.meta["status"] == "finished"
@@ -196,12 +201,12 @@ torch.distributed.destroy_process_group()
 """
 
 
-def test_trainer_callback_gathers_fsdp_shards_for_its_snapshots(tmp_path, default_model_without_dropout_dir):
+def test_trainer_callback_gathers_fsdp_shards_for_its_snapshots(tmp_path, tiny_model_without_dropout_dir):
     """Under FSDP2 the callback's snapshots and gradient norms (gathered from the shards) equal DDP's."""
     script = tmp_path / "loop.py"
     script.write_text(CALLBACK_LOOP)
     for sharding in ("ddp", "fsdp"):
-        result = torchrun(script, default_model_without_dropout_dir, tmp_path / sharding, sharding)
+        result = torchrun(script, tiny_model_without_dropout_dir, tmp_path / sharding, sharding)
         assert result.returncode == 0, result.stderr[-6000:]
         assert files(tmp_path / sharding / "run") == ["run.json"] + [f"snapshots/epoch_00{i}.safetensors" for i in range(3)]
     assert_same_run(tmp_path / "ddp" / "run", tmp_path / "fsdp" / "run")
