@@ -31,7 +31,7 @@ sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init and lea
 
 test: $(VENV)/.installed-dev  ## lint, then the whole test suite (a few minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .
-	$(PYTHON) -m pytest -q -n 2
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile  # a file's shared fixtures are built once
 
 bench: $(VENV)/.installed-dev  ## speed, scale, storage and overhead benchmarks (see benchmarks/README.md)
 	$(PYTHON) benchmarks/run_all.py
