@@ -52,11 +52,8 @@ def measure(method: str, passes: int = 4) -> list:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 times[mode].append(time.perf_counter() - began)
-            for handle in recorder._handles:  # detach the hooks, keep the recorder open
-                handle.remove()
-            recorder._handles.clear()
+            recorder.close()  # detaches the hooks
         snapshot = statistics.median(_timed(lambda: recorder.snapshot(1)) for _ in range(5))
-        recorder.close()
     off, hooks, explicit = (statistics.median(times[k]) for k in ("off", "hooks", "explicit"))
     epoch = off * len(batches)
     print(f"  {method}: step {off * 1e3:.1f} ms without norms, {hooks * 1e3:.1f} ms with hooks, {explicit * 1e3:.1f} ms explicit; "

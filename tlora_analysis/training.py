@@ -323,10 +323,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             if procs.writes or procs.sharded:  # FSDP's forward pass needs every process
                 with _autocast(config):
                     metrics.update(evaluate(model, tokenizer, eval_features, config.task, config.batch_size, config.device))
-            resume_tensors = _resume_tensors(names, optimizer)
+            resume_tensors = _resume_tensors(names, optimizer)  # every process: FSDP gathers the shards
+            if procs.writes:
+                _save_resume_state(out_dir, epoch, resume_tensors, step)
             with full_parameters(model):
                 if procs.writes:
-                    _save_resume_state(out_dir, epoch, resume_tensors, step)
                     recorder.snapshot(epoch, metrics, time_s=train_time, eval_time_s=time.perf_counter() - started, global_step=step)
                     log(f"{config.method} epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
                         f"{spec.main_metric} {metrics[spec.main_metric]:.4f}, {train_time:.1f}s")
