@@ -54,17 +54,19 @@ def test_adapted_model_equals_base_at_init_and_delta_matches_forward(tiny_model_
     base = load_model(tiny_model_dir).eval()
     model = inject_adapters(load_model(tiny_model_dir).eval(), method, 4, ["query", "value"], seed=3)
     batch = load_tokenizer(tiny_model_dir)(["not bad at all", "a dull film"], padding=True, return_tensors="pt")
+    zero_at_init = method != "loraxs"  # the LoRA-XS authors draw R from Normal(0, 1e-5²)
     with torch.no_grad():
-        torch.testing.assert_close(model(**batch).logits, base(**batch).logits, rtol=0, atol=0)
+        torch.testing.assert_close(model(**batch).logits, base(**batch).logits, rtol=0 if zero_at_init else 1e-5,
+                                   atol=0 if zero_at_init else 1e-6)
     for layer in adapter_layers(model).values():
-        assert layer.delta().frobenius_norm() == 0.0
+        assert layer.delta().frobenius_norm() == 0.0 if zero_at_init else layer.delta().frobenius_norm() < 1e-3
     randomize_trainable(model)
     for name, layer in adapter_layers(model).items():
         torch.testing.assert_close(probe_delta(layer), layer.delta().dense().double(), rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_bad_arguments_name_what_was_wrong(tiny_model):
-    with pytest.raises(ValueError, match="method must be one of lora, tlora, vera, loraxs, full; got 'dora'"):
+    with pytest.raises(ValueError, match="method must be one of lora, lorafa, tlora, vera, loraxs, full; got 'dora'"):
         inject_adapters(tiny_model, "dora", 4, ["query"])
     with pytest.raises(ValueError, match="rank must be a positive integer"):
         inject_adapters(tiny_model, "lora", 0, ["query"])
@@ -154,10 +156,12 @@ def test_offline_minilm_both_methods():
         torch.testing.assert_close(probe_delta(layer), layer.delta().dense().double(), rtol=1e-5, atol=1e-6)
 
 
-def test_the_method_registry_and_the_command_line_agree():
+def test_the_command_line_offers_exactly_the_registered_methods():
+    from tlora_analysis.cli import build_parser
     from tlora_analysis.config import METHODS
-    from tlora_analysis.methods import METHOD_CLASSES
+    from tlora_analysis.methods import METHOD_SPECS
 
-    assert set(METHOD_CLASSES) == set(METHODS)
-    for name, cls in METHOD_CLASSES.items():
-        assert cls.method == name
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    method = next(a for a in train._actions if a.dest == "method")
+    assert tuple(method.choices) == tuple(METHOD_SPECS)
+    assert set(METHODS) == {name for name, spec in METHOD_SPECS.items() if spec.layer is not None}

@@ -95,7 +95,7 @@ def test_scales_and_their_variation(runs):
             assert row.alpha_std_across_layers == pytest.approx(alphas.std())
             assert row.alpha_cv_across_layers == pytest.approx(alphas.std() / abs(alphas.mean()))
     assert len(A.scale_variation(table)) == 2 * 4
-    with pytest.raises(InputError, match="only TLoRA learns"):
+    with pytest.raises(InputError, match="only methods that learn a scale per layer"):
         A.scales(runs["lora"])
 
 

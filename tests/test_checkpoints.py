@@ -12,8 +12,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tlora_analysis.checkpoints import export, inspect, load_exported
+from tlora_analysis.checkpoints import inspect
 from tlora_analysis.cli import main
+from tlora_analysis.export import export, load_exported
 from tlora_analysis.models import load_model, load_tokenizer
 from tlora_analysis.training import TrainConfig, restore_model, train
 
@@ -79,8 +80,8 @@ def test_exported_tlora_reloads_with_identical_logits(tmp_path, trained, tiny_mo
     export(trained["tlora"].path, tmp_path / "tlora", epoch=1)
     reloaded = load_exported(tmp_path / "tlora")
     torch.testing.assert_close(logits(reloaded, tiny_model_dir), logits(restore_model(trained["tlora"], epoch=1), tiny_model_dir), rtol=0, atol=0)
-    config = json.loads((tmp_path / "tlora" / "tlora_config.json").read_text())
-    assert config["format"] == "tlora-analysis-adapter" and config["epoch"] == 1
+    record = json.loads((tmp_path / "tlora" / "run.json").read_text())
+    assert record["exported_from"] == {"run": "tlora", "epoch": 1} and [e["epoch"] for e in record["epochs"]] == [1]
 
 
 def test_full_fine_tune_through_the_dense_path(tmp_path, tiny_model_dir):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tlora_analysis import adapter_layers, inject_adapters
-from tlora_analysis.methods import FullLinear, LoRAXSLinear, VeRALinear
+from tlora_analysis.methods import FullLinear, VeRALinear
 from tlora_analysis.models import load_model, load_tokenizer
 from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.store import load_run
@@ -43,19 +43,6 @@ def test_vera_defaults_follow_peft():
     assert torch.equal(layer.vera_lambda_d, torch.full((4,), 0.1)) and torch.equal(layer.vera_lambda_b, torch.zeros(12))
     assert layer.delta().frobenius_norm() == 0.0 and math.isnan(layer.scale())
     assert sum(p.numel() for n, p in layer.named_parameters() if not n.startswith("base.")) == 4 + 12
-
-
-def test_loraxs_frozen_matrices_are_w0s_truncated_svd():
-    base = nn.Linear(20, 14)
-    layer = LoRAXSLinear(base, 3)
-    u, s, vh = np.linalg.svd(base.weight.detach().double().numpy(), full_matrices=False)
-    np.testing.assert_allclose(layer.loraxs_A.double().numpy(), u[:, :3] * s[:3], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(layer.loraxs_B.double().numpy(), vh[:3], rtol=1e-5, atol=1e-6)
-    with torch.no_grad():
-        layer.loraxs_R.copy_(torch.eye(3))
-    # R = I reproduces W0's rank-3 truncation: LoRA-XS adapts inside W0's principal subspace.
-    np.testing.assert_allclose(layer.delta().dense(torch.float64).numpy(), (u[:, :3] * s[:3]) @ vh[:3], rtol=1e-5, atol=1e-6)
-    assert sum(p.numel() for n, p in layer.named_parameters() if not n.startswith("base.")) == 9
 
 
 def test_full_fine_tuning_delta_is_w_minus_w0():
@@ -127,27 +114,27 @@ def test_inspect_reads_peft_vera_adapters(tmp_path, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def five_methods(tmp_path_factory):
+def six_methods(tmp_path_factory):
     """One toy run per method, all on the same model and targets."""
     from helpers import make_run
 
-    root = tmp_path_factory.mktemp("five")
+    root = tmp_path_factory.mktemp("six")
     model = None
-    for method in ("lora", "tlora", "vera", "loraxs", "full"):
+    for method in ("lora", "lorafa", "tlora", "vera", "loraxs", "full"):
         model = make_run(root / method, method, epochs=2)
     return root, {name: layer.base.weight.detach() for name, layer in adapter_layers(model).items()}
 
 
-def test_compare_runs_takes_any_set_of_methods(five_methods):
+def test_compare_runs_takes_any_set_of_methods(six_methods):
     from tlora_analysis.analysis import compare_runs, paper_claims
     from tlora_analysis.factored import cosine_similarity
 
-    root, weights = five_methods
-    runs = [load_run(root / m) for m in ("full", "vera", "tlora", "loraxs", "lora")]
+    root, weights = six_methods
+    runs = [load_run(root / m) for m in ("full", "vera", "tlora", "loraxs", "lora", "lorafa")]
     tables = compare_runs(runs, weights, baseline_samples=4)
-    assert set(tables["norms"].method) == {"lora", "tlora", "vera", "loraxs", "full"}
+    assert set(tables["norms"].method) == {"lora", "lorafa", "tlora", "vera", "loraxs", "full"}
     pairs = tables["similarity_pairs"]
-    assert len(pairs[["method_a", "method_b"]].drop_duplicates()) == 10  # every pair of the five methods, once
+    assert len(pairs[["method_a", "method_b"]].drop_duplicates()) == 15  # every pair of the six methods, once
     row = pairs[(pairs.method_a == "vera") & (pairs.method_b == "full") & (pairs.epoch == 2)].iloc[0]
     assert row.cosine == pytest.approx(cosine_similarity(load_run(root / "vera").deltas(2)[row["name"]],
                                                          load_run(root / "full").deltas(2)[row["name"]]), rel=1e-9)
@@ -157,14 +144,14 @@ def test_compare_runs_takes_any_set_of_methods(five_methods):
     assert "similarity" not in without_pair and "scales" not in without_pair and len(without_pair["similarity_pairs"]) > 0
 
 
-def test_figures_and_report_for_five_methods(tmp_path, five_methods):
+def test_figures_and_report_for_six_methods(tmp_path, six_methods):
     from tlora_analysis.analysis import compare_runs
     from tlora_analysis.figures import FIGURES, render_all
     from tlora_analysis.figures.style import METHOD_COLORS, MODULE_PALETTE
     from tlora_analysis.report import write_report
 
-    root, weights = five_methods
-    runs = [load_run(root / m) for m in ("lora", "tlora", "vera", "loraxs", "full")]
+    root, weights = six_methods
+    runs = [load_run(root / m) for m in ("lora", "lorafa", "tlora", "vera", "loraxs", "full")]
     entries = render_all(compare_runs(runs, weights, baseline_samples=2), tmp_path / "figs")
     assert {e["name"] for e in entries} == set(FIGURES) | {"overview"}
     assert len(set(METHOD_COLORS.values())) == len(METHOD_COLORS) and not set(METHOD_COLORS.values()) & set(MODULE_PALETTE)

@@ -16,9 +16,11 @@ from safetensors.torch import load_file, save_file
 
 from helpers import ENV, cli, expect_error, tree_digest
 from tlora_analysis import adapter_layers, inject_adapters
+from tlora_analysis.io import atomic_write_json, umask
+from tlora_analysis.lock import RunLock
+from tlora_analysis.methods import METHOD_SPECS
 from tlora_analysis.models import DEFAULT_MODEL_HUB_NAME, load_model
 from tlora_analysis.recording import DeltaRecorder
-from tlora_analysis.store import RunLock, atomic_write_json, umask
 
 
 def copy_of(src, tmp_path, name="copy"):
@@ -134,7 +136,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path, tiny
 
 
 def test_a_lock_left_by_a_killed_process_is_not_in_the_way(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tlora_analysis.store import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tlora_analysis.lock import RunLock; "
                                f"RunLock.acquire({str(tmp_path / 'run')!r}); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, env=ENV)
     assert holder.stdout.readline().strip() == "locked"
@@ -172,7 +174,7 @@ def test_two_trains_at_once_one_wins(tmp_path, tiny_model_dir):
 
 # --------------------------------------------------------------------------- portable exports
 def test_exports_name_the_base_model_portably(tmp_path, toy_runs):
-    from tlora_analysis.checkpoints import export
+    from tlora_analysis.export import export
 
     for model, expected in (("default", DEFAULT_MODEL_HUB_NAME), ("some/local-dir", "some/local-dir")):
         run = copy_of(toy_runs / "lora", tmp_path, f"run-{expected.replace('/', '_')}")
@@ -238,4 +240,4 @@ def test_docstrings_cite_the_projects_own_docs():
 def test_an_unknown_method_is_refused_with_the_known_ones():
     result = cli("train", "--method", "dora", "--out", "x")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "invalid choice: 'dora'" in result.stderr and "lora, tlora, vera, loraxs, full, head" in result.stderr.replace("'", "")
+    assert "invalid choice: 'dora'" in result.stderr and ", ".join(METHOD_SPECS) in result.stderr.replace("'", "")

@@ -14,15 +14,22 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from .config import METHODS
 from .errors import InputError
-from .methods import AdapterLayer, LoRALinear, TLoRALinear, method_class, tensor_sha256, tlora_frozen_matrices
+from .methods import (
+    METHOD_SPECS,
+    AdapterLayer,
+    LoRALinear,
+    TLoRALinear,
+    adapter_methods,
+    method_class,
+    tensor_sha256,
+    tlora_frozen_matrices,
+)
 
 __all__ = [
     "AdapterLayer",
     "LoRALinear",
     "TLoRALinear",
-    "METHODS",
     "inject_adapters",
     "adapter_layers",
     "count_parameters",
@@ -106,15 +113,15 @@ def inject_adapters(
     transposed, so every ΔW has the (d_out, d_in) orientation of ``nn.Linear.weight``.
 
     All base weights are frozen; parameters inside a module named in ``modules_to_save`` (e.g. ``["classifier"]``) stay trainable, as in peft.
-    ``alpha`` is LoRA's ``lora_alpha`` (default: ``rank``, i.e. scaling 1) or TLoRA's
-    initial α (default 1.0). Each layer gets its own seed from :func:`layer_seed`.
-    ``options`` are method-specific settings (TLoRA's ``init``); a method ignores the ones
-    it does not list in its ``options``.
+    ``alpha`` means what the method's spec says (LoRA's ``lora_alpha``, TLoRA's initial α, ...;
+    ``tlora-analysis train --help`` lists them). Each layer gets its own seed from :func:`layer_seed`.
+    ``options`` are method-specific settings (TLoRA's ``init``); a method ignores the ones its
+    spec does not list.
     Returns the same model, modified in place. A bad argument raises :class:`InputError`
     (a ``ValueError``) before the model is touched.
     """
-    if method not in METHODS:
-        raise InputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if method not in adapter_methods():
+        raise InputError(f"method must be one of {', '.join(adapter_methods())}; got {method!r}")
     layer_class = method_class(method)
     if isinstance(target_modules, str):
         target_modules = [target_modules]
@@ -143,7 +150,9 @@ def inject_adapters(
                 f"({out_features}x{in_features})"
             )
 
-    own_options = {k: v for k, v in options.items() if k in layer_class.options and v is not None}
+    own_options = {k: v for k, v in options.items() if k in METHOD_SPECS[method].options and v is not None}
+    shapes = [tuple(linear[n].weight.shape) if isinstance(linear[n], nn.Linear) else tuple(linear[n].weight.shape[::-1]) for n in chosen]
+    own_options.update(layer_class.shared_settings(shapes))
     model.requires_grad_(False)
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
@@ -191,7 +200,11 @@ def count_parameters(model: nn.Module) -> ParameterCounts:
             other_trainable += p.numel()
         else:
             base_frozen += p.numel()
-    frozen_random = sum(b.numel() for layer in adapters.values() for n, b in layer.named_buffers() if not n.startswith("base."))
+    frozen_random = 0
+    for method in {layer.method for layer in adapters.values()}:
+        records = {n: layer.settings() for n, layer in adapters.items() if layer.method == method}
+        if METHOD_SPECS[method].frozen == "random":
+            frozen_random += method_class(method).update_counts(records)[1]
     return ParameterCounts(adapter_trainable, other_trainable, frozen_random, base_frozen)
 
 

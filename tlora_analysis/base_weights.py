@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .store import MAX_JSON_BYTES, atomic_save_tensors, inside, read_json
+from .io import MAX_JSON_BYTES, inside, read_json
+from .tensors import atomic_save_tensors
 
 INDEX = "model.safetensors.index.json"
 CONV1D_MODEL_TYPES = {"gpt2"}  # checkpoints whose linear weights are stored transposed (Conv1D)
@@ -126,3 +127,39 @@ def w0_svd(base_weights: Mapping[str, torch.Tensor], name: str) -> tuple[torch.T
     if isinstance(base_weights, SafetensorsWeights):
         return base_weights.svd(name)
     return _svd(base_weights[name])
+
+
+def weight_shapes(folder: str | Path) -> dict[str, tuple[int, int]] | None:
+    """(d_out, d_in) of every 2-D ``*.weight`` in a local model folder's safetensors, read from the
+    headers alone, keyed by module name with every leading prefix dropped as well
+    (``bert.encoder.layer.0.attention.self.query`` and ``encoder.layer.0...`` both appear), so
+    that peft's module names find them. None if the folder holds no safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    if is_sharded(folder):
+        weight_map = read_json(folder / INDEX, "safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise InputError(f"{folder / INDEX}: 'weight_map' should map tensor names to shard file names")
+        files = sorted({inside(folder, folder / f, "the safetensors shard") for f in weight_map.values()})
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        return None
+    config_path = folder / "config.json"
+    config = read_json(config_path, "config.json") if config_path.is_file() else {}
+    transposed = config.get("model_type") in CONV1D_MODEL_TYPES
+    shapes: dict[str, tuple[int, int]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), "pt") as handle:
+                for key in handle.keys():
+                    shape = handle.get_slice(key).get_shape()
+                    if key.endswith(".weight") and len(shape) == 2:
+                        parts = key[: -len(".weight")].split(".")
+                        flip = transposed and parts[-1] in CONV1D_NAMES
+                        for i in range(len(parts)):
+                            shapes.setdefault(".".join(parts[i:]), (shape[1], shape[0]) if flip else (shape[0], shape[1]))
+        except (SafetensorError, OSError) as err:
+            raise InputError(f"{path}: cannot read its safetensors header ({err})") from err
+    return shapes

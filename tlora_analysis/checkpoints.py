@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .adapters import inject_adapters
 from .analysis import module_and_layer, rank_measures
 from .errors import InputError
 from .factored import FactoredDelta
-from .methods import METHOD_CLASSES
-from .models import base_weights, load_model, model_named_in_file, portable_model_name, resolve_model
+from .io import inside, read_json
+from .methods import METHOD_SPECS, method_class
+from .models import base_weights, resolve_model
 from .sources import SingleState, open_updates, refuse_pickle, refuse_pickled_files
-from .store import HEAD_PREFIX, atomic_save_tensors, atomic_write_json, inside, load_run, read_json, read_tensors, umask
+from .tensors import read_tensors
 
-__all__ = ["inspect", "inspect_totals", "FullFineTune", "export", "load_exported", "TLORA_ADAPTER_FORMAT"]
+__all__ = ["inspect", "inspect_totals", "FullFineTune"]
 
-TLORA_ADAPTER_FORMAT = "tlora-analysis-adapter"
 TOP_SINGULAR_VALUES = 4
 
 
@@ -95,7 +91,7 @@ def _open(path: str | Path, base: str | None, max_rank: int | None):
     path = Path(path)
     if base is not None and path.is_dir() and not (path / "run.json").exists() and not (path / "adapter_config.json").exists():
         return FullFineTune(path, base, max_rank)
-    return open_updates(path)
+    return open_updates(path, base)
 
 
 def inspect(path: str | Path, epoch: int | None = None, base: str | None = None, max_rank: int | None = None,
@@ -149,98 +145,18 @@ def inspect(path: str | Path, epoch: int | None = None, base: str | None = None,
 
 def inspect_totals(source, table: pd.DataFrame) -> dict:
     """Totals for an :func:`inspect` table: layers, overall ‖ΔW‖_F, and the parameters that define the updates."""
-    shapes = [tuple(map(int, s.split("x"))) for s in table["shape"]]
-    ranks = table["rank"].tolist()
-    if source.method in METHOD_CLASSES:
-        per_layer = [METHOD_CLASSES[source.method].parameter_counts(o, i, r) for r, (o, i) in zip(ranks, shapes)]
-        trainable, frozen = sum(t for t, _ in per_layer), sum(f for _, f in per_layer)
-    else:  # a full fine-tune trains every entry
-        trainable, frozen = sum(o * i for o, i in shapes), 0
+    spec = METHOD_SPECS.get(source.method)
+    if spec is not None and spec.adapts_layers:
+        trainable, frozen = method_class(source.method).update_counts(source.layers)
+        frozen = frozen if spec.frozen == "random" else 0
+    else:  # a full fine-tune read against its base trains every entry
+        trainable, frozen = sum(o * i for o, i in (map(int, s.split("x")) for s in table["shape"])), 0
     counts = source.meta.get("parameter_counts", {})
     return {
         "method": source.method, "layers": len(table), "total_frobenius": float(math.sqrt((table.frobenius**2).sum())),
         "update_trainable_params": trainable, "update_frozen_random_params": frozen,
         "other_trainable_params": counts.get("other_trainable"),
     }
-
-
-# ----------------------------------------------------------------------------- export
-def export(run_dir: str | Path, out: str | Path, epoch: int | None = None) -> Path:
-    """Write a LoRA run as a PEFT adapter directory, or a TLoRA run as this package's adapter format.
-
-    TLoRA format (``tlora_config.json`` + ``tlora_model.safetensors``): the config names the
-    base model, rank, targets and run seed, and per layer its shape, seed and frozen-matrix
-    checksums; the tensors are each layer's ``tlora_B`` and ``tlora_alpha`` and the
-    classifier head (``trainable.<name>``). :func:`load_exported` rebuilds the model from it.
-    """
-    run = load_run(run_dir)
-    if run.method not in ("lora", "tlora"):
-        raise InputError(f"{run_dir}: only LoRA and TLoRA runs can be exported, this one is {run.method!r}")
-    epoch = run.epochs[-1] if epoch is None else epoch
-    tensors = run.snapshot_tensors(epoch)
-    out = Path(out)
-    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise InputError(f"{out}: exists and is not an empty directory; choose a new --out")
-    config = run.meta.get("config", {})
-    base = portable_model_name(run.meta.get("model"))
-    head = {k[len(HEAD_PREFIX):]: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX)}
-    # Build the export beside its destination and rename it into place: a failure leaves no half export.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if run.method == "lora":
-            layer = next(iter(run.layers.values()))
-            peft_tensors = {f"base_model.model.{n}.lora_{w}.weight": tensors[f"{n}.lora_{w}"] for n in run.layers for w in "AB"}
-            peft_tensors.update({f"base_model.model.{k}": v for k, v in head.items()})
-            atomic_save_tensors(staging / "adapter_model.safetensors", peft_tensors, {"format": "pt"})
-            atomic_write_json(staging / "adapter_config.json", {
-                "peft_type": "LORA", "task_type": "SEQ_CLS", "base_model_name_or_path": base, "r": run.rank,
-                "lora_alpha": layer["lora_alpha"], "target_modules": config.get("targets", sorted({module_and_layer(n)[0] for n in run.layers})),
-                "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False,
-                "modules_to_save": sorted({k.split(".")[0] for k in head}) or None, "rank_pattern": {}, "alpha_pattern": {},
-                "init_lora_weights": True, "inference_mode": True,
-            })
-        else:
-            kept = {k: v for k, v in tensors.items() if k.startswith(HEAD_PREFIX) or k.rsplit(".", 1)[-1] in ("tlora_B", "tlora_alpha")}
-            atomic_save_tensors(staging / "tlora_model.safetensors", kept, {"format": TLORA_ADAPTER_FORMAT})
-            atomic_write_json(staging / "tlora_config.json", {
-                "format": TLORA_ADAPTER_FORMAT, "format_version": 1, "base_model": base, "num_labels": head_labels(head),
-                "rank": run.rank, "targets": config.get("targets"), "seed": run.meta.get("seed", 0), "epoch": epoch,
-                "layers": run.layers, "source_run": run.name,
-            })
-        os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 would hide the export from colleagues
-        if out.exists():
-            out.rmdir()
-        os.rename(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return out
-
-
-def head_labels(head: dict[str, torch.Tensor]) -> int | None:
-    biases = [v for k, v in head.items() if k.endswith("bias") and v.ndim == 1]
-    return int(biases[-1].shape[0]) if biases else None
-
-
-def load_exported(path: str | Path, device: str = "cpu", base_model: str | None = None):
-    """Rebuild the fine-tuned model from an exported TLoRA adapter directory (checksums verified).
-
-    The base model is the one its config names if that is the embedded default or a local
-    directory; otherwise pass ``base_model`` (a name read from a file is never fetched).
-    """
-    path = Path(path)
-    config = read_json(path / "tlora_config.json", "tlora_config.json")
-    if config.get("format") != TLORA_ADAPTER_FORMAT:
-        raise InputError(f"{path / 'tlora_config.json'}: 'format' should be {TLORA_ADAPTER_FORMAT!r}")
-    tensors = read_tensors(path / "tlora_model.safetensors")
-    from .training import load_snapshot_into
-
-    base = model_named_in_file(config.get("base_model"), path / "tlora_config.json", base_model)
-    model = load_model(base, config.get("num_labels") or 2, device)
-    inject_adapters(model, "tlora", int(config["rank"]), config["targets"], seed=int(config["seed"]))
-    load_snapshot_into(model, config["layers"], tensors, path / "tlora_config.json")
-    return model.eval()
 
 
 def to_json(table: pd.DataFrame) -> str:

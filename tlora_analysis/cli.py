@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import InputError
+from .methods.spec import METHOD_SPECS
 
 PROG = "tlora-analysis"
 
@@ -275,10 +276,11 @@ def _cmd_inspect(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="write a LoRA run as a PEFT adapter, a TLoRA run as a tlora-analysis adapter",
-                       description="Export one epoch of a run: LoRA as a PEFT adapter directory that PeftModel.from_pretrained "
-                                   "loads; TLoRA as tlora_config.json + tlora_model.safetensors, reloaded with "
-                                   "tlora_analysis.checkpoints.load_exported.")
+    formats = "; ".join(f"{spec.label}: {', '.join(spec.exports)}" for spec in METHOD_SPECS.values() if spec.exports)
+    p = sub.add_parser("export", help="write one epoch of a run for peft and for this toolkit",
+                       description="Export one epoch of a run into a new directory: a one-epoch run directory that inspect, analyze "
+                                   "and tlora_analysis.export.load_exported read, and beside it what peft loads "
+                                   f"(PeftModel.from_pretrained) or the fine-tuned weights. Per method: {formats}.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to export")
     p.add_argument("--epoch", type=int, default=None, help="epoch to export (default: the last finished)")
     p.add_argument("--out", required=True, help="a new (or empty) directory to write")
@@ -286,7 +288,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    from .checkpoints import export
+    from .export import export
 
     print(f"wrote {export(args.run_dir, args.out, args.epoch)}")
     return 0

@@ -15,19 +15,29 @@ from typing import Any
 
 from .data.tasks import TASKS
 from .errors import InputError
+from .methods.spec import METHOD_SPECS, TLORA_INITS, adapter_methods
 
 __all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "REPRODUCE_SEEDS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
 
-METHODS = ("lora", "tlora", "vera", "loraxs", "full")
-"""Adapter methods (each one a class in :mod:`tlora_analysis.adapters`)."""
+METHODS = adapter_methods()
+"""Adapter methods (each one a :class:`~tlora_analysis.methods.MethodSpec` with a layer class)."""
 
-TRAIN_METHODS = (*METHODS, "head")
+TRAIN_METHODS = tuple(METHOD_SPECS)
+"""Everything ``train --method`` takes: the adapter methods and head-only."""
 
-DEFAULT_LR = {"lora": 1e-3, "tlora": 3e-2, "head": 1e-2, "vera": 1e-2, "loraxs": 1e-3, "full": 1e-4}
-"""Per-method defaults. LoRA's, TLoRA's and the head's were found on the default task: TLoRA
-trains r² + 1 numbers per layer and, like VeRA's scaling vectors, wants a learning rate about
-thirty times LoRA's (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2). VeRA's, LoRA-XS's and full
-fine-tuning's are untuned starting points in the range their papers use; pass ``--lr``."""
+DEFAULT_LR = {name: spec.default_lr for name, spec in METHOD_SPECS.items()}
+"""Per-method default learning rates; each spec says where its value comes from (``lr_reason``)."""
+
+
+def _alpha_help() -> str:
+    return "; ".join(f"{spec.label}: {spec.alpha_help}" for spec in METHOD_SPECS.values() if spec.alpha_help)
+
+
+def _lr_help() -> str:
+    return "peak learning rate (default per method: " + ", ".join(f"{n} {s.default_lr:g}" for n, s in METHOD_SPECS.items()) + ")"
+
+
+_TLORA_INIT = METHOD_SPECS["tlora"].options["init"]
 
 REPRODUCE_EPOCHS = 4
 """Epochs per run of the main job (``tlora-analysis reproduce``); four fit its 10-minute budget on 2 cores."""
@@ -38,9 +48,6 @@ PRECISIONS = ("fp32", "bf16")
 
 SHARDINGS = ("ddp", "fsdp")
 """How the processes of one run under torchrun share the model (see :mod:`tlora_analysis.distributed`)."""
-
-TLORA_INITS = ("kaiming", "var-r", "var-d", "orthonormal")
-"""How TLoRA's frozen A and C are drawn (see :func:`tlora_analysis.methods.tlora.tlora_frozen_matrices`)."""
 
 REPORT_TO = ("tensorboard",)
 """Where ``train`` can send live update geometry besides run.json."""
@@ -61,19 +68,17 @@ class TrainConfig:
     Each field's help text is the ``--option`` help of ``tlora-analysis train``.
     """
 
-    method: str = option("tlora", "adapter method; 'full' trains the target matrices whole, 'head' only the classifier",
-                          choices=TRAIN_METHODS)
+    method: str = option("tlora", "method: " + ", ".join(f"{n} ({s.label})" for n, s in METHOD_SPECS.items())
+                         + "; 'full' trains the target matrices whole, 'head' only the classifier", choices=TRAIN_METHODS)
     task: str = option("default", "task; 'default' is the embedded offline sentiment task, 'lm' causal-LM fine-tuning "
                                   "(see --data-file)", choices=tuple(TASKS))
     model: str = option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2")
     rank: int = option(8, "adapter rank r")
-    alpha: float | None = option(None, "LoRA, LoRA-XS: lora_alpha (default r, i.e. scaling 1); TLoRA: initial α (default 1); "
-                                        "VeRA: initial λ_d (default 0.1)")
-    init: str = option("kaiming", "TLoRA: how the frozen A and C are drawn: kaiming (variance 1/r and 1/d_in), var-r (1/r both), "
-                                  "var-d (1/d_out and 1/d_in) or orthonormal", choices=TLORA_INITS)
+    alpha: float | None = option(None, _alpha_help())
+    init: str = option(_TLORA_INIT.default, _TLORA_INIT.help, choices=_TLORA_INIT.choices)
     targets: list[str] = option(help="module name suffixes to adapt", factory=lambda: ["query", "value"], nargs="+")
     epochs: int = option(4, "training epochs (with --resume: train up to this many)")
-    lr: float | None = option(None, f"peak learning rate (default per method: {DEFAULT_LR})")
+    lr: float | None = option(None, _lr_help())
     batch_size: int = option(32, "examples per optimizer step")
     max_length: int = option(64, "maximum tokens per example")
     max_train_samples: int | None = option(None, "use only the first N training examples")
@@ -96,8 +101,8 @@ class TrainConfig:
     log_every_steps: int = option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)")
 
     def __post_init__(self) -> None:
-        if self.method not in TRAIN_METHODS:
-            raise InputError(f"--method must be one of {', '.join(TRAIN_METHODS)}, got {self.method!r}")
+        if self.method not in METHOD_SPECS:
+            raise InputError(f"--method must be one of {', '.join(METHOD_SPECS)}, got {self.method!r}")
         if self.precision not in PRECISIONS:
             raise InputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.sharding not in SHARDINGS:
@@ -112,13 +117,13 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
         if self.log_every_steps < 0:
             raise InputError(f"--log-every-steps must be 0 or more, got {self.log_every_steps}")
-        if TASKS[self.task].kind == "causal-lm" and (self.model == "default" or self.method == "head"):
+        if TASKS[self.task].kind == "causal-lm" and (self.model == "default" or not METHOD_SPECS[self.method].adapts_layers):
             raise InputError("--task lm fine-tunes a causal language model: pass --model with a decoder (a Llama, Qwen2 or GPT-2 "
                              "folder or Hub name) and an adapter --method")
         if self.data_file is not None and TASKS[self.task].kind != "causal-lm":
             raise InputError(f"--data-file is for --task lm; --task {self.task} reads --data-dir")
         if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
+            self.lr = METHOD_SPECS[self.method].default_lr
         for name in ("lr", "alpha", "warmup_ratio", "weight_decay"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):

@@ -64,7 +64,7 @@ class DeltaRecorder:
         methods = {layer.method for layer in self.layers.values()}
         if len(methods) > 1:
             raise ValueError(f"model mixes adapter methods {sorted(methods)}; record one method per run")
-        method = methods.pop() if methods else metadata.get("method", "none")
+        method = methods.pop() if methods else metadata.get("method", "head")
         records = {name: layer.record() for name, layer in self.layers.items()}
         header = {
             "method": method,

@@ -14,7 +14,7 @@ import pandas as pd
 from .analysis import paper_claims
 from .figures import FIGURES, render_all
 from .figures.style import method_label
-from .store import atomic_write_bytes
+from .io import atomic_write_bytes
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.45; }

@@ -20,7 +20,7 @@ import pandas as pd
 
 from .config import REPRODUCE_EPOCHS, REPRODUCE_SEEDS
 from .errors import InputError
-from .store import atomic_write_bytes, atomic_write_json, read_json
+from .io import atomic_write_bytes, atomic_write_json, read_json
 from .study import STUDY_FORMAT, STUDY_JSON, Executor, cell_threads, load_study, run_study
 
 REPRODUCE_METHODS = ("lora", "tlora", "head")

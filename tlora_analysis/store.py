@@ -28,49 +28,29 @@ A run directory may come from a stranger, so reading it trusts nothing in it:
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save
 
 from .errors import InputError, require
 from .factored import FactoredDelta
+from .io import atomic_write_json, inside, read_json
+from .lock import RunLock
 from .methods import method_class, tensor_sha256
+from .tensors import MAX_DIM, MAX_FROZEN_ELEMENTS, _is_int, atomic_save_tensors, read_tensors, take_tensor
 
-__all__ = [
-    "RUN_FORMAT",
-    "RUN_FORMAT_VERSION",
-    "HEAD_PREFIX",
-    "Run",
-    "RunWriter",
-    "load_run",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_save_tensors",
-    "read_json",
-    "read_tensors",
-    "snapshot_name",
-    "RunLock",
-    "umask",
-    "inside",
-    "check_values",
-    "take_tensor",
-]
+__all__ = ["RUN_FORMAT", "RUN_FORMAT_VERSION", "HEAD_PREFIX", "LEGACY_METHOD_NAMES", "Run", "RunWriter", "load_run", "snapshot_name"]
 
 RUN_FORMAT = "tlora-analysis-run"
 RUN_FORMAT_VERSION = 1
 RUN_JSON = "run.json"
 FROZEN_FILE = "frozen.safetensors"
-LOCK_FILE = ".lock"
+LEGACY_METHOD_NAMES = {"none": "head"}
+"""Method names earlier versions recorded: head-only runs before 0.3 said "none"."""
 HEAD_PREFIX = "trainable."  # snapshot keys of trainable parameters outside the adapters
 
 
@@ -79,118 +59,6 @@ def snapshot_name(epoch: int) -> str:
 
 
 # --------------------------------------------------------------------------- atomic I/O
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide a run from colleagues
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def umask() -> int:
-    """The process umask (reading it means setting it, so set it straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(contiguous, metadata=dict(metadata or {})))
-
-
-MAX_JSON_BYTES = 64 << 20
-"""Largest JSON file read (a 70B-shaped run.json with 11 epochs is under 1 MiB)."""
-
-
-def _regular_file(path: Path, what: str) -> None:
-    """A FIFO or a device would hang or never end a read: only regular files are read."""
-    if not path.exists():
-        raise InputError(f"{path}: no such {what}")
-    if not path.is_file():
-        raise InputError(f"{path}: not a regular file (a {what} is read only from a regular file)")
-
-
-def read_json(path: str | Path, what: str = "JSON file") -> dict:
-    """Parse a JSON object, or raise :class:`InputError` naming the file and the problem."""
-    path = Path(path)
-    _regular_file(path, what)
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise InputError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} a {what} may have")
-    try:
-        obj = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from err
-    except RecursionError as err:
-        raise InputError(f"{path}: JSON nested too deeply to be a {what}") from err
-    if not isinstance(obj, dict):
-        raise InputError(f"{path}: expected a JSON object, found {type(obj).__name__}")
-    return obj
-
-
-def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, or raise :class:`InputError` if it is missing, truncated or corrupt.
-
-    Memory stays bounded by the file's size: safetensors checks that every tensor the
-    header declares lies inside the file before it allocates anything.
-    """
-    path = Path(path)
-    _regular_file(path, "safetensors file")
-    try:
-        return load_file(str(path))
-    except Exception as err:  # safetensors raises SafetensorError, OSError, ValueError... on bad bytes
-        raise InputError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
-
-
-def inside(root: Path, path: Path, what: str) -> Path:
-    """``path``, if it resolves to a place inside ``root``; symbolic links inside a run are
-    followed only while they stay inside it, so a planted link cannot read or write elsewhere."""
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise InputError(f"{path}: {what} resolves to {resolved}, outside {root}; refusing to follow it")
-    return path
-
-
-MAX_DIM = 1 << 20
-"""Largest d_out or d_in a run may declare (Llama-3-405B's widest matrix is 53,248)."""
-MAX_FROZEN_ELEMENTS = 1 << 26
-"""Largest number of values in one layer's rebuilt frozen matrices (256 MiB in float32)."""
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def take_tensor(tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[int, ...], path: Path, where: str) -> torch.Tensor:
-    """``tensors[key]`` from the file at ``path``, checked: present, of ``shape``, and :func:`check_values`."""
-    if key not in tensors:
-        raise InputError(f"{path}: missing tensor {key!r}")
-    tensor = tensors[key]
-    if tuple(tensor.shape) != shape:
-        raise InputError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, run.json implies {shape}")
-    check_values(tensor, where)
-    return tensor
-
-
 def _check_layer(layer: Any, method: str, where: str) -> None:
     """A run.json layer record, checked before anything is allocated from it (the method's
     own fields by its class's :meth:`~tlora_analysis.methods.AdapterLayer.check_record`)."""
@@ -214,81 +82,6 @@ def _check_layer(layer: Any, method: str, where: str) -> None:
     if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
         raise InputError(f"{where}: 'frozen_sha256' should map matrix names to SHA-256 strings")
     layer_class.check_record(layer, where)
-
-
-MAX_ABS_VALUE = 1e15
-"""Largest magnitude accepted in a stored adapter tensor: far beyond any trained adapter,
-and far enough below float64's range that squared norms of products cannot overflow."""
-
-
-def check_values(tensor: torch.Tensor, where: str) -> None:
-    """A tensor read from a file must be real floating point, finite and of plausible magnitude."""
-    if not tensor.is_floating_point():
-        raise InputError(f"{where}: has dtype {tensor.dtype}; adapter tensors are real floating point")
-    if not bool(torch.isfinite(tensor).all()):
-        kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
-        raise InputError(f"{where}: holds {kind} values")
-    if tensor.numel() and float(tensor.abs().max()) > MAX_ABS_VALUE:
-        raise InputError(f"{where}: holds values of magnitude above {MAX_ABS_VALUE:g}, which no trained adapter reaches")
-
-
-# --------------------------------------------------------------------------- locking
-class RunLock:
-    """An exclusive lock on a run directory, so that two writers cannot interleave their files.
-
-    It is an ``fcntl.flock`` on ``RUN_DIR/.lock``: the kernel drops it when the holding
-    process exits, however it exits, so a lock left by a killed process is never in the
-    way. The file holds the holder's PID for the error message. Within one process the
-    lock is re-entrant (a :class:`RunWriter` inside ``train`` takes it again).
-    """
-
-    _held: dict[Path, RunLock] = {}
-
-    def __init__(self, run_dir: str | Path) -> None:
-        self.path = Path(run_dir).resolve() / LOCK_FILE
-        self._fd: int | None = None
-        self._count = 0
-
-    @classmethod
-    def acquire(cls, run_dir: str | Path) -> RunLock:
-        key = Path(run_dir).resolve()
-        lock = cls._held.get(key) or cls(run_dir)
-        if lock._count == 0:
-            lock._lock()
-            cls._held[key] = lock
-        lock._count += 1
-        return lock
-
-    def _lock(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666 & ~umask())
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as err:
-                os.close(fd)
-                if err.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = self.path.read_text().strip() if self.path.exists() else "?"
-                raise InputError(f"{self.path.parent}: another process (pid {holder or '?'}) is writing this run; "
-                                 "wait for it to finish or choose another --out") from err
-            # The holder before us may have unlinked the file between our open and flock.
-            if self.path.exists() and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._count == 0:
-            return
-        self._count -= 1
-        if self._count == 0 and self._fd is not None:
-            self.path.unlink(missing_ok=True)
-            os.close(self._fd)
-            self._fd = None
-            RunLock._held.pop(self.path.parent, None)
 
 
 # --------------------------------------------------------------------------- writing
@@ -373,7 +166,8 @@ class Run:
         if not _is_int(version) or version > RUN_FORMAT_VERSION:
             raise InputError(f"{where}: format_version {version!r} is newer than this tlora-analysis reads "
                              f"(version {RUN_FORMAT_VERSION}); upgrade tlora-analysis")
-        self.method: str = require(self.meta, "method", where, str)
+        recorded = require(self.meta, "method", where, str)
+        self.method: str = LEGACY_METHOD_NAMES.get(recorded, recorded)
         self.layers: dict[str, dict] = require(self.meta, "layers", where, dict)
         for name, layer in self.layers.items():
             _check_layer(layer, self.method, f"{where} layer {name!r}")

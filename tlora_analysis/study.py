@@ -177,7 +177,7 @@ class Study:
     """
 
     def __init__(self, path: str | Path) -> None:
-        from .store import read_json
+        from .io import read_json
 
         self.path = Path(path)
         meta = read_json(self.path / STUDY_JSON, "study.json")
@@ -213,7 +213,7 @@ class Study:
 
     def status(self, name: str) -> str:
         """finished, interrupted (resumable), failed (see study.json for the log) or pending."""
-        from .store import read_json
+        from .io import read_json
 
         run_json = self.run_dir(name) / "run.json"
         recorded = self.meta.get("cells", {}).get(name, {})
@@ -282,7 +282,7 @@ def _spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def _prepare(spec: StudySpec, out: Path, extend: bool) -> dict:
     """The study.json to run with: new, or the existing one when the spec is unchanged (or only extends it)."""
-    from .store import read_json
+    from .io import read_json
 
     cells = spec.cells()
     if not (out / STUDY_JSON).exists():
@@ -307,7 +307,7 @@ def _prepare(spec: StudySpec, out: Path, extend: bool) -> dict:
 
 def run_cell(study_dir: str | Path, name: str, threads: int | None = None) -> str:
     """Train, resume or reuse one cell of a study; the unit of work every executor runs."""
-    from .store import read_json
+    from .io import read_json
     from .training import resume, train
 
     if threads:
@@ -443,7 +443,8 @@ def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, execut
     """
     from tqdm.auto import tqdm
 
-    from .store import RunLock, atomic_write_json
+    from .io import atomic_write_json
+    from .lock import RunLock
 
     spec = spec if isinstance(spec, StudySpec) else parse_spec(spec)
     executor = executor or Executor()

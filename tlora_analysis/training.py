@@ -25,10 +25,14 @@ from .data import TASKS, compute_metrics, load_task
 from .data.lm import encode_lm, predicted_tokens
 from .distributed import full_parameters, like, processes, squared_grad_norms, whole
 from .errors import InputError
+from .io import inside, read_json
 from .live import make_sinks
+from .lock import RunLock
+from .methods import METHOD_SPECS
 from .models import load_causal_lm, load_model, load_tokenizer, model_named_in_file
 from .recording import DeltaRecorder, trainable_groups
-from .store import HEAD_PREFIX, Run, RunLock, atomic_save_tensors, inside, load_run, read_json, read_tensors
+from .store import HEAD_PREFIX, LEGACY_METHOD_NAMES, Run, load_run
+from .tensors import atomic_save_tensors, read_tensors
 
 __all__ = ["TrainConfig", "train", "resume", "restore_model", "load_snapshot_into"]
 
@@ -47,7 +51,7 @@ def _build_model(config: TrainConfig, num_labels: int):
         model = load_causal_lm(config.model, config.device)
     else:
         model = load_model(config.model, num_labels, config.device)
-    if config.method == "head":
+    if not METHOD_SPECS[config.method].adapts_layers:
         model.requires_grad_(False)
         for name, param in model.named_parameters():
             if name.split(".")[0] in HEAD_MODULES:
@@ -200,7 +204,7 @@ def _check_labels(examples: list[dict], num_labels: int, task: str) -> None:
 def _check_resumable(meta: dict, config: TrainConfig, out_dir: Path, model) -> None:
     """A resumed run must rebuild exactly the adapters its header records."""
     where = out_dir / "run.json"
-    if meta.get("method") not in (config.method, "none"):
+    if LEGACY_METHOD_NAMES.get(meta.get("method"), meta.get("method")) != config.method:
         raise InputError(f"{where}: records method {meta.get('method')!r} but its config says {config.method!r}")
     if meta.get("seed", config.seed) != config.seed:
         raise InputError(f"{where}: records seed {meta.get('seed')!r} but its config says {config.seed!r}; "
@@ -266,7 +270,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                 step = start_epoch * steps_per_epoch
                 optimizer_state = _load_resume_state(out_dir, start_epoch, model, step)
 
-        metadata = {"task": config.task, "model": config.model, "targets": config.targets, "seed": config.seed,
+        metadata = {"method": config.method, "task": config.task, "model": config.model, "targets": config.targets, "seed": config.seed,
                     "main_metric": spec.main_metric, "world_size": procs.world, "precision": config.precision,
                     "recorded_dtype": "float32", "config": asdict(config)}
         if procs.writes:  # the model is not yet wrapped: rank 0 reads and evaluates it alone
@@ -287,7 +291,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay)
         _restore_optimizer(model, optimizer, optimizer_state)
         # Gradient norms from the reduced gradients (tensor hooks would see one process's share).
-        groups = trainable_groups(model) if config.record_grad_norms and config.method != "head" else []
+        groups = trainable_groups(model) if config.record_grad_norms and METHOD_SPECS[config.method].adapts_layers else []
 
         epochs = tqdm(range(start_epoch + 1, config.epochs + 1), desc=f"{config.method} epochs", disable=not progress,
                       initial=start_epoch, total=config.epochs)

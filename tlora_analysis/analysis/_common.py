@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..factored import FactoredDelta
+from ..methods.spec import METHOD_SPECS
 
 if TYPE_CHECKING:
     import torch
@@ -144,3 +145,15 @@ def per_run(analysis):
         return pd.concat(tables, ignore_index=True)
 
     return wrapper
+
+
+def learns_scale(method: str) -> bool:
+    """Whether a method learns a scale per layer (TLoRA's α); a method no spec names learns none."""
+    spec = METHOD_SPECS.get(method)
+    return spec is not None and spec.learns_scale
+
+
+def has_square_core(method: str) -> bool:
+    """Whether a method trains an r x r core between frozen factors (TLoRA's B, LoRA-XS's R)."""
+    spec = METHOD_SPECS.get(method)
+    return spec is not None and spec.square_core

@@ -30,6 +30,9 @@ FINDINGS = {
     6: "TLoRA's and LoRA's updates have high cosine similarity",
 }
 
+PAPER_METHOD = "tlora"
+REFERENCE_METHOD = "lora"
+"""The paper's pair: its findings describe TLoRA against LoRA, so the audit names them by design."""
 GAUSSIAN_MAX_ABS_SKEW = 0.5
 GAUSSIAN_MAX_ABS_EXCESS_KURTOSIS = 1.0
 NORMALITY_ALPHA = 0.05
@@ -107,12 +110,12 @@ def _matrix(tables, last, method, matrix):
 @reading(1, "max |excess kurtosis| (and |skewness|) of TLoRA's B, pooled per module", MOMENTS, ("weight_stats",), headline=True,
          limits=(GAUSSIAN_MAX_ABS_EXCESS_KURTOSIS,))
 def _gaussian_b(tables, last):
-    return _moments(_matrix(tables, last, "tlora", "B"), "TLoRA's B")
+    return _moments(_matrix(tables, last, PAPER_METHOD, "B"), "TLoRA's B")
 
 
 @reading(1, "normality test of TLoRA's B", f"p > {NORMALITY_ALPHA} in every module", ("weight_stats",))
 def _normality_b(tables, last):
-    rows = _matrix(tables, last, "tlora", "B")
+    rows = _matrix(tables, last, PAPER_METHOD, "B")
     p = float(rows.normality_p.min())
     tests = ", ".join(f"{q:.2g} ({NORMALITY_TEST_NAMES.get(t, t)}, n = {n})" for q, t, n in zip(rows.normality_p, rows.normality_test, rows.n))
     holds = _holds(p, lambda v: v > NORMALITY_ALPHA)
@@ -122,19 +125,19 @@ def _normality_b(tables, last):
 
 @reading(1, "max |excess kurtosis| (and |skewness|) of LoRA's A", MOMENTS, ("weight_stats",))
 def _gaussian_lora_a(tables, last):
-    return _moments(_matrix(tables, last, "lora", "A"), "LoRA's A, Kaiming-uniform at init")
+    return _moments(_matrix(tables, last, REFERENCE_METHOD, "A"), "LoRA's A, Kaiming-uniform at init")
 
 
 @reading(1, "max |excess kurtosis| (and |skewness|) of LoRA's B", MOMENTS, ("weight_stats",))
 def _gaussian_lora_b(tables, last):
-    return _moments(_matrix(tables, last, "lora", "B"), "LoRA's B, zero at init")
+    return _moments(_matrix(tables, last, REFERENCE_METHOD, "B"), "LoRA's B, zero at init")
 
 
 @reading(1, "the same test on a Gaussian B of the same size (chance reference)", f"p > {NORMALITY_ALPHA} in every module", ("weight_stats",))
 def _gaussian_reference(tables, last):
     from .distributions import describe
 
-    rows = _matrix(tables, last, "tlora", "B")
+    rows = _matrix(tables, last, PAPER_METHOD, "B")
     rng = np.random.default_rng(0)
     drawn = pd.DataFrame([describe(rng.standard_normal(int(n))) for n in rows.n])
     verdict = _moments(drawn, "N(0, 1) draws")
@@ -145,7 +148,7 @@ def _gaussian_reference(tables, last):
 
 
 # --------------------------------------------------------------------------- 2. stable norms
-def _mean_norms(tables, method="tlora") -> pd.Series:
+def _mean_norms(tables, method=PAPER_METHOD) -> pd.Series:
     norms = tables["norms"]
     return norms[norms.method == method].groupby("epoch")["frobenius"].mean()
 
@@ -163,7 +166,7 @@ def _stable_last(tables, last):
 @reading(2, "relative step ‖ΔW_e − ΔW_e−1‖/‖ΔW_e‖ in every epoch from the second", f"< {STABLE_MAX_CHANGE} in every such epoch", ("norms",))
 def _stable_steps(tables, last):
     norms = tables["norms"]
-    t = norms[(norms.method == "tlora") & (norms.epoch >= 2) & (norms.epoch <= last)]
+    t = norms[(norms.method == PAPER_METHOD) & (norms.epoch >= 2) & (norms.epoch <= last)]
     steps = (t.delta_step / t.frobenius).groupby(t.epoch).mean()
     worst = float(steps.max()) if len(steps) else math.nan
     holds = _holds(worst, lambda v: v < STABLE_MAX_CHANGE)
@@ -215,8 +218,8 @@ def _spectra_pairs(tables, last, column="singular_value", table="spectra", matri
             v = np.sort(g[column].to_numpy())[::-1][:rank]
             s[: len(v)] = v
             per[method] = s / s.sum() if s.sum() > 0 else s
-        if {"lora", "tlora"} <= set(per):
-            yield per["lora"], per["tlora"]
+        if {REFERENCE_METHOD, PAPER_METHOD} <= set(per):
+            yield per[REFERENCE_METHOD], per[PAPER_METHOD]
 
 
 def _tv(tables, last, **kwargs) -> float:
@@ -259,8 +262,8 @@ def _core_eigenvalues(tables, last):
 @reading(4, "gap in entropy effective rank", f"< {RANK_GAP_MAX} direction on average", ("effective_rank",))
 def _rank_gap(tables, last):
     er = _at(tables["effective_rank"], last)
-    er = er[er.method.isin(("lora", "tlora"))].pivot_table(index="name", columns="method", values="entropy_rank")
-    gap = float((er["tlora"] - er["lora"]).abs().mean()) if {"lora", "tlora"} <= set(er.columns) else math.nan
+    er = er[er.method.isin((REFERENCE_METHOD, PAPER_METHOD))].pivot_table(index="name", columns="method", values="entropy_rank")
+    gap = float((er[PAPER_METHOD] - er[REFERENCE_METHOD]).abs().mean()) if {REFERENCE_METHOD, PAPER_METHOD} <= set(er.columns) else math.nan
     means = {m: float(er[m].mean()) for m in er.columns}
     holds = _holds(gap, lambda v: v < RANK_GAP_MAX)
     return Verdict(gap, f"mean |erank_TLoRA − erank_LoRA| {gap:.2f} (means: " + ", ".join(f"{m} {v:.2f}" for m, v in means.items()) + ")",
@@ -279,19 +282,19 @@ def _ratio_verdict(ratio: float, text: str) -> Verdict:
 
 def _norm_ratio(table: pd.DataFrame, last: int, column: str):
     at = _at(table, last).groupby("method")[column].mean()
-    return float(at.get("tlora", math.nan) / at.get("lora", math.nan)), at
+    return float(at.get(PAPER_METHOD, math.nan) / at.get(REFERENCE_METHOD, math.nan)), at
 
 
 @reading(5, "ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", RATIO, ("norms",), headline=True, limits=NORM_RATIO_RANGE)
 def _frobenius_ratio(tables, last):
     ratio, at = _norm_ratio(tables["norms"], last, "frobenius")
-    return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get('tlora', math.nan):.3g} / {at.get('lora', math.nan):.3g})")
+    return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get(PAPER_METHOD, math.nan):.3g} / {at.get(REFERENCE_METHOD, math.nan):.3g})")
 
 
 @reading(5, "ratio of mean spectral norms ‖ΔW‖_2, TLoRA / LoRA", RATIO, ("norms",))
 def _spectral_ratio(tables, last):
     ratio, at = _norm_ratio(tables["norms"], last, "spectral")
-    return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get('tlora', math.nan):.3g} / {at.get('lora', math.nan):.3g})")
+    return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get(PAPER_METHOD, math.nan):.3g} / {at.get(REFERENCE_METHOD, math.nan):.3g})")
 
 
 @reading(5, "ratio of mean relative norms ‖ΔW‖_F / ‖W0‖_F", RATIO, ("adapted_similarity",))
@@ -304,7 +307,7 @@ def _relative_ratio(tables, last):
 @reading(5, "ratio of mean amplification factors ‖ΔW‖_F / ‖UᵀW0V‖_F", RATIO, ("amplification",))
 def _amplification_ratio(tables, last):
     ratio, at = _norm_ratio(tables["amplification"], last, "amplification")
-    return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get('tlora', math.nan):.3g} / {at.get('lora', math.nan):.3g})")
+    return _ratio_verdict(ratio, f"{ratio:.3f} ({at.get(PAPER_METHOD, math.nan):.3g} / {at.get(REFERENCE_METHOD, math.nan):.3g})")
 
 
 @reading(5, "Spearman correlation of the per-layer ‖ΔW‖_F profiles", f"ρ > {PROFILE_MIN_SPEARMAN}", ("norms",))
@@ -312,10 +315,10 @@ def _norm_profile(tables, last):
     from scipy.stats import spearmanr
 
     at = _at(tables["norms"], last)
-    wide = at[at.method.isin(("lora", "tlora"))].pivot_table(index="name", columns="method", values="frobenius")
-    if not {"lora", "tlora"} <= set(wide.columns) or len(wide) < 3:
+    wide = at[at.method.isin((REFERENCE_METHOD, PAPER_METHOD))].pivot_table(index="name", columns="method", values="frobenius")
+    if not {REFERENCE_METHOD, PAPER_METHOD} <= set(wide.columns) or len(wide) < 3:
         return Verdict(math.nan, "fewer than three layers", None, "a profile needs at least three layers")
-    rho, p = spearmanr(wide["lora"], wide["tlora"])
+    rho, p = spearmanr(wide[REFERENCE_METHOD], wide[PAPER_METHOD])
     holds = _holds(float(rho), lambda v: v > PROFILE_MIN_SPEARMAN)
     return Verdict(float(rho), f"ρ = {rho:.3f} (p = {p:.2g}, {len(wide)} layers)", holds,
                    "the same layers get large updates in both methods" if holds else "the methods put their large updates in different layers")
@@ -383,7 +386,7 @@ def _seed_control(tables, last):
 
 # --------------------------------------------------------------------------- evaluation
 def last_common_epoch(tables: Mapping[str, pd.DataFrame]) -> int:
-    norms = tables["norms"][tables["norms"].method.isin(("lora", "tlora"))]
+    norms = tables["norms"][tables["norms"].method.isin((REFERENCE_METHOD, PAPER_METHOD))]
     return int(norms.groupby("method")["epoch"].max().min())
 
 

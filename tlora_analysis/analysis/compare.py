@@ -9,8 +9,9 @@ import torch
 
 from ..config import METHODS
 from ..errors import InputError
-from ._common import UpdateSource, as_source, with_settings
+from ._common import UpdateSource, as_source, learns_scale, with_settings
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
+from .claims import PAPER_METHOD, REFERENCE_METHOD
 from .distributions import weight_distributions, weight_histograms
 from .norms import norms, scales
 from .similarity import adapted_weight_similarity, reachable_cosine, subspace_similarity_table, update_similarity
@@ -69,10 +70,11 @@ def compare_runs(
     if pairs:
         tables["similarity_pairs"] = pd.concat([update_similarity(a, b, baseline_samples=baseline_samples) for a, b in pairs],
                                                ignore_index=True)
-    tlora = [r for r in adapted if r.method == "tlora"]
-    if tlora:
-        tables["scales"] = pd.concat([scales(r) for r in tlora], ignore_index=True)
-    lora = [r for r in adapted if r.method == "lora"]
+    scaled = [r for r in adapted if learns_scale(r.method)]
+    if scaled:
+        tables["scales"] = pd.concat([scales(r) for r in scaled], ignore_index=True)
+    lora = [r for r in adapted if r.method == REFERENCE_METHOD]
+    tlora = [r for r in adapted if r.method == PAPER_METHOD]
     if lora and tlora:  # the paper's pair: its claims and figures compare the first LoRA and the first TLoRA run
         similarity = tables["similarity_pairs"]
         tables["similarity"] = similarity[(similarity.run_a == lora[0].name) & (similarity.run_b == tlora[0].name)].reset_index(drop=True)
@@ -124,8 +126,8 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
         tables["norms"] = norms(study)
         tables["spectra"] = spectra(study, [last])
         tables["effective_rank"] = effective_rank(study, [last], energy=SETTINGS["energy_rank"])
-        if any(s["method"] == "tlora" for _, s in adapted):
-            tables["scales"] = pd.concat([with_settings(scales(r), s) for r, s in adapted if s["method"] == "tlora"], ignore_index=True)
+        if any(learns_scale(r.method) for r, _ in adapted):
+            tables["scales"] = pd.concat([with_settings(scales(r), s) for r, s in adapted if learns_scale(r.method)], ignore_index=True)
         tables["controls"] = similarity_controls(study, baseline_samples=SETTINGS["baseline_samples"])
         tables["rank_similarity"] = rank_similarity(study)
         tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"], norms_table=tables["norms"],
@@ -141,9 +143,9 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
         tables["runs_over_seeds"] = aggregate(finished, by=keys, values=["final_metric", "trainable_params", "adapter_params"])
     pair_seed = min((s.get("seed", 0) for _, s in adapted), default=None) if pair_seed is None else pair_seed
     pair = [r for r, s in adapted if s.get("seed", 0) == pair_seed]
-    lora = [r for r in pair if r.method == "lora"][:1]
-    tlora = [r for r in pair if r.method == "tlora"][:1]
-    others = [r for r in pair if r.method not in ("lora", "tlora")]
+    lora = [r for r in pair if r.method == REFERENCE_METHOD][:1]
+    tlora = [r for r in pair if r.method == PAPER_METHOD][:1]
+    others = [r for r in pair if r.method not in (REFERENCE_METHOD, PAPER_METHOD)]
     if lora or tlora:
         tables["pair"] = compare_runs([*lora, *tlora, *others], base_weights)
     return tables

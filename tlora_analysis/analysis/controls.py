@@ -23,7 +23,7 @@ from ..factored import cosine_similarity
 from ..study import Study
 from ._common import module_and_layer
 from .aggregate import aggregate
-from .claims import paper_claims
+from .claims import PAPER_METHOD, REFERENCE_METHOD, paper_claims
 from .distributions import weight_distributions
 from .norms import norms, scales
 from .similarity import (
@@ -169,8 +169,8 @@ def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None =
     controls = similarity_controls(study) if controls is None else controls
     cells = study.finished(adapted_only=True)
     per_method = set(study.spec.per_method)
-    lora = [(r, s) for r, s in cells if s["method"] == "lora"]
-    tlora = [(r, s) for r, s in cells if s["method"] == "tlora"]
+    lora = [(r, s) for r, s in cells if s["method"] == REFERENCE_METHOD]
+    tlora = [(r, s) for r, s in cells if s["method"] == PAPER_METHOD]
     rows = []
     for t, st in tlora:
         for lo, sl in lora:
@@ -180,7 +180,7 @@ def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None =
             group_l, group_t = _without(sl, "seed"), _without(st, "seed")
             same = controls[(controls.kind == SAME_METHOD)] if len(controls) else controls
             if len(same):
-                mask = same.method_a == "lora"
+                mask = same.method_a == REFERENCE_METHOD
                 for key, value in group_l.items():
                     mask &= same[f"{key}_a"] == value
                 if mask.any():

@@ -9,7 +9,8 @@ import pandas as pd
 
 from ..errors import InputError
 from ..factored import inner
-from ._common import UpdateSource, as_source, epochs_of, per_run, row_key
+from ..methods.spec import METHOD_SPECS
+from ._common import UpdateSource, as_source, epochs_of, learns_scale, per_run, row_key
 
 
 @per_run
@@ -46,8 +47,9 @@ def scales(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFra
     """TLoRA's learned α per layer and epoch, with its mean, standard deviation and coefficient
     of variation across the layers of each (module, epoch) — the paper's finding 3."""
     run = as_source(run)
-    if run.method != "tlora":
-        raise InputError(f"run {run.name!r} is {run.method}: only TLoRA learns a scale α per layer")
+    if not learns_scale(run.method):
+        learned = ", ".join(n for n, s in METHOD_SPECS.items() if s.learns_scale)
+        raise InputError(f"run {run.name!r} is {run.method}: only methods that learn a scale per layer ({learned}) have one")
     rows = [
         {**row_key(run, name, epoch), "alpha": alpha}
         for epoch in epochs_of(run, epochs)

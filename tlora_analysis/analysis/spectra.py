@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._common import UpdateSource, as_source, epochs_of, iter_deltas, per_run, row_key
+from ._common import UpdateSource, as_source, epochs_of, has_square_core, iter_deltas, per_run, row_key
 
 
 @per_run
@@ -30,16 +30,17 @@ def spectra(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFr
 
 @per_run
 def core_eigenvalues(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
-    """Eigenvalues (complex in general) per layer and epoch: of TLoRA's trained r x r matrix B
-    (``matrix = "B"``), and for other methods of the square ΔW itself, whose nonzero
+    """Eigenvalues (complex in general) per layer and epoch: of the trained r x r core of methods
+    that have one (TLoRA's B, LoRA-XS's R; ``matrix`` names it), and for other methods of the square ΔW itself, whose nonzero
     eigenvalues are those of the r x r product K·R·L of its factors (``matrix = "ΔW"``)."""
     run = as_source(run)
     rows = []
     for epoch in epochs_of(run, epochs):
-        trainable = run.trainable(epoch) if run.method == "tlora" else {}
+        trainable = run.trainable(epoch) if has_square_core(run.method) else {}
         for name, delta in run.deltas(epoch).items():
-            if run.method == "tlora":
-                matrix, square = "B", trainable[name]["B"].double()
+            if trainable:
+                matrix, core = next(iter(trainable[name].items()))
+                square = core.double()
             elif delta.shape[0] == delta.shape[1]:
                 matrix, square = "ΔW", delta.core.double() @ delta.right.double() @ delta.left.double()
             else:

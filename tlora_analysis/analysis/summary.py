@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ._common import UpdateSource, as_source, per_run
+from ._common import UpdateSource, as_source, learns_scale, per_run
 from .norms import norms, scales
 from .spectra import effective_rank
 
@@ -36,6 +36,6 @@ def summary(run: UpdateSource) -> pd.DataFrame:
         "mean_delta_frobenius": float(norms(run, [last])["frobenius"].mean()),
         "mean_stable_rank": float(np.nanmean(ranks["stable_rank"])) if ranks["stable_rank"].notna().any() else math.nan,
         "mean_entropy_rank": float(np.nanmean(ranks["entropy_rank"])) if ranks["entropy_rank"].notna().any() else math.nan,
-        "alpha_cv_across_layers": float(scales(run, [last])["alpha_cv_across_layers"].mean()) if run.method == "tlora" else math.nan,
+        "alpha_cv_across_layers": float(scales(run, [last])["alpha_cv_across_layers"].mean()) if learns_scale(run.method) else math.nan,
     }
     return pd.DataFrame([row])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..store import atomic_write_bytes
+from ..io import atomic_write_bytes
 from . import dynamics, geometry, overview
 from .study import STUDY_FIGURES
 from .style import save, style

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import METHOD_COLORS, layer_epoch_heatmap, method_label, modules_of, sequential_colors
+from .style import layer_epoch_heatmap, method_color, method_label, modules_of, sequential_colors
 
 
 def _pick_layers(table: pd.DataFrame, count: int = 3) -> list[int]:
@@ -25,7 +25,7 @@ def spectra_comparison(spectra: pd.DataFrame, layers: list[int] | None = None):
         for c, layer in enumerate(layers):
             ax = axes[r][c]
             for method, group in data[(data.module == module) & (data.layer == layer)].groupby("method"):
-                ax.semilogy(group["index"], group.singular_value, "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
+                ax.semilogy(group["index"], group.singular_value, "o-", color=method_color(method), label=method_label(method), ms=4)
             ax.set_title(f"{module}, layer {layer}")
             ax.set_xlabel("index i")
             if c == 0:
@@ -116,7 +116,7 @@ def weight_histograms(histograms: pd.DataFrame, stats: pd.DataFrame):
         for c, epoch in enumerate((first, last)):
             ax = axes[r][c]
             h = trained[(trained.method == method) & (trained.matrix == matrix) & (trained.module == module) & (trained.epoch == epoch)]
-            ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=METHOD_COLORS[method], alpha=0.6, label="entries")
+            ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=method_color(method), alpha=0.6, label="entries")
             ax.plot((h.left + h.right) / 2, h.normal_density, "k-", lw=1.2, label="normal fit")
             s = stats[(stats.method == method) & (stats.matrix == matrix) & (stats.module == module) & (stats.epoch == epoch)].iloc[0]
             ax.set_title(f"{method_label(method)} {matrix} · {module} · epoch {epoch}", fontsize=10)

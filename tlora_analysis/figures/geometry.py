@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import DIVERGING, METHOD_COLORS, layer_epoch_heatmap, method_label, module_color, modules_of
+from .style import DIVERGING, layer_epoch_heatmap, method_color, method_label, module_color, modules_of
 
 
 def cosine_similarity(similarity: pd.DataFrame):
@@ -120,8 +120,8 @@ def effective_rank(ranks: pd.DataFrame):
         for (method, module), group in data.groupby(["method", "module"]):
             stats = group.groupby("epoch")[column].agg(["mean", "min", "max"])
             style = "-" if module == sorted(data.module.unique())[0] else "--"
-            ax.plot(stats.index, stats["mean"], style, marker="o", ms=3, color=METHOD_COLORS[method], label=f"{method_label(method)} · {module}")
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=METHOD_COLORS[method], alpha=0.12)
+            ax.plot(stats.index, stats["mean"], style, marker="o", ms=3, color=method_color(method), label=f"{method_label(method)} · {module}")
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=method_color(method), alpha=0.12)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
@@ -144,7 +144,7 @@ def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
     width = 0.8 / len(methods)
     for k, method in enumerate(methods):
         values = [data[(data.method == method) & (data.module == m) & (data.layer == layer)].intruders.sum() for m, layer in labels]
-        axes[0][0].bar(x + k * width - 0.4 + width / 2, values, width, color=METHOD_COLORS[method], label=method_label(method))
+        axes[0][0].bar(x + k * width - 0.4 + width / 2, values, width, color=method_color(method), label=method_label(method))
     axes[0][0].set_xticks(x, [f"{m[0]}{layer}" for m, layer in labels], fontsize=7)
     axes[0][0].set_xlabel("module (q = query, v = value) and layer")
     axes[0][0].set_ylabel(f"intruder dimensions (of top {int(data.k.max())})")
@@ -153,7 +153,7 @@ def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
     amp = amplification[amplification.epoch == last]
     for (method, module), group in amp.groupby(["method", "module"]):
         style = "-" if module == sorted(amp.module.unique())[0] else "--"
-        axes[0][1].semilogy(group.layer, group.amplification, style, marker="o", ms=3, color=METHOD_COLORS[method], label=f"{method_label(method)} · {module}")
+        axes[0][1].semilogy(group.layer, group.amplification, style, marker="o", ms=3, color=method_color(method), label=f"{method_label(method)} · {module}")
     axes[0][1].set_xlabel("layer")
     axes[0][1].set_ylabel("amplification ‖ΔW‖_F / ‖UᵀW₀V‖_F")
     axes[0][1].set_title(f"Amplification, epoch {last}")

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from .style import METHOD_COLORS, method_label, module_color, modules_of
+from ..analysis.claims import PAPER_METHOD
+from .style import method_color, method_label, module_color, modules_of
 
 
 def overview(tables: Mapping[str, pd.DataFrame]):
@@ -20,7 +21,7 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     ax = axes[0][0]
     for method, group in norms.groupby("method"):
         mean = group.groupby("epoch").frobenius.mean()
-        ax.plot(mean.index, mean.to_numpy(), "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
+        ax.plot(mean.index, mean.to_numpy(), "o-", color=method_color(method), label=method_label(method), ms=4)
     ax.set(title="Mean ‖ΔW‖_F over layers", xlabel="epoch", ylabel="‖ΔW‖_F", ylim=(0, None))
     ax.legend()
 
@@ -29,13 +30,13 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     for method, group in data.groupby("method"):
         normalized = group.groupby("name").singular_value.transform(lambda s: s / s.max())
         stats = normalized.groupby(group["index"]).agg(["mean", "min", "max"])
-        ax.semilogy(stats.index, stats["mean"], "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
-        ax.fill_between(stats.index, stats["min"], stats["max"], color=METHOD_COLORS[method], alpha=0.15)
+        ax.semilogy(stats.index, stats["mean"], "o-", color=method_color(method), label=method_label(method), ms=4)
+        ax.fill_between(stats.index, stats["min"], stats["max"], color=method_color(method), alpha=0.15)
     ax.set(title=f"Normalized spectra σᵢ/σ₁, epoch {last}", xlabel="index i", ylabel="σᵢ / σ₁")
     ax.legend()
 
     hist, stats = tables["weight_histograms"], tables["weight_stats"]
-    has_b = bool(((hist.method == "tlora") & (hist.matrix == "B")).any())
+    has_b = bool(((hist.method == PAPER_METHOD) & (hist.matrix == "B")).any())
     paired_panels = [  # (axis, whether its tables are there, how to draw it, what it needs)
         (axes[0][2], "scales" in tables, lambda ax: _alpha_by_layer(ax, tables["scales"], last), "TLoRA α by layer: needs a TLoRA run"),
         (axes[1][0], has_b, lambda ax: _b_histogram(ax, hist, stats, last), "TLoRA B entries: needs a TLoRA run"),
@@ -52,7 +53,7 @@ def overview(tables: Mapping[str, pd.DataFrame]):
     ranks = tables["effective_rank"]
     for method, group in ranks[ranks.epoch > 0].groupby("method"):
         mean = group.groupby("epoch").entropy_rank.mean()
-        ax.plot(mean.index, mean.to_numpy(), "o-", color=METHOD_COLORS[method], label=method_label(method), ms=4)
+        ax.plot(mean.index, mean.to_numpy(), "o-", color=method_color(method), label=method_label(method), ms=4)
     ax.set(title="Entropy effective rank (mean over layers)", xlabel="epoch", ylabel="effective rank", ylim=(0, None))
     ax.legend()
     methods = " vs ".join(method_label(m) for m in dict.fromkeys(norms.method))
@@ -74,12 +75,12 @@ def _alpha_by_layer(ax, scales: pd.DataFrame, last: int) -> None:
 
 
 def _b_histogram(ax, hist: pd.DataFrame, stats: pd.DataFrame, last: int) -> None:
-    h = hist[(hist.method == "tlora") & (hist.matrix == "B") & (hist.epoch == last)]
+    h = hist[(hist.method == PAPER_METHOD) & (hist.matrix == "B") & (hist.epoch == last)]
     module = sorted(h.module.unique())[0]
     h = h[h.module == module]
-    ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=METHOD_COLORS["tlora"], alpha=0.6)
+    ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=method_color(PAPER_METHOD), alpha=0.6)
     ax.plot((h.left + h.right) / 2, h.normal_density, "k-", lw=1.2)
-    s = stats[(stats.method == "tlora") & (stats.matrix == "B") & (stats.epoch == last) & (stats.module == module)].iloc[0]
+    s = stats[(stats.method == PAPER_METHOD) & (stats.matrix == "B") & (stats.epoch == last) & (stats.module == module)].iloc[0]
     ax.set(title=f"TLoRA B entries ({module}), epoch {last}", xlabel="entry value", ylabel="density")
     ax.text(0.02, 0.95, f"skew {s.skewness:.2f}\nex. kurt {s.excess_kurtosis:.2f}", transform=ax.transAxes, va="top", fontsize=8)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from ..analysis.aggregate import aggregate
-from ..analysis.claims import FINDINGS
-from .style import METHOD_COLORS, method_label
+from ..analysis.claims import FINDINGS, PAPER_METHOD
+from .style import method_color, method_label
 
 STYLES = ["-", "--", ":", "-."]
 SETTING_COLUMNS = ("rank", "lr", "alpha", "init", "epochs", "batch_size", "max_train_samples", "targets", "task", "model")
@@ -83,7 +83,7 @@ def _band(ax, table: pd.DataFrame, x: str, y: str) -> None:
     agg = aggregate(table[["group", "method", "style", x, "seed", y]], by=["group", "method", "style", x], values=[y])
     for (group, method, style), rows in agg.groupby(["group", "method", "style"], sort=False):
         rows = rows.sort_values(x)
-        color = METHOD_COLORS.get(method, "k")
+        color = method_color(method)
         n = int(rows.n.max())
         ax.plot(rows[x], rows["mean"], style, color=color, marker="o", ms=3, label=f"{group} (n = {n})")
         ax.fill_between(rows[x], rows.ci_low, rows.ci_high, color=color, alpha=0.18, lw=0)
@@ -98,7 +98,7 @@ def plot_accuracy_vs_parameters(runs: pd.DataFrame):
     agg = aggregate(done[["group", "method", "trainable_params", "seed", "final_metric"]], by=["group", "method", "trainable_params"],
                     values=["final_metric"])
     for row in agg.itertuples():
-        color = METHOD_COLORS.get(row.method, "k")
+        color = method_color(row.method)
         seeds = done[done.group == row.group]
         ax.scatter(seeds.trainable_params, seeds.final_metric, color=color, alpha=0.35, s=14)
         err = np.array([[row.mean - row.ci_low], [row.ci_high - row.mean]]) if not np.isnan(row.ci_low) else None
@@ -183,7 +183,7 @@ def plot_similarity_controls(controls: pd.DataFrame):
     for ax, column, chance, title in ((axes[0], "cosine", "baseline", "cosine of ΔW"), (axes[1], "phi", "phi_random", "φ of top-r subspaces")):
         for x, label in enumerate(labels):
             rows = per_pair[per_pair.label == label]
-            color = "0.35" if rows.kind.iloc[0].startswith("same") else METHOD_COLORS.get(rows.method_b.iloc[0], "k")
+            color = "0.35" if rows.kind.iloc[0].startswith("same") else method_color(rows.method_b.iloc[0])
             ax.bar(x, rows[column].mean(), color=color, alpha=0.5, width=0.6)
             ax.scatter(np.full(len(rows), x), rows[column], color=color, s=14, zorder=3)
             ax.hlines(rows[chance].mean(), x - 0.35, x + 0.35, colors="k", linestyles="dashed", lw=1)
@@ -205,7 +205,7 @@ def plot_claims_over_seeds(claims_per_seed: pd.DataFrame):
         groups = list(dict.fromkeys(rows.tlora_group))
         for x, group in enumerate(groups):
             values = rows[rows.tlora_group == group].value.to_numpy(dtype=float)
-            ax.scatter(np.full(len(values), x), values, color=METHOD_COLORS["tlora"], s=16, alpha=0.6)
+            ax.scatter(np.full(len(values), x), values, color=method_color(PAPER_METHOD), s=16, alpha=0.6)
             ax.hlines(np.nanmean(values) if len(values) else np.nan, x - 0.3, x + 0.3, colors="k")
         for t in reading.limits:
             ax.axhline(t, color="0.6", ls="--", lw=1)

@@ -10,18 +10,12 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib import cm, colors, ticker
 
-from ..store import atomic_write_bytes
+from ..io import atomic_write_bytes
+from ..methods.spec import FALLBACK_COLOUR, METHOD_SPECS
 
-METHOD_COLORS = {
-    "lora": "#0072B2",  # Okabe–Ito blue
-    "tlora": "#D55E00",  # Okabe–Ito vermillion
-    "vera": "#882255",  # Tol wine
-    "loraxs": "#999933",  # Tol olive
-    "full": "#332288",  # Tol indigo
-    "head": "#7F7F7F",
-}
-"""One colour per method, the same in every figure; none is a module colour."""
-METHOD_LABELS = {"lora": "LoRA", "tlora": "TLoRA", "vera": "VeRA", "loraxs": "LoRA-XS", "full": "full fine-tuning", "head": "head only"}
+METHOD_COLORS = {name: spec.colour for name, spec in METHOD_SPECS.items()}
+"""One colour per method (from its spec), the same in every figure; none is a module colour."""
+METHOD_LABELS = {name: spec.label for name, spec in METHOD_SPECS.items()}
 # Modules (query, value, ...) get other Okabe–Ito colours, so blue and vermillion always mean the methods.
 MODULE_PALETTE = ["#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 SEQUENTIAL = "viridis"  # layers and epochs
@@ -51,6 +45,11 @@ def style():
 
 def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
+
+
+def method_color(method: str) -> str:
+    """A method's colour; a method no spec names (a source from elsewhere) gets the fallback grey."""
+    return METHOD_COLORS.get(method, FALLBACK_COLOUR)
 
 
 def sequential_colors(values) -> tuple[dict, cm.ScalarMappable]:

@@ -1,17 +1,24 @@
-"""Adapter methods, one class each (see :mod:`.base` for what a method class says).
+"""Adapter methods: one spec entry each in :mod:`.spec` and one registered layer class each.
 
-Adding a method means adding one module here with one registered class, importing it
-below, and naming it in :data:`tlora_analysis.config.METHODS` (which the command line
-reads without importing torch; a test checks that the two agree).
+Importing this package loads only the torch-free specs; the layer classes (and torch) load on
+first use, so the command line lists methods and defaults without importing torch.
 """
 
-from .base import METHOD_CLASSES, AdapterLayer, method_class, register_method, tensor_sha256
-from .full import FullLinear
-from .lora import LoRALinear
-from .loraxs import LoRAXSLinear, loraxs_frozen_matrices
-from .tlora import TLoRALinear, tlora_frozen_matrices
-from .vera import VeRALinear, vera_frozen_matrices
+from importlib import import_module
 
-__all__ = ["AdapterLayer", "LoRALinear", "TLoRALinear", "VeRALinear", "LoRAXSLinear", "FullLinear", "METHOD_CLASSES",
-           "method_class", "register_method", "tensor_sha256", "tlora_frozen_matrices", "vera_frozen_matrices",
-           "loraxs_frozen_matrices"]
+from .spec import METHOD_SPECS, TLORA_INITS, Choice, MethodSpec, adapter_methods, method_spec, register_spec
+
+_LAZY = {
+    "AdapterLayer": "base", "METHOD_CLASSES": "base", "method_class": "base", "register_method": "base", "tensor_sha256": "base",
+    "LoRALinear": "lora", "LoRAFALinear": "lora_fa", "TLoRALinear": "tlora", "tlora_frozen_matrices": "tlora",
+    "VeRALinear": "vera", "vera_frozen_matrices": "vera", "LoRAXSLinear": "loraxs", "loraxs_frozen_matrices": "loraxs",
+    "FullLinear": "full",
+}
+
+__all__ = ["METHOD_SPECS", "TLORA_INITS", "Choice", "MethodSpec", "adapter_methods", "method_spec", "register_spec", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

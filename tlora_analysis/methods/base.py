@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..factored import FactoredDelta
+from .spec import METHOD_SPECS, method_spec
 
 __all__ = ["AdapterLayer", "register_method", "method_class", "METHOD_CLASSES", "tensor_sha256", "check_scale", "MAX_ABS_SCALE"]
 
@@ -32,15 +33,20 @@ MAX_ABS_SCALE = 1e12
 
 
 def register_method(cls: type[AdapterLayer]) -> type[AdapterLayer]:
-    """Class decorator: make ``cls`` available under ``cls.method`` to training, runs and inspect."""
+    """Class decorator: make ``cls`` available under ``cls.method``; its spec must name this very class."""
+    spec = METHOD_SPECS.get(cls.method)
+    if spec is None or spec.layer != f"{cls.__module__}:{cls.__name__}":
+        raise TypeError(f"{cls.__name__}: no method spec names it (register a MethodSpec for {cls.method!r} in methods/spec.py)")
     METHOD_CLASSES[cls.method] = cls
     return cls
 
 
 def method_class(name: str, where: str = "method") -> type[AdapterLayer]:
-    if name not in METHOD_CLASSES:
-        raise InputError(f"{where}: unknown adapter method {name!r}; known: {', '.join(METHOD_CLASSES)}")
-    return METHOD_CLASSES[name]
+    """The layer class of an adapter method, loaded through its spec."""
+    spec = method_spec(name, where)
+    if not spec.adapts_layers:
+        raise InputError(f"{where}: method {name!r} adapts no layer")
+    return spec.layer_class()
 
 
 def tensor_sha256(tensor: Tensor) -> str:
@@ -58,8 +64,6 @@ class AdapterLayer(nn.Module):
     cache_deltas: ClassVar[bool] = False
     """True where building a delta from a snapshot costs a dense SVD: a run then keeps each
     epoch's deltas instead of rebuilding them for every analysis."""
-    options: ClassVar[tuple[str, ...]] = ()
-    """Method-specific settings (``TrainConfig`` fields) its constructor takes, e.g. TLoRA's ``init``."""
     seed_scope: ClassVar[str] = "layer"
     """``"layer"``: each layer's seed comes from the run seed and its name; ``"run"``: every layer
     gets the run seed itself (VeRA's frozen pair depends on the seed and the shape only)."""
@@ -89,13 +93,17 @@ class AdapterLayer(nn.Module):
     def low_rank_forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def delta(self) -> FactoredDelta:  # pragma: no cover - abstract
-        """ΔW of this layer, factored."""
-        raise NotImplementedError
+    def delta(self) -> FactoredDelta:
+        """ΔW of this layer, factored: the same :meth:`delta_from` that reads a stored snapshot."""
+        return self.delta_from(self.settings(), self.live_tensors(), self.frozen_tensors())
 
-    def scale(self) -> float:  # pragma: no cover - abstract
-        """The layer's scalar scale: LoRA's fixed lora_alpha / r, TLoRA's learned α."""
-        raise NotImplementedError
+    def scale(self) -> float:
+        """The layer's scalar scale: LoRA's fixed lora_alpha / r, TLoRA's learned α, NaN where there is none."""
+        return self.scale_from(self.settings(), self.live_tensors())
+
+    def live_tensors(self) -> dict[str, Tensor]:
+        """The trainable tensors as they are now, detached, on the layer's device (no copy)."""
+        return {name: p.detach() for name, p in self.named_parameters() if not name.startswith("base.")}
 
     def trainable_tensors(self) -> dict[str, Tensor]:
         """The tensors a snapshot must store, by short name (detached copies on CPU)."""
@@ -111,9 +119,18 @@ class AdapterLayer(nn.Module):
     def frozen_tensors(self) -> dict[str, Tensor]:
         return {name: getattr(self, name) for name in self.frozen_names}
 
+    @classmethod
+    def shared_settings(cls, shapes: list[tuple[int, int]]) -> dict[str, Any]:
+        """Constructor settings that depend on every adapted layer's (d_out, d_in), not one layer's (VeRA's pair shape)."""
+        return {}
+
+    def settings(self) -> dict[str, Any]:
+        """What defines this layer's update besides its tensors: the record without checksums."""
+        return {"method": self.method, "shape": [self.out_features, self.in_features], "rank": self.rank, "seed": self.seed}
+
     def record(self) -> dict[str, Any]:
         """This layer's run.json record: what :meth:`check_record` and the stored side read back."""
-        record: dict[str, Any] = {"method": self.method, "shape": [self.out_features, self.in_features], "rank": self.rank, "seed": self.seed}
+        record = self.settings()
         if self.frozen_names:
             record["frozen_sha256"] = {name: tensor_sha256(t) for name, t in self.frozen_tensors().items()}
         return record
@@ -166,6 +183,13 @@ class AdapterLayer(nn.Module):
     def parameter_counts(cls, d_out: int, d_in: int, rank: int) -> tuple[int, int]:  # pragma: no cover - abstract
         """(trainable, frozen random) numbers that define one layer's update."""
         raise NotImplementedError
+
+    @classmethod
+    def update_counts(cls, records: dict[str, dict]) -> tuple[int, int]:
+        """(trainable, frozen random) numbers of all these layers' updates, frozen numbers that the
+        layers share counted once (VeRA's pair), as they are stored."""
+        counts = [cls.parameter_counts(*record["shape"], int(record["rank"])) for record in records.values()]
+        return sum(t for t, _ in counts), sum(f for _, f in counts)
 
 
 def check_scale(value: Any, where: str, name: str) -> float:

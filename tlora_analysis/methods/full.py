@@ -40,12 +40,6 @@ class FullLinear(AdapterLayer):
     def low_rank_forward(self, x: Tensor) -> Tensor:
         return self.dropout(x.to(self.full_delta.dtype)) @ self.full_delta.T
 
-    def scale(self) -> float:
-        return math.nan
-
-    def delta(self) -> FactoredDelta:
-        return FactoredDelta.from_dense(self.full_delta.detach())
-
     @classmethod
     def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
         return {"full_delta": tuple(record["shape"])}

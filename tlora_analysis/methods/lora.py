@@ -8,9 +8,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import require
+from ..errors import InputError, require
 from ..factored import FactoredDelta
+from ..tensors import MAX_DIM
 from .base import AdapterLayer, check_scale, register_method
+from .peft_format import check_number, module_key, pattern_value
+
+
+def lora_a_init(seed: int, rank: int, d_in: int) -> Tensor:
+    """LoRA's A (and LoRA-FA's frozen one): Kaiming-uniform with a = √5, as peft's, from a CPU generator seeded with ``seed``."""
+    return nn.init.kaiming_uniform_(torch.empty(rank, d_in), a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
 
 
 @register_method
@@ -31,24 +38,15 @@ class LoRALinear(AdapterLayer):
         self.use_rslora = use_rslora
         self.scaling = self.lora_alpha / (math.sqrt(rank) if use_rslora else rank)
         device = base.weight.device
-        a = torch.empty(rank, base.in_features)
-        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=torch.Generator().manual_seed(seed))
-        self.lora_A = nn.Parameter(a.to(device))
+        self.lora_A = nn.Parameter(lora_a_init(seed, rank, base.in_features).to(device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.lora_A.dtype))
         return (x @ self.lora_A.T) @ self.lora_B.T * self.scaling
 
-    def scale(self) -> float:
-        return self.scaling
-
-    def delta(self) -> FactoredDelta:
-        core = torch.eye(self.rank, dtype=self.lora_B.dtype, device=self.lora_B.device) * self.scaling
-        return FactoredDelta(self.lora_B.detach(), core, self.lora_A.detach())
-
-    def record(self) -> dict[str, Any]:
-        return {**super().record(), "scaling": self.scaling, "lora_alpha": self.lora_alpha}
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "scaling": self.scaling, "lora_alpha": self.lora_alpha}
 
     @classmethod
     def check_record(cls, record: dict, where: str) -> None:
@@ -61,7 +59,9 @@ class LoRALinear(AdapterLayer):
 
     @classmethod
     def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:
-        return FactoredDelta(tensors["lora_B"], torch.eye(int(record["rank"])) * float(record["scaling"]), tensors["lora_A"])
+        b = tensors["lora_B"]
+        return FactoredDelta(b, torch.eye(int(record["rank"]), dtype=b.dtype, device=b.device) * float(record["scaling"]),
+                             frozen.get("lora_A", tensors.get("lora_A")))
 
     @classmethod
     def scale_from(cls, record: dict, tensors: dict[str, Tensor]) -> float:
@@ -70,6 +70,47 @@ class LoRALinear(AdapterLayer):
     @classmethod
     def trained_from(cls, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         return {"A": tensors["lora_A"], "B": tensors["lora_B"]}
+
+    @classmethod
+    def from_peft(cls, config: dict, tensors: dict[str, Tensor], where: str, shapes=None) -> dict[str, tuple[dict, dict, dict]]:
+        """A peft LoRA adapter's layers as (record, snapshot tensors, frozen tensors) by module name.
+
+        Scaling follows peft: ``lora_alpha / r`` (``/ √r`` with ``use_rslora``), with
+        ``rank_pattern`` and ``alpha_pattern`` overrides. ``fan_in_fan_out`` adapters (GPT-2's
+        Conv1D) store lora_A and lora_B as nn.Linear's, so ΔW has the (d_out, d_in) orientation.
+        """
+        if config.get("use_dora"):
+            raise InputError(f"{where}: DoRA adapters (use_dora: true) are not supported; supported: plain LoRA")
+        default_rank = check_number(require(config, "r", where), where, "'r'", 1, MAX_DIM, integer=True)
+        default_alpha = check_number(require(config, "lora_alpha", where), where, "'lora_alpha'", -1e12, 1e12)
+        for field in ("rank_pattern", "alpha_pattern"):
+            if not isinstance(config.get(field) or {}, dict):
+                raise InputError(f"{where}: {field!r} should map module-name patterns to values")
+        pairs: dict[str, dict[str, Tensor]] = {}
+        for key, tensor in tensors.items():
+            found = module_key(key, r"lora_(?P<which>[AB])")
+            if found:
+                pairs.setdefault(found[0], {})[found[1]] = tensor
+        if not pairs:
+            raise InputError(f"{where}: no lora_A/lora_B tensors found (keys look like {next(iter(tensors), 'nothing')!r})")
+        layers = {}
+        for module, pair in pairs.items():
+            if set(pair) != {"A", "B"}:
+                raise InputError(f"{where}: module {module!r} has lora_{next(iter(pair))} but not its partner")
+            a, b = pair["A"], pair["B"]
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise InputError(f"{where}: module {module!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not chain")
+            rank = a.shape[0]
+            expected = pattern_value(config.get("rank_pattern") or {}, module, default_rank, where)
+            if rank != expected:
+                raise InputError(f"{where}: module {module!r} has rank {rank}, adapter_config.json says {expected}")
+            alpha = check_number(pattern_value(config.get("alpha_pattern") or {}, module, default_alpha, where),
+                                 where, f"alpha_pattern value for {module}", -1e12, 1e12)
+            scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+            record = {"method": cls.method, "shape": [b.shape[0], a.shape[1]], "rank": rank, "seed": 0, "scaling": scaling,
+                      "lora_alpha": alpha}
+            layers[module] = (record, {"lora_A": a, "lora_B": b}, {})
+        return layers
 
     @classmethod
     def parameter_counts(cls, d_out: int, d_in: int, rank: int) -> tuple[int, int]:

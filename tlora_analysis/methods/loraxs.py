@@ -1,4 +1,10 @@
-"""LoRA-XS (Bałazy et al. 2024): ΔW = (α / r) · A · R · B with A, B from W0's truncated SVD."""
+"""LoRA-XS (Bałazy et al. 2024) as the authors' code builds it: ΔW = (lora_alpha / r) · U_r · R · Σ_r · V_rᵀ.
+
+Reference: MohammadrezaBanaei/LoRA-XS, ``utils/initialization_utils.py`` (``find_and_initialize``)
+and ``utils/svd_utils.py`` (``get_linear_rec_svd``): a truncated SVD of W0ᵀ gives ``lora_B`` = U_r
+and ``lora_A`` = Σ_r V_rᵀ, frozen; the r x r ``default_lora_latent_mapping`` R is trained and starts
+as Normal(0, 1e-5²); ``main_glue.py`` uses lora_alpha 16.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +13,37 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import require
+from ..errors import InputError, require
 from ..factored import FactoredDelta
 from .base import AdapterLayer, check_scale, register_method
+from .spec import METHOD_SPECS
+
+R_INIT_STD = 1e-5
+"""The authors' ``init_module_weights(..., sigma=0.00001)`` for R."""
+PLACEMENTS = ("input", "output")
+"""Which frozen factor carries Σ_r: ``input`` (the authors', Σ_r V_rᵀ) or ``output`` (U_r Σ_r, runs before 0.3)."""
 
 
-def loraxs_frozen_matrices(weight: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """A = U_r Σ_r (d_out x r) and B = V_rᵀ (r x d_in) from W0's rank-r truncated SVD, in float32.
-
-    This is LoRA-XS's placement: the singular values go into the outer factor on the output
-    side, so the trainable core R mixes W0's principal directions.
-    """
+def loraxs_frozen_matrices(weight: Tensor, rank: int, placement: str = "input") -> tuple[Tensor, Tensor]:
+    """The frozen outer factors (d_out x r, r x d_in) from W0's rank-r truncated SVD, in float32:
+    (U_r, Σ_r V_rᵀ) for the authors' placement, (U_r Σ_r, V_rᵀ) for the legacy one."""
     u, s, vh = torch.linalg.svd(weight.detach().to("cpu", torch.float64), full_matrices=False)
-    return (u[:, :rank] * s[:rank]).float(), vh[:rank].float().contiguous()
+    u, s, vh = u[:, :rank], s[:rank], vh[:rank]
+    if placement == "input":
+        return u.float().contiguous(), (s[:, None] * vh).float()
+    return (u * s).float(), vh.float().contiguous()
 
 
 @register_method
 class LoRAXSLinear(AdapterLayer):
-    """LoRA-XS: TLoRA's shape with principal instead of random frozen subspaces.
+    """LoRA-XS: TLoRA's shape with W0's principal subspaces instead of random ones.
 
-    A and B are computed from the wrapped layer's own W0, so they are rebuilt only from W0:
+    The frozen factors come from the wrapped layer's own W0, so they are rebuilt only from W0:
     a run stores them in ``frozen.safetensors`` for the analyses, and a restored model
-    recomputes them from the base model and checks them against the recorded SHA-256
-    (which can fail across LAPACK builds, whose singular vectors may differ in sign).
-    R (r x r) is trainable and zero at init; the scale is α / r (α defaults to r).
-    Trainable numbers per layer: r².
+    recomputes them from the base model and checks them against the recorded SHA-256 (which
+    can fail across LAPACK builds, whose singular vectors may differ in sign). R (r x r) is
+    trainable, Normal(0, 1e-5²) at init, seeded by the layer seed. Trainable numbers per layer:
+    r²; nothing frozen is random.
     """
 
     method = "loraxs"
@@ -43,25 +55,23 @@ class LoRAXSLinear(AdapterLayer):
         a, b = loraxs_frozen_matrices(base.weight, rank)
         self.register_buffer("loraxs_A", a.to(device))
         self.register_buffer("loraxs_B", b.to(device))
-        self.loraxs_R = nn.Parameter(torch.zeros(rank, rank, device=device))
-        self.scaling = (rank if alpha is None else float(alpha)) / rank
+        r = torch.randn(rank, rank, generator=torch.Generator().manual_seed(seed)) * R_INIT_STD
+        self.loraxs_R = nn.Parameter(r.to(device))
+        self.lora_alpha = METHOD_SPECS["loraxs"].alpha_default if alpha is None else float(alpha)
+        self.scaling = self.lora_alpha / rank
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.loraxs_R.dtype))
         return ((x @ self.loraxs_B.T) @ self.loraxs_R.T) @ self.loraxs_A.T * self.scaling
 
-    def scale(self) -> float:
-        return self.scaling
-
-    def delta(self) -> FactoredDelta:
-        return FactoredDelta(self.loraxs_A, (self.scaling * self.loraxs_R).detach(), self.loraxs_B)
-
-    def record(self) -> dict[str, Any]:
-        return {**super().record(), "scaling": self.scaling}
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "scaling": self.scaling, "lora_alpha": self.lora_alpha, "placement": "input"}
 
     @classmethod
     def check_record(cls, record: dict, where: str) -> None:
         check_scale(require(record, "scaling", where), where, "scaling")
+        if record.get("placement", "output") not in PLACEMENTS:
+            raise InputError(f"{where}: 'placement' should be one of {', '.join(PLACEMENTS)}, got {record.get('placement')!r:.60}")
 
     @classmethod
     def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
@@ -74,7 +84,8 @@ class LoRAXSLinear(AdapterLayer):
 
     @classmethod
     def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:
-        return FactoredDelta(frozen["loraxs_A"], float(record["scaling"]) * tensors["loraxs_R"], frozen["loraxs_B"])
+        core = float(record["scaling"]) * tensors["loraxs_R"]
+        return FactoredDelta(frozen["loraxs_A"].to(core.device), core, frozen["loraxs_B"].to(core.device))
 
     @classmethod
     def scale_from(cls, record: dict, tensors: dict[str, Tensor]) -> float:

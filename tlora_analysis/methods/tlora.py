@@ -7,12 +7,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..config import TLORA_INITS
 from ..factored import FactoredDelta
 from .base import AdapterLayer, register_method
+from .spec import METHOD_SPECS, TLORA_INITS
+
+DEFAULT_INIT = METHOD_SPECS["tlora"].options["init"].default
 
 
-def tlora_frozen_matrices(seed: int, d_out: int, d_in: int, rank: int, init: str = "kaiming") -> tuple[Tensor, Tensor]:
+def tlora_frozen_matrices(seed: int, d_out: int, d_in: int, rank: int, init: str = DEFAULT_INIT) -> tuple[Tensor, Tensor]:
     """TLoRA's frozen A (d_out x r) and C (r x d_in), in float32, drawn as ``init`` says.
 
     The paper's text does not pin this down, so it is a setting (``train --init``):
@@ -57,10 +59,9 @@ class TLoRALinear(AdapterLayer):
 
     method = "tlora"
     frozen_names = ("tlora_A", "tlora_C")
-    options = ("init",)
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0,
-                 init: str = "kaiming") -> None:
+                 init: str = DEFAULT_INIT) -> None:
         super().__init__(base, rank, seed=seed, dropout=dropout)
         device = base.weight.device
         self.init = init
@@ -70,14 +71,15 @@ class TLoRALinear(AdapterLayer):
         self.tlora_B = nn.Parameter(torch.zeros(rank, rank, device=device))
         # A one-element vector rather than a 0-d scalar: FSDP2 shards parameters along dim 0 and
         # refuses scalars. Snapshots store it as a scalar (trainable_tensors).
-        self.tlora_alpha = nn.Parameter(torch.full((1,), 1.0 if alpha is None else float(alpha), device=device))
+        initial = METHOD_SPECS["tlora"].alpha_default if alpha is None else float(alpha)
+        self.tlora_alpha = nn.Parameter(torch.full((1,), initial, device=device))
 
-    def record(self) -> dict:
-        return {**super().record(), "init": self.init}
+    def settings(self) -> dict:
+        return {**super().settings(), "init": self.init}
 
     @classmethod
     def check_record(cls, record: dict, where: str) -> None:
-        if record.get("init", "kaiming") not in TLORA_INITS:
+        if record.get("init", DEFAULT_INIT) not in TLORA_INITS:
             from ..errors import InputError
 
             raise InputError(f"{where}: 'init' should be one of {', '.join(TLORA_INITS)}, got {record.get('init')!r:.60}")
@@ -86,15 +88,9 @@ class TLoRALinear(AdapterLayer):
         x = self.dropout(x.to(self.tlora_B.dtype))
         return ((x @ self.tlora_C.T) @ self.tlora_B.T) @ self.tlora_A.T * self.tlora_alpha
 
-    def scale(self) -> float:
-        return float(self.tlora_alpha.detach())
-
     def trainable_tensors(self) -> dict[str, Tensor]:
         tensors = super().trainable_tensors()
         return {**tensors, "tlora_alpha": tensors["tlora_alpha"].reshape(())}
-
-    def delta(self) -> FactoredDelta:
-        return FactoredDelta(self.tlora_A, (self.tlora_alpha * self.tlora_B).detach(), self.tlora_C)
 
     @classmethod
     def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
@@ -109,12 +105,13 @@ class TLoRALinear(AdapterLayer):
     @classmethod
     def rebuild_frozen(cls, record: dict) -> dict[str, Tensor]:
         (d_out, d_in), r = record["shape"], record["rank"]
-        a, c = tlora_frozen_matrices(int(record["seed"]), d_out, d_in, int(r), record.get("init", "kaiming"))
+        a, c = tlora_frozen_matrices(int(record["seed"]), d_out, d_in, int(r), record.get("init", DEFAULT_INIT))
         return {"tlora_A": a, "tlora_C": c}
 
     @classmethod
     def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:
-        return FactoredDelta(frozen["tlora_A"], tensors["tlora_alpha"] * tensors["tlora_B"], frozen["tlora_C"])
+        b = tensors["tlora_B"]
+        return FactoredDelta(frozen["tlora_A"].to(b.device), tensors["tlora_alpha"].reshape(()) * b, frozen["tlora_C"].to(b.device))
 
     @classmethod
     def scale_from(cls, record: dict, tensors: dict[str, Tensor]) -> float:

@@ -1,0 +1,89 @@
+"""Torch-free file I/O that trusts nothing: atomic writes, bounded JSON, regular files only, path confinement.
+
+Every writer in the package goes through :func:`atomic_write_bytes` (a temporary file renamed
+into place), so a killed process never leaves a half-written file under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "umask", "read_json", "regular_file", "inside", "MAX_JSON_BYTES"]
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp's 0600 would hide a run from colleagues
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def umask() -> int:
+    """The process umask (reading it means setting it, so set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+MAX_JSON_BYTES = 64 << 20
+"""Largest JSON file read (a 70B-shaped run.json with 11 epochs is under 1 MiB)."""
+
+
+def regular_file(path: Path, what: str) -> None:
+    """A FIFO or a device would hang or never end a read: only regular files are read."""
+    if not path.exists():
+        raise InputError(f"{path}: no such {what}")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file (a {what} is read only from a regular file)")
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> dict:
+    """Parse a JSON object, or raise :class:`InputError` naming the file and the problem."""
+    path = Path(path)
+    regular_file(path, what)
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise InputError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} a {what} may have")
+    try:
+        obj = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not valid JSON ({err})") from err
+    except RecursionError as err:
+        raise InputError(f"{path}: JSON nested too deeply to be a {what}") from err
+    if not isinstance(obj, dict):
+        raise InputError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """``path``, if it resolves to a place inside ``root``; symbolic links inside a run are
+    followed only while they stay inside it, so a planted link cannot read or write elsewhere."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise InputError(f"{path}: {what} resolves to {resolved}, outside {root}; refusing to follow it")
+    return path

@@ -1,0 +1,146 @@
+"""What the toolkit knows about each method, in one torch-free entry per method.
+
+A :class:`MethodSpec` holds everything outside the layer class itself: the name runs record,
+the label and colour figures use, the default learning rate and why, what ``--alpha`` means
+for the method, its own options, and its capabilities. ``config``, the figures' style, the
+analyses, the CLI help and ``export`` ask this registry; none of them compares a method name.
+
+The layer class is named by its import path and loaded on first use, so that the command
+line can list methods, defaults and help without importing torch. Adding a method means one
+:func:`register_spec` entry here and one registered class in :mod:`tlora_analysis.methods`
+(a test checks the two agree, as peft checks its ``PeftType`` at import).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+from ..errors import InputError
+
+__all__ = ["MethodSpec", "Choice", "METHOD_SPECS", "register_spec", "method_spec", "adapter_methods", "FALLBACK_COLOUR",
+           "TLORA_INITS", "SCALE_KINDS", "FROZEN_KINDS"]
+
+FALLBACK_COLOUR = "#444444"
+"""The colour of a method no spec names (a source from elsewhere): dark grey, unlike every method's."""
+
+SCALE_KINDS = ("learned", "fixed", "none")
+"""A method's scalar scale per layer: learned (TLoRA's α), a fixed setting (LoRA's lora_alpha / r), or none."""
+FROZEN_KINDS = ("random", "base", "none")
+"""What a method's frozen factors are: random draws (from a seed), W0's singular vectors, or nothing frozen."""
+
+TLORA_INITS = ("kaiming", "var-r", "var-d", "orthonormal")
+"""How TLoRA's frozen A and C are drawn (see :func:`tlora_analysis.methods.tlora.tlora_frozen_matrices`)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A method's own setting: a ``TrainConfig`` field that only this method reads."""
+
+    default: str
+    choices: tuple[str, ...]
+    help: str
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method's entry: identity, defaults, options and capabilities."""
+
+    name: str
+    label: str
+    colour: str
+    default_lr: float
+    lr_reason: str
+    layer: str | None
+    """``"package.module:Class"`` of the layer class; None adapts no layer (head-only)."""
+    alpha_help: str = ""
+    """What ``--alpha`` means for this method, with its default; empty where the method takes no alpha."""
+    alpha_default: float | None = None
+    """``--alpha``'s default; None means the method derives it (LoRA's lora_alpha = r)."""
+    options: dict[str, Choice] = field(default_factory=dict)
+    scale: str = "none"
+    """One of :data:`SCALE_KINDS`."""
+    frozen: str = "none"
+    """One of :data:`FROZEN_KINDS`."""
+    square_core: bool = False
+    """True where the trained matrix is an r x r core between frozen factors (TLoRA's B, LoRA-XS's R)."""
+    exports: tuple[str, ...] = ()
+    """What ``export`` writes: ``peft-lora``, ``peft-vera`` (both beside the native record) or ``dense``."""
+    peft_type: str | None = None
+    """The ``peft_type`` of peft adapter directories this method's class reads (``from_peft``)."""
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALE_KINDS or self.frozen not in FROZEN_KINDS:
+            raise ValueError(f"method spec {self.name!r}: scale must be one of {SCALE_KINDS}, frozen one of {FROZEN_KINDS}")
+
+    @property
+    def adapts_layers(self) -> bool:
+        return self.layer is not None
+
+    @property
+    def learns_scale(self) -> bool:
+        return self.scale == "learned"
+
+    def layer_class(self):
+        """The registered layer class (imports torch on first use)."""
+        if self.layer is None:
+            raise InputError(f"method {self.name!r} adapts no layer")
+        module, _, name = self.layer.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+METHOD_SPECS: dict[str, MethodSpec] = {}
+
+
+def register_spec(spec: MethodSpec) -> MethodSpec:
+    if spec.name in METHOD_SPECS:
+        raise ValueError(f"method {spec.name!r} is registered twice")
+    METHOD_SPECS[spec.name] = spec
+    return spec
+
+
+def method_spec(name: str, where: str = "method") -> MethodSpec:
+    """The spec of ``name``; a name no spec has gets one line naming the known methods."""
+    if name not in METHOD_SPECS:
+        raise InputError(f"{where}: unknown method {name!r:.60}; known: {', '.join(METHOD_SPECS)}")
+    return METHOD_SPECS[name]
+
+
+def adapter_methods() -> tuple[str, ...]:
+    """Methods that put an adapter on layers (every method but head-only)."""
+    return tuple(name for name, spec in METHOD_SPECS.items() if spec.adapts_layers)
+
+
+_PEFT_LORA = ("peft-lora",)
+
+register_spec(MethodSpec(
+    "lora", "LoRA", "#0072B2", 1e-3, "found on the default task (0.877 accuracy at 1e-3)", "tlora_analysis.methods.lora:LoRALinear",
+    alpha_help="lora_alpha (default r, i.e. scaling 1)", scale="fixed", exports=_PEFT_LORA, peft_type="LORA",
+))
+register_spec(MethodSpec(
+    "lorafa", "LoRA-FA", "#44AA99", 1e-3, "LoRA's: LoRA-FA trains LoRA's B alone (Zhang et al. 2023 use LoRA's rates)",
+    "tlora_analysis.methods.lora_fa:LoRAFALinear", alpha_help="lora_alpha (default r, i.e. scaling 1)", scale="fixed", frozen="random", exports=_PEFT_LORA,
+))
+register_spec(MethodSpec(
+    "tlora", "TLoRA", "#D55E00", 3e-2,
+    "found on the default task: r² + 1 numbers per layer want about thirty times LoRA's rate (0.918 vs 0.877 accuracy at 3e-2 vs 1e-2)",
+    "tlora_analysis.methods.tlora:TLoRALinear", alpha_help="initial learned α (default 1)", alpha_default=1.0,
+    options={"init": Choice("kaiming", TLORA_INITS, "TLoRA: how the frozen A and C are drawn: kaiming (variance 1/r and 1/d_in), "
+                                                    "var-r (1/r both), var-d (1/d_out and 1/d_in) or orthonormal")},
+    scale="learned", frozen="random", square_core=True, exports=_PEFT_LORA,
+))
+register_spec(MethodSpec(
+    "vera", "VeRA", "#882255", 1e-2, "an untuned starting point in the range VeRA's paper uses", "tlora_analysis.methods.vera:VeRALinear",
+    alpha_help="initial λ_d (peft's d_initial, default 0.1)", alpha_default=0.1, frozen="random", exports=("peft-vera",),
+    peft_type="VERA",
+))
+register_spec(MethodSpec(
+    "loraxs", "LoRA-XS", "#999933", 1e-3, "an untuned starting point in the range LoRA-XS's GLUE scripts sweep (1e-4 to 1e-3)",
+    "tlora_analysis.methods.loraxs:LoRAXSLinear", alpha_help="lora_alpha; scaling lora_alpha / r (default 16, the authors' GLUE setting)", alpha_default=16.0,
+    scale="fixed", frozen="base", square_core=True, exports=_PEFT_LORA,
+))
+register_spec(MethodSpec(
+    "full", "full fine-tuning", "#332288", 1e-4, "an untuned starting point in the range full fine-tuning uses", "tlora_analysis.methods.full:FullLinear",
+    exports=("dense",),
+))
+register_spec(MethodSpec("head", "head only", "#7F7F7F", 1e-2, "found on the default task", None))

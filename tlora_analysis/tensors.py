@@ -1,0 +1,74 @@
+"""Reading, checking and saving tensors: safetensors only, with every shape and value checked before use."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save
+
+from .errors import InputError
+from .io import atomic_write_bytes, regular_file
+
+__all__ = ["atomic_save_tensors", "read_tensors", "take_tensor", "check_values", "MAX_DIM", "MAX_FROZEN_ELEMENTS", "MAX_ABS_VALUE"]
+
+
+def atomic_save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(contiguous, metadata=dict(metadata or {})))
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, or raise :class:`InputError` if it is missing, truncated or corrupt.
+
+    Memory stays bounded by the file's size: safetensors checks that every tensor the
+    header declares lies inside the file before it allocates anything.
+    """
+    path = Path(path)
+    regular_file(path, "safetensors file")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises SafetensorError, OSError, ValueError... on bad bytes
+        raise InputError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
+
+
+MAX_DIM = 1 << 20
+"""Largest d_out or d_in a run may declare (Llama-3-405B's widest matrix is 53,248)."""
+MAX_FROZEN_ELEMENTS = 1 << 26
+"""Largest number of values in one layer's rebuilt frozen matrices (256 MiB in float32)."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def take_tensor(tensors: Mapping[str, torch.Tensor], key: str, shape: tuple[int, ...], path: Path, where: str) -> torch.Tensor:
+    """``tensors[key]`` from the file at ``path``, checked: present, of ``shape``, and :func:`check_values`."""
+    if key not in tensors:
+        raise InputError(f"{path}: missing tensor {key!r}")
+    tensor = tensors[key]
+    if tuple(tensor.shape) != shape:
+        raise InputError(f"{path}: tensor {key!r} has shape {tuple(tensor.shape)}, run.json implies {shape}")
+    check_values(tensor, where)
+    return tensor
+
+
+MAX_ABS_VALUE = 1e15
+"""Largest magnitude accepted in a stored adapter tensor: far beyond any trained adapter,
+and far enough below float64's range that squared norms of products cannot overflow."""
+
+
+def check_values(tensor: torch.Tensor, where: str) -> None:
+    """A tensor read from a file must be real floating point, finite and of plausible magnitude."""
+    if not tensor.is_floating_point():
+        raise InputError(f"{where}: has dtype {tensor.dtype}; adapter tensors are real floating point")
+    if not bool(torch.isfinite(tensor).all()):
+        kind = "NaN" if bool(torch.isnan(tensor).any()) else "inf"
+        raise InputError(f"{where}: holds {kind} values")
+    if tensor.numel() and float(tensor.abs().max()) > MAX_ABS_VALUE:
+        raise InputError(f"{where}: holds values of magnitude above {MAX_ABS_VALUE:g}, which no trained adapter reaches")
+
+
+# --------------------------------------------------------------------------- locking
