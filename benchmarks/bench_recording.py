@@ -21,10 +21,13 @@ import torch
 from harness import machine, table
 
 from tlora_analysis.data import load_task
+from tlora_analysis.data.encode import encode
 from tlora_analysis.distributed import squared_grad_norms
 from tlora_analysis.models import load_tokenizer
 from tlora_analysis.recording import DeltaRecorder, trainable_groups
-from tlora_analysis.training import TrainConfig, _batches, _build_model, _encode
+from tlora_analysis.training import TrainConfig
+from tlora_analysis.training.batches import batches as padded_batches
+from tlora_analysis.training.model import build_model
 
 BLOCK = 5
 
@@ -32,10 +35,10 @@ BLOCK = 5
 def measure(method: str, passes: int = 4) -> list:
     config = TrainConfig(method=method)
     tokenizer = load_tokenizer(config.model)
-    features = _encode(tokenizer, load_task("default").train, load_task("default").spec, config.max_length)
-    model = _build_model(config, 2).train()
+    features = encode(tokenizer, load_task("default").train, load_task("default").spec, config.max_length)
+    model = build_model(config, 2).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    batches = list(_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))
+    batches = list(padded_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))
     with tempfile.TemporaryDirectory() as root:
         recorder = DeltaRecorder(model, root)
         groups = trainable_groups(model)

@@ -18,8 +18,11 @@ from harness import machine, table
 
 from tlora_analysis.config import TrainConfig
 from tlora_analysis.data import load_task
+from tlora_analysis.data.encode import encode
 from tlora_analysis.models import load_tokenizer
-from tlora_analysis.training import _batches, _build_model, _encode, evaluate
+from tlora_analysis.training import evaluate
+from tlora_analysis.training.batches import batches as padded_batches
+from tlora_analysis.training.model import build_model
 
 STEPS = 24  # optimizer steps timed per setting
 
@@ -35,10 +38,10 @@ def _steps(threads: int, steps: int = STEPS) -> float:
     """Seconds per optimizer step (median), with ``threads`` torch threads."""
     torch.set_num_threads(threads)
     config, tokenizer, data = _setup()
-    features = _encode(tokenizer, data.train, data.spec, config.max_length)
-    model = _build_model(config, 2).train()
+    features = encode(tokenizer, data.train, data.spec, config.max_length)
+    model = build_model(config, 2).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr)
-    batches = list(_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))[: steps + 2]
+    batches = list(padded_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))[: steps + 2]
     times = []
     for batch, labels in batches:
         started = time.perf_counter()
@@ -58,14 +61,14 @@ def _worker(threads: int, queue) -> None:
 def phases() -> list[list]:
     config, tokenizer, data = _setup()
     started = time.perf_counter()
-    features = _encode(tokenizer, data.train, data.spec, config.max_length)
+    features = encode(tokenizer, data.train, data.spec, config.max_length)
     tokenize = time.perf_counter() - started
     started = time.perf_counter()
-    batches = list(_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))
+    batches = list(padded_batches(tokenizer, features, config.batch_size, list(range(len(features))), "cpu"))
     pad = time.perf_counter() - started
     step = _steps(torch.get_num_threads())
-    model = _build_model(config, 2)
-    eval_features = _encode(tokenizer, data.validation, data.spec, config.max_length)
+    model = build_model(config, 2)
+    eval_features = encode(tokenizer, data.validation, data.spec, config.max_length)
     started = time.perf_counter()
     evaluate(model, tokenizer, eval_features, "default", config.batch_size, "cpu")
     evaluation = time.perf_counter() - started

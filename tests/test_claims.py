@@ -10,6 +10,7 @@ import torch
 from helpers import make_run
 from tlora_analysis import analysis as A
 from tlora_analysis.analysis.claims import FINDINGS, READINGS, paper_claims
+from tlora_analysis.analysis.distributions import describe
 from tlora_analysis.store import load_run
 
 
@@ -33,7 +34,7 @@ def synthetic_tables(tlora_scale=1.0, cosine=0.9, alpha_spread=0.2, last_change=
         for module in ("query", "value"):
             for matrix in matrices:
                 stats.append({"method": method, "module": module, "matrix": matrix, "epoch": 2, "layer": -1, "n": 400,
-                              **A.weight_distributions.__wrapped__.__globals__["describe"](rng.standard_normal(400))})
+                              **describe(rng.standard_normal(400))})
     scales = pd.DataFrame([{"method": "tlora", "module": module, "layer": layer, "epoch": 2, "alpha": 1 + alpha_spread * layer,
                             "alpha_cv_across_layers": alpha_spread} for module in ("query", "value") for layer in range(4)])
     similarity = pd.DataFrame([{"name": n, "epoch": 2, "cosine": cosine, "baseline_abs_q95": 0.05} for n in names])

@@ -135,7 +135,7 @@ import sys, torch
 from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 from tlora_analysis import inject_adapters
 from tlora_analysis.models import load_model, load_tokenizer
-from tlora_analysis.recording import DeltaRecorderCallback
+from tlora_analysis.integrations.trainer import DeltaRecorderCallback
 model_dir, out = sys.argv[1], sys.argv[2]
 tokenizer = load_tokenizer(model_dir)
 torch.manual_seed(0)
@@ -169,7 +169,7 @@ from transformers import TrainerControl, TrainerState
 from tlora_analysis import inject_adapters
 from tlora_analysis.distributed import Processes
 from tlora_analysis.models import load_model, load_tokenizer
-from tlora_analysis.recording import DeltaRecorderCallback
+from tlora_analysis.integrations.trainer import DeltaRecorderCallback
 model_dir, out, sharding = sys.argv[1], sys.argv[2], sys.argv[3]
 torch.distributed.init_process_group("gloo")
 rank = torch.distributed.get_rank()

@@ -53,9 +53,11 @@ def test_claims_and_report(tmp_path, pair):
     claims = paper_claims(tables)
     headline = claims[claims.headline]
     assert list(headline.finding) == [1, 2, 3, 4, 5, 6] and claims.epoch.iloc[0] == 3
-    assert all(h in (True, False, None) for h in claims.holds)
-    # Random factors drawn independently: the updates are not alike, so finding 6 must not hold.
-    assert headline.holds.iloc[5] is False or headline.holds.iloc[5] == False  # noqa: E712
+    undecided = claims[claims.holds.isna()]
+    assert undecided.reason.str.len().gt(0).all() and claims[claims.holds.notna()].value.notna().all()
+    # α drawn per layer with spread 0.5 varies across layers (finding 3); random factors drawn
+    # independently are not alike (finding 6).
+    assert (headline.holds.iloc[2], headline.holds.iloc[5]) == (True, False)
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
     (tmp_path / "report.html").symlink_to(precious)  # a planted link is replaced, not written through

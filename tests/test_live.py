@@ -13,9 +13,9 @@ from helpers import make_run, read_events
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.analysis import compare_runs, intruder_counts, paper_claims
 from tlora_analysis.config import TrainConfig
+from tlora_analysis.integrations.trainer import DeltaRecorderCallback, _mean_logged_loss
 from tlora_analysis.live import update_geometry
 from tlora_analysis.models import load_model, load_tokenizer
-from tlora_analysis.recording import DeltaRecorderCallback, _mean_logged_loss
 from tlora_analysis.store import load_run
 from tlora_analysis.training import train
 
@@ -73,7 +73,7 @@ def test_cli_train_loss_is_the_mean_of_the_step_losses(tmp_path, tiny_model_dir,
     assert run.metrics[1]["train_loss"] == pytest.approx(sum(seen) / 3, rel=1e-6)
 
 
-def test_trainer_callback_sends_geometry_through_trainer_log(tmp_path, tiny_model_dir):
+def test_trainer_callback_sends_geometry_to_report_to_integrations_quietly(tmp_path, tiny_model_dir, capfd):
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     tokenizer = load_tokenizer(tiny_model_dir)
@@ -89,12 +89,13 @@ def test_trainer_callback_sends_geometry_through_trainer_log(tmp_path, tiny_mode
     trainer.train()
     run = load_run(tmp_path / "run")
     name = run.layer_names[0]
-    logged = [entry for entry in trainer.state.log_history if f"geometry/frobenius/{name}" in entry]
-    assert [e["step"] for e in logged] == [0, 2, 4, 6, 8]  # the snapshots (0, 4, 8) and every second step in between
-    final = [e for e in logged if e.get("step") == 8][-1]
-    assert final[f"geometry/frobenius/{name}"] == pytest.approx(run.deltas(2)[name].frobenius_norm(), rel=1e-5)
-    scalars, histograms = read_events(tmp_path / "hf")  # the Trainer's own TensorBoard writer got them
-    assert f"train/geometry/frobenius/{name}" in scalars and f"core/tlora_B/{name}" in histograms  # the Trainer adds train/
+    scalars, histograms = read_events(tmp_path / "hf")  # the Trainer's own TensorBoard writer got them; it adds train/
+    logged = scalars[f"train/geometry/frobenius/{name}"]
+    assert sorted(logged) == [0, 2, 4, 6, 8]  # the snapshots (0, 4, 8) and every second step in between
+    assert logged[8] == pytest.approx(run.deltas(2)[name].frobenius_norm(), rel=1e-5)
+    assert f"core/tlora_B/{name}" in histograms
+    assert "geometry/" not in capfd.readouterr().out  # the console printer gets the Trainer's own logs only
+    assert not any("geometry/frobenius/" + name in entry for entry in trainer.state.log_history)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e and 4 < e["step"] <= 8]
     assert run.metrics[2]["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
 

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from tlora_analysis import adapter_layers, inject_adapters
+from tlora_analysis.integrations.trainer import DeltaRecorderCallback
 from tlora_analysis.models import load_model, load_tokenizer
-from tlora_analysis.recording import DeltaRecorder, DeltaRecorderCallback
+from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.store import load_run
 from tlora_analysis.training import TrainConfig, restore_model, train
 
@@ -122,11 +123,12 @@ def test_train_on_the_default_model(tmp_path, method):
     for name, layer in adapter_layers(model).items():
         torch.testing.assert_close(layer.delta().dense(), run.deltas(2)[name].dense(), rtol=1e-6, atol=1e-7)
     from tlora_analysis.data import load_task
-    from tlora_analysis.training import _encode, evaluate
+    from tlora_analysis.data.encode import encode
+    from tlora_analysis.training import evaluate
 
     tokenizer = load_tokenizer("default")
     data = load_task("default", max_eval_samples=32)
-    features = _encode(tokenizer, data.validation, data.spec, 24)
+    features = encode(tokenizer, data.validation, data.spec, 24)
     assert evaluate(model, tokenizer, features, "default", 16, "cpu")["accuracy"] == pytest.approx(run.metrics[2]["accuracy"])
 
 

@@ -25,7 +25,7 @@ _LAZY = {
     "load_run": "store",
     "Run": "store",
     "DeltaRecorder": "recording",
-    "DeltaRecorderCallback": "recording",
+    "DeltaRecorderCallback": "integrations.trainer",
     "inspect": "checkpoints",
     "open_updates": "sources",
     "run_study": "study",

@@ -36,6 +36,7 @@ __all__ = [
     "ParameterCounts",
     "layer_seed",
     "PRESETS",
+    "CLASSIFIER_HEADS",
     "as_linear",
     "tlora_frozen_matrices",
     "tensor_sha256",
@@ -50,7 +51,9 @@ def layer_seed(seed: int, name: str) -> int:
 
 PRESETS = ("attention", "mlp", "all-linear")
 """Target presets. ``all-linear`` has peft's meaning: every linear layer but the output head."""
-OUTPUT_HEADS = ("classifier", "score", "lm_head", "qa_outputs")
+CLASSIFIER_HEADS = ("classifier", "score")
+"""Classification heads (BERT/RoBERTa, decoders): trained beside the adapters and stored in snapshots."""
+OUTPUT_HEADS = (*CLASSIFIER_HEADS, "lm_head", "qa_outputs")
 ATTENTION_PARTS = {"attention", "attn", "self_attn", "self_attention", "crossattention"}
 
 

@@ -136,7 +136,7 @@ def full_parameters(model: nn.Module) -> Iterator[None]:
             unit.reshard()
 
 
-def whole(tensor: Tensor) -> Tensor:
+def whole_tensor(tensor: Tensor) -> Tensor:
     """A tensor's full value on every process: an FSDP shard (a DTensor) is gathered, a plain tensor returned.
     A collective under FSDP: every process must call it, for the same tensors in the same order."""
     from torch.distributed.tensor import DTensor
@@ -144,7 +144,7 @@ def whole(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
-def like(value: Tensor, param: Tensor) -> Tensor:
+def layout_like(value: Tensor, param: Tensor) -> Tensor:
     """``value`` (a full tensor) laid out as ``param`` is: sharded the same way under FSDP."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 

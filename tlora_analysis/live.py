@@ -24,7 +24,7 @@ import torch
 from .errors import InputError
 from .factored import FactoredDelta, cosine_similarity
 
-__all__ = ["update_geometry", "GeometrySink", "TrainerSink", "TensorBoardSink", "make_sinks"]
+__all__ = ["update_geometry", "GeometrySink", "TensorBoardSink", "make_sinks"]
 
 
 def update_geometry(
@@ -82,29 +82,6 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self.writer.close()
-
-
-class TrainerSink:
-    """Sends geometry through ``trainer.log``, which hands it to every ``report_to`` integration.
-
-    A callback cannot reach the Trainer by itself, so, as TRL's callbacks do, it is given
-    the trainer. Histograms go to the Trainer's TensorBoard writer when it reports there.
-    """
-
-    def __init__(self, trainer) -> None:
-        self.trainer = trainer
-
-    def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self.trainer.log(dict(metrics))
-
-    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        for callback in self.trainer.callback_handler.callbacks:
-            writer = getattr(callback, "tb_writer", None)
-            if writer is not None:
-                writer.add_histogram(tag, values.detach().float().cpu(), step)
-
-    def close(self) -> None:
-        pass
 
 
 def make_sinks(report_to: list[str], run_dir: Path) -> list[GeometrySink]:

@@ -3,7 +3,7 @@
 :class:`DeltaRecorder` needs only the model and a directory: call :meth:`~DeltaRecorder.snapshot`
 when an epoch ends. It never touches the optimizer or the loop; the optional gradient
 norms come from tensor hooks on the trainable adapter parameters.
-:class:`DeltaRecorderCallback` does the same inside a ``transformers.Trainer``.
+:class:`~tlora_analysis.integrations.trainer.DeltaRecorderCallback` does the same inside a ``transformers.Trainer``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import TrainerCallback
 
 from .adapters import adapter_layers, count_parameters
-from .distributed import full_parameters, squared_grad_norms
-from .live import GeometrySink, TrainerSink, update_geometry
+from .live import GeometrySink, update_geometry
 from .store import HEAD_PREFIX, RunWriter
 
-__all__ = ["DeltaRecorder", "DeltaRecorderCallback", "package_versions", "trainable_groups"]
+__all__ = ["DeltaRecorder", "package_versions", "trainable_groups"]
 
 
 def package_versions() -> dict[str, str]:
@@ -188,98 +186,8 @@ class DeltaRecorder:
         self.close()
 
 
-class DeltaRecorderCallback(TrainerCallback):
-    """``transformers.Trainer`` callback: epoch-0 snapshot at train begin, one after every epoch.
-
-    Evaluation metrics that the Trainer computes at the end of an epoch are added to that
-    epoch's record in run.json. ``train_loss`` is the mean training loss over the epoch's
-    steps, weighted by the steps each of the Trainer's loss logs covers (as in ``train``).
-    Under ``torchrun`` or ``accelerate launch`` (DDP or FSDP) global rank 0 alone writes, and
-    every process gathers FSDP's shards for a snapshot.
-
-    Args:
-        run_dir: the run directory to write.
-        metadata: extra run.json fields (task, model, ...).
-        record_grad_norms: record each layer's gradient-norm RMS per epoch: the norm of the
-            gradient each optimizer step applies, reduced over processes and after the
-            Trainer's clipping (``max_grad_norm``).
-        trainer: give the Trainer (as TRL's callbacks take it) to send the update geometry
-            through ``trainer.log`` to every ``report_to`` integration, per epoch and every
-            ``log_every_steps`` steps; core histograms go to its TensorBoard writer. Add
-            the callback with ``trainer.add_callback(callback)``.
-        log_every_steps: 0 logs the geometry at each snapshot only.
-    """
-
-    def __init__(self, run_dir: str | Path, *, metadata: Mapping[str, Any] | None = None, record_grad_norms: bool = False,
-                 trainer=None, log_every_steps: int = 0) -> None:
-        self.run_dir = Path(run_dir)
-        self.metadata = dict(metadata or {})
-        self.record_grad_norms = record_grad_norms
-        self.sinks = [TrainerSink(trainer)] if trainer is not None else []
-        self.log_every_steps = log_every_steps
-        self.recorder: DeltaRecorder | None = None
-        self._groups: list[list[torch.Tensor]] = []
-        self._epoch_start_step = 0
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.record_grad_norms:  # every process: under FSDP each holds a shard of every gradient
-            self._groups = trainable_groups(model)
-        with full_parameters(model):
-            if state.is_world_process_zero:  # under torchrun / accelerate, global rank 0 alone writes the run
-                self.recorder = DeltaRecorder(model, self.run_dir, metadata={"world_size": args.world_size, **self.metadata},
-                                              sinks=self.sinks)
-                if 0 not in self.recorder.finished_epochs:
-                    self.recorder.snapshot(0, global_step=state.global_step)
-        self._epoch_start_step = state.global_step
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if self._groups:
-            squared = squared_grad_norms(self._groups)
-            if self.recorder is not None:
-                self.recorder.add_gradient_norms(squared)
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        epoch_ends = abs(state.epoch - round(state.epoch)) < 1e-9  # the snapshot logs this step
-        if self.log_every_steps and self.sinks and state.global_step % self.log_every_steps == 0 and not epoch_ends:
-            with full_parameters(model):
-                if self.recorder is not None:
-                    self.recorder.log_geometry(state.global_step)
-
-    def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        with full_parameters(model):
-            if self.recorder is not None:
-                epoch = int(round(state.epoch))
-                loss = _mean_logged_loss(state.log_history, self._epoch_start_step, state.global_step)
-                metrics = {"train_loss": loss} if loss is not None else {}
-                self.recorder.snapshot(epoch, metrics, global_step=state.global_step)
-        self._epoch_start_step = state.global_step
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        epoch = int(round(state.epoch or 0))
-        if self.recorder is not None and metrics and abs((state.epoch or 0) - epoch) < 1e-6 and epoch in self.recorder.finished_epochs:
-            self.recorder.add_metrics(epoch, {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.recorder is not None:
-            self.recorder.finish()
-
-
 def trainable_groups(model: nn.Module) -> list[list[torch.Tensor]]:
     """Each adapter layer's trainable parameters, in model order: the groups whose gradient norms
     :meth:`DeltaRecorder.add_gradient_norms` takes."""
     return [[p for n, p in layer.named_parameters() if not n.startswith("base.") and p.requires_grad]
             for layer in adapter_layers(model).values()]
-
-
-def _mean_logged_loss(history: list[dict], first_step: int, last_step: int) -> float | None:
-    """Mean per-step loss over steps (first_step, last_step], from the Trainer's loss logs:
-    each log's ``loss`` averages the steps since the previous log, so weight it by them."""
-    total = steps = 0.0
-    previous = first_step
-    for entry in history:
-        step = entry.get("step", 0)
-        if "loss" in entry and first_step < step <= last_step:
-            total += entry["loss"] * (step - previous)
-            steps += step - previous
-            previous = step
-    return total / steps if steps else None

@@ -21,7 +21,9 @@ import pandas as pd
 from .config import REPRODUCE_EPOCHS, REPRODUCE_SEEDS
 from .errors import InputError
 from .io import atomic_write_bytes, atomic_write_json, read_json
-from .study import STUDY_FORMAT, STUDY_JSON, Executor, cell_threads, load_study, run_study
+from .study import load_study
+from .study.directory import STUDY_FORMAT, STUDY_JSON
+from .study.execute import Executor, cell_threads, run_study
 
 REPRODUCE_METHODS = ("lora", "tlora", "head")
 

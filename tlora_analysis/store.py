@@ -43,19 +43,24 @@ from .lock import RunLock
 from .methods import method_class, tensor_sha256
 from .tensors import MAX_DIM, MAX_FROZEN_ELEMENTS, _is_int, atomic_save_tensors, read_tensors, take_tensor
 
-__all__ = ["RUN_FORMAT", "RUN_FORMAT_VERSION", "HEAD_PREFIX", "LEGACY_METHOD_NAMES", "Run", "RunWriter", "load_run", "snapshot_name"]
+__all__ = ["RUN_FORMAT", "RUN_FORMAT_VERSION", "HEAD_PREFIX", "LEGACY_METHOD_NAMES", "Run", "RunWriter", "load_run", "read_resume_state", "snapshot_name"]
 
 RUN_FORMAT = "tlora-analysis-run"
 RUN_FORMAT_VERSION = 1
 RUN_JSON = "run.json"
 FROZEN_FILE = "frozen.safetensors"
+RESUME_DIR = "resume"
 LEGACY_METHOD_NAMES = {"none": "head"}
 """Method names earlier versions recorded: head-only runs before 0.3 said "none"."""
 HEAD_PREFIX = "trainable."  # snapshot keys of trainable parameters outside the adapters
 
 
+def epoch_file(epoch: int) -> str:
+    return f"epoch_{epoch:03d}.safetensors"
+
+
 def snapshot_name(epoch: int) -> str:
-    return f"snapshots/epoch_{epoch:03d}.safetensors"
+    return f"snapshots/{epoch_file(epoch)}"
 
 
 # --------------------------------------------------------------------------- atomic I/O
@@ -92,7 +97,7 @@ class RunWriter:
         self.path = Path(run_dir)
         self.lock = RunLock.acquire(self.path)
         try:
-            for name in (RUN_JSON, "snapshots", "resume", FROZEN_FILE):
+            for name in (RUN_JSON, "snapshots", RESUME_DIR, FROZEN_FILE):
                 if (self.path / name).is_symlink():
                     raise InputError(f"{self.path / name}: is a symbolic link; a run writes only inside its own directory")
             json_path = self.path / RUN_JSON
@@ -130,6 +135,16 @@ class RunWriter:
         epochs = [r for r in self.meta["epochs"] if r["epoch"] != epoch]
         epochs.append({"epoch": epoch, "snapshot": name, **record})
         self.update(epochs=sorted(epochs, key=lambda r: r["epoch"]))
+
+    def save_resume_state(self, epoch: int, tensors: Mapping[str, torch.Tensor], step: int) -> None:
+        """The trainer's state after ``epoch`` (parameters and optimizer state, whole), for ``train --resume``.
+        The previous epoch's file stays: until run.json lists this epoch, resume starts from that one."""
+        folder = inside(self.path, self.path / RESUME_DIR, "the resume folder")
+        atomic_save_tensors(folder / epoch_file(epoch), tensors, {"epoch": str(epoch), "step": str(step)})
+        for old in folder.glob("epoch_*.safetensors"):
+            number = old.stem.split("_", 1)[1]
+            if number.isdigit() and int(number) < epoch - 1 and not old.is_symlink():
+                old.unlink()
 
     def update_epoch(self, epoch: int, **fields: Any) -> None:
         """Add fields (e.g. evaluation metrics that arrive after the snapshot) to an epoch's record."""
@@ -306,6 +321,18 @@ class Run:
     def snapshot_tensors(self, epoch: int) -> dict[str, torch.Tensor]:
         """The raw, validated snapshot (keys ``<module>.<tensor>``), e.g. to load into a live model."""
         return self._snapshot(epoch)
+
+
+def read_resume_state(run_dir: str | Path, epoch: int) -> tuple[dict[str, torch.Tensor], int | None]:
+    """The trainer's state saved after ``epoch`` and the global step it was saved at (None if unrecorded)."""
+    from safetensors import safe_open
+
+    run_dir = Path(run_dir)
+    path = inside(run_dir, run_dir / RESUME_DIR / epoch_file(epoch), "the resume state")
+    tensors = read_tensors(path)
+    with safe_open(str(path), "pt") as handle:
+        step_text = (handle.metadata() or {}).get("step", "")
+    return tensors, int(step_text) if step_text.lstrip("-").isdigit() else None
 
 
 def load_run(path: str | Path) -> Run:

@@ -110,7 +110,7 @@ NOT_SETTINGS = ("device", "report_to", "log_every_steps", "record_grad_norms", "
 def runs_with_settings(source) -> list[tuple[UpdateSource, dict]] | None:
     """``(run, settings)`` for a Study (its swept settings) or a list of runs (the config fields
     that differ between them); None for a single source. Runs without adapted layers are skipped."""
-    from ..study import Study
+    from ..study.directory import Study
 
     if isinstance(source, Study):
         return [(run, {k: v for k, v in settings.items() if k != "method"}) for run, settings in source.finished(adapted_only=True)]

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ..factored import cosine_similarity
-from ..study import Study
+from ..study.directory import Study
 from ._common import module_and_layer
 from .aggregate import aggregate
 from .claims import PAPER_METHOD, REFERENCE_METHOD, paper_claims

@@ -32,8 +32,8 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
     """
     from ..config import TrainConfig
     from ..data import load_task
+    from ..data.encode import encode
     from ..models import load_model, load_tokenizer, model_named_in_file
-    from ..training import _encode
 
     run_a, run_b = as_source(run_a), as_source(run_b)
     if "config" not in run_a.meta:
@@ -46,7 +46,7 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
     name = model_named_in_file(config.model, run_a.path / "run.json", model)
     data = load_task(config.task, config.data_dir, max_eval_samples=examples, max_train_samples=1)
     tokenizer = load_tokenizer(name)
-    features = _encode(tokenizer, data.validation, data.spec, config.max_length)
+    features = encode(tokenizer, data.validation, data.spec, config.max_length)
     base = load_model(name, data.spec.num_labels, device).eval()
     factors = {n: tuple(t.to(device, torch.float64) for t in (d.left, d.core, d.right)) for n, d in deltas_a.items()}
     factors_b = {n: tuple(t.to(device, torch.float64) for t in (d.left, d.core, d.right)) for n, d in deltas_b.items()}

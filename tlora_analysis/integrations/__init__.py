@@ -1,0 +1,1 @@
+"""Where this toolkit meets other frameworks: the ``transformers.Trainer`` callback (:mod:`.trainer`)."""
