@@ -56,9 +56,9 @@ def write(root: Path) -> tuple[Path, Path]:
 
 CHILD = """
 import json, sys, time
-from tlora_analysis.checkpoints import inspect
+from tlora_analysis.checkpoints import inspect_checkpoint
 start = time.perf_counter()
-table = inspect(sys.argv[1], base=sys.argv[2])
+table = inspect_checkpoint(sys.argv[1], base=sys.argv[2])
 elapsed = time.perf_counter() - start
 peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')) * 1024
 print(json.dumps({"seconds": elapsed, "peak": peak, "layers": len(table), "intruders": int(table.intruders.sum())}))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tlora_analysis.checkpoints import inspect
+from tlora_analysis.checkpoints import inspect_checkpoint
 from tlora_analysis.cli import main
 from tlora_analysis.export import export, load_exported
 from tlora_analysis.models import load_model, load_tokenizer
@@ -45,7 +45,7 @@ def make_peft_adapter(path, model_dir, **config):
 )
 def test_inspect_agrees_with_peft_get_delta_weight(tmp_path, tiny_model_dir, config):
     model = make_peft_adapter(tmp_path / "adapter", tiny_model_dir, **config)
-    table = inspect(tmp_path / "adapter").set_index("name")
+    table = inspect_checkpoint(tmp_path / "adapter").set_index("name")
     checked = 0
     for name, module in model.named_modules():
         if isinstance(module, peft.tuners.lora.LoraLayer):
@@ -71,8 +71,8 @@ def test_exported_lora_loads_in_peft_with_identical_logits(tmp_path, trained, ti
     base = load_model(tiny_model_dir)
     peft_model = peft.PeftModel.from_pretrained(base, tmp_path / "peft").eval()
     torch.testing.assert_close(logits(peft_model, tiny_model_dir), logits(restore_model(trained["lora"]), tiny_model_dir), rtol=1e-5, atol=1e-6)
-    ours = inspect(tmp_path / "peft").set_index("name")
-    theirs = inspect(trained["lora"].path).set_index("name")
+    ours = inspect_checkpoint(tmp_path / "peft").set_index("name")
+    theirs = inspect_checkpoint(trained["lora"].path).set_index("name")
     np.testing.assert_allclose(ours.frobenius, theirs.frobenius, rtol=1e-6)
 
 
@@ -92,7 +92,7 @@ def test_full_fine_tune_through_the_dense_path(tmp_path, tiny_model_dir):
     with torch.no_grad():
         model.get_submodule(changed).weight.add_(delta)
     model.save_pretrained(tmp_path / "tuned")
-    table = inspect(tmp_path / "tuned", base=tiny_model_dir).set_index("name")
+    table = inspect_checkpoint(tmp_path / "tuned", base=tiny_model_dir).set_index("name")
     assert list(table.index) == [changed]
     assert table.loc[changed].frobenius == pytest.approx(float(delta.double().norm()), rel=1e-5)
     assert table.loc[changed].energy_rank_90 <= 3 and table.attrs["totals"]["method"] == "full"

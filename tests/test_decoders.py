@@ -175,7 +175,7 @@ def test_inspect_with_a_sharded_base_reads_tensors_one_at_a_time_and_caches_w0_s
 
     from tlora_analysis.analysis import amplification, intruder_dimensions
     from tlora_analysis.base_weights import SafetensorsWeights
-    from tlora_analysis.checkpoints import inspect
+    from tlora_analysis.checkpoints import inspect_checkpoint
 
     monkeypatch.setenv("TLORA_ANALYSIS_CACHE", str(tmp_path / "cache"))
     base = tiny("llama")
@@ -193,7 +193,7 @@ def test_inspect_with_a_sharded_base_reads_tensors_one_at_a_time_and_caches_w0_s
     for name in source.layers:
         torch.testing.assert_close(lazy[name], in_memory[name])
     expected = intruder_dimensions(source, in_memory, k=3)
-    table = inspect(tmp_path / "adapter", base=str(tmp_path / "base"), intruder_k=3)
+    table = inspect_checkpoint(tmp_path / "adapter", base=str(tmp_path / "base"), intruder_k=3)
     assert list(table.intruders) == list(expected.groupby("name", sort=False).is_intruder.sum())
     amp = amplification(source, in_memory).set_index("name")
     assert list(table.amplification) == pytest.approx(list(amp.loc[table.name, "amplification"]), rel=1e-6)
@@ -206,6 +206,6 @@ def test_inspect_with_a_sharded_base_reads_tensors_one_at_a_time_and_caches_w0_s
     import tlora_analysis.base_weights
 
     monkeypatch.setattr(tlora_analysis.base_weights, "_svd", no_svd)
-    again = inspect(tmp_path / "adapter", base=str(tmp_path / "base"), intruder_k=3)
+    again = inspect_checkpoint(tmp_path / "adapter", base=str(tmp_path / "base"), intruder_k=3)
     pd_equal = (again[["amplification", "intruders"]].to_numpy() == table[["amplification", "intruders"]].to_numpy()).all()
     assert pd_equal and sorted((tmp_path / "cache" / "w0_svd").glob("*.safetensors")) == cached

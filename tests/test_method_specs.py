@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tlora_analysis import adapter_layers, count_parameters, inject_adapters
-from tlora_analysis.checkpoints import inspect
+from tlora_analysis.checkpoints import inspect_checkpoint
 from tlora_analysis.errors import InputError
 from tlora_analysis.export import export, load_exported
 from tlora_analysis.figures.style import method_color
@@ -146,7 +146,7 @@ def test_parameter_counts_agree_with_the_model_and_inspect(tmp_path, tiny_model_
     counts = run.meta["parameter_counts"]
     assert counts["adapter_trainable"] == sum(trainable(o, i, 4) for o, i in shapes)
     assert counts["frozen_random"] == sum(frozen_random(o, i, 4) for o, i in shapes)
-    totals = inspect(run.path).attrs["totals"]
+    totals = inspect_checkpoint(run.path).attrs["totals"]
     assert (totals["update_trainable_params"], totals["update_frozen_random_params"]) == (counts["adapter_trainable"], counts["frozen_random"])
 
 
@@ -165,7 +165,7 @@ def test_every_export_loads_in_peft_and_reloads_here(tmp_path, tiny_model_dir, m
     assert config["task_type"] == "SEQ_CLS" and config["modules_to_save"] == ["classifier"]
     peft_model = peft.PeftModel.from_pretrained(load_model(tiny_model_dir), out).eval()
     torch.testing.assert_close(logits(peft_model, tiny_model_dir), expected, rtol=1e-4, atol=1e-5)
-    exported, recorded = inspect(out).set_index("name"), inspect(run.path).set_index("name")
+    exported, recorded = inspect_checkpoint(out).set_index("name"), inspect_checkpoint(run.path).set_index("name")
     assert exported.attrs["method"] == method
     np.testing.assert_allclose(exported.frobenius, recorded.frobenius, rtol=1e-6)
 
@@ -177,7 +177,7 @@ def test_full_fine_tuning_exports_the_changed_weights(tmp_path, tiny_model_dir):
     for name, delta in run.deltas(1).items():
         expected = base.get_submodule(name).weight.double() + delta.dense(torch.float64)
         torch.testing.assert_close(weights[f"{name}.weight"].double(), expected, rtol=1e-6, atol=1e-6)
-    assert inspect(out).attrs["method"] == "full"
+    assert inspect_checkpoint(out).attrs["method"] == "full"
 
 
 def test_an_lm_run_exports_as_a_causal_lm(tmp_path, tiny_llama_dir):
@@ -238,7 +238,7 @@ def test_inspect_reads_mixed_shape_peft_vera_adapters(tmp_path, tiny_model_dir, 
         r=4, target_modules=["query", "intermediate.dense", "output.dense"], save_projection=save_projection, init_weights=False,
         projection_prng_key=11))
     model.save_pretrained(tmp_path / "vera")
-    table = inspect(tmp_path / "vera").set_index("name")
+    table = inspect_checkpoint(tmp_path / "vera").set_index("name")
     assert table.attrs["method"] == "vera" and len(table) == 8 and table["shape"].nunique() == 3  # "output.dense" matches two kinds
     for name, module in model.named_modules():
         if isinstance(module, peft.tuners.vera.layer.Linear):
@@ -256,5 +256,5 @@ def test_a_mixed_shape_vera_adapter_without_its_base_says_so(tmp_path, tiny_mode
     config = json.loads((tmp_path / "vera" / "adapter_config.json").read_text())
     (tmp_path / "vera" / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "someone/elses-model"}))
     with pytest.raises(InputError, match="layers of several shapes.*pass the base model"):
-        inspect(tmp_path / "vera")
-    assert len(inspect(tmp_path / "vera", base=tiny_model_dir)) == 4
+        inspect_checkpoint(tmp_path / "vera")
+    assert len(inspect_checkpoint(tmp_path / "vera", base=tiny_model_dir)) == 4

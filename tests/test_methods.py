@@ -96,13 +96,13 @@ def test_train_and_restore_every_method(tmp_path, tiny_model_dir, method):
 
 
 def test_inspect_reads_peft_vera_adapters(tmp_path, tiny_model_dir):
-    from tlora_analysis.checkpoints import inspect
+    from tlora_analysis.checkpoints import inspect_checkpoint
 
     torch.manual_seed(4)
     model = peft.get_peft_model(load_model(tiny_model_dir), peft.VeraConfig(r=4, target_modules=["query", "value"], save_projection=True,
                                                                              init_weights=False))
     model.save_pretrained(tmp_path / "vera")
-    table = inspect(tmp_path / "vera").set_index("name")
+    table = inspect_checkpoint(tmp_path / "vera").set_index("name")
     assert table.attrs["method"] == "vera" and len(table) == 4
     for name, module in model.named_modules():
         if isinstance(module, peft.tuners.vera.layer.Linear):

@@ -102,12 +102,12 @@ def test_inspect_base_that_is_not_a_model(tmp_path, toy_runs):
 # --------------------------------------------------------------------------- --base for every source
 def test_inspect_with_base_adds_amplification_and_intruders_for_a_peft_adapter(tmp_path, tiny_model_dir):
     peft = pytest.importorskip("peft")
-    from tlora_analysis.checkpoints import inspect
+    from tlora_analysis.checkpoints import inspect_checkpoint
 
     torch.manual_seed(3)
     model = peft.get_peft_model(load_model(tiny_model_dir), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["value"], init_lora_weights=False))
     model.save_pretrained(tmp_path / "adapter")
-    table = inspect(tmp_path / "adapter", base=tiny_model_dir, intruder_k=4).set_index("name")
+    table = inspect_checkpoint(tmp_path / "adapter", base=tiny_model_dir, intruder_k=4).set_index("name")
     base = load_model(tiny_model_dir)
     for name, module in model.named_modules():
         if isinstance(module, peft.tuners.lora.LoraLayer):

@@ -9,7 +9,7 @@ command line's ``--help``) does not pay for torch, transformers, pandas and scip
 
 from importlib import import_module
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 _LAZY = {
     "FactoredDelta": "factored",
@@ -26,7 +26,7 @@ _LAZY = {
     "Run": "store",
     "DeltaRecorder": "recording",
     "DeltaRecorderCallback": "integrations.trainer",
-    "inspect": "checkpoints",
+    "inspect_checkpoint": "checkpoints",
     "open_updates": "sources",
     "run_study": "study",
     "load_study": "study",

@@ -2,8 +2,8 @@
 
 The layers themselves are one class per method in :mod:`tlora_analysis.methods`, in the
 style of peft's ``tuners/{lora,vera}/layer.py``: each wraps a frozen ``nn.Linear``, adds
-its low-rank path without ever forming a d_out x d_in matrix, and returns its update as a
-:class:`~tlora_analysis.factored.FactoredDelta`.
+its update path (low-rank, never a d_out x d_in matrix, for every method but full
+fine-tuning) and returns its update as a :class:`~tlora_analysis.factored.FactoredDelta`.
 """
 
 from __future__ import annotations
@@ -95,6 +95,29 @@ def as_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
+def _out_in(layer: nn.Module) -> tuple[int, int]:
+    """(d_out, d_in) of an nn.Linear, or of GPT-2's Conv1D, whose weight is stored d_in x d_out."""
+    return tuple(layer.weight.shape) if isinstance(layer, nn.Linear) else tuple(layer.weight.shape[::-1])
+
+
+def _chosen_layers(model: nn.Module, targets: list[str], rank: int) -> dict[str, nn.Module]:
+    """The linear layers that ``targets`` name, each checked to hold a rank-``rank`` update."""
+    if not targets:
+        raise InputError("target_modules is empty: name at least one module, e.g. ['query', 'value']")
+    linear = {name: m for name, m in model.named_modules() if _is_linear(m) and name}
+    chosen = {name: layer for name, layer in linear.items() if _matches(name, targets)}
+    if not chosen:
+        suffixes = sorted({name.rsplit(".", 1)[-1] for name in linear})
+        raise InputError(f"target_modules {targets} matched no nn.Linear layer; linear layer names end with: "
+                         f"{', '.join(suffixes) or '(none)'}; or use a preset: {', '.join(PRESETS)}")
+    for name, layer in chosen.items():
+        out_features, in_features = _out_in(layer)
+        if rank > min(in_features, out_features):
+            raise InputError(f"rank {rank} exceeds min(in_features, out_features) = {min(in_features, out_features)} of layer "
+                             f"{name!r} ({out_features}x{in_features})")
+    return chosen
+
+
 def inject_adapters(
     model: nn.Module,
     method: str,
@@ -126,38 +149,15 @@ def inject_adapters(
     if method not in adapter_methods():
         raise InputError(f"method must be one of {', '.join(adapter_methods())}; got {method!r}")
     layer_class = method_class(method)
-    if isinstance(target_modules, str):
-        target_modules = [target_modules]
-    if not target_modules:
-        raise InputError("target_modules is empty: name at least one module, e.g. ['query', 'value']")
     if not isinstance(rank, int) or rank < 1:
         raise InputError(f"rank must be a positive integer, got {rank!r}")
     if adapter_layers(model):
         raise InputError("model already has adapter layers; inject into a fresh model")
-
-    linear = {name: m for name, m in model.named_modules() if _is_linear(m) and name}
-    chosen = [name for name in linear if _matches(name, target_modules)]
-    if not chosen:
-        suffixes = sorted({name.rsplit(".", 1)[-1] for name in linear})
-        raise InputError(
-            f"target_modules {list(target_modules)} matched no nn.Linear layer; "
-            f"linear layer names end with: {', '.join(suffixes) or '(none)'}"
-        )
-    for name in chosen:
-        layer = linear[name]
-        out_features, in_features = layer.weight.shape if isinstance(layer, nn.Linear) else layer.weight.shape[::-1]
-        limit = min(in_features, out_features)
-        if rank > limit:
-            raise InputError(
-                f"rank {rank} exceeds min(in_features, out_features) = {limit} of layer {name!r} "
-                f"({out_features}x{in_features})"
-            )
-
+    linear = _chosen_layers(model, [target_modules] if isinstance(target_modules, str) else list(target_modules), rank)
     own_options = {k: v for k, v in options.items() if k in METHOD_SPECS[method].options and v is not None}
-    shapes = [tuple(linear[n].weight.shape) if isinstance(linear[n], nn.Linear) else tuple(linear[n].weight.shape[::-1]) for n in chosen]
-    own_options.update(layer_class.shared_settings(shapes))
+    own_options.update(layer_class.shared_settings([_out_in(layer) for layer in linear.values()]))
     model.requires_grad_(False)
-    for name in chosen:
+    for name in linear:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         layer_seed_ = layer_seed(seed, name) if layer_class.seed_scope == "layer" else seed
@@ -175,8 +175,9 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLayer]:
 
 @dataclass(frozen=True)
 class ParameterCounts:
-    """Parameters by role. peft's count hides buffers, so TLoRA's frozen random matrices
-    would vanish from it; here they have their own line."""
+    """Parameters by role. peft's count hides buffers, so frozen random matrices (TLoRA's A and C,
+    VeRA's shared pair, LoRA-FA's A) would vanish from it; here they have their own line, counted
+    as stored (a shared pair once). W0's singular vectors (LoRA-XS) are frozen but not random."""
 
     adapter_trainable: int
     other_trainable: int

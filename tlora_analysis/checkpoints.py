@@ -1,6 +1,6 @@
 """Inspect the update geometry of any saved checkpoint, and export runs for other tools.
 
-``inspect(path)`` reads a run directory, a snapshot file, a PEFT LoRA adapter directory,
+``inspect_checkpoint(path)`` reads a run directory, a snapshot file, a PEFT LoRA adapter directory,
 or (with ``base=``) a fully fine-tuned model directory, whose ΔW = W_ft − W0 goes through
 the same factored code after one dense SVD per layer.
 """
@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from .analysis import module_and_layer, rank_measures
+from .config import ANALYSIS
 from .errors import InputError
 from .factored import FactoredDelta
 from .io import inside, read_json
@@ -23,7 +24,7 @@ from .models import base_weights, resolve_model
 from .sources import SingleState, open_updates, refuse_pickle, refuse_pickled_files
 from .tensors import read_tensors
 
-__all__ = ["inspect", "inspect_totals", "FullFineTune"]
+__all__ = ["inspect_checkpoint", "inspect_totals", "FullFineTune"]
 
 TOP_SINGULAR_VALUES = 4
 
@@ -94,8 +95,8 @@ def _open(path: str | Path, base: str | None, max_rank: int | None):
     return open_updates(path, base)
 
 
-def inspect(path: str | Path, epoch: int | None = None, base: str | None = None, max_rank: int | None = None,
-            intruder_k: int = 10) -> pd.DataFrame:
+def inspect_checkpoint(path: str | Path, epoch: int | None = None, base: str | None = None, max_rank: int | None = None,
+            intruder_k: int = ANALYSIS.intruder_k) -> pd.DataFrame:
     """One row per adapted layer: shape, rank, scale, norms, stable/effective rank and top singular values.
 
     Args:
@@ -144,7 +145,7 @@ def inspect(path: str | Path, epoch: int | None = None, base: str | None = None,
 
 
 def inspect_totals(source, table: pd.DataFrame) -> dict:
-    """Totals for an :func:`inspect` table: layers, overall ‖ΔW‖_F, and the parameters that define the updates."""
+    """Totals for an :func:`inspect_checkpoint` table: layers, overall ‖ΔW‖_F, and the parameters that define the updates."""
     spec = METHOD_SPECS.get(source.method)
     if spec is not None and spec.adapts_layers:
         trainable, frozen = method_class(source.method).update_counts(source.layers)
@@ -160,6 +161,6 @@ def inspect_totals(source, table: pd.DataFrame) -> dict:
 
 
 def to_json(table: pd.DataFrame) -> str:
-    """The :func:`inspect` table and its totals as JSON (NaN -> null)."""
+    """The :func:`inspect_checkpoint` table and its totals as JSON (NaN -> null)."""
     records = json.loads(table.to_json(orient="records"))
     return json.dumps({**{k: v for k, v in table.attrs.items() if k != "totals"}, "totals": table.attrs["totals"], "layers": records}, indent=2)

@@ -21,11 +21,11 @@ PROG = "tlora-analysis"
 def _add_train(sub) -> None:
     from .config import add_config_arguments
 
-    p = sub.add_parser("train", help="fine-tune LoRA, TLoRA or a head-only baseline, recording ΔW every epoch",
-                       description="Fine-tune a sequence classifier with LoRA, TLoRA or only its head, writing a run "
-                                   "directory with a ΔW snapshot at epoch 0 and after every epoch.")
+    methods = ", ".join(spec.label for spec in METHOD_SPECS.values())
+    p = sub.add_parser("train", help="fine-tune with one method, recording ΔW every epoch",
+                       description=f"Fine-tune a sequence classifier (GLUE or the default task) or a causal LM (--task lm) with one "
+                                   f"method ({methods}), writing a run directory with a ΔW snapshot at epoch 0 and after every epoch.")
     add_config_arguments(p)
-    p.add_argument("--no-grad-norms", action="store_true", help="do not record per-layer gradient norms")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch summaries are still printed)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last finished epoch (with --epochs: up to that many)")
@@ -44,9 +44,9 @@ def _cmd_train(args) -> int:
 
         resume(args.resume, epochs=given.get("epochs"), device=given.get("device"), model=given.get("model"), progress=not args.no_progress)
         return 0
-    if "method" not in given or not args.out:
-        raise InputError("train needs --method and --out (or --resume RUN_DIR)")
-    config = TrainConfig(**given, record_grad_norms=not args.no_grad_norms)
+    if not args.out:
+        raise InputError("train needs --out (or --resume RUN_DIR)")
+    config = TrainConfig(**given)
     from .training import train
 
     run = train(config, args.out, progress=not args.no_progress)
@@ -167,18 +167,20 @@ def _add_figures(sub) -> None:
 
 
 def _cmd_figures(args) -> int:
-    from .analysis.compare import SETTINGS
+    from dataclasses import asdict
+
+    from .config import ANALYSIS
     from .figures import render_all, render_study
 
     study = _study(args)
     if study:
         tables, base = _compare_study(study, args)
         entries = render_study(tables, args.out, sources={n: str(study.run_dir(n)) for n in study.cells},
-                               settings={"base": base, "study": study.spec.raw, **SETTINGS})
+                               settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS)})
         print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
         return 0
     sources, tables, base = _compare(args)
-    entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources}, settings={"base": base, **SETTINGS})
+    entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources}, settings={"base": base, **asdict(ANALYSIS)})
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
     return 0
 
@@ -212,31 +214,22 @@ def _cmd_report(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    from .config import REPRODUCE_EPOCHS, REPRODUCE_SEEDS
+    from .config import ReproduceOptions, add_config_arguments
 
     p = sub.add_parser("reproduce", help="the main job: a study of LoRA, TLoRA and head-only over seeds, every figure and the report",
                        description="Run a study of LoRA, TLoRA and a head-only baseline on the embedded default task with the "
                                    "embedded model over several seeds, analyse it and regenerate every figure (with seed "
                                    "confidence bands), report.html and results.json. Finished runs are reused.")
-    p.add_argument("--out", default="figures", help="directory for figures, report.html and results.json (default: figures)")
-    p.add_argument("--runs-dir", default="runs/reproduce", help="the study directory; CSV tables go to its tables/ (default: runs/reproduce)")
-    p.add_argument("--epochs", type=int, default=REPRODUCE_EPOCHS, help=f"epochs per run (default {REPRODUCE_EPOCHS})")
-    p.add_argument("--seeds", type=int, default=REPRODUCE_SEEDS, help=f"seeds per method, 0 .. N-1 (default {REPRODUCE_SEEDS})")
-    p.add_argument("--jobs", type=int, default=2, help="runs at a time, sharing the machine's cores (default 2)")
-    p.add_argument("--max-train-samples", type=int, default=None, help="train on the first N examples only (for quick checks)")
-    p.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on the first N examples only")
-    p.add_argument("--model", default=None, help="model name or path (default: the embedded all-MiniLM-L6-v2)")
-    p.add_argument("--retrain", action="store_true", help="replace an existing study (swapped in once the new one has finished)")
+    add_config_arguments(p, ReproduceOptions)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_reproduce)
 
 
 def _cmd_reproduce(args) -> int:
+    from .config import ReproduceOptions, config_from_arguments
     from .reproduce import reproduce
 
-    reproduce(args.out, args.runs_dir, epochs=args.epochs, seeds=args.seeds, jobs=args.jobs, retrain=args.retrain,
-              progress=not args.no_progress, max_train_samples=args.max_train_samples, max_eval_samples=args.max_eval_samples,
-              model=args.model)
+    reproduce(ReproduceOptions(**config_from_arguments(args, ReproduceOptions)), progress=not args.no_progress)
     return 0
 
 
@@ -250,7 +243,10 @@ def _add_inspect(sub) -> None:
     p.add_argument("--epoch", type=int, default=None, help="epoch of a run (default: the last finished)")
     p.add_argument("--base", default=None, help="base model: defines ΔW = W_ft − W0 for a fully fine-tuned model directory, "
                                                 "and adds amplification and intruder counts for any source")
-    p.add_argument("--intruder-k", type=int, default=10, help="with --base: top singular vectors checked for intruders (default 10)")
+    from .config import ANALYSIS
+
+    p.add_argument("--intruder-k", type=int, default=ANALYSIS.intruder_k,
+                   help=f"with --base: top singular vectors checked for intruders (default {ANALYSIS.intruder_k})")
     p.add_argument("--max-rank", type=int, default=None, help="full fine-tunes: keep only the top singular directions of each ΔW")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
     p.set_defaults(func=_cmd_inspect)
@@ -259,9 +255,9 @@ def _add_inspect(sub) -> None:
 def _cmd_inspect(args) -> int:
     import pandas as pd
 
-    from .checkpoints import inspect, to_json
+    from .checkpoints import inspect_checkpoint, to_json
 
-    table = inspect(args.path, epoch=args.epoch, base=args.base, max_rank=args.max_rank, intruder_k=args.intruder_k)
+    table = inspect_checkpoint(args.path, epoch=args.epoch, base=args.base, max_rank=args.max_rank, intruder_k=args.intruder_k)
     if args.json:
         print(to_json(table))
         return 0
@@ -294,8 +290,17 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Train, record and analyse LoRA and TLoRA updates of transformers.")
+    methods = ", ".join(spec.label for spec in METHOD_SPECS.values() if spec.adapts_layers)
+    parser = argparse.ArgumentParser(prog=PROG, description=f"Train, record and analyse how low-rank adapters ({methods}) change a "
+                                                            "pretrained transformer, and inspect any adapter's update geometry.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)

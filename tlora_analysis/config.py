@@ -17,7 +17,7 @@ from .data.tasks import TASKS
 from .errors import InputError
 from .methods.spec import METHOD_SPECS, TLORA_INITS, adapter_methods
 
-__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "REPRODUCE_SEEDS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
+__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "REPRODUCE_SEEDS", "ReproduceOptions", "AnalysisSettings", "ANALYSIS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
 
 METHODS = adapter_methods()
 """Adapter methods (each one a :class:`~tlora_analysis.methods.MethodSpec` with a layer class)."""
@@ -53,9 +53,12 @@ REPORT_TO = ("tensorboard",)
 """Where ``train`` can send live update geometry besides run.json."""
 
 
-def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, cli: bool = True, **argparse_kwargs: Any):
-    """A dataclass field that carries its command-line help (peft's ``LoraConfig`` style)."""
-    metadata = {"help": help, "cli": cli, "argparse": argparse_kwargs}
+def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, cli: bool = True, flag: str | None = None,
+           **argparse_kwargs: Any):
+    """A dataclass field that carries its command-line help (peft's ``LoraConfig`` style).
+
+    ``flag`` names a boolean field's switch (default ``--name``, or ``--no-name`` when the default is True)."""
+    metadata = {"help": help, "cli": cli, "flag": flag, "argparse": argparse_kwargs}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -95,7 +98,7 @@ class TrainConfig:
     data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
     data_file: str | None = option(None, "--task lm: a local .txt (one example per line) or .jsonl ('text', or 'prompt' and "
                                          "'completion': loss on the completion only); default: the offline default LM task")
-    record_grad_norms: bool = option(True, "record each layer's gradient-norm RMS per epoch", cli=False)
+    record_grad_norms: bool = option(True, "record each layer's gradient-norm RMS per epoch", flag="--no-grad-norms")
     report_to: list[str] = option(help=f"also send per-layer update geometry to these ({', '.join(REPORT_TO)})",
                                    factory=list, nargs="*", choices=REPORT_TO)
     log_every_steps: int = option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)")
@@ -161,6 +164,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
         default = f.default_factory() if f.default_factory is not MISSING else f.default
         kwargs = dict(f.metadata["argparse"])
         kind = str(f.type)
+        if kind == "bool":
+            flag = f.metadata.get("flag") or f"--{'no-' if default else ''}{f.name.replace('_', '-')}"
+            parser.add_argument(flag, dest=f.name, action="store_const", const=not default, default=None, help=f.metadata["help"]
+                                + (" (on by default; this switch turns it off)" if default else ""))
+            continue
         if "nargs" not in kwargs:
             kwargs["type"] = int if kind.startswith("int") else float if kind.startswith("float") else str
         shown = "" if default in (None, []) else f" (default: {' '.join(default) if isinstance(default, list) else default})"
@@ -170,3 +178,43 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfi
 def config_from_arguments(args: argparse.Namespace, cls: type = TrainConfig) -> dict[str, Any]:
     """The fields of ``cls`` the user set on the command line."""
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+
+
+@dataclass
+class ReproduceOptions:
+    """The main job's settings (``tlora-analysis reproduce``); each field is one of its options."""
+
+    out: str = option("figures", "directory for figures, report.html and results.json")
+    runs_dir: str = option("runs/reproduce", "the study directory; CSV tables go to its tables/")
+    epochs: int = option(REPRODUCE_EPOCHS, "epochs per run")
+    seeds: int = option(REPRODUCE_SEEDS, "seeds per method, 0 .. N-1")
+    jobs: int = option(2, "runs at a time, sharing the machine's cores (two one-thread jobs are fastest on 2 cores: benchmark 7)")
+    max_train_samples: int | None = option(None, "train on the first N examples only (for quick checks)")
+    max_eval_samples: int | None = option(None, "evaluate on the first N examples only")
+    model: str | None = option(None, "model name or path (default: the embedded all-MiniLM-L6-v2)")
+    retrain: bool = option(False, "replace an existing study (swapped in once the new one has finished)")
+
+    def __post_init__(self) -> None:  # epochs are checked as a training setting, jobs by the study's Executor
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise InputError(f"--seeds must be a whole number of at least 1, got {self.seeds!r}")
+
+
+@dataclass(frozen=True)
+class AnalysisSettings:
+    """The analyses' constants, each written once: every signature's default and the CLI read them, and
+    ``figures.json`` records them beside the figures they made."""
+
+    histogram_bins: int = 40
+    """Bins of the trained matrices' entry histograms."""
+    baseline_samples: int = 32
+    """Random updates per (shape, rank) for the chance level of a cosine."""
+    intruder_k: int = 10
+    """How many of the merged weight's top singular vectors the intruder count looks at."""
+    intruder_epsilon: float = 0.5
+    """A top singular vector is an intruder if its best cosine with W0's singular vectors is below this."""
+    energy_rank: float = 0.9
+    """Share of Σσ² that the energy rank keeps."""
+
+
+ANALYSIS = AnalysisSettings()
+

@@ -87,7 +87,7 @@ class Processes:
             torch.distributed.destroy_process_group()
 
 
-def processes(device: str, batch_size: int, train_examples: int, sharding: str = "ddp") -> Processes:
+def start_processes(device: str, batch_size: int, train_examples: int, sharding: str = "ddp") -> Processes:
     """Join the process group that ``torchrun`` describes in the environment, if any."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:

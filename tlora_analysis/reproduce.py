@@ -14,11 +14,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from .config import REPRODUCE_EPOCHS, REPRODUCE_SEEDS
+from .config import ANALYSIS, REPRODUCE_EPOCHS, REPRODUCE_SEEDS, ReproduceOptions
 from .errors import InputError
 from .io import atomic_write_bytes, atomic_write_json, read_json
 from .study import load_study
@@ -110,35 +111,24 @@ def _round(value) -> float | None:
     return None if pd.isna(value) else float(f"{float(value):.4g}")
 
 
-def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduce", *, epochs: int = REPRODUCE_EPOCHS,
-              seeds: int = REPRODUCE_SEEDS, jobs: int = 2, retrain: bool = False, progress: bool = True,
-              log: Callable[[str], None] = print, **overrides) -> dict:
-    """Run (or reuse) the main study, write its tables to ``runs_dir/tables`` and figures, report.html and results.json to ``out``.
+def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True, log: Callable[[str], None] = print, **overrides) -> dict:
+    """Run (or reuse) the main study, write its tables to ``runs_dir/tables`` and figures, report.html and
+    results.json to ``out`` (see :class:`~tlora_analysis.config.ReproduceOptions`).
 
-    Args:
-        out: where figures, report.html and results.json go.
-        runs_dir: the study directory.
-        epochs: epochs per run.
-        seeds: seeds 0 .. seeds − 1 of each method.
-        jobs: runs at a time; the machine's cores are divided between them.
-        retrain: replace an existing study (after the new one has finished).
-        progress: show progress bars.
-        log: where progress lines go.
-        overrides: other ``train`` settings (max_train_samples, model, ...).
+    ``overrides`` are other ``train`` settings for every cell (batch_size, ...).
     """
-    from .analysis.compare import SETTINGS, compare_study
+    from .analysis.compare import compare_study
     from .figures import render_study
     from .models import base_weights
     from .report import write_study_report
 
-    started = time.perf_counter()
-    out, runs_dir = Path(out), Path(runs_dir)
-    spec = reproduce_spec(epochs, seeds, **overrides)
+    started, options = time.perf_counter(), options or ReproduceOptions()
+    out, runs_dir, seeds, epochs, jobs = Path(options.out), Path(options.runs_dir), options.seeds, options.epochs, options.jobs
+    spec = reproduce_spec(epochs, seeds, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples,
+                          model=options.model, **overrides)
     _check_replaceable(runs_dir)
-    if jobs < 1:
-        raise InputError(f"--jobs must be at least 1, got {jobs}")
     log(f"study: {', '.join(REPRODUCE_METHODS)} x {seeds} seeds, {epochs} epochs, {jobs} jobs of {cell_threads(jobs)} threads")
-    study = _run_or_reuse(spec, runs_dir, retrain, Executor(jobs=jobs), progress, log)
+    study = _run_or_reuse(spec, runs_dir, options.retrain, Executor(jobs=jobs), progress, log)
     if (study.runs.status != "finished").any():
         raise InputError(f"{runs_dir}: some cells did not finish (see study.json and logs/); run the same command again to resume")
     log("analysing ...")
@@ -147,7 +137,7 @@ def reproduce(out: str | Path = "figures", runs_dir: str | Path = "runs/reproduc
     tables = compare_study(study, weights)
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")
-    render_study(tables, out, sources={name: str(study.run_dir(name)) for name in study.cells}, settings={"study": spec, **SETTINGS})
+    render_study(tables, out, sources={name: str(study.run_dir(name)) for name in study.cells}, settings={"study": spec, **asdict(ANALYSIS)})
     write_study_report(tables, study, out / "report.html", figure_dir=out, sensitivity=out / "sensitivity")
     results = study_results(tables)
     atomic_write_json(out / "results.json", results)

@@ -6,10 +6,10 @@
       run.json                       method, rank, model, task, config, versions, per-layer
                                      shapes/seeds/checksums, and one record per finished epoch
       snapshots/epoch_000.safetensors  trainable tensors of every adapter layer at that epoch
-      frozen.safetensors             only if TLoRA's frozen matrices cannot be rebuilt from seeds
+      frozen.safetensors             only if a method's frozen matrices cannot be rebuilt from seeds (LoRA-XS's come from W0)
       resume/epoch_NNN.safetensors   the trainer's state for ``train --resume`` (latest only)
 
-Snapshots hold factors, never dense ΔW. Every file is written to a temporary name and
+Snapshots hold factors, never dense ΔW (full fine-tuning, whose factor is ΔW itself, aside). Every file is written to a temporary name and
 renamed into place, and ``run.json`` lists an epoch only after its snapshot is complete,
 so a run killed at any moment leaves every listed epoch readable.
 
@@ -160,7 +160,8 @@ class Run:
     """A recorded run, read back. Needs neither the base model nor the training code.
 
     ``deltas(epoch)`` rebuilds each layer's :class:`FactoredDelta` from the stored
-    trainable tensors and TLoRA's frozen matrices, regenerated from their seeds and
+    trainable tensors and the method's frozen matrices, regenerated from their seeds (or read from
+    ``frozen.safetensors``) and
     verified against the recorded checksums.
     """
 
@@ -309,12 +310,12 @@ class Run:
         return deltas
 
     def scales(self, epoch: int) -> dict[str, float]:
-        """Each layer's scale: TLoRA's learned α, LoRA's fixed scaling lora_alpha / r."""
+        """Each layer's scale: TLoRA's learned α, LoRA's fixed scaling lora_alpha / r; NaN for methods without one."""
         self._snapshot(epoch)
         return {name: self._method_class.scale_from(layer, self._layer_tensors(epoch, name)) for name, layer in self.layers.items()}
 
     def trainable(self, epoch: int) -> dict[str, dict[str, torch.Tensor]]:
-        """The trained matrices per layer: ``{"B": ...}`` for TLoRA, ``{"A": ..., "B": ...}`` for LoRA."""
+        """The trained matrices per layer by the names the method gives them (``{"B": ...}`` for TLoRA, ``{"A": ..., "B": ...}`` for LoRA)."""
         self._snapshot(epoch)
         return {name: self._method_class.trained_from(self._layer_tensors(epoch, name)) for name in self.layers}
 

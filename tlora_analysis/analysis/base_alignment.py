@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import ANALYSIS
 from ..errors import InputError
 from ._common import UpdateSource, as_source, epochs_of, iter_deltas, per_run
 
@@ -80,8 +81,8 @@ def intruder_dimensions(
     run: UpdateSource,
     base_weights: Mapping[str, torch.Tensor],
     epochs: Iterable[int] | None = None,
-    k: int = 10,
-    epsilon: float = 0.5,
+    k: int = ANALYSIS.intruder_k,
+    epsilon: float = ANALYSIS.intruder_epsilon,
 ) -> pd.DataFrame:
     """For the top-k left singular vectors y_j of the merged W0 + ΔW: m_j = max_i |cos(y_j, x_i)| over
     W0's left singular vectors x_i; y_j is an intruder when m_j < ε (Shuttleworth et al. 2024).

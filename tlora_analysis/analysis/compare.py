@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import torch
 
-from ..config import METHODS
+from ..config import ANALYSIS, METHODS
 from ..errors import InputError
 from ._common import UpdateSource, as_source, learns_scale, with_settings
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
@@ -20,7 +20,6 @@ from .summary import summary
 
 METHOD_ORDER = {method: i for i, method in enumerate(METHODS)}
 
-SETTINGS = {"histogram_bins": 40, "baseline_samples": 32, "intruder_k": 10, "intruder_epsilon": 0.5, "energy_rank": 0.9}
 """What :func:`compare_runs` computes with; figures.json records it next to the figures."""
 
 
@@ -28,8 +27,8 @@ def compare_runs(
     runs: Sequence[UpdateSource],
     base_weights: Mapping[str, torch.Tensor] | None = None,
     *,
-    bins: int = SETTINGS["histogram_bins"],
-    baseline_samples: int = SETTINGS["baseline_samples"],
+    bins: int = ANALYSIS.histogram_bins,
+    baseline_samples: int = ANALYSIS.baseline_samples,
 ) -> dict[str, pd.DataFrame]:
     """Every analysis table for a set of runs of the same model and targets, any methods.
 
@@ -58,7 +57,7 @@ def compare_runs(
     tables = {
         "spectra": pd.concat([spectra(r) for r in adapted], ignore_index=True),
         "norms": pd.concat([norms(r) for r in adapted], ignore_index=True),
-        "effective_rank": pd.concat([effective_rank(r, energy=SETTINGS["energy_rank"]) for r in adapted], ignore_index=True),
+        "effective_rank": pd.concat([effective_rank(r, energy=ANALYSIS.energy_rank) for r in adapted], ignore_index=True),
         "weight_stats": pd.concat([weight_distributions(r, pool=True) for r in adapted], ignore_index=True),
         "weight_histograms": pd.concat([weight_histograms(r, bins=bins, pool=True) for r in adapted], ignore_index=True),
         "subspace_epochs": pd.concat(
@@ -86,7 +85,7 @@ def compare_runs(
     if base_weights is not None:
         tables["amplification"] = pd.concat([amplification(r, base_weights) for r in adapted], ignore_index=True)
         intruders = pd.concat(
-            [intruder_dimensions(r, base_weights, k=SETTINGS["intruder_k"], epsilon=SETTINGS["intruder_epsilon"]) for r in adapted],
+            [intruder_dimensions(r, base_weights, k=ANALYSIS.intruder_k, epsilon=ANALYSIS.intruder_epsilon) for r in adapted],
             ignore_index=True,
         )
         tables["intruders"] = intruders
@@ -125,10 +124,10 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
         last = min(run.epochs[-1] for run, _ in adapted)
         tables["norms"] = norms(study)
         tables["spectra"] = spectra(study, [last])
-        tables["effective_rank"] = effective_rank(study, [last], energy=SETTINGS["energy_rank"])
+        tables["effective_rank"] = effective_rank(study, [last], energy=ANALYSIS.energy_rank)
         if any(learns_scale(r.method) for r, _ in adapted):
             tables["scales"] = pd.concat([with_settings(scales(r), s) for r, s in adapted if learns_scale(r.method)], ignore_index=True)
-        tables["controls"] = similarity_controls(study, baseline_samples=SETTINGS["baseline_samples"])
+        tables["controls"] = similarity_controls(study, baseline_samples=ANALYSIS.baseline_samples)
         tables["rank_similarity"] = rank_similarity(study)
         tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"], norms_table=tables["norms"],
                                                  function_examples=function_examples if base_weights is not None else 0)

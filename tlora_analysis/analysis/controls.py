@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import ANALYSIS
 from ..factored import cosine_similarity
 from ..study.directory import Study
 from ._common import module_and_layer
@@ -61,7 +62,7 @@ def _last(a, b) -> int:
     return min(a.epochs[-1], b.epochs[-1])
 
 
-def similarity_controls(study: Study, baseline_samples: int = 32, seed: int = 0) -> pd.DataFrame:
+def similarity_controls(study: Study, baseline_samples: int = ANALYSIS.baseline_samples, seed: int = 0) -> pd.DataFrame:
     """Per layer at the last shared epoch, for every control pair: cosine of ΔW (with the random
     baseline of :func:`update_similarity`), φ of the top-r left singular subspaces, and φ of
     random subspaces of that size.
@@ -126,7 +127,7 @@ def rank_similarity(study: Study) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True)
 
 
-def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = None, baseline_samples: int = 32,
+def pair_tables(lora, tlora, base_weights: Mapping[str, torch.Tensor] | None = None, baseline_samples: int = ANALYSIS.baseline_samples,
                 function_examples: int = 0, norms_table: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """The tables the claims read, for one LoRA and one TLoRA run (cheaper than all of compare_runs);
     with ``function_examples`` also the function-space cosine on that many validation examples.

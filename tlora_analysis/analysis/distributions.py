@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..config import ANALYSIS
 from ._common import UpdateSource, as_source, epochs_of, module_and_layer, per_run
 
 SHAPIRO_MAX = 5000  # scipy's Shapiro–Wilk p-value is exact up to this many values
@@ -70,7 +71,7 @@ def weight_distributions(run: UpdateSource, epochs: Iterable[int] | None = None,
 
 
 @per_run
-def weight_histograms(run: UpdateSource, epochs: Iterable[int] | None = None, bins: int = 40, pool: bool = True) -> pd.DataFrame:
+def weight_histograms(run: UpdateSource, epochs: Iterable[int] | None = None, bins: int = ANALYSIS.histogram_bins, pool: bool = True) -> pd.DataFrame:
     """Histogram of the trained matrices' entries: one row per bin with its edges, count and density
     (``numpy.histogram``), and the density of the normal with the sample's mean and std at the bin centre."""
     run = as_source(run)

@@ -48,16 +48,28 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
     tokenizer = load_tokenizer(name)
     features = encode(tokenizer, data.validation, data.spec, config.max_length)
     base = load_model(name, data.spec.num_labels, device).eval()
-    factors = {n: tuple(t.to(device, torch.float64) for t in (d.left, d.core, d.right)) for n, d in deltas_a.items()}
-    factors_b = {n: tuple(t.to(device, torch.float64) for t in (d.left, d.core, d.right)) for n, d in deltas_b.items()}
+    sums = _accumulate_outputs(base, name, tokenizer, features, deltas_a, deltas_b, batch_size, device)
+    rows = []
+    for layer_name, (dot, na, nb, tokens) in sums.items():
+        module, layer = module_and_layer(layer_name)
+        cosine = dot / (na * nb) ** 0.5 if na > 0 and nb > 0 else float("nan")
+        rows.append({"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method, "module": module,
+                     "layer": layer, "epoch": epoch, "name": layer_name, "cosine": cosine, "tokens": tokens})
+    return pd.DataFrame(rows)
+
+
+def _accumulate_outputs(base, model_name: str, tokenizer, features, deltas_a, deltas_b, batch_size: int, device: str) -> dict:
+    """Per layer, over the non-padding tokens x that reach it in the base model: Σ⟨ΔW_a x, ΔW_b x⟩,
+    Σ‖ΔW_a x‖², Σ‖ΔW_b x‖² and the token count, from forward pre-hooks (ΔW x from the factors)."""
+    factors = {n: [tuple(t.to(device, torch.float64) for t in (d.left, d.core, d.right)) for d in (deltas_a[n], deltas_b[n])]
+               for n in deltas_a}
     sums = {n: [0.0, 0.0, 0.0, 0] for n in deltas_a}
     mask: list[torch.Tensor] = []
 
     def hook(name):
         def capture(module, inputs):
             x = inputs[0][mask[0]].to(torch.float64)  # (tokens, d_in), padding left out
-            ya = ((x @ factors[name][2].T) @ factors[name][1].T) @ factors[name][0].T
-            yb = ((x @ factors_b[name][2].T) @ factors_b[name][1].T) @ factors_b[name][0].T
+            ya, yb = (((x @ right.T) @ core.T) @ left.T for left, core, right in factors[name])
             total = sums[name]
             total[0] += float((ya * yb).sum())
             total[1] += float(ya.pow(2).sum())
@@ -66,12 +78,12 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
         return capture
 
     handles = []
-    for layer_name in deltas_a:
-        try:
-            handles.append(base.get_submodule(layer_name).register_forward_pre_hook(hook(layer_name)))
-        except AttributeError as err:
-            raise InputError(f"{name}: the base model has no module {layer_name!r} (is it the runs' base model?)") from err
     try:
+        for layer_name in deltas_a:
+            try:
+                handles.append(base.get_submodule(layer_name).register_forward_pre_hook(hook(layer_name)))
+            except AttributeError as err:
+                raise InputError(f"{model_name}: the base model has no module {layer_name!r} (is it the runs' base model?)") from err
         for start in range(0, len(features), batch_size):
             chunk = [{k: v for k, v in f.items() if k != "labels"} for f in features[start:start + batch_size]]
             batch = {k: v.to(device) for k, v in tokenizer.pad(chunk, return_tensors="pt").items()}
@@ -80,10 +92,5 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
     finally:
         for handle in handles:
             handle.remove()
-    rows = []
-    for layer_name, (dot, na, nb, tokens) in sums.items():
-        module, layer = module_and_layer(layer_name)
-        cosine = dot / (na * nb) ** 0.5 if na > 0 and nb > 0 else float("nan")
-        rows.append({"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method, "module": module,
-                     "layer": layer, "epoch": epoch, "name": layer_name, "cosine": cosine, "tokens": tokens})
-    return pd.DataFrame(rows)
+    return sums
+

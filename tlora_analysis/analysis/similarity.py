@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import ANALYSIS
 from ..errors import InputError
 from ..factored import FactoredDelta, cosine_similarity, inner
 from ._common import UpdateSource, as_source, epochs_of, module_and_layer
@@ -70,7 +71,7 @@ def update_similarity(
     run_a: UpdateSource,
     run_b: UpdateSource,
     epochs: Iterable[int] | None = None,
-    baseline_samples: int = 32,
+    baseline_samples: int = ANALYSIS.baseline_samples,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Frobenius cosine of the two runs' ΔW per module, layer and epoch, exact in factor space.

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..config import ANALYSIS
 from ._common import UpdateSource, as_source, epochs_of, has_square_core, iter_deltas, per_run, row_key
 
 
@@ -52,7 +53,7 @@ def core_eigenvalues(run: UpdateSource, epochs: Iterable[int] | None = None) -> 
     return pd.DataFrame(rows)
 
 
-def rank_measures(singular_values: np.ndarray, energy: float = 0.9) -> dict[str, float]:
+def rank_measures(singular_values: np.ndarray, energy: float = ANALYSIS.energy_rank) -> dict[str, float]:
     """Stable rank, entropy effective rank (Roy & Vetterli 2007) and energy rank of one spectrum.
 
     All three are NaN for a zero update, whose rank is not a meaningful number of directions.
@@ -72,7 +73,7 @@ def rank_measures(singular_values: np.ndarray, energy: float = 0.9) -> dict[str,
 
 
 @per_run
-def effective_rank(run: UpdateSource, epochs: Iterable[int] | None = None, energy: float = 0.9) -> pd.DataFrame:
+def effective_rank(run: UpdateSource, epochs: Iterable[int] | None = None, energy: float = ANALYSIS.energy_rank) -> pd.DataFrame:
     """Per layer and epoch: nominal rank, stable rank ‖ΔW‖_F²/‖ΔW‖₂², entropy effective rank exp(H(σ/Σσ))
     and the number of singular values holding ``energy`` of Σσ² (beyond the paper).
 

@@ -181,6 +181,25 @@ def _run_submitit(study: Path, names: list[str], executor: Executor, on_done: Ca
         time.sleep(0.5)
 
 
+def _record_cells(out: Path, meta: dict, cells: dict) -> tuple[dict, list[str]]:
+    """Write study.json with a record per cell, finished where its run finished (whatever an earlier
+    record says: a kill may have come between the two); returns the records and the cells to run."""
+    from ..io import atomic_write_json
+
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    records = meta.setdefault("cells", {})
+    for name, settings in cells.items():
+        records.setdefault(name, {"settings": settings, "status": "pending", "log": f"logs/{name}.log"})
+    atomic_write_json(out / STUDY_JSON, meta)
+    study = Study(out)
+    for name in cells:
+        if study.status(name) == "finished":
+            records[name]["status"] = "finished"
+    atomic_write_json(out / STUDY_JSON, meta)
+    return records, [name for name in cells if study.status(name) != "finished"]
+
+
 def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, executor: Executor | None = None, extend: bool = False,
               progress: bool = True, log: Callable[[str], None] = print) -> Study:
     """Run every unfinished cell of a study and return it.
@@ -207,19 +226,8 @@ def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, execut
     meta = _prepare(spec, out, extend)
     lock = RunLock.acquire(out)
     try:
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        (out / "runs").mkdir(exist_ok=True)
         cells = spec.cells()
-        records = meta.setdefault("cells", {})
-        for name, settings in cells.items():
-            records.setdefault(name, {"settings": settings, "status": "pending", "log": f"logs/{name}.log"})
-        atomic_write_json(out / STUDY_JSON, meta)
-        study = Study(out)
-        for name in cells:  # cells that finished before a kill are finished, whatever the record says
-            if study.status(name) == "finished":
-                records[name]["status"] = "finished"
-        atomic_write_json(out / STUDY_JSON, meta)
-        todo = [name for name in cells if study.status(name) != "finished"]
+        records, todo = _record_cells(out, meta, cells)
         log(f"{out}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
             f"({executor.executor}, {executor.jobs} at a time, {cell_threads(executor.jobs)} threads each)")
         bar = tqdm(total=len(todo), desc="study cells", disable=not progress)

@@ -23,7 +23,7 @@ from ..config import TrainConfig
 from ..data import load_task
 from ..data.encode import encode
 from ..data.lm import predicted_tokens
-from ..distributed import full_parameters, processes, squared_grad_norms
+from ..distributed import full_parameters, squared_grad_norms, start_processes
 from ..errors import InputError
 from ..live import make_sinks
 from ..lock import RunLock
@@ -65,16 +65,16 @@ class TrainingRecipe:
         self.config, self.out_dir, self.resuming, self.log = config, Path(out_dir), resume, log
         check_device(config.device, config.precision)
         self.data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples, config.data_file)
-        self.procs = processes(config.device, config.batch_size, len(self.data.train), config.sharding)
-        self.progress = progress and self.procs.writes
+        self.processes = start_processes(config.device, config.batch_size, len(self.data.train), config.sharding)
+        self.progress = progress and self.processes.writes
         self.recorder: DeltaRecorder | None = None
         self.step = self.start_epoch = 0
 
     def train(self) -> Run:
         created = not self.out_dir.exists()
         with contextlib.ExitStack() as stack:  # cleanup in reverse order: recorder, lock, empty directory, processes
-            stack.callback(self.procs.close)
-            if self.procs.writes:  # rank 0 alone writes the run
+            stack.callback(self.processes.close)
+            if self.processes.writes:  # rank 0 alone writes the run
                 stack.callback(self._remove_if_empty, created)
                 stack.callback(RunLock.acquire(self.out_dir).release)
             self._check_out_dir()
@@ -91,12 +91,12 @@ class TrainingRecipe:
                 self.save_epoch(epoch, metrics, time.perf_counter() - started)
             if self.recorder is not None:
                 self.recorder.finish()
-            self.procs.barrier()
+            self.processes.barrier()
         return load_run(self.out_dir)
 
     def _check_out_dir(self) -> None:
         has_run = (self.out_dir / "run.json").exists()
-        self.procs.barrier()  # every process has looked before rank 0 writes anything
+        self.processes.barrier()  # every process has looked before rank 0 writes anything
         if not self.resuming and has_run:
             raise InputError(f"{self.out_dir}: already holds a run; use --resume to continue it or choose another --out")
         if self.resuming and not has_run:
@@ -143,23 +143,23 @@ class TrainingRecipe:
     def setup_recorder(self) -> None:
         """Rank 0 opens the run (run.json) and records epoch 0 from the model, not yet wrapped."""
         config = self.config
-        if self.procs.writes:
+        if self.processes.writes:
             metadata = {"method": config.method, "task": config.task, "model": config.model, "targets": config.targets,
-                        "seed": config.seed, "main_metric": self.data.spec.main_metric, "world_size": self.procs.world,
+                        "seed": config.seed, "main_metric": self.data.spec.main_metric, "world_size": self.processes.world,
                         "precision": config.precision, "recorded_dtype": "float32", "config": asdict(config)}
             self.recorder = DeltaRecorder(self.model, self.out_dir, metadata=metadata, sinks=make_sinks(config.report_to, self.out_dir))
             if self.resuming:
-                self.recorder.writer.update(config=asdict(config), world_size=self.procs.world)  # --epochs may have extended the run
+                self.recorder.writer.update(config=asdict(config), world_size=self.processes.world)  # --epochs may have extended the run
                 self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
             if 0 not in self.recorder.finished_epochs:
                 started = time.perf_counter()
                 metrics = self._evaluate()
                 self.recorder.snapshot(0, metrics, eval_time_s=time.perf_counter() - started, global_step=0)
-        self.procs.barrier()
+        self.processes.barrier()
 
     def setup_optimizer(self, state: dict) -> None:
         """Wrap the model for the processes, then AdamW over what trains (FSDP replaces the parameters)."""
-        self.wrapped = self.procs.wrap(self.model)
+        self.wrapped = self.processes.wrap(self.model)
         # FSDP's root unit keeps the parameters whole after a forward pass, so the names are taken now.
         self.names = {id(p): n for n, p in self.model.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr,
@@ -176,14 +176,14 @@ class TrainingRecipe:
         self.model.train()
         torch.manual_seed(derived_seed(config.seed, "dropout", epoch))
         order = torch.randperm(len(self.train_features), generator=torch.Generator().manual_seed(derived_seed(config.seed, "shuffle", epoch)))
-        shares = tqdm(self.procs.share(order.tolist(), config.batch_size, self.weights), desc=f"epoch {epoch}", leave=False,
+        shares = tqdm(self.processes.share(order.tolist(), config.batch_size, self.weights), desc=f"epoch {epoch}", leave=False,
                       disable=not self.progress)
         for indices, share in shares:
             losses.append(self._train_step(indices, share))
             shares.set_postfix(loss=f"{losses[-1]:.3f}")
         self.train_time = time.perf_counter() - started
         metrics = {"train_loss": sum(losses) / len(losses)}
-        if self.procs.writes or self.procs.sharded:  # FSDP's forward pass needs every process
+        if self.processes.writes or self.processes.sharded:  # FSDP's forward pass needs every process
             metrics.update(self._evaluate())
         return metrics
 
@@ -206,7 +206,7 @@ class TrainingRecipe:
             with full_parameters(self.model):
                 if self.recorder is not None:
                     self.recorder.log_geometry(self.step)
-        return self.procs.mean(loss.item() * share)
+        return self.processes.mean(loss.item() * share)
 
     def _evaluate(self) -> dict[str, float]:
         config = self.config
@@ -223,7 +223,7 @@ class TrainingRecipe:
                 self.recorder.snapshot(epoch, metrics, time_s=self.train_time, eval_time_s=elapsed - self.train_time, global_step=self.step)
                 self.log(f"{self.config.method} epoch {epoch}/{self.config.epochs}: train loss {metrics['train_loss']:.4f}, "
                          f"{self.data.spec.main_metric} {metrics[self.data.spec.main_metric]:.4f}, {self.train_time:.1f}s")
-        self.procs.barrier()
+        self.processes.barrier()
 
 
 def _check_labels(examples: list[dict], num_labels: int, task: str) -> None:
