@@ -9,7 +9,9 @@ from scipy import stats
 
 from helpers import ToyModel, make_run
 from tlora_analysis import analysis as A
+from tlora_analysis import inject_adapters
 from tlora_analysis.errors import InputError
+from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.store import load_run
 
 
@@ -133,7 +135,8 @@ def test_update_similarity_matches_dense_cosine_and_has_a_baseline(runs):
             expected = np.sum(a[name] * b[name]) / (np.linalg.norm(a[name]) * np.linalg.norm(b[name]))
             row = table[(table.name == name) & (table.epoch == epoch)].iloc[0]
             assert row.cosine == pytest.approx(expected, rel=1e-8)
-    assert table[table.epoch == 0].cosine.isna().all()  # zero updates have no direction
+    untrained = table[table.epoch == 0]  # zero updates have no direction: reported as 0, with a note
+    assert (untrained.cosine == 0).all() and untrained.note.str.startswith("zero update in").all()
     trained = table[table.epoch > 0]
     assert (trained.baseline_abs_mean > 0).all() and (trained.baseline_abs_q95 < 1).all()
     assert table[table.epoch == 0].baseline_abs_mean.isna().all()
@@ -143,8 +146,18 @@ def test_update_similarity_matches_dense_cosine_and_has_a_baseline(runs):
 
 def test_mismatched_runs_are_named(runs, tmp_path):
     make_run(tmp_path / "short", "tlora", rank=3, n_layers=2)
-    with pytest.raises(InputError, match=r"adapt different modules .*layers\.2\.query"):
-        A.update_similarity(runs["lora"], load_run(tmp_path / "short"))
+    shared = A.update_similarity(runs["lora"], load_run(tmp_path / "short"))  # the modules both adapt
+    assert set(shared.name) == {f"layers.{i}.{m}" for i in (0, 1) for m in ("query", "value")}
+    query_only = inject_adapters(ToyModel(3), "lora", 4, ["query"])
+    with DeltaRecorder(query_only, tmp_path / "query") as recorder:
+        recorder.snapshot(0)
+        recorder.finish()
+    value_only = inject_adapters(ToyModel(3), "lora", 4, ["value"])
+    with DeltaRecorder(value_only, tmp_path / "value") as recorder:
+        recorder.snapshot(0)
+        recorder.finish()
+    with pytest.raises(InputError, match=r"share no adapted module \(query: layers\.0\.query.*; value: layers\.0\.value"):
+        A.update_similarity(tmp_path / "query", tmp_path / "value")
     with pytest.raises(InputError, match="has no epoch 7"):
         A.norms(runs["lora"], epochs=[7])
 

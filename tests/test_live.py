@@ -123,10 +123,11 @@ def test_claims_name_the_normality_test_that_gave_each_p_value(tmp_path):
 def test_intruder_figure_says_how_many_vectors_it_looked_at():
     from tlora_analysis.figures.geometry import intruders
 
-    rows = [{"run": "r", "method": m, "module": "query", "layer": 0, "epoch": 1, "j": j, "max_similarity": 0.9, "is_intruder": False}
+    rows = [{"run": m, "method": m, "module": "query", "layer": 0, "epoch": 1, "j": j, "max_similarity": 0.9, "is_intruder": False}
             for m in ("lora", "tlora") for j in range(1, 6)]
     counts = intruder_counts(pd.DataFrame(rows))
-    amplification = pd.DataFrame([{"method": m, "module": "query", "layer": 0, "epoch": 1, "amplification": 2.0} for m in ("lora", "tlora")])
+    amplification = pd.DataFrame([{"run": m, "method": m, "module": "query", "layer": 0, "epoch": 1, "amplification": 2.0}
+                                  for m in ("lora", "tlora")])
     figure = intruders(counts, amplification)
     assert figure.axes[0].get_ylabel() == "intruder dimensions (of top 5)"
     assert not math.isnan(counts.k.iloc[0])

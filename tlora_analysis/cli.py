@@ -83,9 +83,10 @@ def _cmd_study(args) -> int:
 
 
 def _add_runs(p) -> None:
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, snapshot files or PEFT adapter directories, of any "
-                                                          "methods (the paper's claims need one LoRA and one TLoRA run among them), "
-                                                          "or one study directory")
+    p.add_argument("runs", nargs="+", metavar="SOURCE", help="run directories, snapshot files, peft adapter directories or exports, "
+                                                             "of any methods, seeds and lengths, each optionally as NAME=PATH to label "
+                                                             "it (the paper's claims need one LoRA and one TLoRA source among them); or "
+                                                             "one study directory")
     p.add_argument("--base", default=None, help="base model for amplification and intruder dimensions (default: the runs' model)")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
 
@@ -113,19 +114,35 @@ def _compare_study(study, args):
     return compare_study(study, weights), base
 
 
-def _compare(args):
-    """Open the runs as given (a snapshot file stays one epoch) and compute every table.
+def _labelled_paths(arguments: list[str]) -> dict[str, str] | list[str]:
+    """``NAME=PATH`` arguments as a mapping label -> path (an existing path with '=' in it stays a path)."""
+    named = [a.partition("=") if "=" in a and not Path(a).exists() else (None, None, a) for a in arguments]
+    if all(label is None for label, _, _ in named):
+        return arguments
+    if any(label is None for label, _, _ in named):
+        raise InputError("label every source (NAME=PATH) or none; mixed: " + ", ".join(a for a in arguments if "=" not in a))
+    return {label: path for label, _, path in named} if len({label for label, _, _ in named}) == len(named) else \
+        _refuse_twice([label for label, _, _ in named])
 
-    Returns the sources, the tables and the base model the W0 analyses used (None without them).
+
+def _refuse_twice(labels: list[str]):
+    twice = next(label for label in labels if labels.count(label) > 1)
+    raise InputError(f"label {twice!r} names two sources; give each source its own label")
+
+
+def _compare(args):
+    """Open and label the sources as given (a snapshot file stays one epoch) and compute every table.
+
+    Returns the labelled sources, the tables and the base model the W0 analyses used (None without them).
     """
     from .analysis import compare_runs
     from .models import base_weights, model_named_in_file
-    from .sources import open_updates
+    from .sources import open_sources
 
-    sources = [open_updates(path) for path in args.runs]
+    sources = open_sources(_labelled_paths(args.runs), base=args.base)
     adapted = [s for s in sources if s.layers]
     if not adapted:
-        raise InputError(f"{args.runs[0]}: none of the runs has adapted layers to analyse")
+        raise InputError(f"{args.runs[0]}: none of the sources has adapted layers to analyse")
     weights = base = None
     if not args.no_base:
         first = adapted[0]
@@ -134,7 +151,7 @@ def _compare(args):
             raise InputError(f"{first.path}: names no base model; pass --base MODEL or --no-base")
         base = model_named_in_file(named, first.path, args.base)
         weights = base_weights(base, list(first.layers))
-    return sources, compare_runs(adapted, weights), base
+    return sources, compare_runs(adapted, weights, progress=True), base
 
 
 def _add_analyze(sub) -> None:
@@ -177,12 +194,21 @@ def _cmd_figures(args) -> int:
         tables, base = _compare_study(study, args)
         entries = render_study(tables, args.out, sources={n: str(study.run_dir(n)) for n in study.cells},
                                settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS)})
+        _print_skipped(Path(args.out))
         print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
         return 0
     sources, tables, base = _compare(args)
     entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources}, settings={"base": base, **asdict(ANALYSIS)})
+    _print_skipped(Path(args.out))
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
     return 0
+
+
+def _print_skipped(out: Path) -> None:
+    import json
+
+    for entry in json.loads((out / "figures.json").read_text()).get("skipped", []):
+        print(f"skipped {entry['name']}: {entry['reason']}")
 
 
 def _add_report(sub) -> None:

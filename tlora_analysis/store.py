@@ -196,6 +196,8 @@ class Run:
                 raise InputError(f"{where}: epoch {epoch}'s snapshot must be {snapshot_name(epoch)!r} inside the run, "
                                  f"not {record['snapshot']!r}")
             self._records[epoch] = record
+        self.name = self.path.name
+        """The source's label in every table; :func:`~tlora_analysis.sources.open_sources` sets a readable, unique one."""
         self._delta_cache: dict[int, dict[str, FactoredDelta]] = {}
         self._last_snapshot: tuple[int | None, dict[str, torch.Tensor]] = (None, {})
         self._checked: dict[int, tuple[int, int, int]] = {}
@@ -205,10 +207,6 @@ class Run:
         return f"Run({str(self.path)!r}, method={self.method!r}, epochs={self.epochs})"
 
     # ---------------------------------------------------------------- properties
-    @property
-    def name(self) -> str:
-        return self.meta.get("name") or self.path.name
-
     @property
     def rank(self) -> int:
         return int(self.meta.get("rank", 0))

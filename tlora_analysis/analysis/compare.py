@@ -9,88 +9,117 @@ import torch
 
 from ..config import ANALYSIS, METHODS
 from ..errors import InputError
-from ._common import UpdateSource, as_source, learns_scale, with_settings
+from ._common import UpdateSource, learns_scale, with_settings
 from .base_alignment import amplification, intruder_counts, intruder_dimensions
 from .claims import PAPER_METHOD, REFERENCE_METHOD
 from .distributions import weight_distributions, weight_histograms
 from .norms import norms, scales
-from .similarity import adapted_weight_similarity, reachable_cosine, subspace_similarity_table, update_similarity
+from .similarity import adapted_weight_similarity, paired_epochs, reachable_cosine, subspace_similarity_table, update_similarity
 from .spectra import core_eigenvalues, effective_rank, spectra
 from .summary import summary
 
 METHOD_ORDER = {method: i for i, method in enumerate(METHODS)}
 
-"""What :func:`compare_runs` computes with; figures.json records it next to the figures."""
-
 
 def compare_runs(
-    runs: Sequence[UpdateSource],
+    runs: Sequence[UpdateSource] | Mapping[str, UpdateSource],
     base_weights: Mapping[str, torch.Tensor] | None = None,
     *,
     bins: int = ANALYSIS.histogram_bins,
     baseline_samples: int = ANALYSIS.baseline_samples,
+    progress: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Every analysis table for a set of runs of the same model and targets, any methods.
+    """Every analysis table for any set of sources of the same model: runs, study cells, snapshot files,
+    peft adapters and exports, of any methods, seeds and lengths.
 
     Args:
-        runs: runs, PEFT adapters or paths; their names must differ.
+        runs: sources or paths, or a mapping ``label -> source`` (see
+            :func:`~tlora_analysis.sources.open_sources`: each gets a unique label, the ``run`` column).
         base_weights: W0 per module, for amplification and intruders.
         bins: histogram bins of the trained matrices.
         baseline_samples: random updates per (shape, rank) for the cosine baseline.
+        progress: a tqdm bar over the tables.
 
-    Keys: spectra, norms, effective_rank, weight_stats, weight_histograms, subspace_epochs
-    (each epoch of each run vs its own last), summary; ``similarity_pairs`` (the cosine for
-    every pair of runs of different methods); with a TLoRA run ``scales``; with a LoRA and a
-    TLoRA run the paper's pair, ``similarity``, ``subspace``, ``reachable`` and
-    ``core_eigenvalues`` (last epoch); and with ``base_weights`` also amplification,
-    intruders, intruder_counts and (for the pair) ``adapted_similarity``.
+    Keys: spectra, norms, effective_rank, weight_stats, weight_histograms, summary (every source);
+    subspace_epochs (each epoch of each trajectory vs its own last); ``similarity_pairs`` (every pair
+    of sources, ``same_method`` marking pairs of one method, ``epoch_a``/``epoch_b`` the epochs that
+    met); ``scales`` for methods that learn one; for the paper's pair (the first LoRA and the first
+    TLoRA source) ``similarity``, ``subspace``, ``reachable`` and ``core_eigenvalues`` at their last
+    shared epoch; with ``base_weights`` also amplification, intruders, intruder_counts and (for the
+    pair) ``adapted_similarity``.
     """
-    runs = sorted((as_source(r) for r in runs), key=lambda r: METHOD_ORDER.get(r.method, len(METHOD_ORDER)))
-    adapted = [r for r in runs if r.layers]
+    from tqdm.auto import tqdm
+
+    from ..sources import open_sources
+
+    sources = sorted(open_sources(runs), key=lambda r: METHOD_ORDER.get(r.method, len(METHOD_ORDER)))
+    adapted = [r for r in sources if r.layers]
     if not adapted:
-        raise InputError("compare_runs needs at least one run with adapted layers")
-    names = [r.name for r in adapted]
-    if len(set(names)) != len(names):
-        raise InputError(f"compare_runs needs runs with different names, got {names}")
-    last = min(r.epochs[-1] for r in adapted)
-    pairs = [(a, b) for i, a in enumerate(adapted) for b in adapted[i + 1:] if a.method != b.method]
-    tables = {
-        "spectra": pd.concat([spectra(r) for r in adapted], ignore_index=True),
-        "norms": pd.concat([norms(r) for r in adapted], ignore_index=True),
-        "effective_rank": pd.concat([effective_rank(r, energy=ANALYSIS.energy_rank) for r in adapted], ignore_index=True),
-        "weight_stats": pd.concat([weight_distributions(r, pool=True) for r in adapted], ignore_index=True),
-        "weight_histograms": pd.concat([weight_histograms(r, bins=bins, pool=True) for r in adapted], ignore_index=True),
-        "subspace_epochs": pd.concat(
-            [subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e > 0], epoch_b=r.epochs[-1]).query("i == j") for r in adapted],
-            ignore_index=True,
-        ),
-        "summary": pd.concat([summary(r) for r in adapted], ignore_index=True),
-    }
-    if pairs:
-        tables["similarity_pairs"] = pd.concat([update_similarity(a, b, baseline_samples=baseline_samples) for a, b in pairs],
-                                               ignore_index=True)
-    scaled = [r for r in adapted if learns_scale(r.method)]
-    if scaled:
-        tables["scales"] = pd.concat([scales(r) for r in scaled], ignore_index=True)
-    lora = [r for r in adapted if r.method == REFERENCE_METHOD]
-    tlora = [r for r in adapted if r.method == PAPER_METHOD]
-    if lora and tlora:  # the paper's pair: its claims and figures compare the first LoRA and the first TLoRA run
-        similarity = tables["similarity_pairs"]
-        tables["similarity"] = similarity[(similarity.run_a == lora[0].name) & (similarity.run_b == tlora[0].name)].reset_index(drop=True)
-        tables["subspace"] = subspace_similarity_table(lora[0], tlora[0], epochs=[last])
-        tables["reachable"] = reachable_cosine(lora[0], tlora[0], epochs=[last])
-        tables["core_eigenvalues"] = pd.concat([core_eigenvalues(lora[0], [last]), core_eigenvalues(tlora[0], [last])], ignore_index=True)
-        if base_weights is not None:
-            tables["adapted_similarity"] = adapted_weight_similarity(lora[0], tlora[0], base_weights, epochs=[last])
+        raise InputError("compare_runs needs at least one source with adapted layers")
+    steps = [*_source_steps(adapted, bins), ("similarity_pairs", lambda: _all_pairs(adapted, baseline_samples))]
     if base_weights is not None:
-        tables["amplification"] = pd.concat([amplification(r, base_weights) for r in adapted], ignore_index=True)
-        intruders = pd.concat(
-            [intruder_dimensions(r, base_weights, k=ANALYSIS.intruder_k, epsilon=ANALYSIS.intruder_epsilon) for r in adapted],
-            ignore_index=True,
-        )
-        tables["intruders"] = intruders
-        tables["intruder_counts"] = intruder_counts(intruders)
+        steps += _base_steps(adapted, base_weights)
+    tables: dict[str, pd.DataFrame] = {}
+    for name, compute in tqdm(steps, desc="tables", unit="table", disable=not progress, leave=False):
+        table = compute()
+        if table is not None:
+            tables[name] = table
+    tables.update(_paper_pair(adapted, tables, base_weights))
     return tables
+
+
+def _source_steps(adapted: list, bins: int) -> list:
+    """The per-source tables, each a concatenation over the sources (trajectory tables over trajectories only)."""
+    trajectories = [r for r in adapted if len(r.epochs) > 1]
+    scaled = [r for r in adapted if learns_scale(r.method)]
+
+    def over(sources, table):
+        return lambda: pd.concat([table(r) for r in sources], ignore_index=True) if sources else None
+
+    def drift(r):
+        return subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e > 0], epoch_b=r.epochs[-1]).query("i == j")
+
+    return [("spectra", over(adapted, spectra)), ("norms", over(adapted, norms)),
+            ("effective_rank", over(adapted, lambda r: effective_rank(r, energy=ANALYSIS.energy_rank))),
+            ("weight_stats", over(adapted, lambda r: weight_distributions(r, pool=True))),
+            ("weight_histograms", over(adapted, lambda r: weight_histograms(r, bins=bins, pool=True))),
+            ("subspace_epochs", over(trajectories, drift)), ("summary", over(adapted, summary)), ("scales", over(scaled, scales))]
+
+
+def _all_pairs(adapted: list, baseline_samples: int) -> pd.DataFrame | None:
+    pairs = [(a, b) for i, a in enumerate(adapted) for b in adapted[i + 1:]]
+    return pd.concat([update_similarity(a, b, baseline_samples=baseline_samples) for a, b in pairs], ignore_index=True) if pairs else None
+
+
+def _base_steps(adapted: list, base_weights: Mapping[str, torch.Tensor]) -> list:
+    def intruders():
+        return pd.concat([intruder_dimensions(r, base_weights, k=ANALYSIS.intruder_k, epsilon=ANALYSIS.intruder_epsilon)
+                          for r in adapted], ignore_index=True)
+
+    found = {}
+    return [("amplification", lambda: pd.concat([amplification(r, base_weights) for r in adapted], ignore_index=True)),
+            ("intruders", lambda: found.setdefault("table", intruders())),
+            ("intruder_counts", lambda: intruder_counts(found.setdefault("table", intruders())))]
+
+
+def _paper_pair(adapted: list, tables: Mapping[str, pd.DataFrame], base_weights) -> dict[str, pd.DataFrame]:
+    """The paper's pair, the first LoRA and the first TLoRA source, at the last epochs they meet: its claims read these."""
+    lora = next((r for r in adapted if r.method == REFERENCE_METHOD), None)
+    tlora = next((r for r in adapted if r.method == PAPER_METHOD), None)
+    if lora is None or tlora is None:
+        return {}
+    epoch_a, epoch_b = paired_epochs(lora, tlora)[-1]
+    epochs = [epoch_a] if epoch_a == epoch_b else None
+    similarity = tables["similarity_pairs"]
+    pair = {
+        "similarity": similarity[(similarity.run_a == lora.name) & (similarity.run_b == tlora.name)].reset_index(drop=True),
+        "subspace": subspace_similarity_table(lora, tlora, epochs=epochs),
+        "reachable": reachable_cosine(lora, tlora, epochs=epochs),
+        "core_eigenvalues": pd.concat([core_eigenvalues(lora, [epoch_a]), core_eigenvalues(tlora, [epoch_b])], ignore_index=True),
+    }
+    if base_weights is not None:
+        pair["adapted_similarity"] = adapted_weight_similarity(lora, tlora, base_weights, epochs=epochs)
+    return pair
 
 
 def metrics_over_epochs(study) -> pd.DataFrame:

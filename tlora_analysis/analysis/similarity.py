@@ -15,25 +15,61 @@ from ..errors import InputError
 from ..factored import FactoredDelta, cosine_similarity, inner
 from ._common import UpdateSource, as_source, epochs_of, module_and_layer
 
+PEFT_PREFIX = "base_model.model."
+PAIR_COLUMNS = ["run_a", "run_b", "method_a", "method_b", "same_method", "module", "layer", "epoch", "epoch_a", "epoch_b", "name"]
+
+
+def paired_epochs(run_a: UpdateSource, run_b: UpdateSource, epochs: Iterable[int] | None = None) -> list[tuple[int, int]]:
+    """(epoch_a, epoch_b) to compare. Two trajectories: their common epochs (runs of different lengths
+    meet where both have one). A source that holds one state (an adapter, an export, a snapshot file):
+    each source's last epoch, so a run meets an adapter at the run's end, never at its zero epoch 0."""
+    if epochs is not None:
+        chosen = list(epochs)
+        epochs_of(run_a, chosen), epochs_of(run_b, chosen)  # both must have every chosen epoch
+        return [(e, e) for e in chosen]
+    own_a, own_b = epochs_of(run_a), epochs_of(run_b)
+    if len(own_a) == 1 or len(own_b) == 1:
+        return [(own_a[-1], own_b[-1])]
+    common = [e for e in own_a if e in set(own_b)]
+    if not common:
+        raise InputError(f"{run_a.name!r} (epochs {own_a}) and {run_b.name!r} (epochs {own_b}) share no epoch")
+    return [(e, e) for e in common]
+
+
+def _module_key(name: str) -> str:
+    return name.removeprefix(PEFT_PREFIX)
+
+
+def shared_modules(run_a: UpdateSource, run_b: UpdateSource, deltas_a: dict, deltas_b: dict) -> list[tuple[str, str]]:
+    """(name in a, name in b) of the modules both adapt, in a's order, matched by name whatever the
+    tensor order and peft's ``base_model.model.`` prefix; one line naming both sides if they share none."""
+    by_key = {_module_key(n): n for n in deltas_b}
+    shared = [(n, by_key[_module_key(n)]) for n in deltas_a if _module_key(n) in by_key]
+    if not shared:
+        raise InputError(f"{run_a.name!r} and {run_b.name!r} share no adapted module ({run_a.name}: {', '.join(list(deltas_a)[:4]) or 'none'}"
+                         f"{' ...' if len(deltas_a) > 4 else ''}; {run_b.name}: {', '.join(list(deltas_b)[:4]) or 'none'}"
+                         f"{' ...' if len(deltas_b) > 4 else ''})")
+    return shared
+
 
 def _matched(run_a: UpdateSource, run_b: UpdateSource, epochs: Iterable[int] | None):
-    common = [e for e in epochs_of(run_a) if e in set(epochs_of(run_b))] if epochs is None else list(epochs)
-    if not common:
-        raise InputError(f"runs {run_a.name!r} and {run_b.name!r} share no epoch")
-    epochs_of(run_a, common), epochs_of(run_b, common)  # both must have every chosen epoch
-    for epoch in common:
-        deltas_a, deltas_b = run_a.deltas(epoch), run_b.deltas(epoch)
-        if list(deltas_a) != list(deltas_b):
-            only_a = sorted(set(deltas_a) - set(deltas_b))
-            only_b = sorted(set(deltas_b) - set(deltas_a))
-            raise InputError(
-                f"runs {run_a.name!r} and {run_b.name!r} adapt different modules "
-                f"(only in the first: {only_a or 'none'}; only in the second: {only_b or 'none'})"
-            )
-        for name in deltas_a:
-            if deltas_a[name].shape != deltas_b[name].shape:
-                raise InputError(f"module {name}: shapes differ, {deltas_a[name].shape} in {run_a.name!r} vs {deltas_b[name].shape} in {run_b.name!r}")
-            yield epoch, name, deltas_a[name], deltas_b[name]
+    """(row key, ΔW_a, ΔW_b) for every shared module at every paired epoch."""
+    for epoch_a, epoch_b in paired_epochs(run_a, run_b, epochs):
+        deltas_a, deltas_b = run_a.deltas(epoch_a), run_b.deltas(epoch_b)
+        for name_a, name_b in shared_modules(run_a, run_b, deltas_a, deltas_b):
+            a, b = deltas_a[name_a], deltas_b[name_b]
+            if a.shape != b.shape:
+                raise InputError(f"module {_module_key(name_a)}: shapes differ, {a.shape} in {run_a.name!r} vs {b.shape} in {run_b.name!r}")
+            yield pair_key(run_a, run_b, _module_key(name_a), epoch_a, epoch_b), a, b
+
+
+def pair_key(run_a: UpdateSource, run_b: UpdateSource, name: str, epoch_a: int, epoch_b: int) -> dict:
+    """The columns every table of two sources starts with. ``epoch`` is the later of the two (they are
+    equal where both sources have trajectories)."""
+    module, layer = module_and_layer(name)
+    return {"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
+            "same_method": run_a.method == run_b.method, "module": module, "layer": layer, "epoch": max(epoch_a, epoch_b),
+            "epoch_a": epoch_a, "epoch_b": epoch_b, "name": name}
 
 
 def random_like(delta: FactoredDelta, generator: torch.Generator) -> FactoredDelta:
@@ -80,29 +116,31 @@ def update_similarity(
     |cos(ΔW_b, R)| over ``baseline_samples`` independent random updates R of ΔW_a's rank
     and shape: a cosine well above them is more alike than chance. Gaussian R is rotation
     invariant, so the R are drawn once per (shape, rank) and shared by all layers of that
-    shape (drawing them per layer dominated the cost at 70B shapes). The cosine is NaN where
-    either update is zero (epoch 0), since a zero update has no direction.
+    shape (drawing them per layer dominated the cost at 70B shapes). Where either update is zero
+    (a run's epoch 0), it has no direction: the cosine is reported as 0 and ``note`` says so.
+
+    Which epochs meet is :func:`paired_epochs`'s rule (``epoch_a``, ``epoch_b``); modules are
+    matched by name (:func:`shared_modules`), so the cosine column does not depend on the order of
+    the two sources.
     """
     run_a, run_b = as_source(run_a), as_source(run_b)
     generator = torch.Generator().manual_seed(seed)
     rows, baselines, random_updates = [], {}, {}
-    for epoch, name, a, b in _matched(run_a, run_b, epochs):
-        module, layer = module_and_layer(name)
+    for key, a, b in _matched(run_a, run_b, epochs):
+        name = key["name"]
         if name not in baselines or math.isnan(baselines[name][0]):
-            key = (a.shape, a.rank)
-            if baseline_samples and key not in random_updates:
-                random_updates[key] = RandomUpdates(a, baseline_samples, generator)
+            shape = (a.shape, a.rank)
+            if baseline_samples and shape not in random_updates:
+                random_updates[shape] = RandomUpdates(a, baseline_samples, generator)
             if baseline_samples and b.frobenius_norm() > 0:
-                samples = np.abs(random_updates[key].cosines(b))
+                samples = np.abs(random_updates[shape].cosines(b))
                 baselines[name] = (float(samples.mean()), float(np.quantile(samples, 0.95)))
             else:
                 baselines[name] = (math.nan, math.nan)
-        rows.append({
-            "run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
-            "module": module, "layer": layer, "epoch": epoch, "name": name,
-            "cosine": cosine_similarity(a, b),
-            "baseline_abs_mean": baselines[name][0], "baseline_abs_q95": baselines[name][1],
-        })
+        zero = [label for label, d, e in ((run_a.name, a, key["epoch_a"]), (run_b.name, b, key["epoch_b"])) if d.frobenius_norm() == 0]
+        rows.append({**key, "cosine": 0.0 if zero else cosine_similarity(a, b),
+                     "baseline_abs_mean": baselines[name][0], "baseline_abs_q95": baselines[name][1],
+                     "note": f"zero update in {' and '.join(zero)}: no direction, cosine reported as 0" if zero else ""})
     return pd.DataFrame(rows)
 
 
@@ -161,11 +199,10 @@ def subspace_similarity_table(
     rows, random_cache = [], {}
     if epoch_b is not None:
         fixed = dict(run_b.deltas(epoch_b))  # once: asking per layer would re-read the snapshot for every layer
-        pairs = ((e, n, d, fixed[n]) for e in epochs_of(run_a, epochs) for n, d in run_a.deltas(e).items())
+        pairs = ((pair_key(run_a, run_b, n, e, epoch_b), d, fixed[n]) for e in epochs_of(run_a, epochs) for n, d in run_a.deltas(e).items())
     else:
         pairs = _matched(run_a, run_b, epochs)
-    for epoch, name, a, b in pairs:
-        module, layer = module_and_layer(name)
+    for key, a, b in pairs:
         ii, jj = i or a.rank, j or b.rank
         phi = subspace_similarity(a, b, ii, jj, side)
         dim = a.shape[0] if side == "left" else a.shape[1]
@@ -173,10 +210,9 @@ def subspace_similarity_table(
             random_cache[(dim, ii, jj)] = random_subspace_similarity(dim, ii, jj)
         for x in range(ii):
             for y in range(jj):
-                rows.append({"run_a": run_a.name, "run_b": run_b.name, "module": module, "layer": layer, "epoch": epoch,
-                             "epoch_b": epoch if epoch_b is None else epoch_b, "name": name, "side": side,
-                             "i": x + 1, "j": y + 1, "phi": phi[x, y], "phi_random": random_cache[(dim, ii, jj)][x, y]})
-    return pd.DataFrame(rows)
+                rows.append({**key, "epoch": key["epoch_a"], "side": side, "i": x + 1, "j": y + 1, "phi": phi[x, y],
+                             "phi_random": random_cache[(dim, ii, jj)][x, y]})
+    return pd.DataFrame(rows, columns=None if rows else [*PAIR_COLUMNS, "side", "i", "j", "phi", "phi_random"])
 
 
 def reachable_cosine(run_a: UpdateSource, run_b: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
@@ -190,15 +226,12 @@ def reachable_cosine(run_a: UpdateSource, run_b: UpdateSource, epochs: Iterable[
     """
     run_a, run_b = as_source(run_a), as_source(run_b)
     rows = []
-    for epoch, name, a, b in _matched(run_a, run_b, epochs):
-        module, layer = module_and_layer(name)
+    for key, a, b in _matched(run_a, run_b, epochs):
         q_left = torch.linalg.qr(b.left.double())[0]
         q_right = torch.linalg.qr(b.right.double().T)[0]
         projected = (q_left.T @ a.left.double()) @ a.core.double() @ (a.right.double() @ q_right)
         norm = a.frobenius_norm()
-        rows.append({"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
-                     "module": module, "layer": layer, "epoch": epoch, "name": name,
-                     "reachable_cosine": float(torch.linalg.matrix_norm(projected)) / norm if norm > 0 else math.nan})
+        rows.append({**key, "reachable_cosine": float(torch.linalg.matrix_norm(projected)) / norm if norm > 0 else math.nan})
     return pd.DataFrame(rows)
 
 
@@ -216,16 +249,13 @@ def adapted_weight_similarity(run_a: UpdateSource, run_b: UpdateSource, base_wei
     """
     run_a, run_b = as_source(run_a), as_source(run_b)
     rows = []
-    for epoch, name, a, b in _matched(run_a, run_b, epochs):
-        module, layer = module_and_layer(name)
-        w0 = base_weights[name].double()
+    for key, a, b in _matched(run_a, run_b, epochs):
+        w0 = base_weights[key["name"]].double()
         w0_sq = float(w0.pow(2).sum())
         wa, wb = _inner_dense(w0, a), _inner_dense(w0, b)
         na, nb = a.frobenius_norm() ** 2, b.frobenius_norm() ** 2
         norm_a, norm_b = math.sqrt(w0_sq + 2 * wa + na), math.sqrt(w0_sq + 2 * wb + nb)
-        rows.append({"run_a": run_a.name, "run_b": run_b.name, "method_a": run_a.method, "method_b": run_b.method,
-                     "module": module, "layer": layer, "epoch": epoch, "name": name,
-                     "adapted_cosine": (w0_sq + wa + wb + inner(a, b)) / (norm_a * norm_b),
+        rows.append({**key, "adapted_cosine": (w0_sq + wa + wb + inner(a, b)) / (norm_a * norm_b),
                      "w0_cosine_a": (w0_sq + wa) / (math.sqrt(w0_sq) * norm_a), "w0_cosine_b": (w0_sq + wb) / (math.sqrt(w0_sq) * norm_b),
                      "w0_frobenius": math.sqrt(w0_sq), "relative_norm_a": math.sqrt(na / w0_sq), "relative_norm_b": math.sqrt(nb / w0_sq)})
     return pd.DataFrame(rows)

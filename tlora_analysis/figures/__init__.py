@@ -11,7 +11,7 @@ import pandas as pd
 from ..io import atomic_write_bytes
 from . import dynamics, geometry, overview
 from .study import STUDY_FIGURES
-from .style import save, style
+from .style import NothingToDraw, save, style
 
 __all__ = ["render_all", "render_study", "FIGURES", "STUDY_FIGURES", "dynamics", "geometry", "overview"]
 
@@ -32,33 +32,53 @@ FIGURES = {
 }
 
 
-def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path) -> list[dict]:
+SKIP_REASONS = {
+    "scales": "no source learns a scale per layer (TLoRA's α)",
+    "similarity": "no LoRA and TLoRA source to pair, as the paper does",
+    "subspace": "no LoRA and TLoRA source to pair, as the paper does",
+    "subspace_epochs": "no source has a trajectory (adapters, exports and snapshot files hold one state)",
+    "similarity_pairs": "only one source",
+    "intruder_counts": "no base model (W0): pass --base, or the base named in the runs must be local",
+}
+
+
+def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict]) -> list[dict]:
+    """Draw each figure whose tables are there; for the others, add to ``skipped`` what was missing and why."""
     entries = []
     for name, (draw, needs, description) in registry.items():
-        if all(key in tables and len(tables[key]) for key in needs):
-            paths = save(draw(*(tables[key] for key in needs)), out_dir, name)
-            entries.append({"name": name, "files": [p.name for p in paths], "shows": description, "tables": list(needs)})
+        missing = [key for key in needs if key not in tables or not len(tables[key])]
+        if missing:
+            skipped.append({"name": name, "needs": missing, "reason": SKIP_REASONS.get(missing[0], f"no {missing[0]} table")})
+            continue
+        try:
+            figure = draw(*(tables[key] for key in needs))
+        except NothingToDraw as reason:
+            skipped.append({"name": name, "needs": list(needs), "reason": str(reason)})
+            continue
+        paths = save(figure, out_dir, name)
+        entries.append({"name": name, "files": [p.name for p in paths], "shows": description, "tables": list(needs)})
     return entries
 
 
-def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path) -> list[dict]:
-    entries = _draw(FIGURES, tables, out_dir)
+def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict]) -> list[dict]:
+    entries = _draw(FIGURES, tables, out_dir, skipped)
     paths = save(overview.overview(tables), out_dir, "overview")
     return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": "key panels side by side", "tables": ["several"]}]
 
 
-def _manifest(out_dir: Path, entries: list[dict], sources: Mapping | None, settings: Mapping | None) -> None:
-    manifest = {"figures": entries, "sources": dict(sources or {}), "settings": dict(settings or {})}
+def _manifest(out_dir: Path, entries: list[dict], skipped: list[dict], sources: Mapping | None, settings: Mapping | None) -> None:
+    manifest = {"figures": entries, "skipped": skipped, "sources": dict(sources or {}), "settings": dict(settings or {})}
     atomic_write_bytes(out_dir / "figures.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
 
 def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None, settings: Mapping | None = None) -> list[dict]:
     """Draw every figure whose tables are present into ``out_dir`` (PNG and PDF) and write ``figures.json``
-    listing each file with what it shows, its source runs and the analysis settings."""
-    out_dir = Path(out_dir)
+    listing each file with what it shows, its sources and the analysis settings, and each figure the tables
+    could not feed (``skipped``, with what it needed and why)."""
+    out_dir, skipped = Path(out_dir), []
     with style():
-        entries = _pair_figures(tables, out_dir)
-    _manifest(out_dir, entries, sources, settings)
+        entries = _pair_figures(tables, out_dir, skipped)
+    _manifest(out_dir, entries, skipped, sources, settings)
     return entries
 
 
@@ -66,10 +86,10 @@ def render_study(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sou
                  settings: Mapping | None = None) -> list[dict]:
     """Draw a study's figures (seed bands, controls, claims per seed) and, from its ``pair`` tables,
     every single-pair figure; write ``figures.json`` listing them all."""
-    out_dir = Path(out_dir)
+    out_dir, skipped = Path(out_dir), []
     with style():
-        entries = _draw(STUDY_FIGURES, tables, out_dir)
+        entries = _draw(STUDY_FIGURES, tables, out_dir, skipped)
         if "pair" in tables:
-            entries += _pair_figures(tables["pair"], out_dir)
-    _manifest(out_dir, entries, sources, settings)
+            entries += _pair_figures(tables["pair"], out_dir, skipped)
+    _manifest(out_dir, entries, skipped, sources, settings)
     return entries

@@ -5,8 +5,9 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
-from .style import layer_epoch_heatmap, method_color, method_label, modules_of, sequential_colors
+from .style import layer_epoch_heatmap, method_color, modules_of, sequential_colors, source_styles, source_title, sources_of, trajectories
 
 
 def _pick_layers(table: pd.DataFrame, count: int = 3) -> list[int]:
@@ -14,41 +15,45 @@ def _pick_layers(table: pd.DataFrame, count: int = 3) -> list[int]:
     return sorted({layers[round(i)] for i in np.linspace(0, len(layers) - 1, min(count, len(layers)))})
 
 
+def _last_epochs(table: pd.DataFrame) -> pd.DataFrame:
+    """Each source's rows at its own last epoch (runs of different lengths each end where they end)."""
+    return table[table.epoch == table.groupby("run").epoch.transform("max")]
+
+
 def spectra_comparison(spectra: pd.DataFrame, layers: list[int] | None = None):
-    """Singular values of ΔW at the last epoch, LoRA vs TLoRA, at a few layers (log scale)."""
-    last = spectra.groupby("method")["epoch"].max().min()
-    data = spectra[spectra.epoch == last]
+    """Singular values of ΔW at each source's last epoch, at a few layers (log scale), every source in every panel."""
+    data = _last_epochs(spectra)
     layers = layers or _pick_layers(data)
-    modules = modules_of(data)
+    modules, styles = modules_of(data), source_styles(data)
     fig, axes = plt.subplots(len(modules), len(layers), figsize=(3.2 * len(layers), 2.6 * len(modules)), squeeze=False, sharey=True)
     for r, module in enumerate(modules):
         for c, layer in enumerate(layers):
             ax = axes[r][c]
-            for method, group in data[(data.module == module) & (data.layer == layer)].groupby("method"):
-                ax.semilogy(group["index"], group.singular_value, "o-", color=method_color(method), label=method_label(method), ms=4)
+            for label, group in data[(data.module == module) & (data.layer == layer)].groupby("run", sort=False):
+                ax.semilogy(group["index"], group.singular_value, ms=4, label=f"{label} (epoch {group.epoch.iloc[0]})", **styles[label])
             ax.set_title(f"{module}, layer {layer}")
             ax.set_xlabel("index i")
             if c == 0:
                 ax.set_ylabel("singular value σᵢ of ΔW")
-    axes[0][-1].legend(loc="upper right")
-    fig.suptitle(f"Spectra of the updates at epoch {last}")
+    axes[0][-1].legend(loc="upper right", fontsize=7)
+    fig.suptitle("Spectra of the updates at each source's last epoch")
     return fig
 
 
 def spectra_evolution(spectra: pd.DataFrame, layer: int | None = None):
-    """How the spectrum of ΔW grows over epochs: one panel per method and module, colour = epoch."""
-    data = spectra[spectra.epoch > 0]
+    """How the spectrum of ΔW grows over epochs: one panel per source and module, colour = epoch."""
+    data = trajectories(spectra)
     layer = _pick_layers(data, 1)[0] if layer is None else layer
     data = data[data.layer == layer]
-    methods, modules = sorted(data.method.unique()), modules_of(data)
+    sources, modules = sources_of(data), modules_of(data)
     epoch_colors, mappable = sequential_colors(data.epoch)
-    fig, axes = plt.subplots(len(methods), len(modules), figsize=(3.6 * len(modules), 2.7 * len(methods)), squeeze=False, sharex=True)
-    for r, method in enumerate(methods):
+    fig, axes = plt.subplots(len(sources), len(modules), figsize=(3.6 * len(modules), 2.7 * len(sources)), squeeze=False, sharex=True)
+    for r, (label, method) in enumerate(sources):
         for c, module in enumerate(modules):
             ax = axes[r][c]
-            for epoch, group in data[(data.method == method) & (data.module == module)].groupby("epoch"):
+            for epoch, group in data[(data.run == label) & (data.module == module)].groupby("epoch"):
                 ax.semilogy(group["index"], group.singular_value, "o-", color=epoch_colors[epoch], ms=3)
-            ax.set_title(f"{method_label(method)} · {module}, layer {layer}")
+            ax.set_title(f"{source_title(label, method)} · {module}, layer {layer}", fontsize=9)
             ax.set_xlabel("index i")
             ax.set_ylabel("σᵢ of ΔW")
     fig.colorbar(mappable, ax=axes, label="epoch", shrink=0.8)
@@ -56,19 +61,19 @@ def spectra_evolution(spectra: pd.DataFrame, layer: int | None = None):
 
 
 def norms_over_epochs(norms: pd.DataFrame):
-    """‖ΔW‖_F per layer over epochs (colour = layer), one panel per method and module, shared y scale per method."""
-    methods, modules = sorted(norms.method.unique()), modules_of(norms)
+    """‖ΔW‖_F per layer over epochs (colour = layer), one panel per source and module, shared y scale per source."""
+    sources, modules = sources_of(norms), modules_of(norms)
     layer_colors, mappable = sequential_colors(norms.layer)
-    fig, axes = plt.subplots(len(methods), len(modules), figsize=(3.6 * len(modules), 2.7 * len(methods)), squeeze=False, sharex=True)
-    for r, method in enumerate(methods):
+    fig, axes = plt.subplots(len(sources), len(modules), figsize=(3.6 * len(modules), 2.7 * len(sources)), squeeze=False, sharex=True)
+    for r, (label, method) in enumerate(sources):
         for c, module in enumerate(modules):
             ax = axes[r][c]
-            for layer, group in norms[(norms.method == method) & (norms.module == module)].groupby("layer"):
+            for layer, group in norms[(norms.run == label) & (norms.module == module)].groupby("layer"):
                 ax.plot(group.epoch, group.frobenius, "o-", color=layer_colors[layer], ms=3)
-            ax.set_title(f"{method_label(method)} · {module}")
+            ax.set_title(f"{source_title(label, method)} · {module}", fontsize=9)
             ax.set_xlabel("epoch")
             ax.set_ylabel("‖ΔW‖_F")
-        top = norms[norms.method == method].frobenius.max() * 1.05
+        top = norms[norms.run == label].frobenius.max() * 1.05
         for ax in axes[r]:
             ax.set_ylim(0, top if top > 0 else 1)
     fig.colorbar(mappable, ax=axes, label="layer", shrink=0.8)
@@ -76,52 +81,60 @@ def norms_over_epochs(norms: pd.DataFrame):
 
 
 def norm_heatmaps(norms: pd.DataFrame):
-    """Layer x epoch heat maps of ‖ΔW‖_F, one per method and module (each with its own colour bar)."""
-    methods, modules = sorted(norms.method.unique()), modules_of(norms)
-    fig, axes = plt.subplots(len(methods), len(modules), figsize=(3.6 * len(modules), 2.8 * len(methods)), squeeze=False)
-    for r, method in enumerate(methods):
+    """Layer x epoch heat maps of ‖ΔW‖_F, one per source and module (each with its own colour bar)."""
+    sources, modules = sources_of(norms), modules_of(norms)
+    fig, axes = plt.subplots(len(sources), len(modules), figsize=(3.6 * len(modules), 2.8 * len(sources)), squeeze=False)
+    for r, (label, method) in enumerate(sources):
         for c, module in enumerate(modules):
-            grid = norms[(norms.method == method) & (norms.module == module)].pivot(index="layer", columns="epoch", values="frobenius")
-            layer_epoch_heatmap(fig, axes[r][c], grid, cmap="viridis", label="‖ΔW‖_F", title=f"{method_label(method)} · {module}")
+            grid = norms[(norms.run == label) & (norms.module == module)].pivot(index="layer", columns="epoch", values="frobenius")
+            if grid.empty:  # a source that adapts a subset of the modules
+                axes[r][c].set_axis_off()
+                axes[r][c].set_title(f"{source_title(label, method)}: no {module}", fontsize=9)
+                continue
+            layer_epoch_heatmap(fig, axes[r][c], grid, cmap="viridis", label="‖ΔW‖_F", title=f"{source_title(label, method)} · {module}")
     return fig
 
 
 def scales_by_layer(scales: pd.DataFrame):
-    """TLoRA's α per layer, one line per epoch (colour = epoch), one panel per module; CV in the title."""
-    modules = modules_of(scales)
+    """The learned scale (TLoRA's α) per layer, one line per epoch (colour = epoch), one panel per source and module;
+    CV across layers at the source's last epoch in the title."""
+    sources, modules = sources_of(scales), modules_of(scales)
     epoch_colors, mappable = sequential_colors(scales.epoch)
-    fig, axes = plt.subplots(1, len(modules), figsize=(3.8 * len(modules), 2.9), squeeze=False, sharey=True)
-    last = scales.epoch.max()
-    for c, module in enumerate(modules):
-        ax = axes[0][c]
-        data = scales[scales.module == module]
-        for epoch, group in data.groupby("epoch"):
-            ax.plot(group.layer, group.alpha, "o-", color=epoch_colors[epoch], ms=3)
-        cv = data[data.epoch == last].alpha_cv_across_layers.iloc[0]
-        ax.set_title(f"{module} · CV across layers {cv:.2f} (epoch {last})", fontsize=10)
-        ax.set_xlabel("layer")
-        ax.set_ylabel("α (learned scale)")
-        ax.set_xticks(sorted(data.layer.unique()))
+    fig, axes = plt.subplots(len(sources), len(modules), figsize=(3.8 * len(modules), 2.9 * len(sources)), squeeze=False, sharey=True)
+    for r, (label, method) in enumerate(sources):
+        for c, module in enumerate(modules):
+            ax = axes[r][c]
+            data = scales[(scales.run == label) & (scales.module == module)]
+            for epoch, group in data.groupby("epoch"):
+                ax.plot(group.layer, group.alpha, "o-", color=epoch_colors[epoch], ms=3)
+            last = data.epoch.max()
+            cv = data[data.epoch == last].alpha_cv_across_layers.iloc[0]
+            ax.set_title(f"{source_title(label, method)} · {module}\nCV across layers {cv:.2f} (epoch {last})", fontsize=9)
+            ax.set_xlabel("layer")
+            ax.set_ylabel("α (learned scale)")
+            ax.set_xticks(sorted(data.layer.unique()))
     fig.colorbar(mappable, ax=axes, label="epoch", shrink=0.8)
     return fig
 
 
 def weight_histograms(histograms: pd.DataFrame, stats: pd.DataFrame):
-    """Pooled histograms of the trained matrices' entries with a fitted normal, first and last trained epoch."""
-    trained = histograms[histograms.epoch > 0]
-    first, last = trained.epoch.min(), trained.epoch.max()
-    panels = trained[["method", "matrix", "module"]].drop_duplicates().sort_values(["method", "matrix", "module"]).to_records(index=False)
+    """Pooled histograms of the trained matrices' entries with a fitted normal, at each source's first and last
+    trained epoch (or its one state)."""
+    trained = histograms[(histograms.epoch > 0) | (histograms.groupby("run").epoch.transform("max") == 0)]
+    panels = trained[["run", "method", "matrix", "module"]].drop_duplicates().to_records(index=False)
     fig, axes = plt.subplots(len(panels), 2, figsize=(7.6, 2.2 * len(panels)), squeeze=False)
-    for r, (method, matrix, module) in enumerate(panels):
-        for c, epoch in enumerate((first, last)):
+    for r, (label, method, matrix, module) in enumerate(panels):
+        mine = trained[(trained.run == label) & (trained.matrix == matrix) & (trained.module == module)]
+        for c, epoch in enumerate((mine.epoch.min(), mine.epoch.max())):
             ax = axes[r][c]
-            h = trained[(trained.method == method) & (trained.matrix == matrix) & (trained.module == module) & (trained.epoch == epoch)]
+            h = mine[mine.epoch == epoch]
             ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=method_color(method), alpha=0.6, label="entries")
             ax.plot((h.left + h.right) / 2, h.normal_density, "k-", lw=1.2, label="normal fit")
-            s = stats[(stats.method == method) & (stats.matrix == matrix) & (stats.module == module) & (stats.epoch == epoch)].iloc[0]
-            ax.set_title(f"{method_label(method)} {matrix} · {module} · epoch {epoch}", fontsize=10)
+            s = stats[(stats.run == label) & (stats.matrix == matrix) & (stats.module == module) & (stats.epoch == epoch)].iloc[0]
+            ax.set_title(f"{source_title(label, method)} {matrix} · {module} · epoch {epoch}", fontsize=9)
             ax.text(0.02, 0.95, f"skew {s.skewness:.2f}\nex. kurt {s.excess_kurtosis:.2f}", transform=ax.transAxes, va="top", fontsize=8)
             ax.set_ylabel("density")
+            ax.xaxis.set_major_locator(MaxNLocator(4))
             if r == len(panels) - 1:
                 ax.set_xlabel("entry value")
     axes[0][1].legend(loc="upper right", fontsize=8)

@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import DIVERGING, layer_epoch_heatmap, method_color, method_label, module_color, modules_of
+from .style import DIVERGING, layer_epoch_heatmap, module_color, modules_of, source_styles, trajectories
 
 
 def cosine_similarity(similarity: pd.DataFrame):
@@ -35,10 +35,10 @@ def cosine_similarity(similarity: pd.DataFrame):
 
 
 def pairwise_similarity(pairs: pd.DataFrame):
-    """For every pair of methods: the mean cosine of their ΔW over layers at the last epoch, per
+    """For every pair of sources: the mean cosine of their ΔW over layers at the last epochs they meet, per
     module (one bar each), with the random baseline (mean 95th percentile of |cos|) as a grey band."""
-    last = int(pairs.epoch.max())
-    data = pairs[pairs.epoch == last].assign(pair=lambda t: [f"{method_label(a)} vs {method_label(b)}" for a, b in zip(t.method_a, t.method_b)])
+    data = pairs[pairs.epoch == pairs.groupby(["run_a", "run_b"]).epoch.transform("max")]
+    data = data.assign(pair=[f"{a} vs {b}" + (" (same method)" if same else "") for a, b, same in zip(data.run_a, data.run_b, data.same_method)])
     labels = list(dict.fromkeys(data.pair))
     modules = modules_of(data)
     fig, ax = plt.subplots(figsize=(7.2, 1.2 + 0.45 * len(labels) * max(1, len(modules) / 2)))
@@ -54,7 +54,7 @@ def pairwise_similarity(pairs: pd.DataFrame):
     ax.axvline(0, color="0.5", lw=0.8)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel="cosine of ΔW (mean over layers)", title=f"How alike each pair of methods' updates are, epoch {last}")
+    ax.set(xlabel="cosine of ΔW (mean over layers)", title="How alike each pair of sources' updates are (last epochs they share)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
@@ -113,15 +113,16 @@ def subspace_drift(subspace_epochs: pd.DataFrame):
 
 def effective_rank(ranks: pd.DataFrame):
     """Stable rank and entropy effective rank over epochs, mean over layers with the min–max band."""
-    data = ranks[ranks.epoch > 0]
+    data = trajectories(ranks)
     measures = [("stable_rank", "stable rank ‖ΔW‖²_F / ‖ΔW‖²₂"), ("entropy_rank", "entropy effective rank")]
     fig, axes = plt.subplots(1, 2, figsize=(7.8, 2.9), squeeze=False)
     for ax, (column, label) in zip(axes[0], measures):
-        for (method, module), group in data.groupby(["method", "module"]):
+        styles = source_styles(data)
+        for (run, module), group in data.groupby(["run", "module"], sort=False):
             stats = group.groupby("epoch")[column].agg(["mean", "min", "max"])
-            style = "-" if module == sorted(data.module.unique())[0] else "--"
-            ax.plot(stats.index, stats["mean"], style, marker="o", ms=3, color=method_color(method), label=f"{method_label(method)} · {module}")
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=method_color(method), alpha=0.12)
+            look = {**styles[run], "linestyle": styles[run]["linestyle"] if module == sorted(data.module.unique())[0] else "--"}
+            ax.plot(stats.index, stats["mean"], ms=3, label=f"{run} · {module}", **look)
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=look["color"], alpha=0.12)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
@@ -135,27 +136,39 @@ def effective_rank(ranks: pd.DataFrame):
 def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
     """Left: intruder dimensions among the top-k singular vectors of W0 + ΔW per layer at the last epoch.
     Right: amplification factor ‖ΔW‖_F / ‖UᵀW0V‖_F per layer (LoRA paper §7.3)."""
-    last = counts.epoch.max()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), squeeze=False)
-    data = counts[counts.epoch == last]
+    data = counts[counts.epoch == counts.groupby("run").epoch.transform("max")]
     labels = sorted(data[["module", "layer"]].drop_duplicates().itertuples(index=False))
     x = np.arange(len(labels))
-    methods = sorted(data.method.unique())
-    width = 0.8 / len(methods)
-    for k, method in enumerate(methods):
-        values = [data[(data.method == method) & (data.module == m) & (data.layer == layer)].intruders.sum() for m, layer in labels]
-        axes[0][0].bar(x + k * width - 0.4 + width / 2, values, width, color=method_color(method), label=method_label(method))
-    axes[0][0].set_xticks(x, [f"{m[0]}{layer}" for m, layer in labels], fontsize=7)
-    axes[0][0].set_xlabel("module (q = query, v = value) and layer")
+    styles, sources = source_styles(data), list(dict.fromkeys(data.run))
+    width = 0.8 / len(sources)
+    for k, run in enumerate(sources):
+        values = [data[(data.run == run) & (data.module == m) & (data.layer == layer)].intruders.sum() for m, layer in labels]
+        axes[0][0].bar(x + k * width - 0.4 + width / 2, values, width, color=styles[run]["color"], alpha=1 - 0.5 * (k % 2), label=run)
+    letters = _module_letters(sorted({m for m, _ in labels}))
+    axes[0][0].set_xticks(x, [f"{letters[m]}{layer}" for m, layer in labels], fontsize=7)
+    axes[0][0].set_xlabel("module (" + ", ".join(f"{v} = {k}" for k, v in letters.items()) + ") and layer", fontsize=8)
     axes[0][0].set_ylabel(f"intruder dimensions (of top {int(data.k.max())})")
-    axes[0][0].set_title(f"Intruder dimensions, epoch {last}")
+    axes[0][0].set_ylim(0, max(1, float(data.intruders.max() if len(data) else 0)) * 1.15)
+    axes[0][0].set_title("Intruder dimensions, last epoch")
     axes[0][0].legend(fontsize=8)
-    amp = amplification[amplification.epoch == last]
-    for (method, module), group in amp.groupby(["method", "module"]):
-        style = "-" if module == sorted(amp.module.unique())[0] else "--"
-        axes[0][1].semilogy(group.layer, group.amplification, style, marker="o", ms=3, color=method_color(method), label=f"{method_label(method)} · {module}")
+    amp = amplification[amplification.epoch == amplification.groupby("run").epoch.transform("max")]
+    modules = sorted(amp.module.unique())
+    for (run, module), group in amp.groupby(["run", "module"], sort=False):
+        look = {**styles.get(run, {}), "linestyle": "-" if module == modules[0] else "--"}
+        axes[0][1].semilogy(group.layer, group.amplification, ms=3, label=f"{run} · {module}", **look)
     axes[0][1].set_xlabel("layer")
     axes[0][1].set_ylabel("amplification ‖ΔW‖_F / ‖UᵀW₀V‖_F")
-    axes[0][1].set_title(f"Amplification, epoch {last}")
+    axes[0][1].set_title("Amplification, last epoch")
     axes[0][1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def _module_letters(modules: list[str]) -> dict[str, str]:
+    """The shortest prefix of each module name that tells it from the others (q/v, or q_/k_/v_/o_ ...)."""
+    for length in range(1, max(map(len, modules), default=1) + 1):
+        letters = {m: m[:length] for m in modules}
+        if len(set(letters.values())) == len(modules):
+            return letters
+    return {m: m for m in modules}
+

@@ -55,7 +55,10 @@ def overview(tables: Mapping[str, pd.DataFrame]):
         mean = group.groupby("epoch").entropy_rank.mean()
         ax.plot(mean.index, mean.to_numpy(), "o-", color=method_color(method), label=method_label(method), ms=4)
     ax.set(title="Entropy effective rank (mean over layers)", xlabel="epoch", ylabel="effective rank", ylim=(0, None))
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    else:
+        _missing(ax, "no source has a trajectory (adapters and exports hold one state)")
     methods = " vs ".join(method_label(m) for m in dict.fromkeys(norms.method))
     fig.suptitle(f"{methods}: adaptation dynamics at a glance", fontsize=13)
     return fig

@@ -77,9 +77,14 @@ def _facets(table: pd.DataFrame, rows: str | None = None, width: float = 4.6, he
     return fig, panels
 
 
+def _one_seed_if_unswept(table: pd.DataFrame) -> pd.DataFrame:
+    """A study that does not sweep ``seed`` has one sample per group: n = 1, and no interval."""
+    return table if "seed" in table.columns else table.assign(seed=0)
+
+
 def _band(ax, table: pd.DataFrame, x: str, y: str) -> None:
     """One mean line with its seed CI band per group."""
-    table = _grouped(table)
+    table = _one_seed_if_unswept(_grouped(table))
     agg = aggregate(table[["group", "method", "style", x, "seed", y]], by=["group", "method", "style", x], values=[y])
     for (group, method, style), rows in agg.groupby(["group", "method", "style"], sort=False):
         rows = rows.sort_values(x)
@@ -92,7 +97,7 @@ def _band(ax, table: pd.DataFrame, x: str, y: str) -> None:
 def plot_accuracy_vs_parameters(runs: pd.DataFrame):
     """Final metric against trainable parameters (adapter + head), each method's groups as points with
     their seed CI: the paper's results table drawn as a plot."""
-    done = _grouped(runs[runs.status == "finished"].copy())
+    done = _one_seed_if_unswept(_grouped(runs[runs.status == "finished"].copy()))
     metric = str(done.metric.iloc[0])
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     agg = aggregate(done[["group", "method", "trainable_params", "seed", "final_metric"]], by=["group", "method", "trainable_params"],

@@ -52,6 +52,46 @@ def method_color(method: str) -> str:
     return METHOD_COLORS.get(method, FALLBACK_COLOUR)
 
 
+class NothingToDraw(Exception):
+    """Raised by a figure whose tables hold nothing it can show (only one-state sources for a figure of
+    trajectories); the figure is skipped and ``figures.json`` records the message."""
+
+
+def trajectories(table):
+    """The rows of sources with more than one epoch (runs), without their zero epoch 0."""
+    multi = table.groupby("run").epoch.transform("nunique") > 1
+    rows = table[multi & (table.epoch > 0)]
+    if rows.empty:
+        raise NothingToDraw("no source has a trajectory (adapters, exports and snapshot files hold one state)")
+    return rows
+
+
+LINE_STYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def source_styles(table) -> dict[str, dict]:
+    """Per source label (the ``run`` column): its method's colour, and a line style and marker of its own
+    among the sources of that method, so that two seeds of one method stay apart in one panel."""
+    styles, seen = {}, {}
+    for label, method in table[["run", "method"]].drop_duplicates().itertuples(index=False):
+        k = seen[method] = seen.get(method, -1) + 1
+        styles[label] = {"color": method_color(method), "linestyle": LINE_STYLES[k % len(LINE_STYLES)], "marker": MARKERS[k % len(MARKERS)]}
+    return styles
+
+
+def sources_of(table) -> list[tuple[str, str]]:
+    """(label, method) of every source in a table, methods in registry order."""
+    order = {name: i for i, name in enumerate(METHOD_SPECS)}
+    pairs = table[["run", "method"]].drop_duplicates().itertuples(index=False)
+    return sorted(pairs, key=lambda p: (order.get(p[1], len(order)), p[0]))
+
+
+def source_title(label: str, method: str) -> str:
+    """A panel title: the label, with the method's name where the label does not start with it."""
+    return label if label.startswith(method) else f"{label} ({method_label(method)})"
+
+
 def sequential_colors(values) -> tuple[dict, cm.ScalarMappable]:
     """A colour per value (layer or epoch) and the mappable for its colour bar."""
     values = sorted(set(values))
@@ -82,9 +122,9 @@ def layer_epoch_heatmap(fig, ax, grid, *, cmap: str, label: str, title: str, **l
 
 
 def integer_epochs(fig) -> None:
-    """Epochs and layers are integers: no 1.5 ticks on any axis labelled with them."""
+    """Epochs, layers and singular-value indices are integers: no 1.5 ticks on any axis labelled with them."""
     for ax in fig.axes:
-        if ax.get_xlabel() in ("epoch", "layer"):
+        if ax.get_xlabel() in ("epoch", "layer", "index i"):
             ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if hasattr(ax, "_colorbar") and ax.get_ylabel() in ("epoch", "layer"):
             ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))

@@ -25,7 +25,7 @@ SHORT = {"rank": "r", "lr": "lr", "seed": "s", "alpha": "a", "epochs": "e", "bat
 """How a swept setting appears in a cell's name; other settings use their own name."""
 
 
-def _format_value(value: Any) -> str:
+def format_value(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
@@ -34,7 +34,7 @@ def _format_value(value: Any) -> str:
             return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
         return f"{value:g}"
     if isinstance(value, list):
-        return "+".join(map(_format_value, value))
+        return "+".join(map(format_value, value))
     return str(value).replace("/", "_")
 
 
@@ -66,7 +66,7 @@ class StudySpec:
             keys = [k for k in self.named if k in options]
             for combo in itertools.product(*(options[k] for k in keys)):
                 settings = {"method": method, **dict(zip(keys, combo))}
-                name = "-".join([method] + [f"{SHORT.get(k, k.replace('_', ''))}{_format_value(v)}" for k, v in zip(keys, combo)])
+                name = "-".join([method] + [f"{SHORT.get(k, k.replace('_', ''))}{format_value(v)}" for k, v in zip(keys, combo)])
                 if name in cells:
                     raise InputError(f"{where}: two cells would both be named {name!r}; make the swept values distinct")
                 cells[name] = settings
