@@ -291,3 +291,121 @@ def test_reproduce_swaps_in_a_new_study_only_after_it_finished(tmp_path, tiny_mo
     monkeypatch.undo()
     study = reproduce._run_or_reuse(spec, old, True, **quiet)
     assert sorted(study.cells) == ["head-s0", "lora-s0", "tlora-s0"] and sorted(p.name for p in tmp_path.iterdir()) == ["study"]
+
+
+# --------------------------------------------------------------------------- second campaign: studies, links, environment, values
+TINY = ["--max-train-samples", "16", "--max-eval-samples", "8", "--batch-size", "8", "--max-length", "16", "--epochs", "1", "--no-progress"]
+
+
+def test_tensorboard_events_never_go_through_a_planted_link(tmp_path, tiny_model_dir):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "tensorboard").symlink_to(precious)
+    refused(["train", "--method", "lora", "--model", tiny_model_dir, "--out", tmp_path / "run", "--report-to", "tensorboard", *TINY],
+            [precious], "tensorboard: is a symbolic link")
+    assert list(precious.iterdir()) == [precious / "notes.txt"]
+
+
+def study_spec(path, tiny_model_dir, **extra):
+    lines = ['method = "lora"', f'model = "{tiny_model_dir}"', "epochs = 1", "max_train_samples = 16", "max_eval_samples = 8",
+             "batch_size = 8", "max_length = 16", *(f"{k} = {v}" for k, v in extra.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_study_never_writes_through_planted_links(tmp_path, tiny_model_dir):
+    spec = study_spec(tmp_path / "spec.toml", tiny_model_dir)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    assert cli("study", spec, "--out", tmp_path / "S", "--no-progress", timeout=180).returncode == 0
+    shutil.rmtree(tmp_path / "S" / "runs" / "lora")  # the issue's example: the cell runs again, its log is a planted link
+    (tmp_path / "S" / "logs" / "lora.log").unlink()
+    (tmp_path / "S" / "logs" / "lora.log").symlink_to(precious)
+    result = cli("study", spec, "--out", tmp_path / "S", "--no-progress", timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert precious.read_text() == "keep me" and not (tmp_path / "S" / "logs" / "lora.log").is_symlink()
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(tmp_path / "S" / "runs", elsewhere)
+    (tmp_path / "S" / "runs").symlink_to(elsewhere)
+    refused(["study", spec, "--out", tmp_path / "S", "--no-progress"], [elsewhere, precious], "runs: is a symbolic link")
+    (tmp_path / "S" / "runs").unlink()
+    (tmp_path / "S" / "runs").mkdir()
+    (tmp_path / "S" / "runs" / "lora").symlink_to(elsewhere / "lora")  # a cell that leads out of the study
+    refused(["figures", tmp_path / "S", "--out", tmp_path / "figs", "--no-base"], [elsewhere], "lora: is a symbolic link")
+
+
+@pytest.mark.parametrize("variables, fragment", [
+    ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK=5 with WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2"}, "RANK is not set"),
+    ({"WORLD_SIZE": "abc", "RANK": "0"}, "WORLD_SIZE='abc'"),
+    ({"WORLD_SIZE": "0", "RANK": "0"}, "WORLD_SIZE='0'"),
+    ({"WORLD_SIZE": "-2", "RANK": "0"}, "WORLD_SIZE='-2'"),
+])
+def test_inconsistent_torchrun_variables_are_refused_at_once(tmp_path, tiny_model_dir, variables, fragment):
+    env = {**ENV, **variables}
+    before = tree_digest(tmp_path)
+    expect_error(cli("train", "--method", "lora", "--model", tiny_model_dir, "--out", tmp_path / "run", *TINY, env=env, timeout=60), fragment)
+    assert tree_digest(tmp_path) == before
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda m: m.update(spec=5), "'spec' should be the study's spec as a JSON object"),
+    (lambda m: m.update(spec="/etc/passwd"), "'spec' should be the study's spec as a JSON object"),
+    (lambda m: m.update(cells=[1]), "'cells' should map cell names to JSON objects"),
+])
+def test_study_json_fields_of_the_wrong_type(tmp_path, change, fragment):
+    (tmp_path / "S").mkdir()
+    meta = {"format": "tlora-analysis-study", "format_version": 1, "spec": {"method": "lora"}, "cells": {}}
+    change(meta)
+    (tmp_path / "S" / "study.json").write_text(json.dumps(meta))
+    refused(["figures", tmp_path / "S", "--out", tmp_path / "figs", "--no-base"], [tmp_path], fragment)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('method = "lora"\nseed = ' + str(list(range(1000))) + "\nrank = " + str(list(range(1, 1001))) + "\n", "1,000,000 cells"),
+    ('method = "lora"\nseed = 1979-05-27\n', "'seed' should be a string, number or boolean"),
+    ('method = "lora"\nmodel = "a\\u0000b"\n', "'model' should be a string"),
+    ('method = "lora"\nseed = [[1, 2]]\n', "--seed must be a whole number"),
+    ('method = "lora"\nseed = "abc"\n', "--seed must be a whole number"),
+    ('method = "lora"\nseed = 1.5\n', "--seed must be a whole number"),
+    ('method = "lora"\nseed = true\n', "--seed must be a whole number"),
+    ('method = "lora"\ndevice = "foo"\n', "--device must be cpu"),
+    ('method = "lora"\nweight_decay = -1\n', "--weight-decay must be 0 or more"),
+    ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "nested too deeply"),
+])
+def test_study_specs_that_crashed_give_one_line_and_leave_nothing(tmp_path, text, fragment):
+    (tmp_path / "spec.toml").write_text(text)
+    refused(["study", tmp_path / "spec.toml", "--out", tmp_path / "S", "--no-progress"], [tmp_path], fragment)
+    assert not (tmp_path / "S").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--device", "foo"], "--device must be cpu"),
+    (["--seed", "99999999999999999999"], "--seed must be a whole number"),
+    (["--seed", "-1"], "--seed must be a whole number"),
+    (["--weight-decay", "-1"], "--weight-decay must be 0 or more"),
+    (["--alpha", "1e300"], "--alpha must be at most"),
+    (["--max-length", "100000"], "beyond the model's 128 positions"),
+])
+def test_cli_values_are_checked_before_anything_is_written(tmp_path, tiny_model_dir, args, fragment):
+    tiny = [*TINY[:6], *TINY[8:]] if "--max-length" in args else TINY  # without TINY's own --max-length 16
+    refused(["train", "--method", "vera", "--model", tiny_model_dir, "--out", tmp_path / "run", *tiny, *args], [tmp_path], fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_diverging_run_ends_in_one_line_and_keeps_its_finished_epochs(tmp_path, tiny_model_dir):
+    from tlora_analysis.store import load_run
+
+    expect_error(cli("train", "--method", "lora", "--model", tiny_model_dir, "--out", tmp_path / "run", "--lr", "1e30", *TINY),
+                 "training diverged in epoch 1", "epochs up to 0 are kept")
+    assert load_run(tmp_path / "run").epochs == [0]
+    refused(["inspect", tmp_path / "run", "--max-rank", "-1"], [tmp_path], "--max-rank must be a whole number")
+
+
+def test_a_run_json_config_that_is_not_an_object(tmp_path, runs):
+    edit_json(runs["lora"] / "run.json", lambda m: m.update(config=[1, 2]))
+    edit_json(runs["tlora"] / "run.json", lambda m: m.update(config="x"))
+    assert cli("report", runs["lora"], runs["tlora"], "--out", tmp_path / "r.html", "--no-base", **LIMITS).returncode == 0
+    assert cli("export", runs["lora"], "--out", tmp_path / "export", **LIMITS).returncode == 0

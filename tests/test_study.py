@@ -15,7 +15,7 @@ from scipy import stats
 
 from helpers import ENV, cli, expect_error, make_run, tree_digest
 from tlora_analysis import analysis as A
-from tlora_analysis.analysis.aggregate import aggregate
+from tlora_analysis.analysis.seed_statistics import aggregate
 from tlora_analysis.store import load_run
 from tlora_analysis.study import Executor, load_study, parse_spec, run_study
 

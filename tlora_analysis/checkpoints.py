@@ -114,6 +114,8 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None, base: str | N
 
     if isinstance(intruder_k, bool) or not isinstance(intruder_k, int) or intruder_k < 1:
         raise InputError(f"--intruder-k must be a whole number of at least 1, got {intruder_k!r}")
+    if max_rank is not None and (isinstance(max_rank, bool) or not isinstance(max_rank, int) or max_rank < 1):
+        raise InputError(f"--max-rank must be a whole number of at least 1, got {max_rank!r}")
     source = _open(path, base, max_rank)
     if not source.layers:
         raise InputError(f"{path}: a {source.method!r} run has no adapted layers, so no update to inspect")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -51,6 +52,10 @@ SHARDINGS = ("ddp", "fsdp")
 
 REPORT_TO = ("tensorboard",)
 """Where ``train`` can send live update geometry besides run.json."""
+
+
+MAX_ALPHA = 1e6
+"""Largest |--alpha|: far beyond any real setting, and small enough that every scale it gives is readable back."""
 
 
 def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, cli: bool = True, flag: str | None = None,
@@ -133,6 +138,7 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
+        self._check_ranges()
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if isinstance(self.targets, str):
@@ -144,6 +150,21 @@ class TrainConfig:
         if unknown:
             raise InputError(f"--report-to {' '.join(unknown)}: not supported; choose from {', '.join(REPORT_TO)}")
         self.report_to = list(self.report_to)
+
+    def _check_ranges(self) -> None:
+        """Values ``train`` would accept but that give a run the toolkit cannot read back, or a traceback."""
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise InputError(f"--seed must be a whole number from 0 to 2^63 - 1, got {self.seed!r:.40}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device):
+            raise InputError(f"--device must be cpu, cuda, cuda:N or mps, got {self.device!r:.40}")
+        if self.weight_decay < 0:
+            raise InputError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        if self.alpha is not None and abs(self.alpha) > MAX_ALPHA:
+            raise InputError(f"--alpha must be at most {MAX_ALPHA:g} in magnitude, got {self.alpha:g}")
+        for name in ("model", "data_dir", "data_file"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or "\x00" in value):
+                raise InputError(f"--{name.replace('_', '-')} must be a path or name without NUL characters, got {value!r:.40}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -13,6 +13,7 @@ in the environment everything here is a no-op.
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,9 +88,37 @@ class Processes:
             torch.distributed.destroy_process_group()
 
 
+def _whole_number(text: str, name: str, low: int) -> int:
+    if not text.strip().isdigit() or int(text) < low:
+        raise InputError(f"{name}={text!r:.40}: expected a whole number of at least {low}")
+    return int(text)
+
+
+def torchrun_ranks() -> tuple[int, int]:
+    """(WORLD_SIZE, RANK) from the environment torchrun sets, checked: (1, 0) outside torchrun."""
+    world = _whole_number(os.environ.get("WORLD_SIZE", "1"), "WORLD_SIZE", 1)
+    if world == 1:
+        return 1, 0
+    if "RANK" not in os.environ:
+        raise InputError(f"WORLD_SIZE={world} but RANK is not set; start several processes with torchrun, not by hand")
+    rank = _whole_number(os.environ["RANK"], "RANK", 0)
+    if rank >= world:
+        raise InputError(f"RANK={rank} with WORLD_SIZE={world}: a rank must be below the number of processes")
+    return world, rank
+
+
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                      "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+                      "TORCHELASTIC_MAX_RESTARTS")
+"""What torchrun sets for each process; a study's cells do not inherit them (each cell is one run of its own)."""
+
+
 def start_processes(device: str, batch_size: int, train_examples: int, sharding: str = "ddp") -> Processes:
-    """Join the process group that ``torchrun`` describes in the environment, if any."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Inconsistent variables are refused at once (a rank that cannot exist would wait for its peers
+    forever); a peer that never comes ends at ``TLORA_ANALYSIS_RENDEZVOUS_TIMEOUT_S`` (default 600 s)."""
+    world, rank = torchrun_ranks()
     if world == 1:
         return Processes(sharding=sharding)
     if batch_size % world:
@@ -99,7 +128,13 @@ def start_processes(device: str, batch_size: int, train_examples: int, sharding:
                          "choose --max-train-samples or --batch-size so that every process gets at least one")
     started = not torch.distributed.is_initialized()
     if started:
-        torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        timeout = _whole_number(os.environ.get("TLORA_ANALYSIS_RENDEZVOUS_TIMEOUT_S", "600"), "TLORA_ANALYSIS_RENDEZVOUS_TIMEOUT_S", 1)
+        try:
+            torch.distributed.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                                                 timeout=datetime.timedelta(seconds=timeout))
+        except (RuntimeError, ValueError) as err:  # torch's DistStoreError and friends
+            raise InputError(f"rank {rank} of {world}: the other processes did not join within {timeout} s "
+                             f"(TLORA_ANALYSIS_RENDEZVOUS_TIMEOUT_S; MASTER_ADDR/MASTER_PORT from torchrun): {str(err).splitlines()[0][:200]}") from err
     if device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return Processes(torch.distributed.get_rank(), torch.distributed.get_world_size(), started, sharding)

@@ -81,7 +81,8 @@ def _head(run, epoch: int) -> dict[str, torch.Tensor]:
 
 
 def _peft_config(run, peft_type: str, head: dict, **fields) -> dict:
-    task = (run.meta.get("config") or {}).get("task") or run.meta.get("task", "default")
+    config = run.meta.get("config") if isinstance(run.meta.get("config"), dict) else {}
+    task = config.get("task") or run.meta.get("task", "default")
     causal = task in TASKS and TASKS[task].kind == "causal-lm"
     return {
         "peft_type": peft_type, "task_type": "CAUSAL_LM" if causal else "SEQ_CLS",

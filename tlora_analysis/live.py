@@ -85,5 +85,8 @@ class TensorBoardSink:
 
 
 def make_sinks(report_to: list[str], run_dir: Path) -> list[GeometrySink]:
-    """Sinks for ``train --report-to``: TensorBoard events go to ``RUN_DIR/tensorboard``."""
-    return [TensorBoardSink(run_dir / "tensorboard") for name in report_to if name == "tensorboard"]
+    """Sinks for ``train --report-to``: TensorBoard events go to ``RUN_DIR/tensorboard``, never through a link planted there."""
+    folder = Path(run_dir) / "tensorboard"
+    if "tensorboard" in report_to and (folder.is_symlink() or (folder.exists() and not folder.is_dir())):
+        raise InputError(f"{folder}: is a symbolic link or not a folder; a run writes only inside its own directory")
+    return [TensorBoardSink(folder) for name in report_to if name == "tensorboard"]

@@ -97,7 +97,7 @@ class RunWriter:
         self.path = Path(run_dir)
         self.lock = RunLock.acquire(self.path)
         try:
-            for name in (RUN_JSON, "snapshots", RESUME_DIR, FROZEN_FILE):
+            for name in (RUN_JSON, "snapshots", RESUME_DIR, FROZEN_FILE, "tensorboard"):
                 if (self.path / name).is_symlink():
                     raise InputError(f"{self.path / name}: is a symbolic link; a run writes only inside its own directory")
             json_path = self.path / RUN_JSON

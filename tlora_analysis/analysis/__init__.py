@@ -28,7 +28,7 @@ from .spectra import core_eigenvalues, effective_rank, rank_measures, spectra
 from .summary import summary
 
 _LAZY = {"weight_distributions": "distributions", "weight_histograms": "distributions", "compare_runs": "compare", "paper_claims": "claims", "READINGS": "claims",
-         "aggregate": "aggregate", "similarity_controls": "controls", "rank_similarity": "controls", "study_claims": "controls", "summarize_claims": "controls", "function_similarity": "function_space"}
+         "aggregate": "seed_statistics", "similarity_controls": "controls", "rank_similarity": "controls", "study_claims": "controls", "summarize_claims": "controls", "function_similarity": "function_space"}
 """Imported on first use: they need scipy's statistics, which ``inspect`` should not pay for."""
 
 __all__ = [

@@ -138,13 +138,13 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
 
     Keys: runs, metrics, norms, spectra (last epoch), effective_rank, scales, controls,
     rank_similarity, claims_per_seed, claims; each per-run table also as ``<name>_over_seeds``
-    (:func:`~tlora_analysis.analysis.aggregate.aggregate`). ``pair`` holds the
+    (:func:`~tlora_analysis.analysis.seed_statistics.aggregate`). ``pair`` holds the
     :func:`compare_runs` tables of one LoRA and one TLoRA cell at ``pair_seed`` (default: the
     smallest seed) for the single-pair figures. ``function_examples`` validation examples feed
     the function-space reading of the claims (0 skips it; it needs the runs' base model).
     """
-    from .aggregate import aggregate
     from .controls import rank_similarity, similarity_controls, study_claims, summarize_claims
+    from .seed_statistics import aggregate
 
     runs = study.runs
     tables: dict[str, pd.DataFrame] = {"runs": runs, "metrics": metrics_over_epochs(study)}

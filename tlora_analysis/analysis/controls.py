@@ -23,10 +23,10 @@ from ..config import ANALYSIS
 from ..factored import cosine_similarity
 from ..study.directory import Study
 from ._common import module_and_layer
-from .aggregate import aggregate
 from .claims import PAPER_METHOD, REFERENCE_METHOD, paper_claims
 from .distributions import weight_distributions
 from .norms import norms, scales
+from .seed_statistics import aggregate
 from .similarity import (
     RandomUpdates,
     adapted_weight_similarity,

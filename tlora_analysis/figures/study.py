@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ..analysis.aggregate import aggregate
 from ..analysis.claims import FINDINGS, PAPER_METHOD
+from ..analysis.seed_statistics import aggregate
 from .style import method_color, method_label
 
 STYLES = ["-", "--", ":", "-."]

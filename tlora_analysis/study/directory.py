@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from .spec import parse_spec
+from .spec import MAX_CELLS, parse_spec
 
 __all__ = ["Study", "load_study", "STUDY_FORMAT", "STUDY_FORMAT_VERSION", "STUDY_JSON"]
 
@@ -35,8 +35,13 @@ class Study:
         version = meta.get("format_version")
         if not isinstance(version, int) or version > STUDY_FORMAT_VERSION:
             raise InputError(f"{where}: format_version {version!r} is not one this tlora-analysis reads (up to {STUDY_FORMAT_VERSION})")
+        if not isinstance(meta.get("spec"), dict):
+            raise InputError(f"{where}: 'spec' should be the study's spec as a JSON object, got {type(meta.get('spec')).__name__}")
+        cells = meta.get("cells", {})
+        if not isinstance(cells, dict) or not all(isinstance(c, dict) for c in cells.values()):
+            raise InputError(f"{where}: 'cells' should map cell names to JSON objects")
         self.meta = meta
-        self.spec = parse_spec(meta.get("spec") or {})
+        self.spec = parse_spec(meta["spec"], where, max_cells=max(MAX_CELLS, len(cells)))
         self.cells: dict[str, dict[str, Any]] = self.spec.cells(where)
         self._runs: dict[str, Any] = {}
 
@@ -77,6 +82,8 @@ class Study:
 
         if name not in self._runs:
             self.settings(name)
+            if self.run_dir(name).is_symlink():
+                raise InputError(f"{self.run_dir(name)}: is a symbolic link; a study's cells are read only inside the study")
             self._runs[name] = load_run(self.run_dir(name))
         return self._runs[name]
 

@@ -17,7 +17,7 @@ from typing import Any
 from ..config import TrainConfig, option
 from ..errors import InputError
 from .directory import STUDY_FORMAT, STUDY_FORMAT_VERSION, STUDY_JSON, Study
-from .spec import StudySpec, parse_spec
+from .spec import MAX_CELLS, StudySpec, parse_spec
 
 __all__ = ["Executor", "EXECUTORS", "run_study", "run_cell", "cell_threads"]
 
@@ -72,6 +72,8 @@ def run_cell(study_dir: str | Path, name: str, threads: int | None = None) -> st
     study = Study(study_dir)
     config = study.spec.config(study.settings(name))
     run_dir = study.run_dir(name)
+    if run_dir.is_symlink():
+        raise InputError(f"{run_dir}: is a symbolic link; a study's cells are written only inside the study")
     if (run_dir / "run.json").is_file():
         meta = read_json(run_dir / "run.json", "run.json")
         if not isinstance(meta.get("config"), dict) or asdict(TrainConfig.from_dict(meta["config"])) != asdict(config):
@@ -108,11 +110,12 @@ class Executor:
     timeout_min: int = option(24 * 60, "slurm, submitit-local: minutes a cell may run")
     cpus_per_task: int | None = option(None, "slurm: CPU cores per cell (default: this machine's cores / --jobs)")
     mem_gb: float | None = option(None, "slurm: memory per cell in GB")
+    max_cells: int = option(MAX_CELLS, "the most cells a spec may give; a larger grid is refused before any cell is listed")
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise InputError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
-        for name in ("jobs", "timeout_min"):
+        for name in ("jobs", "timeout_min", "max_cells"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
@@ -129,11 +132,16 @@ def _last_line(path: Path) -> str:
 def _run_local(study: Path, names: list[str], executor: Executor, on_done: Callable[[str, bool, str, str], None]) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    from ..distributed import TORCHRUN_VARIABLES
+
     threads = cell_threads(executor.jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}  # each cell is one run of its own
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
 
     def one(name: str) -> None:
         log = study / "logs" / f"{name}.log"
+        if log.is_symlink():  # planted: replaced, never appended through
+            log.unlink()
         with open(log, "ab") as handle:
             code = subprocess.call([sys.executable, "-m", "tlora_analysis.study", str(study), name, str(threads)],
                                    stdout=handle, stderr=subprocess.STDOUT, env=env)
@@ -153,7 +161,10 @@ def _run_submitit(study: Path, names: list[str], executor: Executor, on_done: Ca
     threads = executor.cpus_per_task or cell_threads(executor.jobs)
     pending, running = list(names), {}
     if executor.executor == "slurm":  # one job array; SLURM runs `jobs` of it at a time
-        engine = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        try:
+            engine = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        except Exception as err:  # submitit says what it lacks (srun, sbatch) in its own words
+            raise InputError(f"--executor slurm: SLURM is not usable here ({str(err).splitlines()[0][:200]})") from err
         engine.update_parameters(timeout_min=executor.timeout_min, slurm_partition=executor.partition, gpus_per_node=executor.gpus,
                                  cpus_per_task=threads, slurm_array_parallelism=executor.jobs,
                                  **({"mem_gb": executor.mem_gb} if executor.mem_gb else {}))
@@ -186,8 +197,10 @@ def _record_cells(out: Path, meta: dict, cells: dict) -> tuple[dict, list[str]]:
     record says: a kill may have come between the two); returns the records and the cells to run."""
     from ..io import atomic_write_json
 
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    (out / "runs").mkdir(exist_ok=True)
+    for folder in ("logs", "runs"):
+        if (out / folder).is_symlink():
+            raise InputError(f"{out / folder}: is a symbolic link; a study writes only inside its own directory")
+        (out / folder).mkdir(parents=True, exist_ok=True)
     records = meta.setdefault("cells", {})
     for name, settings in cells.items():
         records.setdefault(name, {"settings": settings, "status": "pending", "log": f"logs/{name}.log"})
@@ -220,8 +233,8 @@ def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, execut
     from ..io import atomic_write_json
     from ..lock import RunLock
 
-    spec = spec if isinstance(spec, StudySpec) else parse_spec(spec)
     executor = executor or Executor()
+    spec = spec if isinstance(spec, StudySpec) else parse_spec(spec, max_cells=executor.max_cells)
     out = Path(out)
     meta = _prepare(spec, out, extend)
     lock = RunLock.acquire(out)

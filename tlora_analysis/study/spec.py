@@ -6,6 +6,7 @@ The grid is the product of the lists; each cell is named from what is swept (``t
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -76,14 +77,19 @@ class StudySpec:
         return TrainConfig(**{**self.fixed, **settings})
 
 
-def parse_spec(source: str | Path | Mapping[str, Any]) -> StudySpec:
-    """Read a spec from a TOML file, TOML text or a dict, and check every cell's settings.
+MAX_CELLS = 10_000
+"""Largest grid a spec may give (``max_cells`` raises it): checked from the list lengths before any cell is enumerated."""
+SCALARS = (str, int, float, bool)
+
+
+def parse_spec(source: str | Path | Mapping[str, Any], where: str = "study spec", max_cells: int = MAX_CELLS) -> StudySpec:
+    """Read a spec from a TOML file or a dict, and check every cell's settings.
 
     Every problem is an :class:`InputError` naming the file and the key: a TOML syntax error
-    (with its line), an unknown key, an empty list, a per-method value for a method that is
-    not in the grid, and any value ``train`` would reject.
+    (with its line), an unknown key, a value that is not a string, number, boolean or a list or
+    method-keyed table of them, an empty list, a grid of more than ``max_cells`` cells, a
+    per-method value for a method that is not in the grid, and any value ``train`` would reject.
     """
-    where = "study spec"
     if isinstance(source, Mapping):
         raw = dict(source)
     else:
@@ -97,6 +103,9 @@ def parse_spec(source: str | Path | Mapping[str, Any]) -> StudySpec:
             raise InputError(f"{path}: not valid TOML ({err})") from err
         except UnicodeDecodeError as err:
             raise InputError(f"{path}: not a text file ({err})") from err
+        except RecursionError as err:
+            raise InputError(f"{path}: nested too deeply to be a study spec") from err
+    _check_value_types(raw, where)
     unknown = [k for k in raw if k not in SPEC_KEYS]
     if unknown:
         raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(SPEC_KEYS)}")
@@ -113,6 +122,7 @@ def parse_spec(source: str | Path | Mapping[str, Any]) -> StudySpec:
         else:
             spec.fixed[key] = value
     methods = spec.methods
+    _check_grid_size(spec, where, max_cells)
     for key, values in spec.per_method.items():
         stray = sorted(set(values) - set(methods))
         if stray:
@@ -123,9 +133,35 @@ def parse_spec(source: str | Path | Mapping[str, Any]) -> StudySpec:
             spec.config(settings)
         except InputError as err:
             raise InputError(f"{where}: cell {name}: {err}") from err
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise InputError(f"{where}: cell {name}: {err}") from err
     return spec
+
+
+def _check_value_types(raw: Mapping[str, Any], where: str) -> None:
+    """Strings, numbers, booleans, lists of them, or method-keyed tables of those: nothing else (a TOML
+    date, a table nested in a list, a NUL in a string) reaches a training config."""
+    def ok(value, depth):
+        if isinstance(value, SCALARS):
+            return not (isinstance(value, str) and "\x00" in value)
+        if isinstance(value, list) and depth < 2:
+            return all(ok(v, depth + 1) for v in value)
+        return False
+
+    for key, value in raw.items():
+        values = value.values() if isinstance(value, dict) else [value]
+        if not all(ok(v, 0) for v in values):
+            raise InputError(f"{where}: '{key}' should be a string, number or boolean, a list of them, or a table of them per method; "
+                             f"got {value!r:.80}")
+
+
+def _check_grid_size(spec: StudySpec, where: str, max_cells: int) -> None:
+    sizes = [len(spec.swept.get(k, [])) or 1 for k in spec.swept if k != "method"]
+    per_method = [max((len(v) for v in values.values()), default=1) for values in spec.per_method.values()]
+    bound = len(spec.methods) * math.prod(sizes) * math.prod(per_method)
+    if bound > max_cells:
+        raise InputError(f"{where}: the grid has up to {bound:,} cells, more than {max_cells:,}; sweep fewer values, "
+                         "or raise the limit (--max-cells)")
 
 
 def _as_list(value: Any, key: str, where: str) -> list:

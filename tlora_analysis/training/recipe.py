@@ -128,6 +128,9 @@ class TrainingRecipe:
     def setup_model(self) -> dict:
         """Build the model; when resuming, check it against the run and load its last state. Returns the optimizer state."""
         self.model = build_model(self.config, self.data.spec.num_labels)
+        positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
+        if positions and self.config.max_length > positions:
+            raise InputError(f"--max-length {self.config.max_length} is beyond the model's {positions} positions")
         if not self.resuming:
             return {}
         previous = load_run(self.out_dir)
@@ -183,9 +186,18 @@ class TrainingRecipe:
             shares.set_postfix(loss=f"{losses[-1]:.3f}")
         self.train_time = time.perf_counter() - started
         metrics = {"train_loss": sum(losses) / len(losses)}
+        self._check_finite(epoch, metrics["train_loss"])
         if self.processes.writes or self.processes.sharded:  # FSDP's forward pass needs every process
             metrics.update(self._evaluate())
         return metrics
+
+    def _check_finite(self, epoch: int, loss: float) -> None:
+        """A diverged epoch is not recorded: its snapshot would not be readable, and every finished epoch stays."""
+        trained = () if self.processes.sharded else (p for p in self.model.parameters() if p.requires_grad)  # shards: the loss says it
+        if math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in trained):
+            return
+        raise InputError(f"{self.out_dir}: training diverged in epoch {epoch} (train loss {loss:.3g}); epochs up to "
+                         f"{epoch - 1} are kept; lower --lr (now {self.config.lr:g})")
 
     def _train_step(self, indices: list[int], share: float) -> float:
         for group in self.optimizer.param_groups:
