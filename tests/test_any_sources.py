@@ -80,8 +80,8 @@ def test_analyze_figures_and_report_write_their_outputs(tmp_path, kinds, name, c
     manifest = json.loads((tmp_path / "figures" / "figures.json").read_text())
     assert manifest["figures"] and all((tmp_path / "figures" / f).is_file() for e in manifest["figures"] for f in e["files"])
     assert all(entry["reason"] for entry in manifest["skipped"])
-    assert main(["report", *sources, "--out", str(tmp_path / "report.html"), "--no-base"]) == 0
-    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") >= 1
+    assert main(["report", *sources, "--out", str(tmp_path / "figures" / "report.html"), "--no-base"]) == 0  # reuses the figures
+    assert (tmp_path / "figures" / "report.html").read_text().count("data:image/png;base64,") == len(manifest["figures"])
 
 
 @pytest.mark.parametrize("first, second", [("lora-s0-e2", "lora-s1-e2"), ("lora-s0-e2", "peft"), ("tlora-s0-e1", "vera-s0-e2"),
@@ -150,3 +150,19 @@ def test_a_study_that_does_not_sweep_seed_draws_and_reports(tmp_path, tiny_model
     assert set(study.runs.status) == {"finished"} and "seed" not in study.runs.columns
     assert main(["figures", str(study.path), "--out", str(tmp_path / "figures"), "--no-base"]) == 0
     assert main(["report", str(study.path), "--out", str(tmp_path / "report.html"), "--no-base"]) == 0
+
+
+def test_a_report_beside_its_figures_reuses_their_tables_and_says_so(tmp_path, kinds, capsys):
+    sources = [kinds["lora-s0-e2"], kinds["tlora-s0-e2"]]
+    assert main(["figures", *sources, "--out", str(tmp_path / "figs"), "--no-base"]) == 0
+    capsys.readouterr()
+    assert main(["report", *sources, "--out", str(tmp_path / "figs" / "report.html"), "--no-base"]) == 0
+    assert "reusing the tables and figures" in capsys.readouterr().out
+    assert main(["report", *sources, "--out", str(tmp_path / "fresh" / "report.html"), "--no-base"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    reused = json.loads((tmp_path / "figs" / "report.claims.json").read_text())
+    fresh = json.loads((tmp_path / "fresh" / "report.claims.json").read_text())
+    assert [(r["reading"], r["holds"], r["statistic"]) for r in reused] == [(r["reading"], r["holds"], r["statistic"]) for r in fresh]
+    (tmp_path / "figs" / "figures.json").write_text((tmp_path / "figs" / "figures.json").read_text().replace('"fingerprint": "', '"fingerprint": "x'))
+    assert main(["report", *sources, "--out", str(tmp_path / "figs" / "report.html"), "--no-base"]) == 0
+    assert "reusing" not in capsys.readouterr().out  # changed sources (here: a changed fingerprint) are computed afresh

@@ -29,7 +29,9 @@ def test_render_all_writes_every_figure_and_a_manifest(tmp_path, pair):
     lora, tlora, tables = pair
     entries = render_all(tables, tmp_path, sources={"lora": str(lora.path), "tlora": str(tlora.path)}, settings={"bins": 40})
     names = {e["name"] for e in entries}
-    assert names == set(FIGURES) | {"overview"}
+    assert names == set(FIGURES) - {"gradient_norms"} | {"overview"}  # toy runs record no gradient norms
+    skipped = json.loads((tmp_path / "figures.json").read_text())["skipped"]
+    assert [(s["name"], s["needs"]) for s in skipped] == [("gradient_norms", ["grad_norms"])]
     for entry in entries:
         for file in entry["files"]:
             path = tmp_path / file
@@ -45,7 +47,7 @@ def test_render_all_writes_every_figure_and_a_manifest(tmp_path, pair):
 def test_figures_without_base_weights_skip_only_what_needs_them(tmp_path, pair):
     tables = {k: v for k, v in pair[2].items() if k not in ("amplification", "intruders", "intruder_counts")}
     names = {e["name"] for e in render_all(tables, tmp_path)}
-    assert names == set(FIGURES) - {"intruders"} | {"overview"}
+    assert names == set(FIGURES) - {"intruders", "gradient_norms"} | {"overview"}
 
 
 def test_claims_and_report(tmp_path, pair):
@@ -64,7 +66,7 @@ def test_claims_and_report(tmp_path, pair):
     out = write_report(tables, [lora, tlora], tmp_path / "report.html")
     assert precious.read_text() == "keep me" and not out.is_symlink()
     page = out.read_text()
-    assert "checked on these runs" in page and page.count("data:image/png;base64,") == len(FIGURES) + 1
+    assert "checked on these runs" in page and page.count("data:image/png;base64,") == len(FIGURES)  # every figure but gradient norms, and the overview
     assert page.count("<tr><td class='text'>") >= 6
     assert json.loads(out.with_suffix(".claims.json").read_text())[0]["claim"].startswith("1.")
 
@@ -80,7 +82,8 @@ def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
     assert (tmp_path / "tables" / "similarity.csv").exists()
     assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "single"), "--no-base"]) == 0
     assert sorted(p.name for p in (tmp_path / "single").iterdir()) == sorted(
-        f"{n}.csv" for n in ("spectra", "norms", "effective_rank", "weight_stats", "weight_histograms", "subspace_epochs", "scales", "summary"))
+        f"{n}.csv" for n in ("spectra", "norms", "effective_rank", "weight_stats", "weight_histograms", "subspace_epochs", "scales", "summary",
+                             "metrics"))  # toy runs record no gradient norms: no empty grad_norms.csv
     # the order of the runs does not matter, and a run without a base model asks for one
     assert main(["figures", str(tlora.path), str(lora.path), "--out", str(tmp_path / "x"), "--no-base"]) == 0
     assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "y")]) == 2

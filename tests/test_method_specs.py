@@ -219,6 +219,8 @@ def test_a_method_registered_here_trains_analyses_draws_and_reports(tmp_path, ti
     runs = [train(TrainConfig(method=m, model=tiny_model_dir, **SMALL), tmp_path / m, **QUIET) for m in ("halflora", "lora")]
     assert runs[0].layers[next(iter(runs[0].layers))]["scaling"] == pytest.approx(0.5)
     assert main(["figures", str(runs[0].path), str(runs[1].path), "--out", str(tmp_path / "figs"), "--no-base"]) == 0
+    drawn = {f["name"] for f in json.loads((tmp_path / "figs" / "figures.json").read_text())["figures"]}
+    assert {"learning_curves", "gradient_norms", "norms", "pairwise_similarity"} <= drawn
     assert main(["report", str(runs[0].path), str(runs[1].path), "--out", str(tmp_path / "report.html"), "--no-base"]) == 0
     assert "halflora" in (tmp_path / "report.html").read_text()
     assert export(runs[0].path, tmp_path / "export").is_dir()

@@ -197,8 +197,12 @@ def _cmd_figures(args) -> int:
         _print_skipped(Path(args.out))
         print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
         return 0
+    from .reproduce import write_tables
+
     sources, tables, base = _compare(args)
-    entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources}, settings={"base": base, **asdict(ANALYSIS)})
+    entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources},
+                         settings={"base": base, **asdict(ANALYSIS), "fingerprint": _fingerprint(args.runs)})
+    write_tables(tables, Path(args.out) / "tables")  # a report written into this folder reuses them
     _print_skipped(Path(args.out))
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
     return 0
@@ -234,9 +238,54 @@ def _cmd_report(args) -> int:
             render_study(tables, scratch)
             print(f"wrote {write_study_report(tables, study, args.out, scratch)}")
         return 0
+    reused = _figures_beside(args)
+    if reused is not None:
+        sources, tables, folder = reused
+        print(f"reusing the tables and figures in {folder} (written by figures for these sources)")
+        print(f"wrote {write_report(tables, sources, args.out, figure_dir=folder)}")
+        return 0
     sources, tables, _ = _compare(args)
     print(f"wrote {write_report(tables, sources, args.out)}")
     return 0
+
+
+def _fingerprint(arguments: list[str]) -> str:
+    """Name, size and modification time of every file of the sources as given: what a later ``report``
+    checks before it reuses the tables ``figures`` wrote from them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for argument in arguments:
+        path = Path(argument.partition("=")[2] if "=" in argument and not Path(argument).exists() else argument)
+        for file in sorted([path] if path.is_file() else path.rglob("*")):
+            if file.is_file():
+                stat = file.stat()
+                digest.update(f"{argument}\0{file.relative_to(path.parent)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _figures_beside(args):
+    """(sources, tables, folder) when the report goes into a folder where ``figures`` wrote its output for
+    exactly these sources (labels, paths, base, unchanged files); else None."""
+    import json
+
+    import pandas as pd
+
+    from .sources import open_sources
+
+    folder = Path(args.out).parent
+    manifest_path = folder / "figures.json"
+    if not manifest_path.is_file() or not (folder / "tables").is_dir():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    settings = manifest.get("settings", {})
+    if settings.get("fingerprint") != _fingerprint(args.runs) or (settings.get("base") is None) != bool(args.no_base or False):
+        return None
+    sources = open_sources(_labelled_paths(args.runs), base=args.base)
+    if manifest.get("sources") != {s.name: str(s.path) for s in sources}:
+        return None
+    tables = {p.stem: pd.read_csv(p) for p in sorted((folder / "tables").glob("*.csv"))}
+    return sources, tables, folder
 
 
 def _add_reproduce(sub) -> None:

@@ -26,7 +26,22 @@ td.text { text-align: left; }
 h3 { margin-top: 1.2em; } td.text, th.text { text-align: left; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.9em; }
 code { background: #f3f3f3; padding: 0 3px; }
+td:first-child, th { white-space: nowrap; }
+dl.spec { display: grid; grid-template-columns: max-content auto; gap: 0 1em; } dl.spec dt { font-weight: 600; } dl.spec dd { margin: 0; }
 """
+
+
+def _number(value) -> str:
+    """Whole numbers (parameter counts) with thousands separators, others to four significant digits."""
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:.4g}"
+
+
+def _spec_list(spec: dict) -> str:
+    """A study spec as a definition list: one setting per line, lists and per-method tables inline."""
+    items = "".join(f"<dt>{html.escape(str(k))}</dt><dd><code>{html.escape(json.dumps(v))}</code></dd>" for k, v in spec.items())
+    return f"<dl class='spec'>{items}</dl>"
 
 
 def _claims_table(claims: pd.DataFrame) -> str:
@@ -77,7 +92,7 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
         "<h2>The paper's claims, checked on these runs</h2>",
         (f"<p>Checked on the LoRA and TLoRA runs at the last epoch both share (epoch {int(claims.epoch.iloc[0])}).</p>"
          + _claims_table(claims)) if has_pair else "<p>The paper's claims compare a LoRA run with a TLoRA run; these runs have no such pair.</p>",
-        "<h2>Summary</h2>", tables["summary"].set_index("run").T.to_html(float_format=lambda v: f"{v:.4g}", na_rep=""),
+        "<h2>Summary</h2>", tables["summary"].set_index("run").T.to_html(float_format=_number, na_rep=""),
         "<h2>Metrics per epoch</h2>", _metrics(runs),
         "<h2>Figures</h2>", *figures,
         "<h2>Run settings</h2>", _settings(runs),
@@ -181,12 +196,12 @@ def write_study_report(tables: Mapping[str, pd.DataFrame], study, out: str | Pat
         f"<h1>Study {html.escape(str(study.path))}: adaptation dynamics over seeds</h1>",
         "<p>Every number is a mean over seeds with a 95% percentile-bootstrap interval (scipy.stats.bootstrap); "
         "quantities are defined in the project's <code>docs/quantities.md</code>.</p>",
-        f"<pre>{html.escape(json.dumps(study.spec.raw, indent=1))}</pre>",
-        "<h2>Runs</h2>", runs.drop(columns=["path"]).to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""),
+        _spec_list(study.spec.raw),
+        "<h2>Runs</h2>", runs.drop(columns=["path"]).to_html(index=False, float_format=_number, na_rep=""),
     ]
     if "runs_over_seeds" in tables:
         body += ["<h2>Final metric and parameters over seeds</h2>",
-                 tables["runs_over_seeds"].to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")]
+                 tables["runs_over_seeds"].to_html(index=False, float_format=_number, na_rep="")]
     if "claims" in tables and len(tables["claims"]):
         claims = tables["claims"]
         body += ["<h2>Claims audit</h2>",

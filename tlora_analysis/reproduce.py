@@ -71,12 +71,15 @@ def _run_or_reuse(spec: dict, study_dir: Path, retrain: bool, executor: Executor
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
-    """Every table as ``NAME.csv`` (nested dicts of tables go to a subfolder of that name)."""
+    """Every table that has rows as ``NAME.csv`` (nested dicts of tables go to a subfolder of that name); an
+    empty one (rank similarity in a study of one rank) is left out rather than written as a header alone."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, table in tables.items():
         if isinstance(table, dict):
             paths += write_tables(table, out_dir / name)
+            continue
+        if table.empty:
             continue
         path = out_dir / f"{name}.csv"
         atomic_write_bytes(path, table.to_csv(index=False).encode())

@@ -26,6 +26,7 @@ from .similarity import (
 )
 from .spectra import core_eigenvalues, effective_rank, rank_measures, spectra
 from .summary import summary
+from .training_curves import gradient_norms, training_metrics
 
 _LAZY = {"weight_distributions": "distributions", "weight_histograms": "distributions", "compare_runs": "compare", "paper_claims": "claims", "READINGS": "claims",
          "aggregate": "seed_statistics", "similarity_controls": "controls", "rank_similarity": "controls", "study_claims": "controls", "summarize_claims": "controls", "function_similarity": "function_space"}
@@ -36,7 +37,7 @@ __all__ = [
     "scale_variation", "weight_distributions", "weight_histograms", "update_similarity", "subspace_similarity",
     "subspace_similarity_table", "random_subspace_similarity", "amplification", "intruder_dimensions", "intruder_counts",
     "summary", "compare_runs", "paper_claims", "READINGS", "aggregate", "similarity_controls", "rank_similarity", "study_claims", "summarize_claims", "function_similarity",
-    "reachable_cosine", "adapted_weight_similarity", "runs_with_settings",
+    "reachable_cosine", "adapted_weight_similarity", "runs_with_settings", "training_metrics", "gradient_norms",
 ]
 
 

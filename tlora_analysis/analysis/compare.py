@@ -17,6 +17,7 @@ from .norms import norms, scales
 from .similarity import adapted_weight_similarity, paired_epochs, reachable_cosine, subspace_similarity_table, update_similarity
 from .spectra import core_eigenvalues, effective_rank, spectra
 from .summary import summary
+from .training_curves import gradient_norms, training_metrics
 
 METHOD_ORDER = {method: i for i, method in enumerate(METHODS)}
 
@@ -83,7 +84,8 @@ def _source_steps(adapted: list, bins: int) -> list:
             ("effective_rank", over(adapted, lambda r: effective_rank(r, energy=ANALYSIS.energy_rank))),
             ("weight_stats", over(adapted, lambda r: weight_distributions(r, pool=True))),
             ("weight_histograms", over(adapted, lambda r: weight_histograms(r, bins=bins, pool=True))),
-            ("subspace_epochs", over(trajectories, drift)), ("summary", over(adapted, summary)), ("scales", over(scaled, scales))]
+            ("subspace_epochs", over(trajectories, drift)), ("summary", over(adapted, summary)), ("scales", over(scaled, scales)),
+            ("metrics", over(adapted, training_metrics)), ("grad_norms", over(adapted, gradient_norms))]
 
 
 def _all_pairs(adapted: list, baseline_samples: int) -> pd.DataFrame | None:

@@ -29,6 +29,8 @@ FIGURES = {
     "subspace_drift": (geometry.subspace_drift, ("subspace_epochs",), "φ between each epoch and the last"),
     "effective_rank": (geometry.effective_rank, ("effective_rank",), "stable and entropy effective rank over epochs"),
     "intruders": (geometry.intruders, ("intruder_counts", "amplification"), "intruder dimensions and amplification factors"),
+    "learning_curves": (dynamics.learning_curves, ("metrics",), "training loss and evaluation metrics over epochs, per source"),
+    "gradient_norms": (dynamics.gradient_norms, ("grad_norms",), "each layer's gradient-norm RMS per epoch, mean over layers"),
 }
 
 
@@ -39,6 +41,8 @@ SKIP_REASONS = {
     "subspace_epochs": "no source has a trajectory (adapters, exports and snapshot files hold one state)",
     "similarity_pairs": "only one source",
     "intruder_counts": "no base model (W0): pass --base, or the base named in the runs must be local",
+    "metrics": "no source recorded training metrics (adapters hold none)",
+    "grad_norms": "no source recorded gradient norms (adapters hold none; train --no-grad-norms records none)",
 }
 
 

@@ -139,3 +139,31 @@ def weight_histograms(histograms: pd.DataFrame, stats: pd.DataFrame):
                 ax.set_xlabel("entry value")
     axes[0][1].legend(loc="upper right", fontsize=8)
     return fig
+
+
+def learning_curves(metrics: pd.DataFrame):
+    """Every recorded metric over epochs (train loss, evaluation loss, the task's metric), one line per source."""
+    columns = [c for c in metrics.columns if c not in ("run", "method", "epoch", "seed") and pd.api.types.is_numeric_dtype(metrics[c])
+               and metrics[c].notna().any() and not c.endswith("_s")]
+    styles = source_styles(metrics)
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.4 * len(columns), 2.8), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        for label, group in metrics.dropna(subset=[column]).groupby("run", sort=False):
+            ax.plot(group.epoch, group[column], ms=3, label=label, **styles[label])
+        ax.set(title=column.replace("_", " "), xlabel="epoch")
+    axes[0][-1].legend(fontsize=7)
+    return fig
+
+
+def gradient_norms(grad_norms: pd.DataFrame):
+    """RMS over each epoch's steps of every layer's gradient norm, mean over layers (band: min–max), per module."""
+    modules, styles = modules_of(grad_norms), source_styles(grad_norms)
+    fig, axes = plt.subplots(1, len(modules), figsize=(3.8 * len(modules), 2.9), squeeze=False, sharey=True)
+    for ax, module in zip(axes[0], modules):
+        for label, group in grad_norms[grad_norms.module == module].groupby("run", sort=False):
+            stats = group.groupby("epoch").grad_norm_rms.agg(["mean", "min", "max"])
+            ax.semilogy(stats.index, stats["mean"], ms=3, label=label, **styles[label])
+            ax.fill_between(stats.index, stats["min"], stats["max"], color=styles[label]["color"], alpha=0.12)
+        ax.set(title=module, xlabel="epoch", ylabel="gradient-norm RMS over steps")
+    axes[0][-1].legend(fontsize=7)
+    return fig
