@@ -67,7 +67,9 @@ def write_study(root: Path) -> Path:
 
 
 def analyse(study_dir: str, queue) -> None:
+    """In one process, side by side: the analysis alone, then what ``figures`` and ``report`` do on top of it."""
     from tlora_analysis.analysis.compare import compare_study
+    from tlora_analysis.cli import main as cli
     from tlora_analysis.study import load_study
 
     start = time.perf_counter()
@@ -75,9 +77,16 @@ def analyse(study_dir: str, queue) -> None:
     elapsed = time.perf_counter() - start
     rows = sum(len(t) for t in tables.values() if hasattr(t, "__len__") and not isinstance(t, dict))
     pairs = tables["controls"].groupby("kind").apply(lambda g: len(g[["run_a", "run_b"]].drop_duplicates()), include_groups=False).to_dict()
+    commands = {}
+    with tempfile.TemporaryDirectory() as out:
+        for name, args in (("figures", ["figures", study_dir, "--out", f"{out}/figs", "--no-base"]),
+                           ("report", ["report", study_dir, "--out", f"{out}/figs/report.html", "--no-base"])):
+            start = time.perf_counter()
+            assert cli(args) == 0
+            commands[name] = time.perf_counter() - start
     with open("/proc/self/status") as status:
         peak_kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    queue.put((elapsed, peak_kib * 1024, rows, pairs, len(tables["claims"])))
+    queue.put((elapsed, commands, peak_kib * 1024, rows, pairs, len(tables["claims"])))
 
 
 def main() -> str:
@@ -93,8 +102,10 @@ def main() -> str:
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"the analysis process failed with exit code {process.exitcode}")
-        elapsed, peak, rows, pairs, claims = queue.get()
-    print(f"  wrote the study ({megabytes(stored)}) in {written:.0f}s; analysis {elapsed:.1f}s", file=sys.stderr)
+        elapsed, commands, peak, rows, pairs, claims = queue.get()
+    both = commands["figures"] + commands["report"]
+    print(f"  wrote the study ({megabytes(stored)}) in {written:.0f}s; analysis {elapsed:.1f}s; figures {commands['figures']:.1f}s; "
+          f"report {commands['report']:.1f}s", file=sys.stderr)
     return table(
         ["what", "value"],
         [
@@ -103,7 +114,10 @@ def main() -> str:
             ["control pairs at the last epoch", ", ".join(f"{k}: {v}" for k, v in pairs.items())],
             ["table rows produced", f"{rows:,} (claims summary: {claims} rows)"],
             ["time: load_study + compare_study (every table, CIs, controls, claims)", f"**{elapsed:.1f} s** (target < 120 s)"],
-            ["peak resident memory of the analysis process, torch included", f"**{megabytes(peak)}** (target < 4 GB)"],
+            ["time: `tlora-analysis figures STUDY` (analysis, every figure as PNG + PDF, tables)", f"{commands['figures']:.1f} s"],
+            ["time: `tlora-analysis report STUDY` into the figures folder", f"{commands['report']:.1f} s"],
+            ["time: figures + report, side by side with the analysis alone above", f"**{both:.1f} s** (target < 120 s)"],
+            ["peak resident memory of the process (analysis, figures and report), torch included", f"**{megabytes(peak)}** (target < 4 GB)"],
             ["snapshots on disk", megabytes(stored)],
         ],
     )

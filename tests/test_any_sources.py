@@ -141,7 +141,7 @@ def test_bad_sets_are_refused_in_one_line(tmp_path, kinds):
     assert not (tmp_path / "f").exists()
 
 
-def test_a_study_that_does_not_sweep_seed_draws_and_reports(tmp_path, tiny_model_dir):
+def test_a_study_that_does_not_sweep_seed_draws_and_reports(tmp_path, tiny_model_dir, capsys):
     from tlora_analysis.study import run_study
 
     spec = {"method": ["lora", "tlora"], "model": tiny_model_dir, "epochs": 1, "max_train_samples": 16, "max_eval_samples": 8,
@@ -150,6 +150,11 @@ def test_a_study_that_does_not_sweep_seed_draws_and_reports(tmp_path, tiny_model
     assert set(study.runs.status) == {"finished"} and "seed" not in study.runs.columns
     assert main(["figures", str(study.path), "--out", str(tmp_path / "figures"), "--no-base"]) == 0
     assert main(["report", str(study.path), "--out", str(tmp_path / "report.html"), "--no-base"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(study.path), "--out", str(tmp_path / "figures" / "report.html"), "--no-base"]) == 0
+    assert "reusing the tables and figures" in capsys.readouterr().out
+    fresh, reused = (tmp_path / "report.html").read_text(), (tmp_path / "figures" / "report.html").read_text()
+    assert fresh.count("data:image/png") == reused.count("data:image/png") and fresh.count("<tr>") == reused.count("<tr>")
 
 
 def test_a_report_beside_its_figures_reuses_their_tables_and_says_so(tmp_path, kinds, capsys):

@@ -16,11 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from helpers import ENV, cli, expect_error, tree_digest
 from tlora_analysis import adapter_layers, inject_adapters
+from tlora_analysis.errors import InputError
 from tlora_analysis.io import atomic_write_json, umask
 from tlora_analysis.lock import RunLock
 from tlora_analysis.methods import METHOD_SPECS
 from tlora_analysis.models import DEFAULT_MODEL_HUB_NAME, load_model
 from tlora_analysis.recording import DeltaRecorder
+from tlora_analysis.store import load_run
 
 
 def copy_of(src, tmp_path, name="copy"):
@@ -241,3 +243,36 @@ def test_an_unknown_method_is_refused_with_the_known_ones():
     result = cli("train", "--method", "dora", "--out", "x")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "invalid choice: 'dora'" in result.stderr and ", ".join(METHOD_SPECS) in result.stderr.replace("'", "")
+
+
+# --------------------------------------------------------------------------- the surface a user meets
+def test_version_and_registry_driven_help():
+    from tlora_analysis import __version__
+
+    result = cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"tlora-analysis {__version__}"
+    top = cli("--help").stdout
+    assert all(label in top for label in ("LoRA-FA", "VeRA", "LoRA-XS"))
+    train_help = " ".join(cli("train", "--help").stdout.split())
+    assert "attention, mlp, all-linear" in train_help and "--task lm" in train_help
+
+
+def test_train_without_method_uses_the_documented_default(tmp_path, tiny_model_dir):
+    result = cli("train", "--model", tiny_model_dir, "--out", tmp_path / "run", "--max-train-samples", "16", "--max-eval-samples", "8",
+                 "--batch-size", "8", "--max-length", "16", "--epochs", "1", "--no-progress", timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["method"] == "tlora"
+
+
+def test_a_study_directory_where_a_run_is_expected_says_what_it_is(tmp_path):
+    (tmp_path / "S").mkdir()
+    (tmp_path / "S" / "study.json").write_text("{}")
+    with pytest.raises(InputError, match="it is a study directory: open it with load_study"):
+        load_run(tmp_path / "S")
+    expect_error(cli("inspect", tmp_path / "S"), "a study directory, not one source")
+
+
+def test_glue_offline_points_to_data_dir(tmp_path):
+    expect_error(cli("train", "--method", "lora", "--task", "rte", "--out", tmp_path / "run", "--no-progress", timeout=120),
+                 "offline, pass --data-dir")
+    assert not (tmp_path / "run").exists()

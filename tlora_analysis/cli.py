@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .methods.spec import METHOD_SPECS
+from .reuse import fingerprint, manifest_matches, read_tables
 
 PROG = "tlora-analysis"
 
@@ -114,22 +115,6 @@ def _compare_study(study, args):
     return compare_study(study, weights), base
 
 
-def _labelled_paths(arguments: list[str]) -> dict[str, str] | list[str]:
-    """``NAME=PATH`` arguments as a mapping label -> path (an existing path with '=' in it stays a path)."""
-    named = [a.partition("=") if "=" in a and not Path(a).exists() else (None, None, a) for a in arguments]
-    if all(label is None for label, _, _ in named):
-        return arguments
-    if any(label is None for label, _, _ in named):
-        raise InputError("label every source (NAME=PATH) or none; mixed: " + ", ".join(a for a in arguments if "=" not in a))
-    return {label: path for label, _, path in named} if len({label for label, _, _ in named}) == len(named) else \
-        _refuse_twice([label for label, _, _ in named])
-
-
-def _refuse_twice(labels: list[str]):
-    twice = next(label for label in labels if labels.count(label) > 1)
-    raise InputError(f"label {twice!r} names two sources; give each source its own label")
-
-
 def _compare(args):
     """Open and label the sources as given (a snapshot file stays one epoch) and compute every table.
 
@@ -137,9 +122,9 @@ def _compare(args):
     """
     from .analysis import compare_runs
     from .models import base_weights, model_named_in_file
-    from .sources import open_sources
+    from .sources import labelled_paths, open_sources
 
-    sources = open_sources(_labelled_paths(args.runs), base=args.base)
+    sources = open_sources(labelled_paths(args.runs), base=args.base)
     adapted = [s for s in sources if s.layers]
     if not adapted:
         raise InputError(f"{args.runs[0]}: none of the sources has adapted layers to analyse")
@@ -192,8 +177,11 @@ def _cmd_figures(args) -> int:
     study = _study(args)
     if study:
         tables, base = _compare_study(study, args)
+        from .reproduce import write_tables
+
         entries = render_study(tables, args.out, sources={n: str(study.run_dir(n)) for n in study.cells},
-                               settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS)})
+                               settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
+        write_tables(tables, Path(args.out) / "tables")  # a report written into this folder reuses them
         _print_skipped(Path(args.out))
         print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
         return 0
@@ -201,7 +189,7 @@ def _cmd_figures(args) -> int:
 
     sources, tables, base = _compare(args)
     entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources},
-                         settings={"base": base, **asdict(ANALYSIS), "fingerprint": _fingerprint(args.runs)})
+                         settings={"base": base, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
     write_tables(tables, Path(args.out) / "tables")  # a report written into this folder reuses them
     _print_skipped(Path(args.out))
     print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
@@ -233,6 +221,11 @@ def _cmd_report(args) -> int:
 
         from .figures import render_study
 
+        folder = Path(args.out).parent
+        if manifest_matches(folder, args, study=study.spec.raw):
+            print(f"reusing the tables and figures in {folder} (written by figures for this study)")
+            print(f"wrote {write_study_report(read_tables(folder / 'tables'), study, args.out, folder)}")
+            return 0
         tables, _ = _compare_study(study, args)
         with tempfile.TemporaryDirectory() as scratch:
             render_study(tables, scratch)
@@ -248,44 +241,6 @@ def _cmd_report(args) -> int:
     print(f"wrote {write_report(tables, sources, args.out)}")
     return 0
 
-
-def _fingerprint(arguments: list[str]) -> str:
-    """Name, size and modification time of every file of the sources as given: what a later ``report``
-    checks before it reuses the tables ``figures`` wrote from them."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for argument in arguments:
-        path = Path(argument.partition("=")[2] if "=" in argument and not Path(argument).exists() else argument)
-        for file in sorted([path] if path.is_file() else path.rglob("*")):
-            if file.is_file():
-                stat = file.stat()
-                digest.update(f"{argument}\0{file.relative_to(path.parent)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def _figures_beside(args):
-    """(sources, tables, folder) when the report goes into a folder where ``figures`` wrote its output for
-    exactly these sources (labels, paths, base, unchanged files); else None."""
-    import json
-
-    import pandas as pd
-
-    from .sources import open_sources
-
-    folder = Path(args.out).parent
-    manifest_path = folder / "figures.json"
-    if not manifest_path.is_file() or not (folder / "tables").is_dir():
-        return None
-    manifest = json.loads(manifest_path.read_text())
-    settings = manifest.get("settings", {})
-    if settings.get("fingerprint") != _fingerprint(args.runs) or (settings.get("base") is None) != bool(args.no_base or False):
-        return None
-    sources = open_sources(_labelled_paths(args.runs), base=args.base)
-    if manifest.get("sources") != {s.name: str(s.path) for s in sources}:
-        return None
-    tables = {p.stem: pd.read_csv(p) for p in sorted((folder / "tables").glob("*.csv"))}
-    return sources, tables, folder
 
 
 def _add_reproduce(sub) -> None:
@@ -410,3 +365,20 @@ def _error(message: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _figures_beside(args):
+    """(sources, tables, folder) when the report goes into a folder where ``figures`` wrote its output for
+    exactly these sources (labels, paths, base, unchanged files); else None."""
+    import json
+
+    from .reuse import manifest_matches, read_tables
+    from .sources import labelled_paths, open_sources
+
+    folder = Path(args.out).parent
+    if not manifest_matches(folder, args):
+        return None
+    sources = open_sources(labelled_paths(args.runs), base=args.base)
+    if json.loads((folder / "figures.json").read_text()).get("sources") != {s.name: str(s.path) for s in sources}:
+        return None
+    return sources, read_tables(folder / "tables"), folder

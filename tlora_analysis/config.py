@@ -59,11 +59,14 @@ MAX_ALPHA = 1e6
 
 
 def option(default: Any = MISSING, help: str = "", *, factory: Any = MISSING, cli: bool = True, flag: str | None = None,
-           **argparse_kwargs: Any):
+           short: str | None = None, setting: bool = True, **argparse_kwargs: Any):
     """A dataclass field that carries its command-line help (peft's ``LoraConfig`` style).
 
-    ``flag`` names a boolean field's switch (default ``--name``, or ``--no-name`` when the default is True)."""
-    metadata = {"help": help, "cli": cli, "flag": flag, "argparse": argparse_kwargs}
+    ``flag`` names a boolean field's switch (default ``--name``, or ``--no-name`` when the default is True);
+    ``short`` is how a swept value appears in a study cell's name (``r8``; default: the name without
+    underscores); ``setting=False`` marks a field that never changes what a run learns (the device), so
+    it never becomes an analysis column."""
+    metadata = {"help": help, "cli": cli, "flag": flag, "short": short, "setting": setting, "argparse": argparse_kwargs}
     if factory is not MISSING:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -79,34 +82,35 @@ class TrainConfig:
     method: str = option("tlora", "method: " + ", ".join(f"{n} ({s.label})" for n, s in METHOD_SPECS.items())
                          + "; 'full' trains the target matrices whole, 'head' only the classifier", choices=TRAIN_METHODS)
     task: str = option("default", "task; 'default' is the embedded offline sentiment task, 'lm' causal-LM fine-tuning "
-                                  "(see --data-file)", choices=tuple(TASKS))
-    model: str = option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2")
-    rank: int = option(8, "adapter rank r")
-    alpha: float | None = option(None, _alpha_help())
-    init: str = option(_TLORA_INIT.default, _TLORA_INIT.help, choices=_TLORA_INIT.choices)
-    targets: list[str] = option(help="module name suffixes to adapt", factory=lambda: ["query", "value"], nargs="+")
-    epochs: int = option(4, "training epochs (with --resume: train up to this many)")
-    lr: float | None = option(None, _lr_help())
-    batch_size: int = option(32, "examples per optimizer step")
+                                  "(see --data-file)", choices=tuple(TASKS), short="")
+    model: str = option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2", short="")
+    rank: int = option(8, "adapter rank r", short="r")
+    alpha: float | None = option(None, _alpha_help(), short="a")
+    init: str = option(_TLORA_INIT.default, _TLORA_INIT.help, choices=_TLORA_INIT.choices, short="init")
+    targets: list[str] = option(help="module name suffixes to adapt, or a preset: attention, mlp, all-linear (every linear layer but "
+                                     "the output head, as in peft)", factory=lambda: ["query", "value"], nargs="+", short="t")
+    epochs: int = option(4, "training epochs (with --resume: train up to this many)", short="e")
+    lr: float | None = option(None, _lr_help(), short="lr")
+    batch_size: int = option(32, "examples per optimizer step", short="bs")
     max_length: int = option(64, "maximum tokens per example")
-    max_train_samples: int | None = option(None, "use only the first N training examples")
+    max_train_samples: int | None = option(None, "use only the first N training examples", short="n")
     max_eval_samples: int | None = option(None, "use only the first N validation examples")
     warmup_ratio: float = option(0.06, "fraction of all steps spent on linear learning-rate warm-up")
     weight_decay: float = option(0.0, "AdamW weight decay")
-    seed: int = option(0, "seeds data order, dropout, the head and the frozen matrices")
-    device: str = option("cpu", "cpu, cuda or cuda:N")
+    seed: int = option(0, "seeds data order, dropout, the head and the frozen matrices", short="s")
+    device: str = option("cpu", "cpu, cuda or cuda:N", setting=False)
     precision: str = option("fp32", "fp32, or bf16: forward and backward under bfloat16 autocast where the device supports it; "
                                     "the adapter factors stay float32 and are recorded in float32", choices=PRECISIONS)
     sharding: str = option("ddp", "under torchrun or accelerate launch: ddp keeps a whole model in every process; fsdp shards "
                                   "parameters, gradients and optimizer state (FSDP2, one unit per transformer block)",
-                           choices=SHARDINGS)
-    data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)")
+                           choices=SHARDINGS, setting=False)
+    data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)", setting=False)
     data_file: str | None = option(None, "--task lm: a local .txt (one example per line) or .jsonl ('text', or 'prompt' and "
                                          "'completion': loss on the completion only); default: the offline default LM task")
-    record_grad_norms: bool = option(True, "record each layer's gradient-norm RMS per epoch", flag="--no-grad-norms")
+    record_grad_norms: bool = option(True, "record each layer's gradient-norm RMS per epoch", flag="--no-grad-norms", setting=False)
     report_to: list[str] = option(help=f"also send per-layer update geometry to these ({', '.join(REPORT_TO)})",
-                                   factory=list, nargs="*", choices=REPORT_TO)
-    log_every_steps: int = option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)")
+                                   factory=list, nargs="*", choices=REPORT_TO, setting=False)
+    log_every_steps: int = option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)", setting=False)
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_SPECS:
@@ -170,6 +174,21 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def field_shorts(cls: type = TrainConfig) -> dict[str, str]:
+    """How each field's swept value appears in a study cell's name (``option(short=...)``)."""
+    return {f.name: f.name.replace("_", "") if f.metadata.get("short") is None else f.metadata["short"] for f in fields(cls)}
+
+
+def list_fields(cls: type = TrainConfig) -> tuple[str, ...]:
+    """Fields whose one value is a list of strings (a list of lists sweeps them)."""
+    return tuple(f.name for f in fields(cls) if str(f.type).startswith("list"))
+
+
+def non_settings(cls: type = TrainConfig) -> tuple[str, ...]:
+    """Fields that never change what a run learns (``option(setting=False)``): never analysis columns."""
+    return tuple(f.name for f in fields(cls) if not f.metadata.get("setting", True))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type = TrainConfig) -> None:

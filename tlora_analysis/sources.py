@@ -24,7 +24,7 @@ from .methods.spec import METHOD_SPECS
 from .store import Run, snapshot_name
 from .tensors import check_values, read_tensors
 
-__all__ = ["open_updates", "open_sources", "Labelled", "SingleState", "PeftAdapter", "open_peft", "refuse_pickle", "refuse_pickled_files"]
+__all__ = ["open_updates", "open_sources", "labelled_paths", "Labelled", "SingleState", "PeftAdapter", "open_peft", "refuse_pickle", "refuse_pickled_files"]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
@@ -210,6 +210,9 @@ def open_updates(path: str | Path, base: str | None = None):
     if not any(path.iterdir()):
         raise InputError(f"{path}: empty directory; expected a run (run.json) or a PEFT adapter (adapter_config.json)")
     refuse_pickled_files(path)
+    if (path / "study.json").is_file():
+        raise InputError(f"{path}: a study directory, not one source; give it alone to analyze, figures or report, or open it "
+                         "with load_study (its cells are under runs/)")
     raise InputError(f"{path}: neither a run directory (no run.json) nor a PEFT adapter directory (no adapter_config.json)")
 
 
@@ -275,3 +278,18 @@ def _auto_labels(sources: list, taken: set[str]) -> list[str]:
         unique.append(label if labels.count(label) == 1 and label not in taken else f"{label}-{counts[label]}")
     return unique
 
+
+def labelled_paths(arguments: list[str]) -> dict[str, str] | list[str]:
+    """``NAME=PATH`` arguments as a mapping label -> path (an existing path with '=' in it stays a path)."""
+    named = [a.partition("=") if "=" in a and not Path(a).exists() else (None, None, a) for a in arguments]
+    if all(label is None for label, _, _ in named):
+        return arguments
+    if any(label is None for label, _, _ in named):
+        raise InputError("label every source (NAME=PATH) or none; mixed: " + ", ".join(a for a in arguments if "=" not in a))
+    return {label: path for label, _, path in named} if len({label for label, _, _ in named}) == len(named) else \
+        _refuse_twice([label for label, _, _ in named])
+
+
+def _refuse_twice(labels: list[str]):
+    twice = next(label for label in labels if labels.count(label) > 1)
+    raise InputError(f"label {twice!r} names two sources; give each source its own label")

@@ -173,7 +173,9 @@ class Run:
             raise InputError(f"{self.path}: a run is a directory holding run.json")
         json_path = self.path / RUN_JSON
         if not json_path.exists():
-            raise InputError(f"{self.path}: not a run directory (no {RUN_JSON})")
+            hint = ("; it is a study directory: open it with load_study, or give it to analyze, figures or report"
+                    if (self.path / "study.json").is_file() else "")
+            raise InputError(f"{self.path}: not a run directory (no {RUN_JSON}){hint}")
         self.meta = read_json(inside(self.path, json_path, RUN_JSON), RUN_JSON)
         where = str(json_path)
         if self.meta.get("format") != RUN_FORMAT:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
+from ..config import non_settings
 from ..errors import InputError
 from ..factored import FactoredDelta
 from ..methods.spec import METHOD_SPECS
@@ -103,8 +104,8 @@ def iter_deltas(source: UpdateSource, epochs: Iterable[int] | None = None) -> It
             yield row_key(source, name, epoch), delta
 
 
-NOT_SETTINGS = ("device", "report_to", "log_every_steps", "record_grad_norms", "data_dir", "sharding")
-"""Config fields that never change what a run learns, so they never become columns."""
+NOT_SETTINGS = non_settings()
+"""Config fields that never change what a run learns (``option(setting=False)``), so they never become columns."""
 
 
 def runs_with_settings(source) -> list[tuple[UpdateSource, dict]] | None:

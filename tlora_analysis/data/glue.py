@@ -125,7 +125,11 @@ def _load_from_hub(spec: TaskSpec) -> tuple[list[dict], list[dict]]:  # pragma: 
         from datasets import load_dataset
     except ImportError as err:
         raise InputError("loading GLUE from the Hub needs the datasets package (pip install 'tlora-analysis[glue]'), or pass --data-dir") from err
-    dataset = load_dataset("nyu-mll/glue", spec.name)
+    try:
+        dataset = load_dataset("nyu-mll/glue", spec.name)
+    except (ConnectionError, OSError, ValueError) as err:  # offline: datasets' own ConnectionError, or HF_HUB_OFFLINE
+        raise InputError(f"--task {spec.name}: could not load nyu-mll/glue from the Hub ({str(err).splitlines()[0][:120]}); "
+                         f"offline, pass --data-dir with GLUE's files (e.g. {spec.name.upper()}/train.tsv and dev.tsv)") from err
     keep = (*spec.text_columns, "label")
     return (
         [{k: row[k] for k in keep} for row in dataset["train"]],

@@ -28,7 +28,7 @@ class DeltaRecorderCallback(TrainerCallback):
     Args:
         run_dir: the run directory to write.
         metadata: extra run.json fields (task, model, ...).
-        record_grad_norms: record each layer's gradient-norm RMS per epoch: the norm of the
+        record_grad_norms: record each layer's gradient-norm RMS per epoch (on by default, as in ``train``): the norm of the
             gradient each optimizer step applies, reduced over processes and after the
             Trainer's clipping (``max_grad_norm``).
         trainer: give the Trainer (as TRL's callbacks take it) to send the update geometry
@@ -38,7 +38,7 @@ class DeltaRecorderCallback(TrainerCallback):
         log_every_steps: 0 logs the geometry at each snapshot only.
     """
 
-    def __init__(self, run_dir: str | Path, *, metadata: Mapping[str, Any] | None = None, record_grad_norms: bool = False,
+    def __init__(self, run_dir: str | Path, *, metadata: Mapping[str, Any] | None = None, record_grad_norms: bool = True,
                  trainer=None, log_every_steps: int = 0) -> None:
         self.run_dir = Path(run_dir)
         self.metadata = dict(metadata or {})

@@ -13,17 +13,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import TrainConfig, field_shorts, list_fields
 from ..errors import InputError
 from ..methods.spec import METHOD_SPECS
 
 __all__ = ["StudySpec", "parse_spec", "SPEC_KEYS", "LIST_FIELDS", "SHORT"]
 
 SPEC_KEYS = tuple(f.name for f in fields(TrainConfig))
-LIST_FIELDS = ("targets", "report_to")  # a list of strings is one value of these; a list of lists sweeps them
-SHORT = {"rank": "r", "lr": "lr", "seed": "s", "alpha": "a", "epochs": "e", "batch_size": "bs", "max_train_samples": "n",
-         "targets": "t", "init": "init", "task": "", "model": ""}
-"""How a swept setting appears in a cell's name; other settings use their own name."""
+LIST_FIELDS = list_fields()
+"""A list of strings is one value of these; a list of lists sweeps them."""
+SHORT = field_shorts()
+"""How a swept setting appears in a cell's name (``option(short=...)`` in ``TrainConfig``)."""
 
 
 def format_value(value: Any) -> str:
@@ -67,7 +67,7 @@ class StudySpec:
             keys = [k for k in self.named if k in options]
             for combo in itertools.product(*(options[k] for k in keys)):
                 settings = {"method": method, **dict(zip(keys, combo))}
-                name = "-".join([method] + [f"{SHORT.get(k, k.replace('_', ''))}{format_value(v)}" for k, v in zip(keys, combo)])
+                name = "-".join([method] + [f"{SHORT[k]}{format_value(v)}" for k, v in zip(keys, combo)])
                 if name in cells:
                     raise InputError(f"{where}: two cells would both be named {name!r}; make the swept values distinct")
                 cells[name] = settings
