@@ -50,7 +50,7 @@ class SafetensorsWeights(Mapping):
     """
 
     def __init__(self, directory: str | Path, names: list[str]) -> None:
-        from .sources import refuse_pickled_files
+        from .io import refuse_pickled_files
 
         self.directory = Path(directory)
         refuse_pickled_files(self.directory, only_if_no=".safetensors")

@@ -18,10 +18,10 @@ from .analysis import module_and_layer, rank_measures
 from .config import ANALYSIS
 from .errors import InputError
 from .factored import FactoredDelta
-from .io import inside, read_json
+from .io import inside, read_json, refuse_pickle, refuse_pickled_files
 from .methods import METHOD_SPECS, method_class
 from .models import base_weights, resolve_model
-from .sources import SingleState, open_updates, refuse_pickle, refuse_pickled_files
+from .sources import SingleState, open_updates
 from .tensors import read_tensors
 
 __all__ = ["inspect_checkpoint", "inspect_totals", "FullFineTune"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "umask", "read_json", "regular_file", "inside", "MAX_JSON_BYTES"]
+__all__ = ["PICKLE_SUFFIXES", "refuse_pickle", "refuse_pickled_files", "atomic_write_bytes", "atomic_write_json", "umask", "read_json", "regular_file", "inside", "MAX_JSON_BYTES"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -87,3 +87,29 @@ def inside(root: Path, path: Path, what: str) -> Path:
     if not resolved.is_relative_to(root.resolve()):
         raise InputError(f"{path}: {what} resolves to {resolved}, outside {root}; refusing to follow it")
     return path
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise InputError(
+            f"{path}: refusing to read a pickle-based file ({path.suffix}); unpickling executes code stored in the file. "
+            "Convert it once in a trusted environment to safetensors, e.g. "
+            "safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')"
+        )
+
+
+def refuse_pickled_files(folder: Path, only_if_no: str | None = None) -> None:
+    """If a folder holds a pickle-based file, say so (a better error than 'no safetensors found').
+
+    With ``only_if_no=".safetensors"``, pickles beside a safetensors file are left alone:
+    the loader reads the safetensors and never opens them.
+    """
+    files = list(folder.iterdir())
+    if only_if_no and any(p.suffix == only_if_no for p in files):
+        return
+    pickled = sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
+    if pickled:
+        refuse_pickle(pickled[0])

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .sources import refuse_pickled_files
+from .io import refuse_pickled_files
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_HUB_NAME", "default_model_path", "resolve_model", "portable_model_name",
            "model_named_in_file", "load_model", "load_tokenizer", "base_weights"]

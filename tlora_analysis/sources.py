@@ -19,37 +19,13 @@ import torch
 
 from .errors import InputError
 from .factored import FactoredDelta
-from .io import inside, read_json
+from .io import inside, read_json, refuse_pickle, refuse_pickled_files
 from .methods.spec import METHOD_SPECS
 from .store import Run, snapshot_name
 from .tensors import check_values, read_tensors
 
 __all__ = ["open_updates", "open_sources", "labelled_paths", "Labelled", "SingleState", "PeftAdapter", "open_peft", "refuse_pickle", "refuse_pickled_files"]
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-
-
-def refuse_pickle(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise InputError(
-            f"{path}: refusing to read a pickle-based file ({path.suffix}); unpickling executes code stored in the file. "
-            "Convert it once in a trusted environment to safetensors, e.g. "
-            "safetensors.torch.save_file(torch.load(path, weights_only=True), 'adapter_model.safetensors')"
-        )
-
-
-def refuse_pickled_files(folder: Path, only_if_no: str | None = None) -> None:
-    """If a folder holds a pickle-based file, say so (a better error than 'no safetensors found').
-
-    With ``only_if_no=".safetensors"``, pickles beside a safetensors file are left alone:
-    the loader reads the safetensors and never opens them.
-    """
-    files = list(folder.iterdir())
-    if only_if_no and any(p.suffix == only_if_no for p in files):
-        return
-    pickled = sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
-    if pickled:
-        refuse_pickle(pickled[0])
 
 
 class _SingleEpochRun:

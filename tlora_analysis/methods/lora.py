@@ -12,7 +12,7 @@ from ..errors import InputError, require
 from ..factored import FactoredDelta
 from ..tensors import MAX_DIM
 from .base import AdapterLayer, check_scale, register_method
-from .peft_format import check_number, module_key, pattern_value
+from .peft_format import check_number, group_by_module, pattern_value
 
 
 def lora_a_init(seed: int, rank: int, d_in: int) -> Tensor:
@@ -86,11 +86,7 @@ class LoRALinear(AdapterLayer):
         for field in ("rank_pattern", "alpha_pattern"):
             if not isinstance(config.get(field) or {}, dict):
                 raise InputError(f"{where}: {field!r} should map module-name patterns to values")
-        pairs: dict[str, dict[str, Tensor]] = {}
-        for key, tensor in tensors.items():
-            found = module_key(key, r"lora_(?P<which>[AB])")
-            if found:
-                pairs.setdefault(found[0], {})[found[1]] = tensor
+        pairs = group_by_module(tensors, r"lora_(?P<which>[AB])")
         if not pairs:
             raise InputError(f"{where}: no lora_A/lora_B tensors found (keys look like {next(iter(tensors), 'nothing')!r})")
         layers = {}

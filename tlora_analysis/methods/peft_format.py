@@ -11,7 +11,7 @@ import re
 
 from ..errors import InputError
 
-__all__ = ["PEFT_PREFIX", "module_key", "pattern_value", "check_number", "PATTERN_TIMEOUT_S"]
+__all__ = ["PEFT_PREFIX", "module_key", "group_by_module", "pattern_value", "check_number", "PATTERN_TIMEOUT_S"]
 
 PEFT_PREFIX = "base_model.model."
 PATTERN_TIMEOUT_S = 0.05
@@ -24,6 +24,16 @@ def module_key(key: str, suffixes: str) -> tuple[str, str] | None:
     peft's adapter-name segment (``.default``) and ``.weight`` are optional."""
     match = re.fullmatch(rf"(?:{re.escape(PEFT_PREFIX)})?(?P<module>.+)\.{suffixes}(?:\.[^.]+)?(?:\.weight)?", key)
     return (match["module"], match["which"]) if match else None
+
+
+def group_by_module(tensors: dict, suffixes: str) -> dict[str, dict]:
+    """``{module: {which: tensor}}`` of the peft keys that :func:`module_key` recognises with ``suffixes``."""
+    grouped: dict[str, dict] = {}
+    for key, tensor in tensors.items():
+        found = module_key(key, suffixes)
+        if found:
+            grouped.setdefault(found[0], {})[found[1]] = tensor
+    return grouped
 
 
 def pattern_value(patterns: dict, module: str, default, where: str):

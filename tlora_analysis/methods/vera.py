@@ -11,7 +11,7 @@ from ..errors import InputError, require
 from ..factored import FactoredDelta
 from ..tensors import MAX_DIM, MAX_FROZEN_ELEMENTS, _is_int
 from .base import AdapterLayer, register_method
-from .peft_format import check_number, module_key
+from .peft_format import check_number, group_by_module
 from .spec import METHOD_SPECS
 
 
@@ -132,11 +132,7 @@ class VeRALinear(AdapterLayer):
         if config.get("fan_in_fan_out"):
             raise InputError(f"{where}: VeRA adapters with fan_in_fan_out are not supported")
         seed = check_number(config.get("projection_prng_key", 0), where, "'projection_prng_key'", 0, 2**63 - 1, integer=True)
-        lambdas: dict[str, dict[str, Tensor]] = {}
-        for key, tensor in tensors.items():
-            found = module_key(key, r"vera_lambda_(?P<which>[bd])")
-            if found:
-                lambdas.setdefault(found[0], {})[found[1]] = tensor
+        lambdas = group_by_module(tensors, r"vera_lambda_(?P<which>[bd])")
         if not lambdas:
             raise InputError(f"{where}: no vera_lambda_b/vera_lambda_d tensors found")
         for module, pair in lambdas.items():

@@ -3,7 +3,7 @@
 
 from ..config import TrainConfig
 from .batches import evaluate
-from .model import load_snapshot_into, restore_model, resume
-from .recipe import TrainingRecipe, train
+from .model import load_snapshot_into, restore_model
+from .recipe import TrainingRecipe, resume, train
 
 __all__ = ["TrainConfig", "TrainingRecipe", "train", "resume", "restore_model", "load_snapshot_into", "evaluate"]

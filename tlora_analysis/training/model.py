@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +11,11 @@ from ..adapters import CLASSIFIER_HEADS, adapter_layers, inject_adapters, tensor
 from ..config import TrainConfig
 from ..data import TASKS
 from ..errors import InputError
-from ..io import read_json
 from ..methods import METHOD_SPECS
 from ..models import load_causal_lm, load_model, model_named_in_file
 from ..store import HEAD_PREFIX, Run, load_run
 
-__all__ = ["build_model", "load_snapshot_into", "restore_model", "resume", "check_device", "seed_everything"]
+__all__ = ["build_model", "load_snapshot_into", "restore_model", "check_device", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -90,30 +88,3 @@ def restore_model(run: Run | str | Path, epoch: int | None = None, device: str =
     model = build_model(config, TASKS[config.task].num_labels)
     load_snapshot_into(model, run.layers, tensors, run.path / "run.json")
     return model.eval()
-
-
-def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, model: str | None = None,
-           progress: bool = True, log: Callable[[str], None] = print) -> Run:
-    """Continue a run from its last finished epoch, with the configuration stored in its run.json.
-
-    Resuming with the same ``epochs`` reproduces the uninterrupted run exactly. A larger
-    ``epochs`` extends it: the learning-rate schedule is then stretched over the new total
-    from the step reached, so the result differs from a run planned that long from the start.
-    ``device`` moves the rest of the run to another device. A Hub model named in run.json is
-    loaded only if ``model`` names it (or a local copy of it).
-    """
-    from .recipe import train
-
-    meta = read_json(Path(run_dir) / "run.json", "run.json")
-    if not isinstance(meta.get("config"), dict):
-        raise InputError(f"{Path(run_dir) / 'run.json'}: has no 'config' (not written by tlora-analysis train), cannot resume")
-    try:
-        config = TrainConfig.from_dict(meta["config"])
-    except TypeError as err:
-        raise InputError(f"{Path(run_dir) / 'run.json'}: 'config' is not a valid training configuration ({err})") from err
-    if epochs is not None:
-        config.epochs = epochs
-    if device is not None:
-        config.device = device
-    config.model = model_named_in_file(config.model, Path(run_dir) / "run.json", model)
-    return train(config, run_dir, resume=True, progress=progress, log=log)

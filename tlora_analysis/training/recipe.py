@@ -25,17 +25,18 @@ from ..data.encode import encode
 from ..data.lm import predicted_tokens
 from ..distributed import full_parameters, squared_grad_norms, start_processes
 from ..errors import InputError
+from ..io import read_json
 from ..live import make_sinks
 from ..lock import RunLock
 from ..methods import METHOD_SPECS
-from ..models import load_tokenizer
+from ..models import load_tokenizer, model_named_in_file
 from ..recording import DeltaRecorder, trainable_groups
 from ..store import Run, load_run
 from .batches import autocast, derived_seed, evaluate, lr_at, make_batch
 from .model import build_model, check_device
 from .resume_state import check_resumable, load_resume_state, restore_optimizer, resume_tensors
 
-__all__ = ["TrainingRecipe", "train"]
+__all__ = ["TrainingRecipe", "train", "resume"]
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> Run:
@@ -54,6 +55,31 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     metrics is the mean of the per-step training losses of that epoch.
     """
     return TrainingRecipe(config, out_dir, resume=resume, progress=progress, log=log).train()
+
+
+def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, model: str | None = None,
+           progress: bool = True, log: Callable[[str], None] = print) -> Run:
+    """Continue a run from its last finished epoch, with the configuration stored in its run.json.
+
+    Resuming with the same ``epochs`` reproduces the uninterrupted run exactly. A larger
+    ``epochs`` extends it: the learning-rate schedule is then stretched over the new total
+    from the step reached, so the result differs from a run planned that long from the start.
+    ``device`` moves the rest of the run to another device. A Hub model named in run.json is
+    loaded only if ``model`` names it (or a local copy of it).
+    """
+    meta = read_json(Path(run_dir) / "run.json", "run.json")
+    if not isinstance(meta.get("config"), dict):
+        raise InputError(f"{Path(run_dir) / 'run.json'}: has no 'config' (not written by tlora-analysis train), cannot resume")
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except TypeError as err:
+        raise InputError(f"{Path(run_dir) / 'run.json'}: 'config' is not a valid training configuration ({err})") from err
+    if epochs is not None:
+        config.epochs = epochs
+    if device is not None:
+        config.device = device
+    config.model = model_named_in_file(config.model, Path(run_dir) / "run.json", model)
+    return train(config, run_dir, resume=True, progress=progress, log=log)
 
 
 class TrainingRecipe:
