@@ -208,7 +208,8 @@ def _add_report(sub) -> None:
                        description="Write a self-contained HTML report for a set of runs, ending with the TLoRA paper's "
                                    "findings checked on its LoRA and TLoRA runs (statistic, threshold, verdict).")
     _add_runs(p)
-    p.add_argument("--out", required=True, help="the HTML file to write")
+    p.add_argument("--out", required=True, help="the HTML file to write; the claims go beside it as OUT.claims.json "
+                                                "(OUT.claims.csv for a study), replacing an earlier one")
     p.set_defaults(func=_cmd_report)
 
 
@@ -224,22 +225,28 @@ def _cmd_report(args) -> int:
         folder = Path(args.out).parent
         if manifest_matches(folder, args, study=study.spec.raw):
             print(f"reusing the tables and figures in {folder} (written by figures for this study)")
-            print(f"wrote {write_study_report(read_tables(folder / 'tables'), study, args.out, folder)}")
+            _print_written(write_study_report(read_tables(folder / 'tables'), study, args.out, folder), ".claims.csv")
             return 0
         tables, _ = _compare_study(study, args)
         with tempfile.TemporaryDirectory() as scratch:
             render_study(tables, scratch)
-            print(f"wrote {write_study_report(tables, study, args.out, scratch)}")
+            _print_written(write_study_report(tables, study, args.out, scratch), ".claims.csv")
         return 0
     reused = _figures_beside(args)
     if reused is not None:
         sources, tables, folder = reused
         print(f"reusing the tables and figures in {folder} (written by figures for these sources)")
-        print(f"wrote {write_report(tables, sources, args.out, figure_dir=folder)}")
+        _print_written(write_report(tables, sources, args.out, figure_dir=folder), ".claims.json")
         return 0
     sources, tables, _ = _compare(args)
-    print(f"wrote {write_report(tables, sources, args.out)}")
+    _print_written(write_report(tables, sources, args.out), ".claims.json")
     return 0
+
+
+def _print_written(report: Path, claims_suffix: str) -> None:
+    """Name every file the report wrote: the page, and the claims file beside it when there is one."""
+    claims = Path(report).with_suffix(claims_suffix)
+    print(f"wrote {report}" + (f" and {claims}" if claims.is_file() else ""))
 
 
 

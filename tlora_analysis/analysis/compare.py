@@ -75,7 +75,11 @@ def _source_steps(adapted: list, bins: int) -> list:
     scaled = [r for r in adapted if learns_scale(r.method)]
 
     def over(sources, table):
-        return lambda: pd.concat([table(r) for r in sources], ignore_index=True) if sources else None
+        """One table over the sources; a source with no rows (an adapter has no training record) adds none."""
+        def concatenated():
+            tables = [t for t in (table(r) for r in sources) if len(t)]
+            return pd.concat(tables, ignore_index=True) if tables else None
+        return concatenated
 
     def drift(r):
         return subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e > 0], epoch_b=r.epochs[-1]).query("i == j")

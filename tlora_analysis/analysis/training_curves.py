@@ -33,4 +33,7 @@ def gradient_norms(run: UpdateSource) -> pd.DataFrame:
                 module, layer = module_and_layer(name)
                 rows.append({"run": run.name, "method": run.method, "module": module, "layer": layer, "epoch": epoch, "name": name,
                              "grad_norm_rms": float(value)})
-    return pd.DataFrame(rows, columns=None if rows else ["run", "method", "module", "layer", "epoch", "name", "grad_norm_rms"])
+    if not rows:
+        return pd.DataFrame({"run": [], "method": [], "module": [], "layer": [], "epoch": [], "name": [], "grad_norm_rms": []}).astype(
+            {"layer": int, "epoch": int, "grad_norm_rms": float})
+    return pd.DataFrame(rows)

@@ -7,6 +7,8 @@ tables. Groups are a cell's settings without its seed; where a method has severa
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -215,8 +217,8 @@ def plot_claims_over_seeds(claims_per_seed: pd.DataFrame):
         for t in reading.limits:
             ax.axhline(t, color="0.6", ls="--", lw=1)
         ax.set_xticks(range(len(groups)), [g.replace("method=tlora", "").strip() or "TLoRA" for g in groups], fontsize=7)
-        ax.set_title(f"{finding}. {FINDINGS[finding]}", fontsize=9)
-        ax.set_ylabel(reading.name, fontsize=7)
+        ax.set_title(textwrap.fill(f"{finding}. {FINDINGS[finding]}", 48), fontsize=9)
+        ax.set_ylabel(textwrap.fill(reading.name, 40), fontsize=7)  # wrapped: a long reading stays within its panel
         if finding == 5:
             ax.set_yscale("log")
     return fig
@@ -235,7 +237,7 @@ def plot_verdict_map(claims: pd.DataFrame):
             k, n = map(int, r.holds_in.split("/"))
             grid[i, j] = k / n if n else np.nan
         labels[i][j] = r.holds_in
-    fig, ax = plt.subplots(figsize=(7.5 + 1.3 * len(groups), 0.32 * len(readings) + 1.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7.5 + 1.3 * len(groups), 0.42 * len(readings) + 1.6), layout="constrained")
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="0.88")
     image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     for i in range(len(readings)):
@@ -243,7 +245,7 @@ def plot_verdict_map(claims: pd.DataFrame):
             dark = not np.isnan(grid[i, j]) and (grid[i, j] < 0.25 or grid[i, j] > 0.8)
             ax.text(j, i, labels[i][j], ha="center", va="center", fontsize=7, color="white" if dark else "black")
     ax.set_xticks(range(len(groups)), [g.replace("method=tlora", "").strip() or "TLoRA" for g in groups], fontsize=7, rotation=30, ha="right")
-    ax.set_yticks(range(len(readings)), [f"{f}. {name[:70]}" for f, name in readings], fontsize=7)
+    ax.set_yticks(range(len(readings)), [textwrap.fill(f"{f}. {name}", 64) for f, name in readings], fontsize=7)  # wrapped, never cut
     ax.grid(False)
     ax.set_title("share of seeds in which each reading holds")
     fig.colorbar(image, ax=ax, label="holds in k/n seeds", shrink=0.6)
