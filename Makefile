@@ -29,7 +29,7 @@ sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init and lea
 	$(VENV)/bin/tlora-analysis figures runs/sensitivity --out figures/sensitivity
 	$(VENV)/bin/tlora-analysis report runs/sensitivity --out figures/sensitivity/report.html
 
-test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 9 minutes on 2 CPU cores)
+test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 14 minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile  # a file's shared fixtures are built once
 
