@@ -18,16 +18,13 @@ from .data.tasks import TASKS
 from .errors import InputError
 from .methods.spec import METHOD_SPECS, TLORA_INITS, adapter_methods
 
-__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "DEFAULT_LR", "REPORT_TO", "REPRODUCE_EPOCHS", "REPRODUCE_SEEDS", "ReproduceOptions", "AnalysisSettings", "ANALYSIS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
+__all__ = ["TrainConfig", "METHODS", "TRAIN_METHODS", "REPORT_TO", "REPRODUCE_EPOCHS", "REPRODUCE_SEEDS", "ReproduceOptions", "AnalysisSettings", "ANALYSIS", "TLORA_INITS", "add_config_arguments", "config_from_arguments", "option"]
 
 METHODS = adapter_methods()
 """Adapter methods (each one a :class:`~tlora_analysis.methods.MethodSpec` with a layer class)."""
 
 TRAIN_METHODS = tuple(METHOD_SPECS)
 """Everything ``train --method`` takes: the adapter methods and head-only."""
-
-DEFAULT_LR = {name: spec.default_lr for name, spec in METHOD_SPECS.items()}
-"""Per-method default learning rates; each spec says where its value comes from (``lr_reason``)."""
 
 
 def _alpha_help() -> str:
