@@ -409,3 +409,37 @@ def test_a_run_json_config_that_is_not_an_object(tmp_path, runs):
     edit_json(runs["tlora"] / "run.json", lambda m: m.update(config="x"))
     assert cli("report", runs["lora"], runs["tlora"], "--out", tmp_path / "r.html", "--no-base", **LIMITS).returncode == 0
     assert cli("export", runs["lora"], "--out", tmp_path / "export", **LIMITS).returncode == 0
+
+
+def _random_value(rng, depth=0):
+    import datetime
+
+    kinds = ["int", "neg", "float", "nan", "inf", "bool", "str", "empty", "nul", "date", "none", "big", *(["list", "list", "table"] if depth < 2 else [])]
+    kind = rng.choice(kinds)
+    return {"int": lambda: rng.randint(0, 40), "neg": lambda: -rng.randint(1, 10**20), "float": lambda: rng.random() * 10,
+            "nan": lambda: math.nan, "inf": lambda: math.inf, "bool": lambda: rng.random() < 0.5,
+            "str": lambda: rng.choice(["lora", "tlora", "cpu", "abc", "query"]), "empty": lambda: "", "nul": lambda: "a\x00b",
+            "date": lambda: datetime.date(1979, 5, 27), "none": lambda: None, "big": lambda: 10**30,
+            "list": lambda: [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))],
+            "table": lambda: {rng.choice(["lora", "tlora", "x"]): _random_value(rng, depth + 1)}}[kind]()
+
+
+def test_random_study_specs_give_a_grid_or_one_input_error():
+    """A property test of the spec parser: values of every type at every key (strings, numbers, NaN, huge
+    integers, dates, NULs, nested lists, method tables) give a valid grid or an InputError, nothing else."""
+    import random
+
+    from tlora_analysis.study.spec import SPEC_KEYS, parse_spec
+
+    outcomes = {"grid": 0, "refused": 0}
+    for case in range(1500):
+        rng = random.Random(case)
+        raw = {k: _random_value(rng) for k in rng.sample(SPEC_KEYS, rng.randint(0, 4))}
+        if rng.random() < 0.7:
+            raw["method"] = rng.choice(["lora", "tlora", ["lora", "tlora"], _random_value(rng)])
+        try:
+            parse_spec(raw)
+            outcomes["grid"] += 1
+        except InputError:
+            outcomes["refused"] += 1
+    assert outcomes["grid"] > 50 and outcomes["refused"] > 500, outcomes  # both kinds of outcome are exercised

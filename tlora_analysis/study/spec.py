@@ -109,8 +109,9 @@ def parse_spec(source: str | Path | Mapping[str, Any], where: str = "study spec"
     unknown = [k for k in raw if k not in SPEC_KEYS]
     if unknown:
         raise InputError(f"{where}: unknown key {unknown[0]!r}; allowed keys are {', '.join(SPEC_KEYS)}")
-    if "method" not in raw:
-        raise InputError(f"{where}: needs 'method' (one of {', '.join(METHOD_SPECS)}, or a list of them)")
+    methods = raw.get("method")
+    if not (isinstance(methods, str) or (isinstance(methods, list) and methods and all(isinstance(m, str) for m in methods))):
+        raise InputError(f"{where}: needs 'method': one of {', '.join(METHOD_SPECS)}, or a list of them; got {methods!r:.60}")
     spec = StudySpec(raw=raw)
     for key, value in raw.items():
         if isinstance(value, dict):
