@@ -231,3 +231,75 @@ def test_bf16_training_records_float32_factors(tmp_path, tiny_model_dir):
     assert {t.dtype for t in tensors.values()} == {torch.float32}
     assert any(float(t.abs().sum()) > 0 for k, t in tensors.items() if k.endswith("tlora_B"))
     assert math.isfinite(run.metrics[1]["train_loss"])
+
+
+@pytest.mark.parametrize("scheduler, reference", [("linear", "get_linear_schedule_with_warmup"),
+                                                  ("constant", "get_constant_schedule_with_warmup"),
+                                                  ("cosine", "get_cosine_schedule_with_warmup")])
+def test_schedules_match_transformers_after_the_warm_up(scheduler, reference):
+    """After the warm-up each schedule is transformers' own (the warm-up itself starts one step later
+    here, so that the first step never has a rate of zero)."""
+    import transformers
+
+    from tlora_analysis.training.batches import lr_at
+
+    config, total = TrainConfig(method="lora", lr=2e-3, scheduler=scheduler, warmup_ratio=0.1), 97
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    kwargs = {} if scheduler == "constant" else {"num_training_steps": total}
+    schedule = getattr(transformers, reference)(optimizer, num_warmup_steps=int(0.1 * total), **kwargs)
+    expected = []
+    for _ in range(total):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    ours = [lr_at(step, total, config) for step in range(total)]
+    warmup = int(0.1 * total)
+    assert ours[warmup:] == pytest.approx(expected[warmup:], rel=1e-12, abs=1e-15)
+    assert ours[:warmup] == pytest.approx([config.lr * (s + 1) / warmup for s in range(warmup)])
+
+
+def test_unknown_scheduler_is_one_line():
+    from tlora_analysis.errors import InputError
+
+    with pytest.raises(InputError, match="--scheduler must be one of linear, constant, cosine"):
+        TrainConfig(method="lora", scheduler="step")
+
+
+def test_head_only_is_a_linear_probe_whose_record_is_the_whole_model(tmp_path, tiny_model_dir):
+    """The probe trains the head on cached encoder outputs; the run it records, rebuilt as a whole
+    model and evaluated through the encoder, gives the metrics the probe recorded, and the head
+    changed from its initialisation."""
+    from tlora_analysis.data import load_task
+    from tlora_analysis.data.encode import encode
+    from tlora_analysis.training import evaluate
+
+    lines = []
+    config = small_config(method="head", model=str(tiny_model_dir), epochs=2, lr=0.05)
+    run = train(config, tmp_path / "head", progress=False, log=lines.append)
+    assert any("linear probe" in line for line in lines)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    data = load_task("default", max_eval_samples=32)
+    features = encode(tokenizer, data.validation, data.spec, 24)
+    for epoch in run.epochs:
+        measured = evaluate(restore_model(run, epoch), tokenizer, features, "default", 16, "cpu")
+        assert measured["eval_loss"] == pytest.approx(run.metrics[epoch]["eval_loss"], rel=1e-5)
+        assert measured["accuracy"] == pytest.approx(run.metrics[epoch]["accuracy"])
+    first, last = (run.snapshot_tensors(e)["trainable.classifier.weight"] for e in (0, 2))
+    assert not torch.equal(first, last)
+
+
+def test_probe_loss_is_the_models_loss_in_eval_mode(tiny_model_dir):
+    from tlora_analysis.data import load_task
+    from tlora_analysis.data.encode import encode
+    from tlora_analysis.training.batches import make_batch
+    from tlora_analysis.training.probe import LinearProbe
+
+    model, tokenizer = load_model(str(tiny_model_dir), 2), load_tokenizer(str(tiny_model_dir))
+    data = load_task("default", max_train_samples=40, max_eval_samples=8)
+    train_features, eval_features = (encode(tokenizer, split, data.spec, 24) for split in (data.train, data.validation))
+    probe = LinearProbe.build(model, tokenizer, "default", train_features, eval_features, 16, "cpu")
+    indices = [3, 17, 29, 5]
+    batch, labels = make_batch(tokenizer, [train_features[i] for i in indices], "cpu")
+    with torch.no_grad():
+        expected = model.eval()(**batch, labels=labels).loss
+    torch.testing.assert_close(probe.loss(indices), expected, rtol=1e-5, atol=1e-6)

@@ -44,6 +44,9 @@ REPRODUCE_SEEDS = 3
 
 PRECISIONS = ("fp32", "bf16")
 
+SCHEDULERS = ("linear", "constant", "cosine")
+"""Learning-rate schedules after the warm-up (``--scheduler``)."""
+
 SHARDINGS = ("ddp", "fsdp")
 """How the processes of one run under torchrun share the model (see :mod:`tlora_analysis.distributed`)."""
 
@@ -93,6 +96,8 @@ class TrainConfig:
     max_train_samples: int | None = option(None, "use only the first N training examples", short="n")
     max_eval_samples: int | None = option(None, "use only the first N validation examples")
     warmup_ratio: float = option(0.06, "fraction of all steps spent on linear learning-rate warm-up")
+    scheduler: str = option("linear", "learning rate after the warm-up: linear decay to zero (as HF Trainer's default), constant, "
+                                      "or cosine decay to zero", choices=SCHEDULERS, short="sched")
     weight_decay: float = option(0.0, "AdamW weight decay")
     seed: int = option(0, "seeds data order, dropout, the head and the frozen matrices", short="s")
     device: str = option("cpu", "cpu, cuda or cuda:N", setting=False)
@@ -118,6 +123,8 @@ class TrainConfig:
             raise InputError(f"--sharding must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
         if self.init not in TLORA_INITS:
             raise InputError(f"--init must be one of {', '.join(TLORA_INITS)}, got {self.init!r}")
+        if self.scheduler not in SCHEDULERS:
+            raise InputError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.task not in TASKS:
             raise InputError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         for name in ("rank", "epochs", "batch_size", "max_length", "max_train_samples", "max_eval_samples"):

@@ -24,11 +24,17 @@ def derived_seed(seed: int, stream: str, epoch: int) -> int:
 
 
 def lr_at(step: int, total: int, config: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then linear decay to zero."""
+    """Linear warm-up over ``warmup_ratio`` of the steps, then ``config.scheduler``: linear decay to
+    zero, a constant rate, or a half cosine down to zero."""
     warmup = max(1, int(config.warmup_ratio * total))
     if step < warmup:
         return config.lr * (step + 1) / warmup
-    return config.lr * max(0.0, (total - step) / max(1, total - warmup))
+    remaining = max(0.0, (total - step) / max(1, total - warmup))
+    if config.scheduler == "constant":
+        return config.lr
+    if config.scheduler == "cosine":
+        return config.lr * 0.5 * (1.0 - math.cos(math.pi * remaining))
+    return config.lr * remaining
 
 
 def autocast(config: TrainConfig):

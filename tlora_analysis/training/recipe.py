@@ -34,6 +34,7 @@ from ..recording import DeltaRecorder, trainable_groups
 from ..store import Run, load_run
 from .batches import autocast, derived_seed, evaluate, lr_at, make_batch
 from .model import build_model, check_device
+from .probe import LinearProbe
 from .resume_state import check_resumable, load_resume_state, restore_optimizer, resume_tensors
 
 __all__ = ["TrainingRecipe", "train", "resume"]
@@ -83,7 +84,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
 
 
 class TrainingRecipe:
-    """One run of :func:`train`. Steps: :meth:`setup_data`, :meth:`setup_model`,
+    """One run of :func:`train`. Steps: :meth:`setup_data`, :meth:`setup_model`, :meth:`setup_probe`,
     :meth:`setup_recorder`, :meth:`setup_optimizer`, then :meth:`run_epoch` and :meth:`save_epoch`
     per epoch."""
 
@@ -94,6 +95,7 @@ class TrainingRecipe:
         self.processes = start_processes(config.device, config.batch_size, len(self.data.train), config.sharding)
         self.progress = progress and self.processes.writes
         self.recorder: DeltaRecorder | None = None
+        self.probe: LinearProbe | None = None
         self.step = self.start_epoch = 0
 
     def train(self) -> Run:
@@ -106,6 +108,7 @@ class TrainingRecipe:
             self._check_out_dir()
             self.setup_data()
             optimizer_state = self.setup_model()
+            self.setup_probe()
             stack.callback(self._close_recorder)
             self.setup_recorder()
             self.setup_optimizer(optimizer_state)
@@ -169,6 +172,18 @@ class TrainingRecipe:
         self.step = self.start_epoch * self.steps_per_epoch
         return load_resume_state(self.out_dir, self.start_epoch, self.model, self.step)
 
+    def setup_probe(self) -> None:
+        """Head-only on one process: encode both splits once and train the head on the cached inputs
+        (:class:`~.probe.LinearProbe`), where the head allows it."""
+        config = self.config
+        if METHOD_SPECS[config.method].adapts_layers or self.processes.world > 1 or self.data.spec.kind == "causal-lm":
+            return
+        with autocast(config):
+            self.probe = LinearProbe.build(self.model, self.tokenizer, config.task, self.train_features, self.eval_features,
+                                           config.batch_size, config.device)
+        if self.probe is not None:
+            self.log(f"{config.method}: a linear probe on the frozen encoder's outputs, encoded once")
+
     def setup_recorder(self) -> None:
         """Rank 0 opens the run (run.json) and records epoch 0 from the model, not yet wrapped."""
         config = self.config
@@ -228,9 +243,7 @@ class TrainingRecipe:
     def _train_step(self, indices: list[int], share: float) -> float:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.total_steps, self.config)
-        batch, labels = make_batch(self.tokenizer, [self.train_features[i] for i in indices], self.config.device)
-        with autocast(self.config):
-            loss = self.wrapped(**batch, labels=labels).loss
+        loss = self._loss(indices)
         (loss * share).backward()
         if self.grad_groups:
             squared = squared_grad_norms(self.grad_groups)
@@ -246,8 +259,17 @@ class TrainingRecipe:
                     self.recorder.log_geometry(self.step)
         return self.processes.mean(loss.item() * share)
 
+    def _loss(self, indices: list[int]) -> torch.Tensor:
+        if self.probe is not None:
+            return self.probe.loss(indices)
+        batch, labels = make_batch(self.tokenizer, [self.train_features[i] for i in indices], self.config.device)
+        with autocast(self.config):
+            return self.wrapped(**batch, labels=labels).loss
+
     def _evaluate(self) -> dict[str, float]:
         config = self.config
+        if self.probe is not None:
+            return self.probe.evaluate()
         with autocast(config):
             return evaluate(self.model, self.tokenizer, self.eval_features, config.task, config.batch_size, config.device)
 
