@@ -138,3 +138,48 @@ def test_function_space_cosine_matches_dense_updates_on_captured_inputs(tmp_path
         yb = x @ runs["tlora"].deltas(1)[row.name].dense(torch.float64).numpy().T
         assert row.tokens == x.shape[0]
         assert row.cosine == pytest.approx((ya * yb).sum() / (np.linalg.norm(ya) * np.linalg.norm(yb)), rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["lora", "lorafa", "tlora", "vera", "loraxs", "full"])
+def test_fixed_sides_are_fixed_and_no_other_side_is(tmp_path, method):
+    """Two updates one run learned share the spans its spec declares fixed (so the bound of one
+    against the other is 1), and adding any undeclared side breaks that: the registry's
+    ``fixed_sides`` are exactly the sides training cannot move."""
+    from tlora_analysis.analysis._common import fixed_sides
+    from tlora_analysis.analysis.similarity import reachable_bound
+
+    make_run(tmp_path / method, method, rank=3)
+    run, sides = load_run(tmp_path / method), fixed_sides(method)
+    for name, first in run.deltas(1).items():
+        second = run.deltas(2)[name]
+        assert reachable_bound(second, first, sides) == pytest.approx(1.0, abs=1e-9)
+        for extra in {"left", "right"} - set(sides):
+            if first.rank < first.shape[extra == "right"]:  # a span of the whole space is fixed trivially
+                assert reachable_bound(second, first, {*sides, extra}) < 0.999
+
+
+def test_one_sided_bound_matches_a_least_squares_fit(tmp_path):
+    """LoRA-FA learns M·A with A frozen: the best cosine with W is that of W's least-squares fit W A⁺ A."""
+    make_run(tmp_path / "lora", "lora", rank=4)
+    make_run(tmp_path / "lorafa", "lorafa", rank=3)
+    table = A.reachable_cosine(load_run(tmp_path / "lora"), load_run(tmp_path / "lorafa"), epochs=[2])
+    for name, t in load_run(tmp_path / "lorafa").deltas(2).items():
+        w = load_run(tmp_path / "lora").deltas(2)[name].dense(torch.float64).numpy()
+        a = t.right.double().numpy()
+        fit = w @ np.linalg.pinv(a) @ a
+        expected = (fit * w).sum() / (np.linalg.norm(fit) * np.linalg.norm(w))
+        assert table[table.name == name].reachable_cosine.iloc[0] == pytest.approx(expected, rel=1e-8)
+
+
+def test_random_reachable_bound_is_the_mean_over_random_subspaces():
+    from tlora_analysis.analysis.similarity import random_reachable_bound, reachable_bound
+    from tlora_analysis.factored import FactoredDelta
+
+    generator = torch.Generator().manual_seed(0)
+    d_out, d_in, r = 24, 16, 3
+    target = FactoredDelta(torch.randn(d_out, 5, generator=generator, dtype=torch.float64), torch.eye(5, dtype=torch.float64),
+                           torch.randn(5, d_in, generator=generator, dtype=torch.float64))
+    for sides in [("left", "right"), ("right",)]:
+        squares = [reachable_bound(target, FactoredDelta(torch.randn(d_out, r, generator=generator), torch.eye(r),
+                                                         torch.randn(r, d_in, generator=generator)), sides) ** 2 for _ in range(4000)]
+        assert math.sqrt(np.mean(squares)) == pytest.approx(random_reachable_bound((d_out, d_in), r, sides), rel=0.03)

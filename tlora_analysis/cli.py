@@ -150,7 +150,7 @@ def _add_analyze(sub) -> None:
 
 
 def _cmd_analyze(args) -> int:
-    from .reproduce import write_tables
+    from .results import write_tables
 
     study = _study(args)
     tables = _compare_study(study, args)[0] if study else _compare(args)[1]
@@ -177,15 +177,17 @@ def _cmd_figures(args) -> int:
     study = _study(args)
     if study:
         tables, base = _compare_study(study, args)
-        from .reproduce import write_tables
+        from .io import atomic_write_json
+        from .results import study_results, write_tables
 
         entries = render_study(tables, args.out, sources={n: str(study.run_dir(n)) for n in study.cells},
                                settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
         write_tables(tables, Path(args.out) / "tables")  # a report written into this folder reuses them
+        atomic_write_json(Path(args.out) / "results.json", study_results(tables, list(study.swept)))
         _print_skipped(Path(args.out))
-        print(f"wrote {len(entries)} figures (PNG + PDF) and figures.json to {args.out}")
+        print(f"wrote {len(entries)} figures (PNG + PDF), figures.json and results.json to {args.out}")
         return 0
-    from .reproduce import write_tables
+    from .results import write_tables
 
     sources, tables, base = _compare(args)
     entries = render_all(tables, args.out, sources={s.name: str(s.path) for s in sources},

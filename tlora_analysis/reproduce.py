@@ -17,11 +17,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-
 from .config import ANALYSIS, REPRODUCE_EPOCHS, REPRODUCE_SEEDS, ReproduceOptions
 from .errors import InputError
-from .io import atomic_write_bytes, atomic_write_json, read_json
+from .io import atomic_write_json, read_json
+from .results import study_results, write_tables
 from .study import load_study
 from .study.directory import STUDY_FORMAT, STUDY_JSON
 from .study.execute import Executor, cell_threads, run_study
@@ -70,50 +69,6 @@ def _run_or_reuse(spec: dict, study_dir: Path, retrain: bool, executor: Executor
     return load_study(study_dir)
 
 
-def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
-    """Every table that has rows as ``NAME.csv`` (nested dicts of tables go to a subfolder of that name); an
-    empty one (rank similarity in a study of one rank) is left out rather than written as a header alone."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, table in tables.items():
-        if isinstance(table, dict):
-            paths += write_tables(table, out_dir / name)
-            continue
-        if table.empty:
-            continue
-        path = out_dir / f"{name}.csv"
-        atomic_write_bytes(path, table.to_csv(index=False).encode())
-        paths.append(path)
-    return paths
-
-
-def study_results(tables: dict[str, pd.DataFrame]) -> dict:
-    """results.json: per method group the final metric (mean, CI, n) and parameter counts; per reading its verdict over seeds."""
-    runs = tables["runs"]
-    done = runs[runs.status == "finished"]
-    methods = {}
-    over_seeds = tables.get("runs_over_seeds")
-    for method, rows in done.groupby("method", sort=False):
-        row = {"metric": str(rows.metric.iloc[0]), "seeds": sorted(int(s) for s in rows.seed), "per_seed": [round(float(v), 4) for v in rows.final_metric],
-               "mean": round(float(rows.final_metric.mean()), 4), "adapter_params": int(rows.adapter_params.iloc[0]),
-               "head_params": int(rows.head_params.iloc[0]), "frozen_random_params": int(rows.frozen_random_params.iloc[0])}
-        if over_seeds is not None:
-            m = over_seeds[(over_seeds.method == method) & (over_seeds.quantity == "final_metric")]
-            if len(m):
-                row.update(ci_low=round(float(m.ci_low.iloc[0]), 4), ci_high=round(float(m.ci_high.iloc[0]), 4))
-        methods[method] = row
-    claims = tables.get("claims")
-    readings = [] if claims is None else [
-        {"finding": int(r.finding), "reading": r.reading, "headline": bool(r.headline), "threshold": r.threshold, "mean": _round(r.mean),
-         "ci": [_round(r.ci_low), _round(r.ci_high)], "holds_in": r.holds_in, "verdict": r.verdict}
-        for r in claims.itertuples()]
-    return {"methods": methods, "claims": readings}
-
-
-def _round(value) -> float | None:
-    return None if pd.isna(value) else float(f"{float(value):.4g}")
-
-
 def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True, log: Callable[[str], None] = print, **overrides) -> dict:
     """Run (or reuse) the main study, write its tables to ``runs_dir/tables`` and figures, report.html and
     results.json to ``out`` (see :class:`~tlora_analysis.config.ReproduceOptions`).
@@ -142,7 +97,7 @@ def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True,
     log("drawing figures ...")
     render_study(tables, out, sources={name: str(study.run_dir(name)) for name in study.cells}, settings={"study": spec, **asdict(ANALYSIS)})
     write_study_report(tables, study, out / "report.html", figure_dir=out, sensitivity=out / "sensitivity")
-    results = study_results(tables)
+    results = study_results(tables, list(study.swept))
     atomic_write_json(out / "results.json", results)
     log("")
     log(f"{'method':<8}{'mean':>8}{'95% CI':>18}  per seed")

@@ -158,3 +158,10 @@ def has_square_core(method: str) -> bool:
     """Whether a method trains an r x r core between frozen factors (TLoRA's B, LoRA-XS's R)."""
     spec = METHOD_SPECS.get(method)
     return spec is not None and spec.square_core
+
+
+def fixed_sides(method: str) -> tuple[str, ...]:
+    """The sides of a method's ΔW whose span training cannot move (see ``MethodSpec.fixed_sides``);
+    none for a method no spec names, so no bound is claimed for it."""
+    spec = METHOD_SPECS.get(method)
+    return spec.fixed_sides if spec is not None else ()

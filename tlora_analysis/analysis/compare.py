@@ -137,13 +137,25 @@ def metrics_over_epochs(study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _ladder_tables(study, function_examples: int) -> dict[str, pd.DataFrame]:
+    """The ladder (:mod:`.ladder`) where the study has LoRA cells to set the others against."""
+    from .ladder import ladder, ladder_layers, ladder_over_seeds
+
+    layers = ladder_layers(study, function_examples)
+    if not len(layers):
+        return {}
+    table = ladder(study, layers)
+    return {"ladder_layers": layers, "ladder": table, "ladder_over_seeds": ladder_over_seeds(table)}
+
+
 def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None, *, pair_seed: int | None = None,
                   function_examples: int = 64) -> dict[str, pd.DataFrame]:
     """Every table of a study: per-run tables with settings columns, their means and CIs over seeds,
     the controls, and the paper's claims per seed and summarized.
 
     Keys: runs, metrics, norms, spectra (last epoch), effective_rank, scales, controls,
-    rank_similarity, claims_per_seed, claims; each per-run table also as ``<name>_over_seeds``
+    rank_similarity, claims_per_seed, claims, and where LoRA cells set the others a reference
+    ladder_layers, ladder and ladder_over_seeds (:mod:`.ladder`); each per-run table also as ``<name>_over_seeds``
     (:func:`~tlora_analysis.analysis.seed_statistics.aggregate`). ``pair`` holds the
     :func:`compare_runs` tables of one LoRA and one TLoRA cell at ``pair_seed`` (default: the
     smallest seed) for the single-pair figures. ``function_examples`` validation examples feed
@@ -167,6 +179,7 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
         tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"], norms_table=tables["norms"],
                                                  function_examples=function_examples if base_weights is not None else 0)
         tables["claims"] = summarize_claims(tables["claims_per_seed"])
+        tables.update(_ladder_tables(study, function_examples if base_weights is not None else 0))
     seeds = "seed" in study.swept and runs.seed.nunique() > 1
     for name in ("metrics", "norms", "spectra", "effective_rank", "scales"):
         if seeds and name in tables:

@@ -13,7 +13,7 @@ import torch
 from ..config import ANALYSIS
 from ..errors import InputError
 from ..factored import FactoredDelta, cosine_similarity, inner
-from ._common import UpdateSource, as_source, epochs_of, module_and_layer
+from ._common import UpdateSource, as_source, epochs_of, fixed_sides, module_and_layer
 
 PEFT_PREFIX = "base_model.model."
 PAIR_COLUMNS = ["run_a", "run_b", "method_a", "method_b", "same_method", "module", "layer", "epoch", "epoch_a", "epoch_b", "name"]
@@ -216,23 +216,46 @@ def subspace_similarity_table(
 
 
 def reachable_cosine(run_a: UpdateSource, run_b: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
-    """The largest cosine with ΔW_a that any update of run_b's form P·M·Q could reach, per layer.
+    """The largest cosine with ΔW_a that any update run_b's method can learn could reach, per layer.
 
-    run_b's outer factors are fixed (TLoRA's frozen A and C), so every update it can learn
-    lies in {P M Q}: its best cosine with ΔW_a is ‖P_P ΔW_a P_Q‖_F / ‖ΔW_a‖_F, with P_P and
-    P_Q the orthogonal projectors onto span(P) and the row space of Q. Computed from thin QRs
-    and r x r products. Where this bound is below a threshold, no training of run_b's core
-    could make the cosine reach it.
+    run_b's fixed sides (``MethodSpec.fixed_sides``: TLoRA's frozen A and C, LoRA-FA's and VeRA's
+    A, LoRA-XS's singular vectors) confine every update it can learn to the matrices with those
+    column and row spaces, so its best cosine with ΔW_a is ‖P_L ΔW_a P_R‖_F / ‖ΔW_a‖_F, P_L and
+    P_R the orthogonal projectors onto the fixed spans (the identity on a free side). Where this
+    bound is below a threshold, no training could make the cosine reach it. ``reachable_random``
+    is the root-mean-square bound for uniformly random fixed subspaces of the same sizes,
+    √(Π r_side / dim_side), what frozen random factors would give without any relation to ΔW_a.
     """
     run_a, run_b = as_source(run_a), as_source(run_b)
+    sides = fixed_sides(run_b.method)
     rows = []
     for key, a, b in _matched(run_a, run_b, epochs):
-        q_left = torch.linalg.qr(b.left.double())[0]
-        q_right = torch.linalg.qr(b.right.double().T)[0]
-        projected = (q_left.T @ a.left.double()) @ a.core.double() @ (a.right.double() @ q_right)
-        norm = a.frobenius_norm()
-        rows.append({**key, "reachable_cosine": float(torch.linalg.matrix_norm(projected)) / norm if norm > 0 else math.nan})
+        rows.append({**key, "reachable_cosine": reachable_bound(a, b, sides),
+                     "reachable_random": random_reachable_bound(b.shape, b.rank, sides)})
     return pd.DataFrame(rows)
+
+
+def reachable_bound(target: FactoredDelta, confined: FactoredDelta, sides: Iterable[str]) -> float:
+    """‖P_L T P_R‖_F / ‖T‖_F for T = ``target``, with P_L, P_R the projectors onto the column space of
+    ``confined.left`` and the row space of ``confined.right`` on the ``sides`` named (the identity
+    elsewhere); from thin QRs and r x r products. NaN for a zero target."""
+    sides = set(sides)
+    norm = target.frobenius_norm()
+    if norm == 0:
+        return math.nan
+    left, right = target.left.double(), target.right.double().T
+    if "left" in sides:
+        left = torch.linalg.qr(confined.left.double())[0].T @ left
+    if "right" in sides:
+        right = torch.linalg.qr(confined.right.double().T)[0].T @ right
+    return min(1.0, float(torch.linalg.matrix_norm(left @ target.core.double() @ right.T)) / norm)
+
+
+def random_reachable_bound(shape: tuple[int, int], rank: int, sides: Iterable[str]) -> float:
+    """√E[bound²] for uniformly random fixed subspaces of dimension ``rank``: E[P_U] = (r/d)·I, and
+    the two sides are independent, so E‖P_L T P_R‖² = Π (r / dim) ‖T‖² over the fixed sides."""
+    dims = {"left": shape[0], "right": shape[1]}
+    return math.sqrt(math.prod(min(1.0, rank / dims[side]) for side in set(sides)))
 
 
 def _inner_dense(weight: torch.Tensor, delta: FactoredDelta) -> float:

@@ -43,6 +43,7 @@ SKIP_REASONS = {
     "intruder_counts": "no base model (W0): pass --base, or the base named in the runs must be local",
     "metrics": "no source recorded training metrics (adapters hold none)",
     "grad_norms": "no source recorded gradient norms (adapters hold none; train --no-grad-norms records none)",
+    "ladder_over_seeds": "no LoRA cells to set the other cells against",
 }
 
 

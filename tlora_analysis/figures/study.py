@@ -15,10 +15,11 @@ import pandas as pd
 
 from ..analysis.claims import FINDINGS, PAPER_METHOD
 from ..analysis.seed_statistics import aggregate
-from .style import method_color, method_label
+from .ladder import plot_ladder, plot_ranks
+from .style import NothingToDraw, method_color, method_label
 
 STYLES = ["-", "--", ":", "-."]
-SETTING_COLUMNS = ("rank", "lr", "alpha", "init", "epochs", "batch_size", "max_train_samples", "targets", "task", "model")
+SETTING_COLUMNS = ("rank", "lr", "alpha", "init", "scheduler", "epochs", "batch_size", "max_train_samples", "targets", "task", "model")
 
 
 def _settings(table: pd.DataFrame) -> list[str]:
@@ -252,6 +253,31 @@ def plot_verdict_map(claims: pd.DataFrame):
     return fig
 
 
+def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
+    """A learning-rate sweep: each method's final metric against lr (mean and 95% CI over seeds), the
+    chosen rate ringed."""
+    from ..results import learning_rate_choice
+
+    if "lr" not in runs_over_seeds.columns or runs_over_seeds.groupby("method")["lr"].nunique().max() < 2:
+        raise NothingToDraw("no method was run at two or more learning rates")
+    metric = str(runs.metric.dropna().iloc[0])
+    choice = learning_rate_choice(runs_over_seeds, metric)
+    fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
+    for method, rows in choice.groupby("method", sort=False):
+        color = method_color(method)
+        err = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]])
+        ax.errorbar(rows.lr, rows["mean"], yerr=None if np.isnan(err).all() else err, fmt="o-", color=color, capsize=3,
+                    label=method_label(method))
+        best = rows[rows.chosen]
+        ax.scatter(best.lr, best["mean"], s=160, facecolors="none", edgecolors=color, linewidths=1.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"final validation {metric}")
+    ax.set_title("learning-rate sweep: mean and 95% CI over seeds; ringed: the best mean")
+    ax.legend(fontsize=8)
+    return fig
+
+
 STUDY_FIGURES = {
     "study_accuracy_vs_parameters": (plot_accuracy_vs_parameters, ("runs",), "final metric vs trainable parameters, mean and CI over seeds"),
     "study_metric": (plot_metric_over_epochs, ("metrics",), "validation metric per epoch with seed bands"),
@@ -261,4 +287,7 @@ STUDY_FIGURES = {
     "study_controls": (plot_similarity_controls, ("controls",), "cosine and φ: same method across seeds vs methods at one seed"),
     "study_verdict_map": (plot_verdict_map, ("claims",), "every reading's verdict over seeds, for each TLoRA setting"),
     "study_claims": (plot_claims_over_seeds, ("claims_per_seed",), "each finding's headline statistic per seed against its threshold"),
+    "study_learning_rates": (plot_learning_rates, ("runs_over_seeds", "runs"), "final metric vs learning rate per method, the best ringed"),
+    "study_ladder": (plot_ladder, ("ladder_over_seeds",), "cosine with LoRA's ΔW vs trainable numbers, with each method's reachable bound"),
+    "study_ranks": (plot_ranks, ("ladder_over_seeds",), "cosine and reachable bound vs r/d, metric and norm ratio vs rank"),
 }

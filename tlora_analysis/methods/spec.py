@@ -64,14 +64,19 @@ class MethodSpec:
     """One of :data:`FROZEN_KINDS`."""
     square_core: bool = False
     """True where the trained matrix is an r x r core between frozen factors (TLoRA's B, LoRA-XS's R)."""
+    fixed_sides: tuple[str, ...] = ()
+    """Sides of the factored ΔW = left·core·right whose span training cannot move: ``left`` (its column
+    space) and/or ``right`` (its row space). Every update the method can learn lies in the matrices
+    with those spans, which bounds its cosine with any other update (the reachable bound)."""
     exports: tuple[str, ...] = ()
     """What ``export`` writes: ``peft-lora``, ``peft-vera`` (both beside the native record) or ``dense``."""
     peft_type: str | None = None
     """The ``peft_type`` of peft adapter directories this method's class reads (``from_peft``)."""
 
     def __post_init__(self) -> None:
-        if self.scale not in SCALE_KINDS or self.frozen not in FROZEN_KINDS:
-            raise ValueError(f"method spec {self.name!r}: scale must be one of {SCALE_KINDS}, frozen one of {FROZEN_KINDS}")
+        if self.scale not in SCALE_KINDS or self.frozen not in FROZEN_KINDS or not set(self.fixed_sides) <= {"left", "right"}:
+            raise ValueError(f"method spec {self.name!r}: scale must be one of {SCALE_KINDS}, frozen one of {FROZEN_KINDS}, "
+                             "fixed_sides a subset of ('left', 'right')")
 
     @property
     def adapts_layers(self) -> bool:
@@ -119,7 +124,8 @@ register_spec(MethodSpec(
 ))
 register_spec(MethodSpec(
     "lorafa", "LoRA-FA", "#44AA99", 1e-3, "LoRA's: LoRA-FA trains LoRA's B alone (Zhang et al. 2023 use LoRA's rates)",
-    "tlora_analysis.methods.lora_fa:LoRAFALinear", alpha_help="lora_alpha (default r, i.e. scaling 1)", scale="fixed", frozen="random", exports=_PEFT_LORA,
+    "tlora_analysis.methods.lora_fa:LoRAFALinear", alpha_help="lora_alpha (default r, i.e. scaling 1)", scale="fixed", frozen="random",
+    fixed_sides=("right",), exports=_PEFT_LORA,
 ))
 register_spec(MethodSpec(
     "tlora", "TLoRA", "#D55E00", 3e-2,
@@ -127,17 +133,18 @@ register_spec(MethodSpec(
     "tlora_analysis.methods.tlora:TLoRALinear", alpha_help="initial learned α (default 1)", alpha_default=1.0,
     options={"init": Choice("kaiming", TLORA_INITS, "TLoRA: how the frozen A and C are drawn: kaiming (variance 1/r and 1/d_in), "
                                                     "var-r (1/r both), var-d (1/d_out and 1/d_in) or orthonormal")},
-    scale="learned", frozen="random", square_core=True, exports=_PEFT_LORA,
+    scale="learned", frozen="random", square_core=True, fixed_sides=("left", "right"), exports=_PEFT_LORA,
 ))
 register_spec(MethodSpec(
     "vera", "VeRA", "#882255", 1e-2, "an untuned starting point in the range VeRA's paper uses", "tlora_analysis.methods.vera:VeRALinear",
     alpha_help="initial λ_d (peft's d_initial, default 0.1)", alpha_default=0.1, frozen="random", exports=("peft-vera",),
+    fixed_sides=("right",),  # λ_b rescales B's rows, so only A's row space is fixed: the bound of its linear superset {M·A}
     peft_type="VERA",
 ))
 register_spec(MethodSpec(
     "loraxs", "LoRA-XS", "#999933", 1e-3, "an untuned starting point in the range LoRA-XS's GLUE scripts sweep (1e-4 to 1e-3)",
     "tlora_analysis.methods.loraxs:LoRAXSLinear", alpha_help="lora_alpha; scaling lora_alpha / r (default 16, the authors' GLUE setting)", alpha_default=16.0,
-    scale="fixed", frozen="base", square_core=True, exports=_PEFT_LORA,
+    scale="fixed", frozen="base", square_core=True, fixed_sides=("left", "right"), exports=_PEFT_LORA,
 ))
 register_spec(MethodSpec(
     "full", "full fine-tuning", "#332288", 1e-4, "an untuned starting point in the range full fine-tuning uses", "tlora_analysis.methods.full:FullLinear",

@@ -1,0 +1,128 @@
+"""The ladder of frozen randomness: every method of a study set against LoRA on the same seed.
+
+LoRA freezes nothing; LoRA-FA freezes a random input side; VeRA and TLoRA freeze random
+subspaces on both sides (VeRA with a diagonal core, TLoRA with an r x r core and α);
+LoRA-XS freezes W0's principal subspaces; full fine-tuning is the reference. Lined up on
+the same runs, they separate what frozen random subspaces cost from what a small core costs.
+
+Per cell, against the LoRA cell of the same seed and settings (for a LoRA cell: the LoRA cell of
+the next seed, the ceiling a method can be held to), at the last epoch both have: the mean over
+layers of the cosine with LoRA's ΔW, the reachable bound of the method's fixed subspaces
+(:func:`~.similarity.reachable_cosine`) beside what random subspaces of the same sizes give,
+the norm ratio ‖ΔW‖_F / ‖ΔW_LoRA‖_F and, with ``function_examples``, the function-space cosine.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from ..factored import cosine_similarity
+from ..study.directory import Study
+from .claims import REFERENCE_METHOD
+from .seed_statistics import aggregate
+from .similarity import reachable_cosine
+
+__all__ = ["ladder", "ladder_layers", "ladder_over_seeds", "LADDER_QUANTITIES"]
+
+LADDER_QUANTITIES = ("final_metric", "trainable_params", "frozen_random_params", "rank_ratio", "cosine", "cosine_next_seed", "reachable_cosine",
+                     "reachable_random", "norm_ratio", "function_cosine")
+"""The per-cell numbers of :func:`ladder`, each folded over seeds by :func:`ladder_over_seeds`."""
+
+SAME_SEED, OTHER_SEED = "LoRA, same seed", "LoRA, next seed"
+
+
+def _without(settings: Mapping, *keys: str) -> dict:
+    return {k: v for k, v in settings.items() if k not in keys}
+
+
+def _next_seed(cells: list, settings: Mapping, key) -> object | None:
+    """The cell of ``cells`` at the next seed (cyclically) with the same ``key(settings)``."""
+    seed, wanted = settings.get("seed", 0), key(settings)
+    others = sorted((s.get("seed", 0), i) for i, (_, s) in enumerate(cells) if key(s) == wanted and s.get("seed", 0) != seed)
+    later = [i for other, i in others if other > seed] or [i for _, i in others]
+    return cells[later[0]][0] if later else None
+
+
+def _partners(study: Study):
+    """(cell, its settings, its LoRA partner, how they pair, LoRA of the next seed or None) for every
+    finished adapted cell that has a partner."""
+    per_method = set(study.spec.per_method)
+    cells = study.finished(adapted_only=True)
+    lora = [(r, s) for r, s in cells if s["method"] == REFERENCE_METHOD]
+
+    def group(settings):
+        return _without(settings, "method", "seed", *per_method)
+
+    for run, settings in cells:
+        if settings["method"] == REFERENCE_METHOD:  # its own settings (lr too) at another seed
+            partner = _next_seed(lora, settings, lambda s: _without(s, "seed"))
+            if partner is not None:
+                yield run, settings, partner, OTHER_SEED, None
+            continue
+        partner = next((r for r, s in lora if s.get("seed") == settings.get("seed") and group(s) == group(settings)), None)
+        if partner is not None:
+            yield run, settings, partner, SAME_SEED, _next_seed(lora, settings, group)
+
+
+def ladder_layers(study: Study, function_examples: int = 0) -> pd.DataFrame:
+    """Per cell and adapted layer, against its LoRA partner: cosine, reachable bound (and its random
+    counterpart), norm ratio and, with ``function_examples`` > 0, the function-space cosine; and
+    ``cosine_next_seed``, the cosine with LoRA of the next seed, whose random draws the cell does not
+    share (LoRA-FA's frozen A is LoRA's initial A at the same seed, as in peft)."""
+    rows = []
+    for run, settings, lora, pairing, independent in _partners(study):
+        epoch = min(run.epochs[-1], lora.epochs[-1])
+        ours, theirs = run.deltas(epoch), lora.deltas(epoch)
+        unshared = independent.deltas(min(epoch, independent.epochs[-1])) if independent is not None else {}
+        bounds = reachable_cosine(lora, run, epochs=[epoch]).set_index("name")
+        functions = _function_cosines(lora, run, function_examples, epoch)
+        for name, delta in ours.items():
+            reference = theirs.get(name)
+            if reference is None:
+                continue
+            norm = reference.frobenius_norm()
+            rows.append({"run": run.name, **settings, "partner": lora.name, "pairing": pairing, "epoch": epoch, "name": name,
+                         "rank_ratio": delta.rank / math.sqrt(delta.shape[0] * delta.shape[1]), "cosine": cosine_similarity(reference, delta),
+                         "cosine_next_seed": cosine_similarity(unshared[name], delta) if name in unshared else math.nan,
+                         "reachable_cosine": bounds.reachable_cosine.get(name, math.nan),
+                         "reachable_random": bounds.reachable_random.get(name, math.nan),
+                         "norm_ratio": delta.frobenius_norm() / norm if norm > 0 else math.nan,
+                         "function_cosine": functions.get(name, math.nan)})
+    return pd.DataFrame(rows)
+
+
+def _function_cosines(lora, run, examples: int, epoch: int) -> dict[str, float]:
+    if not examples:
+        return {}
+    from .function_space import function_similarity
+
+    table = function_similarity(lora, run, examples=examples, epoch=epoch)
+    return dict(zip(table.name, table.cosine))
+
+
+def ladder(study: Study, layers: pd.DataFrame | None = None, function_examples: int = 0) -> pd.DataFrame:
+    """One row per finished cell (head-only included): its settings, final metric, trainable and
+    frozen random numbers, and the means over layers of :func:`ladder_layers` (NaN where a cell has
+    no LoRA partner or no adapted layer)."""
+    layers = ladder_layers(study, function_examples) if layers is None else layers
+    runs = study.runs
+    finished = runs[runs.status == "finished"]
+    columns = ["run", *study.swept, "final_metric", "trainable_params", "frozen_random_params"]
+    table = finished[[c for c in columns if c in finished.columns]].copy()
+    if "seed" not in table.columns:
+        table["seed"] = 0
+    if len(layers):
+        means = layers.groupby("run")[["rank_ratio", "cosine", "cosine_next_seed", "reachable_cosine", "reachable_random", "norm_ratio", "function_cosine"]].mean()
+        table = table.merge(means, left_on="run", right_index=True, how="left")
+        table = table.merge(layers.groupby("run")[["partner", "pairing"]].first(), left_on="run", right_index=True, how="left")
+    return table.reset_index(drop=True)
+
+
+def ladder_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`ladder` folded over seeds: mean, std, n and 95% bootstrap CI per method and setting."""
+    keys = [c for c in table.columns if c not in (*LADDER_QUANTITIES, "run", "seed", "partner", "pairing")]
+    values = [c for c in LADDER_QUANTITIES if c in table.columns and table[c].notna().any()]
+    return aggregate(table.assign(seed=table.seed.fillna(0)), over="seed", by=keys, values=values)
