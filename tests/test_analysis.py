@@ -262,3 +262,15 @@ def test_top_singular_vectors_of_large_matrices_match_a_full_svd():
     fast = top_left_singular_vectors(matrix, 10).numpy()  # ARPACK (min dimension 200 > 64)
     exact = np.linalg.svd(matrix.numpy(), full_matrices=False)[0][:, :10]
     np.testing.assert_allclose(np.abs((fast * exact).sum(axis=0)), 1.0, atol=1e-8)  # the same vectors, up to sign
+
+
+def test_cosine_to_last_matches_dense(tmp_path):
+    make_run(tmp_path / "run", "tlora", rank=3)
+    run = load_run(tmp_path / "run")
+    table = A.norms(run)
+    for row in table.itertuples():
+        now, last = run.deltas(row.epoch)[row.name].dense(torch.float64).numpy(), run.deltas(3)[row.name].dense(torch.float64).numpy()
+        if row.epoch == 0:
+            assert math.isnan(row.cosine_to_last)  # the zero update has no direction
+        else:
+            assert row.cosine_to_last == pytest.approx((now * last).sum() / (np.linalg.norm(now) * np.linalg.norm(last)), rel=1e-9)

@@ -183,3 +183,25 @@ def test_random_reachable_bound_is_the_mean_over_random_subspaces():
         squares = [reachable_bound(target, FactoredDelta(torch.randn(d_out, r, generator=generator), torch.eye(r),
                                                          torch.randn(r, d_in, generator=generator)), sides) ** 2 for _ in range(4000)]
         assert math.sqrt(np.mean(squares)) == pytest.approx(random_reachable_bound((d_out, d_in), r, sides), rel=0.03)
+
+
+def test_pattern_readings_compare_curve_shapes_not_sizes():
+    """TLoRA's norms nine times LoRA's but growing along the same curve: the pattern holds where the
+    ratio fails; a curve that bends differently fails it, with the epoch of the largest gap."""
+    tables = synthetic_tables(tlora_scale=9.0)
+    norms = tables["norms"]
+    tables["norms"] = norms.assign(cosine_to_last=np.where(norms.epoch == 2, 1.0, 0.8))
+    claims = paper_claims(tables).set_index("reading")
+    growth = "pattern: norm growth ‖ΔW_e‖_F / ‖ΔW_last‖_F over epochs, TLoRA's curve against LoRA's"
+    trajectory = "pattern: trajectory cos(ΔW_e, ΔW_last) over epochs, TLoRA's curve against LoRA's"
+    assert claims.loc[growth, "holds"] and claims.loc[growth, "value"] == pytest.approx(0.0, abs=1e-12)
+    assert claims.loc[trajectory, "holds"]
+    assert not claims.loc["ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", "holds"]
+    bent = tables["norms"].copy()
+    early = (bent.method == "tlora") & (bent.epoch == 1)
+    bent.loc[early, "frobenius"] *= 0.5
+    bent.loc[early, "cosine_to_last"] = 0.3
+    claims = paper_claims({**tables, "norms": bent}).set_index("reading")
+    assert not claims.loc[growth, "holds"] and "epoch 1" in claims.loc[growth, "statistic"]
+    assert claims.loc[growth, "value"] == pytest.approx(0.99 / 2, rel=1e-9)  # 0.99 of the final norm for LoRA, half that for TLoRA
+    assert claims.loc[trajectory, "value"] == pytest.approx(0.5) and not claims.loc[trajectory, "holds"]

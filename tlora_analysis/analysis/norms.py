@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from ..errors import InputError
-from ..factored import inner
+from ..factored import cosine_similarity, inner
 from ..methods.spec import METHOD_SPECS
 from ._common import UpdateSource, as_source, epochs_of, learns_scale, per_run, row_key
 
@@ -18,12 +18,14 @@ def norms(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFram
     """Frobenius and spectral norms of ΔW and Frobenius norms of the trainable matrices, per layer and epoch.
 
     ``delta_step`` is ‖ΔW_e − ΔW_{e−1}‖_F (how far the update moved in an epoch, computed
-    factored as √(‖a‖² + ‖b‖² − 2⟨a, b⟩)) and ``frobenius_change`` the change of the norm itself.
-    The paper's findings 2 (stable norms across epochs) and 5 (LoRA and TLoRA norms close)
-    read off this table.
+    factored as √(‖a‖² + ‖b‖² − 2⟨a, b⟩)), ``frobenius_change`` the change of the norm itself and
+    ``cosine_to_last`` cos(ΔW_e, ΔW_last) with the run's last recorded epoch (its trajectory's
+    pattern). The paper's findings 2 (stable norms across epochs) and 5 (LoRA and TLoRA norms
+    close) read off this table.
     """
     run = as_source(run)
     rows, previous = [], {}
+    final = run.deltas(run.epochs[-1]) if run.epochs else {}
     for epoch in epochs_of(run, epochs):
         trainable = run.trainable(epoch)
         for name, delta in run.deltas(epoch).items():
@@ -37,6 +39,8 @@ def norms(run: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFram
                 squared = row["frobenius"] ** 2 + before.frobenius_norm() ** 2 - 2 * inner(delta, before)
                 row["delta_step"] = math.sqrt(max(squared, 0.0))
                 row["frobenius_change"] = row["frobenius"] - before.frobenius_norm()
+            last = final.get(name)
+            row["cosine_to_last"] = cosine_similarity(delta, last) if last is not None else math.nan
             previous[name] = delta
             rows.append(row)
     return pd.DataFrame(rows)

@@ -44,6 +44,8 @@ RANK_GAP_MAX = 1.0
 NORM_RATIO_RANGE = (0.5, 2.0)
 PROFILE_MIN_SPEARMAN = 0.5
 HIGH_COSINE = 0.5
+PATTERN_MAX_GAP = 0.1
+"""Pattern readings (:mod:`.patterns`): the largest gap between two curves that each run normalises to [0, 1] itself."""
 NORMALITY_TEST_NAMES = {"shapiro": "Shapiro–Wilk", "dagostino": "D'Agostino–Pearson"}
 
 
