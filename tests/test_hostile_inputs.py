@@ -443,3 +443,121 @@ def test_random_study_specs_give_a_grid_or_one_input_error():
         except InputError:
             outcomes["refused"] += 1
     assert outcomes["grid"] > 50 and outcomes["refused"] > 500, outcomes  # both kinds of outcome are exercised
+
+
+# --------------------------------------------------------------------------- the W0-SVD cache and sharded W0
+@pytest.fixture(scope="module")
+def sharded_base(tmp_path_factory):
+    """A tiny Llama saved in several shards, and a peft LoRA adapter on it with nonzero B."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    root = tmp_path_factory.mktemp("sharded")
+
+    def tiny():
+        torch.manual_seed(0)
+        config = LlamaConfig(hidden_size=32, intermediate_size=48, num_key_value_heads=1, vocab_size=64, num_hidden_layers=2,
+                             num_attention_heads=2)
+        return AutoModelForCausalLM.from_config(config).eval()
+
+    tiny().save_pretrained(root / "base", max_shard_size="20KB")
+    model = get_peft_model(tiny(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(generator=torch.Generator().manual_seed(len(name)))
+    model.save_pretrained(root / "adapter")
+    return root
+
+
+def _inspect(root, base=None):
+    from tlora_analysis.checkpoints import inspect_checkpoint
+
+    table = inspect_checkpoint(root / "adapter", base=str(base or root / "base"), intruder_k=3)
+    return table[["name", "amplification", "intruders"]].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("tamper", ["values", "nan", "integers", "shape", "garbage"])
+def test_w0_svd_cache_entries_are_checked_against_w0_and_recomputed(tmp_path, sharded_base, monkeypatch, tamper):
+    """A cache entry with wrong values, NaN, an integer dtype, a wrong shape or no safetensors at all
+    changes nothing: it fails the checks against W0 and is recomputed."""
+    monkeypatch.setenv("TLORA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    expected = _inspect(sharded_base)
+    entries = sorted((tmp_path / "cache" / "w0_svd").glob("*.safetensors"))
+    assert len(entries) == 4
+    for entry in entries:
+        tensors = load_file(entry)
+        u, s = tensors["U"], tensors["S"]
+        if tamper == "values":  # orthonormal, the right shape and dtype, and unrelated to W0
+            tensors = {"U": torch.linalg.qr(torch.randn(u.shape, generator=torch.Generator().manual_seed(1)))[0].contiguous(), "S": s}
+        elif tamper == "nan":
+            tensors = {"U": u.clone().fill_(math.nan), "S": s}
+        elif tamper == "integers":
+            tensors = {"U": (u * 100).to(torch.int32), "S": s.to(torch.int32)}
+        elif tamper == "shape":
+            tensors = {"U": u[:, :2].contiguous(), "S": s[:2].contiguous()}
+        if tamper == "garbage":
+            entry.write_bytes(b"not a safetensors file")
+        else:
+            save_file(tensors, entry)
+    pd_equal = _inspect(sharded_base).equals(expected)
+    assert pd_equal
+    for entry in entries:  # and each entry was rewritten with the right decomposition
+        assert torch.isfinite(load_file(entry)["U"]).all()
+
+
+def test_a_shard_replaced_with_the_same_size_and_mtime_never_meets_a_stale_entry(tmp_path, sharded_base, monkeypatch):
+    monkeypatch.setenv("TLORA_ANALYSIS_CACHE", str(tmp_path / "cache"))
+    base = shutil.copytree(sharded_base / "base", tmp_path / "base")
+    _inspect(sharded_base, base)
+    index = json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = base / index["model.layers.0.self_attn.q_proj.weight"]
+    stat = shard.stat()
+    tensors = load_file(shard)
+    generator = torch.Generator().manual_seed(7)
+    tensors = {k: torch.randn(v.shape, generator=generator).to(v.dtype) if k.endswith("q_proj.weight") else v for k, v in tensors.items()}
+    save_file(tensors, shard, metadata={"format": "pt"})
+    assert shard.stat().st_size == stat.st_size
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as cp -p or rsync -t would leave it
+    stale = _inspect(sharded_base, base)  # the old entries are still in the cache
+    monkeypatch.setenv("TLORA_ANALYSIS_CACHE", str(tmp_path / "fresh-cache"))
+    pd_equal = stale.equals(_inspect(sharded_base, base))
+    assert pd_equal
+
+
+@pytest.mark.parametrize("kind", ["file", "read-only"])
+def test_an_unwritable_cache_means_computing_without_it(tmp_path, sharded_base, monkeypatch, kind):
+    cache = tmp_path / "cache"
+    if kind == "file":
+        cache.write_text("a file where the cache folder should be")
+    else:
+        cache.mkdir()
+        cache.chmod(0o500)
+    monkeypatch.setenv("TLORA_ANALYSIS_CACHE", str(cache))
+    try:
+        table = _inspect(sharded_base)
+    finally:
+        if cache.is_dir():
+            cache.chmod(0o700)
+    monkeypatch.setenv("TLORA_ANALYSIS_CACHE", str(tmp_path / "writable"))
+    pd_equal = table.equals(_inspect(sharded_base))
+    assert pd_equal
+
+
+@pytest.mark.parametrize("change, fragment", [("nan", "holds NaN or infinite values"), ("inf", "holds NaN or infinite values"),
+                                              ("huge", "has shape (600, 500), the adapter's module")])
+def test_sharded_w0_values_and_shapes_are_checked_first(tmp_path, sharded_base, change, fragment):
+    """NaN or inf in W0 is one line, and a W0 of another shape is refused from the shard's header,
+    before the tensor is read (under a memory limit that reading it would break)."""
+    base = shutil.copytree(sharded_base / "base", tmp_path / "base")
+    index = json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = base / index["model.layers.0.self_attn.q_proj.weight"]
+    tensors = load_file(shard)
+    key = "model.layers.0.self_attn.q_proj.weight"
+    if change == "huge":
+        tensors[key] = torch.zeros(600, 500)
+    else:
+        tensors[key] = tensors[key].clone()
+        tensors[key][3, 4] = math.nan if change == "nan" else math.inf
+    save_file(tensors, shard, metadata={"format": "pt"})
+    refused(["inspect", sharded_base / "adapter", "--base", base], [base, sharded_base], fragment, key)

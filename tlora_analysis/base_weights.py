@@ -7,15 +7,17 @@ shard holding each tensor (``safe_open``) when it is asked for and keeps nothing
 
 Intruder dimensions need W0's full SVD, an O(d³) computation per layer (seconds at 4096²).
 :meth:`SafetensorsWeights.svd` stores each layer's singular vectors and values under
-``$TLORA_ANALYSIS_CACHE`` (default ``~/.cache/tlora-analysis``), keyed by the shard file's
-path, size and modification time and the tensor's name, so a second analysis of the same
-base reads them instead of recomputing.
+``$TLORA_ANALYSIS_CACHE`` (default ``~/.cache/tlora-analysis``), keyed by a digest of the
+tensor's bytes, shape and dtype, so a second analysis of the same weights reads them instead
+of recomputing, and a shard replaced by other weights (even with the same size and mtime)
+never meets a stale entry. An entry is used only after O(d²) checks against W0 itself (shape,
+dtype, finite, sorted non-negative S, Σσ² = ‖W0‖_F², ‖W0ᵀu_i‖ = σ_i); one that fails is
+recomputed, and a cache that cannot be written is skipped: it is only an optimisation.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -49,10 +51,12 @@ class SafetensorsWeights(Mapping):
     transposed; they are returned in ``nn.Linear`` orientation.
     """
 
-    def __init__(self, directory: str | Path, names: list[str]) -> None:
+    def __init__(self, directory: str | Path, names: list[str], shapes: Mapping[str, tuple[int, int]] | None = None) -> None:
+        """``shapes``: the (d_out, d_in) each module's W0 must have (the adapter's), checked from the
+        shard's header before a tensor is read."""
         from .io import refuse_pickled_files
 
-        self.directory = Path(directory)
+        self.directory, self._expected = Path(directory), dict(shapes or {})
         refuse_pickled_files(self.directory, only_if_no=".safetensors")
         index = read_json(self.directory / INDEX, "safetensors index")
         weight_map = index.get("weight_map")
@@ -88,33 +92,74 @@ class SafetensorsWeights(Mapping):
         if name not in self._keys:
             raise KeyError(name)
         key, path = self._shard(name)
+        conv1d = self._transposed and key.rsplit(".", 2)[-2] in CONV1D_NAMES
         try:
             with safe_open(str(path), "pt") as handle:
+                header = handle.get_slice(key)
+                shape, dtype = tuple(header.get_shape()), header.get_dtype()
+                if len(shape) != 2 or dtype not in FLOAT_DTYPES:
+                    raise InputError(f"{path}: tensor {key!r} is {dtype} {shape}, not a 2-D floating-point weight")
+                expected = self._expected.get(name)
+                if expected is not None and (shape[::-1] if conv1d else shape) != tuple(expected):
+                    raise InputError(f"{path}: tensor {key!r} has shape {shape}, the adapter's module {name!r} {tuple(expected)} "
+                                     "(is it the adapter's base model?)")
                 tensor = handle.get_tensor(key)
         except (SafetensorError, OSError) as err:
             raise InputError(f"{path}: cannot read tensor {key!r} ({err})") from err
-        if tensor.ndim != 2 or not tensor.is_floating_point():
-            raise InputError(f"{path}: tensor {key!r} is {tensor.dtype} {tuple(tensor.shape)}, not a 2-D floating-point weight")
-        conv1d = self._transposed and key.rsplit(".", 2)[-2] in CONV1D_NAMES
+        if not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{path}: tensor {key!r} holds NaN or infinite values")
         return tensor.T.contiguous() if conv1d else tensor
 
     def svd(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """W0's left singular vectors U and singular values S (float64), from the disk cache when present."""
-        from safetensors.torch import load_file
-
-        key, path = self._shard(name)
-        stat = path.stat()
-        digest = hashlib.sha256(json.dumps([str(path.resolve()), stat.st_size, stat.st_mtime_ns, key]).encode()).hexdigest()[:32]
-        cached = cache_dir() / "w0_svd" / f"{digest}.safetensors"
-        if cached.is_file():
-            try:
-                tensors = load_file(str(cached))
-                return tensors["U"].double(), tensors["S"].double()
-            except Exception:  # a damaged cache entry is recomputed, never trusted
-                cached.unlink(missing_ok=True)
-        u, s = _svd(self[name])
-        atomic_save_tensors(cached, {"U": u.float(), "S": s})
+        """W0's left singular vectors U and singular values S (float64), from the disk cache when an
+        entry for these exact weights is there and passes the checks against them."""
+        weight = self[name]
+        cached = cache_dir() / "w0_svd" / f"{content_digest(weight)}.safetensors"
+        entry = _read_entry(cached, weight)
+        if entry is not None:
+            return entry
+        u, s = _svd(weight)
+        try:
+            atomic_save_tensors(cached, {"U": u.float(), "S": s})
+        except OSError:  # an unwritable cache: compute without it
+            pass
         return u, s
+
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+"""safetensors header dtypes of a weight the analyses accept."""
+
+
+def content_digest(tensor: torch.Tensor) -> str:
+    """A digest of a tensor's dtype, shape and bytes: the W0-SVD cache key."""
+    digest = hashlib.sha256(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:40]
+
+
+def _read_entry(path: Path, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A cache entry's (U, S) if it is readable and consistent with ``weight``; None otherwise."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path)) if path.is_file() else {}
+    except Exception:  # unreadable or damaged: recomputed, never trusted
+        return None
+    u, s = tensors.get("U"), tensors.get("S")
+    k = min(weight.shape)
+    if (u is None or s is None or not u.is_floating_point() or not s.is_floating_point() or tuple(u.shape) != (weight.shape[0], k)
+            or tuple(s.shape) != (k,) or not bool(torch.isfinite(u).all() and torch.isfinite(s).all())):
+        return None
+    u, s, w = u.double(), s.double(), weight.double()
+    if bool((s < 0).any()) or bool((s[1:] > s[:-1] * (1 + 1e-6) + 1e-12).any()):
+        return None
+    tolerance = 1e-3 * float(s[0]) + 1e-12
+    if abs(float(s.pow(2).sum()) - float(w.pow(2).sum())) > 1e-3 * float(w.pow(2).sum()) + 1e-12:
+        return None
+    probes = sorted({0, k // 2, k - 1})
+    if any(abs(float((w.T @ u[:, i]).norm()) - float(s[i])) > tolerance for i in probes):
+        return None
+    return u, s
 
 
 def _svd(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

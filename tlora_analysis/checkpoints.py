@@ -136,7 +136,7 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None, base: str | N
         })
     table = pd.DataFrame(rows)
     if base is not None:
-        weights = source.base_weights if isinstance(source, FullFineTune) else base_weights(base, list(deltas))
+        weights = source.base_weights if isinstance(source, FullFineTune) else base_weights(base, list(deltas), {n: d.shape for n, d in deltas.items()})
         amp = amplification(source, weights, [epoch]).set_index("name")
         intruders = intruder_dimensions(source, weights, [epoch], k=intruder_k).groupby("name")["is_intruder"].sum()
         table["amplification"] = table["name"].map(amp["amplification"])

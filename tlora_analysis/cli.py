@@ -103,7 +103,7 @@ def _study(args):
 
 def _compare_study(study, args):
     from .analysis.compare import compare_study
-    from .models import base_weights, model_named_in_file
+    from .models import base_weights, layer_shapes, model_named_in_file
 
     adapted = study.finished(adapted_only=True)
     if not adapted:
@@ -111,7 +111,7 @@ def _compare_study(study, args):
     weights = base = None
     if not args.no_base:
         base = model_named_in_file(adapted[0][0].meta.get("model"), study.path / "study.json", args.base)
-        weights = base_weights(base, adapted[0][0].layer_names)
+        weights = base_weights(base, adapted[0][0].layer_names, layer_shapes(adapted[0][0].layers))
     return compare_study(study, weights), base
 
 
@@ -121,7 +121,7 @@ def _compare(args):
     Returns the labelled sources, the tables and the base model the W0 analyses used (None without them).
     """
     from .analysis import compare_runs
-    from .models import base_weights, model_named_in_file
+    from .models import base_weights, layer_shapes, model_named_in_file
     from .sources import labelled_paths, open_sources
 
     sources = open_sources(labelled_paths(args.runs), base=args.base)
@@ -135,7 +135,7 @@ def _compare(args):
         if args.base is None and not named:
             raise InputError(f"{first.path}: names no base model; pass --base MODEL or --no-base")
         base = model_named_in_file(named, first.path, args.base)
-        weights = base_weights(base, list(first.layers))
+        weights = base_weights(base, list(first.layers), layer_shapes(first.layers))
     return sources, compare_runs(adapted, weights, progress=True), base
 
 

@@ -124,9 +124,9 @@ def _write_peft_vera(run, epoch: int, folder: Path) -> None:
 
 
 def _write_dense(run, epoch: int, folder: Path) -> None:
-    from .models import base_weights
+    from .models import base_weights, layer_shapes
 
-    weights = base_weights(run.meta.get("model"), list(run.layers))
+    weights = base_weights(run.meta.get("model"), list(run.layers), layer_shapes(run.layers))
     tensors = {f"{name}.weight": (weights[name].double() + delta.dense(torch.float64)).float()
                for name, delta in run.deltas(epoch).items()}
     tensors.update(_head(run, epoch))

@@ -110,18 +110,24 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     return _pretrained(AutoTokenizer, name_or_path)
 
 
-def base_weights(name_or_path: str, module_names: list[str]) -> Mapping[str, torch.Tensor]:
+def layer_shapes(layers: Mapping[str, dict]) -> dict[str, tuple[int, int]]:
+    """(d_out, d_in) per adapted module, from a run's ``layers`` records."""
+    return {name: tuple(int(v) for v in record["shape"]) for name, record in layers.items()}
+
+
+def base_weights(name_or_path: str, module_names: list[str], shapes: Mapping[str, tuple[int, int]] | None = None) -> Mapping[str, torch.Tensor]:
     """W0 of the named linear layers of a pretrained model (for amplification and intruder dimensions).
 
     Names are those of the adapted classification model (e.g. ``bert.encoder.layer.0.attention.self.query``).
     A local directory of sharded safetensors (with ``model.safetensors.index.json``) is read one
-    tensor at a time (:class:`~tlora_analysis.base_weights.SafetensorsWeights`), never whole.
+    tensor at a time (:class:`~tlora_analysis.base_weights.SafetensorsWeights`), never whole,
+    each checked against ``shapes`` (module -> the adapter's (d_out, d_in)) from its header first.
     """
     from .base_weights import SafetensorsWeights, is_sharded
 
     local = resolve_model(name_or_path)
     if Path(local).is_dir() and is_sharded(local):
-        return SafetensorsWeights(local, module_names)
+        return SafetensorsWeights(local, module_names, shapes)
     model = load_model(name_or_path, num_labels=2)
     weights = {}
     for name in module_names:

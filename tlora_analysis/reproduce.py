@@ -77,7 +77,7 @@ def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True,
     """
     from .analysis.compare import compare_study
     from .figures import render_study
-    from .models import base_weights
+    from .models import base_weights, layer_shapes
     from .report import write_study_report
 
     started, options = time.perf_counter(), options or ReproduceOptions()
@@ -91,7 +91,7 @@ def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True,
         raise InputError(f"{runs_dir}: some cells did not finish (see study.json and logs/); run the same command again to resume")
     log("analysing ...")
     adapted = study.finished(adapted_only=True)
-    weights = base_weights(spec.get("model", "default"), adapted[0][0].layer_names)
+    weights = base_weights(spec.get("model", "default"), adapted[0][0].layer_names, layer_shapes(adapted[0][0].layers))
     tables = compare_study(study, weights)
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")

@@ -20,6 +20,8 @@ def _w0(base_weights: Mapping[str, torch.Tensor], name: str, shape: tuple[int, i
     w0 = base_weights[name].detach().to(torch.float64)
     if tuple(w0.shape) != tuple(shape):
         raise InputError(f"module {name!r}: W0 has shape {tuple(w0.shape)}, the update {tuple(shape)}")
+    if not bool(torch.isfinite(w0).all()):
+        raise InputError(f"module {name!r}: W0 holds NaN or infinite values")
     return w0
 
 
