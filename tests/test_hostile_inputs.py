@@ -561,3 +561,26 @@ def test_sharded_w0_values_and_shapes_are_checked_first(tmp_path, sharded_base, 
         tensors[key][3, 4] = math.nan if change == "nan" else math.inf
     save_file(tensors, shard, metadata={"format": "pt"})
     refused(["inspect", sharded_base / "adapter", "--base", base], [base, sharded_base], fragment, key)
+
+
+def test_resume_trains_only_on_the_data_the_run_was_trained_on(tmp_path, tiny_llama_dir):
+    """The data's digest is recorded at training time: a resumed run whose recorded data file now
+    holds other text is refused in one line; the original data, passed on the command line, resumes it."""
+    data = tmp_path / "data.txt"
+    lines = [f"example number {i} of a small causal LM task" for i in range(12)]
+    data.write_text("\n".join(lines) + "\n")
+    original = tmp_path / "original.txt"
+    shutil.copyfile(data, original)
+    run = tmp_path / "run"
+    args = ["--task", "lm", "--model", tiny_llama_dir, "--targets", "attention", "--batch-size", "4", "--no-progress"]
+    result = cli("train", "--method", "lora", "--data-file", data, "--epochs", "1", "--out", run, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(json.loads((run / "run.json").read_text())["data_sha256"]) == 64
+    data.write_text("\n".join(reversed(lines)) + "\n")
+    refused(["train", "--resume", run, "--epochs", "2", "--no-progress"], [run], "is not the data this run was trained on",
+            "--data-file")
+    result = cli("train", "--resume", run, "--epochs", "2", "--data-file", original, "--no-progress")
+    assert result.returncode == 0, result.stderr[-2000:]
+    from tlora_analysis.store import load_run
+
+    assert load_run(run).epochs == [0, 1, 2]

@@ -38,12 +38,13 @@ def _cmd_train(args) -> int:
 
     given = config_from_arguments(args)
     if args.resume:
-        extra = sorted(set(given) - {"epochs", "device", "model"})
+        extra = sorted(set(given) - {"epochs", "device", "model", "data_dir", "data_file"})
         if extra:
             raise InputError(f"--resume continues a run with its recorded settings; drop {', '.join('--' + k.replace('_', '-') for k in extra)}")
         from .training import resume
 
-        resume(args.resume, epochs=given.get("epochs"), device=given.get("device"), model=given.get("model"), progress=not args.no_progress)
+        resume(args.resume, epochs=given.get("epochs"), device=given.get("device"), model=given.get("model"),
+               data_dir=given.get("data_dir"), data_file=given.get("data_file"), progress=not args.no_progress)
         return 0
     if not args.out:
         raise InputError("train needs --out (or --resume RUN_DIR)")

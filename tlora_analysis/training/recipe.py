@@ -35,7 +35,7 @@ from ..store import Run, load_run
 from .batches import autocast, derived_seed, evaluate, lr_at, make_batch
 from .model import build_model, check_device
 from .probe import LinearProbe
-from .resume_state import check_resumable, load_resume_state, restore_optimizer, resume_tensors
+from .resume_state import check_resumable, check_resumed_data, load_resume_state, restore_optimizer, resume_tensors
 
 __all__ = ["TrainingRecipe", "train", "resume"]
 
@@ -59,14 +59,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
 
 def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, model: str | None = None,
-           progress: bool = True, log: Callable[[str], None] = print) -> Run:
+           data_dir: str | None = None, data_file: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Run:
     """Continue a run from its last finished epoch, with the configuration stored in its run.json.
 
     Resuming with the same ``epochs`` reproduces the uninterrupted run exactly. A larger
     ``epochs`` extends it: the learning-rate schedule is then stretched over the new total
     from the step reached, so the result differs from a run planned that long from the start.
     ``device`` moves the rest of the run to another device. A Hub model named in run.json is
-    loaded only if ``model`` names it (or a local copy of it).
+    loaded only if ``model`` names it (or a local copy of it). ``data_dir`` and ``data_file`` replace
+    the recorded data paths; either way the data must have the digest recorded at training time.
     """
     meta = read_json(Path(run_dir) / "run.json", "run.json")
     if not isinstance(meta.get("config"), dict):
@@ -79,6 +80,8 @@ def resume(run_dir: str | Path, *, epochs: int | None = None, device: str | None
         config.epochs = epochs
     if device is not None:
         config.device = device
+    config.data_dir = data_dir if data_dir is not None else config.data_dir
+    config.data_file = data_file if data_file is not None else config.data_file
     config.model = model_named_in_file(config.model, Path(run_dir) / "run.json", model)
     return train(config, run_dir, resume=True, progress=progress, log=log)
 
@@ -92,6 +95,7 @@ class TrainingRecipe:
         self.config, self.out_dir, self.resuming, self.log = config, Path(out_dir), resume, log
         check_device(config.device, config.precision)
         self.data = load_task(config.task, config.data_dir, config.max_train_samples, config.max_eval_samples, config.data_file)
+        self.data_sha256 = data_digest(self.data.train, self.data.validation)
         self.processes = start_processes(config.device, config.batch_size, len(self.data.train), config.sharding)
         self.progress = progress and self.processes.writes
         self.recorder: DeltaRecorder | None = None
@@ -130,6 +134,8 @@ class TrainingRecipe:
             raise InputError(f"{self.out_dir}: already holds a run; use --resume to continue it or choose another --out")
         if self.resuming and not has_run:
             raise InputError(f"{self.out_dir}: no run.json to resume")
+        if self.resuming:  # before the model is loaded
+            check_resumed_data(read_json(self.out_dir / "run.json", "run.json"), self.config, self.out_dir, self.data_sha256)
 
     def _remove_if_empty(self, created: bool) -> None:
         if created and self.out_dir.is_dir() and not any(self.out_dir.iterdir()):
@@ -190,7 +196,8 @@ class TrainingRecipe:
         if self.processes.writes:
             metadata = {"method": config.method, "task": config.task, "model": config.model, "targets": config.targets,
                         "seed": config.seed, "main_metric": self.data.spec.main_metric, "world_size": self.processes.world,
-                        "precision": config.precision, "recorded_dtype": "float32", "config": asdict(config)}
+                        "precision": config.precision, "recorded_dtype": "float32", "data_sha256": self.data_sha256,
+                        "config": asdict(config)}
             self.recorder = DeltaRecorder(self.model, self.out_dir, metadata=metadata, sinks=make_sinks(config.report_to, self.out_dir))
             if self.resuming:
                 self.recorder.writer.update(config=asdict(config), world_size=self.processes.world)  # --epochs may have extended the run
@@ -284,6 +291,14 @@ class TrainingRecipe:
                 self.log(f"{self.config.method} epoch {epoch}/{self.config.epochs}: train loss {metrics['train_loss']:.4f}, "
                          f"{self.data.spec.main_metric} {metrics[self.data.spec.main_metric]:.4f}, {self.train_time:.1f}s")
         self.processes.barrier()
+
+
+def data_digest(train: list[dict], validation: list[dict]) -> str:
+    """SHA-256 of both splits' examples: what a resumed run checks its data against."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([train, validation], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _check_labels(examples: list[dict], num_labels: int, task: str) -> None:

@@ -58,6 +58,17 @@ def restore_optimizer(model, optimizer, state: dict[str, dict[str, torch.Tensor]
             optimizer.state[param] = {k: v if k == "step" else layout_like(v, param) for k, v in state[name].items()}
 
 
+def check_resumed_data(meta: dict, config: TrainConfig, out_dir: Path, data_sha256: str) -> None:
+    """A resumed run trains on the data it was trained on: the digest recorded at training time
+    (runs recorded before digests were kept are not checked)."""
+    where = out_dir / "run.json"
+    recorded = meta.get("data_sha256")
+    if recorded is not None and recorded != data_sha256:
+        paths = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (("data_dir", config.data_dir), ("data_file", config.data_file)) if v)
+        raise InputError(f"{where}: the data now at {paths or 'the default task'} is not the data this run was trained on "
+                         f"(sha256 {data_sha256[:12]}, recorded {str(recorded)[:12]}); pass --data-dir or --data-file with the original data")
+
+
 def check_resumable(meta: dict, config: TrainConfig, out_dir: Path, model) -> None:
     """A resumed run must rebuild exactly the adapters its header records."""
     where = out_dir / "run.json"
