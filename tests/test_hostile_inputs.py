@@ -584,3 +584,36 @@ def test_resume_trains_only_on_the_data_the_run_was_trained_on(tmp_path, tiny_ll
     from tlora_analysis.store import load_run
 
     assert load_run(run).epochs == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("bytes.txt", b"fine line\n\xff\xfe not utf-8\nmore\n", "line 2 is not UTF-8"),
+    ("deep.jsonl", b'{"text": "ok"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 2 is JSON nested too deeply"),
+    ("surrogate.jsonl", b'{"text": "ok"}\n{"text": "half a pair \\ud800 here"}\n', "line 2 holds a lone surrogate"),
+    ("many.txt", b"x\n" * 250_001, "more than 250,000 examples"),
+])
+def test_lm_data_files_that_crashed_give_one_line(tmp_path, tiny_llama_dir, name, content, fragment):
+    data = tmp_path / name
+    data.write_bytes(content)
+    refused(["train", "--method", "lora", "--task", "lm", "--model", tiny_llama_dir, "--data-file", data, "--out", tmp_path / "run"],
+            [tmp_path], fragment)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("planted", ["notes", "link"])
+def test_report_never_replaces_a_claims_file_it_did_not_write(tmp_path, toy_runs, planted):
+    """report --out x.html writes its claims to x.claims.json; a file of that name that a report did not
+    write (or a link there) is refused before anything is written, and a report's own one is replaced."""
+    sibling = tmp_path / "x.claims.json"
+    if planted == "notes":
+        sibling.write_text("my notes, not a report's claims\n")
+    else:
+        (tmp_path / "elsewhere.json").write_text("[]\n")
+        sibling.symlink_to(tmp_path / "elsewhere.json")
+    refused(["report", toy_runs / "lora", toy_runs / "tlora", "--no-base", "--out", tmp_path / "x.html"], [tmp_path],
+            "x.claims.json: exists and was not written by report")
+    assert not (tmp_path / "x.html").exists()
+    sibling.unlink()
+    for _ in range(2):  # the second report replaces the first one's claims
+        assert cli("report", toy_runs / "lora", toy_runs / "tlora", "--no-base", "--out", tmp_path / "x.html", **LIMITS).returncode == 0
+    assert json.loads(sibling.read_text())[0]["finding"] == 1

@@ -217,9 +217,10 @@ def _add_report(sub) -> None:
 
 
 def _cmd_report(args) -> int:
-    from .report import write_report, write_study_report
+    from .report import check_claims_sibling, write_report, write_study_report
 
     study = _study(args)
+    check_claims_sibling(Path(args.out), ".claims.csv" if study else ".claims.json")  # before any work
     if study:
         import tempfile
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .analysis import paper_claims
+from .errors import InputError
 from .figures import FIGURES, render_all
 from .figures.style import method_label
 from .io import atomic_write_bytes
@@ -67,9 +68,34 @@ def _metrics(runs: Sequence) -> str:
     return pd.DataFrame(rows).to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="")
 
 
+def _written_by_report(path: Path, suffix: str) -> bool:
+    """Whether ``path`` looks like the claims file a report writes: a JSON list of readings, or their CSV."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(4096).decode("utf-8", "replace").lstrip()
+    except OSError:
+        return False
+    if suffix == ".claims.json":
+        return start.startswith("[") and '"finding"' in start
+    header = start.split("\n", 1)[0].split(",")
+    return "finding" in header and "reading" in header
+
+
+def check_claims_sibling(out: Path, suffix: str) -> None:
+    """Refuse, before anything is written, to replace a file beside ``out`` named like the claims file
+    (``x.claims.json`` for ``x.html``) that a report did not write."""
+    sibling = out.with_suffix(suffix)
+    if (sibling.exists() or sibling.is_symlink()) and not _written_by_report(sibling, suffix):
+        raise InputError(f"{sibling}: exists and was not written by report, which writes its claims there for --out {out}; "
+                         "move it or choose another --out")
+
+
 def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | Path, figure_dir: str | Path | None = None) -> Path:
     """Write the report to ``out``. Figures are taken from ``figure_dir`` if given, else rendered afresh."""
     out = Path(out)
+    check_claims_sibling(out, ".claims.json")
     with tempfile.TemporaryDirectory() as scratch:
         if figure_dir is None:
             figure_dir = Path(scratch)
@@ -183,6 +209,7 @@ def write_study_report(tables: Mapping[str, pd.DataFrame], study, out: str | Pat
     from .figures import STUDY_FIGURES
 
     out, figure_dir = Path(out), Path(figure_dir)
+    check_claims_sibling(out, ".claims.csv")
     figures = []
     for name, caption in [*((n, d[2]) for n, d in STUDY_FIGURES.items()), ("overview", "seed-0 pair: key panels"),
                           *((n, f"seed-0 pair: {d[2]}") for n, d in FIGURES.items())]:

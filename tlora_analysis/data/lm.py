@@ -18,6 +18,8 @@ from pathlib import Path
 from ..errors import InputError
 
 MAX_FILE_BYTES = 1 << 30
+MAX_EXAMPLES = 250_000
+"""Most examples a data file may give: tokenized, 250,000 short examples take about 1 GB."""
 
 
 def default_lm_examples() -> dict[str, list[dict]]:
@@ -29,7 +31,10 @@ def default_lm_examples() -> dict[str, list[dict]]:
 
 
 def read_lm_file(path: str | Path) -> dict[str, list[dict]]:
-    """``{"train": [...], "validation": [...]}`` from a ``.txt`` or ``.jsonl`` file (see the module docstring)."""
+    """``{"train": [...], "validation": [...]}`` from a ``.txt`` or ``.jsonl`` file (see the module docstring).
+
+    The file is read a line at a time, and at most :data:`MAX_EXAMPLES` examples are kept, so memory
+    is bounded by the examples, not by the file's size alone (tokenized, an example costs a few KB)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--data-file {path}: no such regular file")
@@ -38,26 +43,48 @@ def read_lm_file(path: str | Path) -> dict[str, list[dict]]:
     if path.suffix not in (".txt", ".jsonl"):
         raise InputError(f"--data-file {path}: expected a .txt or .jsonl file")
     examples = []
-    for number, line in enumerate(path.read_text(errors="strict").splitlines(), start=1):
-        if not line.strip():
-            continue
-        if path.suffix == ".txt":
-            examples.append({"text": line})
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"--data-file {path}: line {number} is not JSON ({err.msg})") from err
-        if isinstance(record, dict) and isinstance(record.get("text"), str):
-            examples.append({"text": record["text"]})
-        elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
-            examples.append({"prompt": record["prompt"], "completion": record["completion"]})
-        else:
-            raise InputError(f"--data-file {path}: line {number} needs a string 'text', or string 'prompt' and 'completion'")
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            example = _example(raw, number, path)
+            if example is None:
+                continue
+            if len(examples) == MAX_EXAMPLES:
+                raise InputError(f"--data-file {path}: more than {MAX_EXAMPLES:,} examples; split the file or take a part of it")
+            examples.append(example)
     if len(examples) < 2:
         raise InputError(f"--data-file {path}: needs at least two examples (the last tenth is the validation split)")
     held_out = max(1, len(examples) // 10)
     return {"train": examples[:-held_out], "validation": examples[-held_out:]}
+
+
+def _example(raw: bytes, number: int, path: Path) -> dict | None:
+    """One line as an example (None for a blank line), or one line naming what is wrong with it."""
+    try:
+        line = raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise InputError(f"--data-file {path}: line {number} is not UTF-8 (byte {err.start + 1})") from err
+    if not line.strip():
+        return None
+    if path.suffix == ".txt":
+        return {"text": line}
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise InputError(f"--data-file {path}: line {number} is not JSON ({err.msg})") from err
+    except RecursionError as err:
+        raise InputError(f"--data-file {path}: line {number} is JSON nested too deeply") from err
+    if isinstance(record, dict) and isinstance(record.get("text"), str):
+        example = {"text": record["text"]}
+    elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):
+        example = {"prompt": record["prompt"], "completion": record["completion"]}
+    else:
+        raise InputError(f"--data-file {path}: line {number} needs a string 'text', or string 'prompt' and 'completion'")
+    for value in example.values():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:  # a JSON escape of half a surrogate pair
+            raise InputError(f"--data-file {path}: line {number} holds a lone surrogate ({value[err.start]!r}), not text") from err
+    return example
 
 
 def encode_lm(tokenizer, examples: list[dict], max_length: int) -> list[dict]:
