@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity test bench clean
+.PHONY: setup reproduce sensitivity lr-sweep relatives ranks test bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -24,10 +24,24 @@ $(VENV)/.installed-dev: $(VENV)/.installed  # and what the tests need (peft, sub
 reproduce: $(VENV)/.installed  ## the main study (LoRA, TLoRA, head-only x 3 seeds), figures/ and the report
 	$(VENV)/bin/tlora-analysis reproduce --out figures
 
-sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init and learning rate (studies/sensitivity.toml, ~10 min)
+sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init, learning rate and schedule (studies/sensitivity.toml, ~25 min)
 	$(VENV)/bin/tlora-analysis study studies/sensitivity.toml --out runs/sensitivity --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/sensitivity --out figures/sensitivity
 	$(VENV)/bin/tlora-analysis report runs/sensitivity --out figures/sensitivity/report.html
+
+lr-sweep: $(VENV)/.installed  ## five learning rates per method, two seeds: the methods' default rates (studies/lr_sweep.toml, ~45 min)
+	$(VENV)/bin/tlora-analysis study studies/lr_sweep.toml --out runs/lr_sweep --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/lr_sweep --out figures/lr_sweep --no-base
+
+relatives: $(VENV)/.installed  ## the ladder: seven methods x 3 seeds against LoRA (studies/relatives.toml, ~20 min)
+	$(VENV)/bin/tlora-analysis study studies/relatives.toml --out runs/relatives --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/relatives --out figures/relatives
+	$(VENV)/bin/tlora-analysis report runs/relatives --out figures/relatives/report.html
+
+ranks: $(VENV)/.installed  ## LoRA and TLoRA at r = 2 .. 32 x 2 seeds (studies/ranks.toml, ~20 min)
+	$(VENV)/bin/tlora-analysis study studies/ranks.toml --out runs/ranks --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/ranks --out figures/ranks
+	$(VENV)/bin/tlora-analysis report runs/ranks --out figures/ranks/report.html
 
 test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 14 minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .

@@ -230,3 +230,22 @@ def test_figures_report_and_analyze_take_a_study_directory(tmp_path, reference):
     result = cli("analyze", reference, "--out", tmp_path / "tables", "--no-base", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert {"runs.csv", "norms_over_seeds.csv", "controls.csv", "claims.csv", "claims_per_seed.csv"} <= {p.name for p in (tmp_path / "tables").iterdir()}
+
+
+def test_a_finished_cell_whose_default_changed_is_not_reused(tmp_path, tiny_model_dir, monkeypatch):
+    """A spec without an lr takes each method's default: when a default changes, the finished cells
+    trained at the old one are refused by name instead of reused as if they were new."""
+    import dataclasses
+
+    from helpers import tree_digest
+    from tlora_analysis.errors import InputError
+    from tlora_analysis.methods import METHOD_SPECS
+
+    spec = {"method": ["lora"], "seed": [0], "model": tiny_model_dir, "epochs": 1, "batch_size": 8, "max_train_samples": 16,
+            "max_eval_samples": 8}
+    run_study(spec, tmp_path / "study", progress=False, log=lambda _: None)
+    before, trained_at = tree_digest(tmp_path / "study"), METHOD_SPECS["lora"].default_lr
+    monkeypatch.setitem(METHOD_SPECS, "lora", dataclasses.replace(METHOD_SPECS["lora"], default_lr=0.5))
+    with pytest.raises(InputError, match=rf"cell lora-s0 was trained with lr {trained_at!r}, the spec now gives 0.5"):
+        run_study(spec, tmp_path / "study", progress=False, log=lambda _: None)
+    assert tree_digest(tmp_path / "study") == before

@@ -192,6 +192,28 @@ def _run_submitit(study: Path, names: list[str], executor: Executor, on_done: Ca
         time.sleep(0.5)
 
 
+def _check_finished_configs(out: Path, spec: StudySpec, cells: dict) -> None:
+    """A finished cell is reused only if the spec still gives it the settings it was trained with: a
+    method's default learning rate may have changed since, and a stale cell must not pass as new."""
+    from ..config import non_settings
+    from ..io import read_json
+
+    skip = set(non_settings())
+    for name, settings in cells.items():
+        path = out / "runs" / name / "run.json"
+        if path.is_symlink() or not path.is_file():
+            continue
+        recorded = read_json(path, "run.json").get("config")
+        if not isinstance(recorded, dict):
+            continue
+        old, new = asdict(TrainConfig.from_dict(recorded)), asdict(spec.config(settings))
+        changed = [k for k in new if k not in skip and old.get(k) != new[k]]
+        if changed:
+            key = changed[0]
+            raise InputError(f"{out}: cell {name} was trained with {key} {old.get(key)!r}, the spec now gives {new[key]!r} "
+                             "(did a default change?); run the study into another --out, or remove that cell's run to retrain it")
+
+
 def _record_cells(out: Path, meta: dict, cells: dict) -> tuple[dict, list[str]]:
     """Write study.json with a record per cell, finished where its run finished (whatever an earlier
     record says: a kill may have come between the two); returns the records and the cells to run."""
@@ -240,6 +262,7 @@ def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, execut
     lock = RunLock.acquire(out)
     try:
         cells = spec.cells()
+        _check_finished_configs(out, spec, cells)
         records, todo = _record_cells(out, meta, cells)
         log(f"{out}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
             f"({executor.executor}, {executor.jobs} at a time, {cell_threads(executor.jobs)} threads each)")
