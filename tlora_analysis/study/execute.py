@@ -89,8 +89,10 @@ def run_cell(study_dir: str | Path, name: str, threads: int | None = None) -> st
 def _cell_main(argv: list[str]) -> int:
     """``python -m tlora_analysis.study DIR NAME THREADS``: one cell in its own process (the local executor)."""
     study_dir, name, threads = argv
+    started = time.perf_counter()
     try:
-        print(f"{name}: {run_cell(study_dir, name, int(threads))}", flush=True)
+        status = run_cell(study_dir, name, int(threads))
+        print(f"{name}: {status} in {time.perf_counter() - started:.1f} s", flush=True)
     except InputError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr, flush=True)
         return 2
