@@ -77,7 +77,7 @@ def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
     assert (tmp_path / "figs" / "overview.png").exists()
     settings = json.loads((tmp_path / "figs" / "figures.json").read_text())["settings"]
     assert settings["base"] is None and settings["histogram_bins"] == 40 and settings["intruder_epsilon"] == 0.5
-    assert main(["report", str(lora.path), str(tlora.path), "--out", str(tmp_path / "r.html"), "--no-base"]) == 0
+    assert main(["report", str(lora.path), str(tlora.path), "--out", str(tmp_path / "figs" / "r.html"), "--no-base"]) == 0
     assert main(["analyze", str(lora.path), str(tlora.path), "--out", str(tmp_path / "tables"), "--no-base"]) == 0
     assert (tmp_path / "tables" / "similarity.csv").exists()
     assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "single"), "--no-base"]) == 0
@@ -85,7 +85,8 @@ def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
         f"{n}.csv" for n in ("spectra", "norms", "effective_rank", "weight_stats", "weight_histograms", "subspace_epochs", "scales", "summary",
                              "metrics"))  # toy runs record no gradient norms: no empty grad_norms.csv
     # the order of the runs does not matter, and a run without a base model asks for one
-    assert main(["figures", str(tlora.path), str(lora.path), "--out", str(tmp_path / "x"), "--no-base"]) == 0
+    assert main(["analyze", str(tlora.path), str(lora.path), "--out", str(tmp_path / "x"), "--no-base"]) == 0
+    assert (tmp_path / "x" / "similarity.csv").read_bytes() == (tmp_path / "tables" / "similarity.csv").read_bytes()
     assert main(["analyze", str(tlora.path), "--out", str(tmp_path / "y")]) == 2
     assert "names no base model; pass --base MODEL or --no-base" in capsys.readouterr().err
 

@@ -600,20 +600,19 @@ def test_lm_data_files_that_crashed_give_one_line(tmp_path, tiny_llama_dir, name
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("planted", ["notes", "link"])
-def test_report_never_replaces_a_claims_file_it_did_not_write(tmp_path, toy_runs, planted):
+def test_report_never_replaces_a_claims_file_it_did_not_write(tmp_path, toy_runs):
     """report --out x.html writes its claims to x.claims.json; a file of that name that a report did not
-    write (or a link there) is refused before anything is written, and a report's own one is replaced."""
+    write (or a link there) is refused before any work, and one a report wrote is replaced."""
     sibling = tmp_path / "x.claims.json"
-    if planted == "notes":
-        sibling.write_text("my notes, not a report's claims\n")
-    else:
-        (tmp_path / "elsewhere.json").write_text("[]\n")
-        sibling.symlink_to(tmp_path / "elsewhere.json")
-    refused(["report", toy_runs / "lora", toy_runs / "tlora", "--no-base", "--out", tmp_path / "x.html"], [tmp_path],
-            "x.claims.json: exists and was not written by report")
+    args = ["report", toy_runs / "lora", toy_runs / "tlora", "--no-base", "--out", tmp_path / "x.html"]
+    sibling.write_text("my notes, not a report's claims\n")
+    refused(args, [tmp_path], "x.claims.json: exists and was not written by report")
+    sibling.unlink()
+    (tmp_path / "elsewhere.json").write_text("[]\n")
+    sibling.symlink_to(tmp_path / "elsewhere.json")
+    refused(args, [tmp_path], "x.claims.json: exists and was not written by report")
     assert not (tmp_path / "x.html").exists()
     sibling.unlink()
-    for _ in range(2):  # the second report replaces the first one's claims
-        assert cli("report", toy_runs / "lora", toy_runs / "tlora", "--no-base", "--out", tmp_path / "x.html", **LIMITS).returncode == 0
+    sibling.write_text(json.dumps([{"finding": 6, "reading": "an earlier report's"}], indent=2))
+    assert cli(*args, **LIMITS).returncode == 0
     assert json.loads(sibling.read_text())[0]["finding"] == 1
