@@ -16,6 +16,7 @@ from scipy import stats
 from helpers import ENV, cli, expect_error, make_run, tree_digest
 from tlora_analysis import analysis as A
 from tlora_analysis.analysis.seed_statistics import aggregate
+from tlora_analysis.methods import METHOD_SPECS
 from tlora_analysis.store import load_run
 from tlora_analysis.study import Executor, load_study, parse_spec, run_study
 
@@ -60,7 +61,7 @@ def test_grid_names_and_per_method_values():
     assert list(cells) == ["lora-lr1e-3-s0", "lora-lr1e-3-s1", "tlora-lr1e-2-s0", "tlora-lr1e-2-s1", "tlora-lr3e-2-s0",
                            "tlora-lr3e-2-s1", "head-s0", "head-s1"]
     assert cells["tlora-lr3e-2-s1"] == {"method": "tlora", "lr": 0.03, "seed": 1}
-    assert spec.config(cells["head-s0"]).lr == 1e-2 and spec.config(cells["lora-lr1e-3-s0"]).rank == 8
+    assert spec.config(cells["head-s0"]).lr == METHOD_SPECS["head"].default_lr and spec.config(cells["lora-lr1e-3-s0"]).rank == 8
     # a list of strings is one value of targets; a list of lists sweeps it
     assert parse_spec({"method": "lora", "targets": ["query", "value"]}).fixed["targets"] == ["query", "value"]
     assert list(parse_spec({"method": "lora", "targets": [["query"], ["query", "value"]]}).cells()) == ["lora-tquery", "lora-tquery+value"]
