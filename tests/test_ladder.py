@@ -99,6 +99,9 @@ def test_learning_rate_choice_takes_the_best_mean_and_minimises_losses():
     assert dict(zip(chosen.method, chosen.lr)) == {"lora": 1e-3, "tlora": 3e-2}
     chosen = learning_rate_choice(table, "perplexity").query("chosen")
     assert dict(zip(chosen.method, chosen.lr)) == {"lora": 1e-4, "tlora": 1e-2}
+    tied = table.assign(mean=[0.9, 0.9, 0.8, 0.5, 0.6, 0.6]).iloc[::-1]  # ties, in any row order: the smaller rate, once
+    chosen = learning_rate_choice(tied, "accuracy").query("chosen")
+    assert dict(zip(chosen.method, chosen.lr)) == {"lora": 1e-4, "tlora": 3e-2} and len(chosen) == 2
 
 
 def test_study_results_name_groups_and_carry_the_ladder_and_the_sweep(study):

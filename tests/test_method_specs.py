@@ -260,3 +260,15 @@ def test_a_mixed_shape_vera_adapter_without_its_base_says_so(tmp_path, tiny_mode
     with pytest.raises(InputError, match="layers of several shapes.*pass the base model"):
         inspect_checkpoint(tmp_path / "vera")
     assert len(inspect_checkpoint(tmp_path / "vera", base=tiny_model_dir)) == 4
+
+
+def test_default_learning_rates_are_the_committed_sweeps_choice():
+    """Every method's default lr is the rate the committed learning-rate sweep chose, so the registry,
+    figures/lr_sweep/results.json and the README cannot drift apart."""
+    from pathlib import Path
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "figures" / "lr_sweep" / "results.json").read_text())
+    chosen = {method: entry["chosen"] for method, entry in results["learning_rates"].items()}
+    assert chosen == {name: spec.default_lr for name, spec in METHOD_SPECS.items()}
+    for name, spec in METHOD_SPECS.items():
+        assert "studies/lr_sweep.toml" in spec.lr_reason, name

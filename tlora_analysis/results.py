@@ -95,11 +95,13 @@ def _ladder(tables: dict[str, pd.DataFrame], settings: list[str]) -> dict:
 
 def learning_rate_choice(runs_over_seeds: pd.DataFrame, metric: str) -> pd.DataFrame:
     """Per method, each swept learning rate's mean final metric over seeds (with CI and n), and
-    ``chosen`` marking the best mean (the smallest for :data:`LOWER_IS_BETTER` metrics)."""
+    ``chosen`` marking the best mean (the smallest for :data:`LOWER_IS_BETTER` metrics); of tied
+    rates the smallest is chosen."""
     rows = runs_over_seeds[runs_over_seeds.quantity == "final_metric"]
     rows = rows[["method", "lr", "mean", "ci_low", "ci_high", "n"]].sort_values(["method", "lr"]).reset_index(drop=True)
-    best = rows.groupby("method")["mean"].transform("min" if metric in LOWER_IS_BETTER else "max")
-    return rows.assign(chosen=rows["mean"] == best)
+    means = rows.groupby("method")["mean"]
+    best = means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax()  # the first, i.e. smallest, of tied rates
+    return rows.assign(chosen=rows.index.isin(best.to_numpy()))
 
 
 def study_results(tables: dict[str, pd.DataFrame], settings: list[str] | None = None) -> dict:
@@ -122,7 +124,7 @@ def study_results(tables: dict[str, pd.DataFrame], settings: list[str] | None = 
         metric = str(runs.metric.dropna().iloc[0])
         choice = learning_rate_choice(over_seeds, metric)
         results["learning_rates"] = {
-            method: {"metric": metric, "chosen": float(rows[rows.chosen].lr.iloc[0]),  # a tie goes to the smaller rate
+            method: {"metric": metric, "chosen": float(rows[rows.chosen].lr.iloc[0]),
                      "per_lr": [{"lr": float(r.lr), "mean": _round(r.mean), "ci": [_round(r.ci_low), _round(r.ci_high)], "n": int(r.n)}
                                 for r in rows.itertuples()]}
             for method, rows in choice.groupby("method", sort=False) if rows.lr.nunique() > 1}
