@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity lr-sweep relatives ranks test bench clean
+.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks test bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -24,10 +24,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed  # and what the tests need (peft, sub
 reproduce: $(VENV)/.installed  ## the main study (LoRA, TLoRA, head-only x 3 seeds), figures/ and the report
 	$(VENV)/bin/tlora-analysis reproduce --out figures
 
-sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init, learning rate and schedule (studies/sensitivity.toml, ~25 min)
+sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init and learning rate (studies/sensitivity.toml, ~12 min)
 	$(VENV)/bin/tlora-analysis study studies/sensitivity.toml --out runs/sensitivity --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/sensitivity --out figures/sensitivity
 	$(VENV)/bin/tlora-analysis report runs/sensitivity --out figures/sensitivity/report.html
+
+schedules: $(VENV)/.installed  ## LoRA and TLoRA under linear, constant and cosine schedules (studies/schedules.toml, ~10 min)
+	$(VENV)/bin/tlora-analysis study studies/schedules.toml --out runs/schedules --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/schedules --out figures/sensitivity/schedules
+	$(VENV)/bin/tlora-analysis report runs/schedules --out figures/sensitivity/schedules/report.html
 
 lr-sweep: $(VENV)/.installed  ## five learning rates per method, two seeds: the methods' default rates (studies/lr_sweep.toml, ~45 min)
 	$(VENV)/bin/tlora-analysis study studies/lr_sweep.toml --out runs/lr_sweep --jobs 2 --no-progress
