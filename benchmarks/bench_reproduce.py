@@ -50,9 +50,10 @@ def cell_times(study: Path) -> dict[str, list[float]]:
     return dict(kinds)
 
 
-def main() -> None:
+def main(keep: str | None = None) -> None:
+    """``keep``: clone into this directory and leave it there (its figures/ are the job's output)."""
     with tempfile.TemporaryDirectory() as scratch:
-        clone = Path(scratch) / "clone"
+        clone = Path(keep) if keep else Path(scratch) / "clone"
         subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
         lines = timed_lines(["make", "reproduce"], clone)
         print("| stage | wall time (s) |\n|---|---|")
@@ -64,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
