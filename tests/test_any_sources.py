@@ -74,8 +74,10 @@ def test_analyze_figures_and_report_write_their_outputs(tmp_path, kinds, name, c
     sources = [kinds[k] for k in SETS[name]]
     assert main(["analyze", *sources, "--out", str(tmp_path / "tables"), "--no-base"]) == 0
     assert (tmp_path / "tables" / "norms.csv").stat().st_size > 0
-    assert main(["figures", *sources, "--out", str(tmp_path / "figures"), "--no-base"]) == 0
+    formats = ["png", "pdf"] if name == "everything" else ["png"]  # what the report embeds; PDFs once
+    assert main(["figures", *sources, "--out", str(tmp_path / "figures"), "--no-base", "--formats", *formats]) == 0
     manifest = json.loads((tmp_path / "figures" / "figures.json").read_text())
+    assert all(len(e["files"]) == len(formats) for e in manifest["figures"])
     assert manifest["figures"] and all((tmp_path / "figures" / f).is_file() for e in manifest["figures"] for f in e["files"])
     assert all(entry["reason"] for entry in manifest["skipped"])
     assert main(["report", *sources, "--out", str(tmp_path / "figures" / "report.html"), "--no-base"]) == 0  # reuses the figures

@@ -99,7 +99,7 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
     with tempfile.TemporaryDirectory() as scratch:
         if figure_dir is None:
             figure_dir = Path(scratch)
-            render_all(tables, figure_dir)
+            render_all(tables, figure_dir, formats=("png",))  # the page embeds PNGs alone
         figure_dir = Path(figure_dir)
         figures = []
         for name in ["overview", *FIGURES]:

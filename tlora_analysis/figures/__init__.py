@@ -11,7 +11,7 @@ import pandas as pd
 from ..io import atomic_write_bytes
 from . import dynamics, geometry, overview
 from .study import STUDY_FIGURES
-from .style import NothingToDraw, save, style
+from .style import FORMATS, NothingToDraw, save, style
 
 __all__ = ["render_all", "render_study", "FIGURES", "STUDY_FIGURES", "dynamics", "geometry", "overview"]
 
@@ -47,7 +47,7 @@ SKIP_REASONS = {
 }
 
 
-def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict]) -> list[dict]:
+def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict], formats: tuple[str, ...]) -> list[dict]:
     """Draw each figure whose tables are there; for the others, add to ``skipped`` what was missing and why."""
     entries = []
     for name, (draw, needs, description) in registry.items():
@@ -60,14 +60,14 @@ def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path, 
         except NothingToDraw as reason:
             skipped.append({"name": name, "needs": list(needs), "reason": str(reason)})
             continue
-        paths = save(figure, out_dir, name)
+        paths = save(figure, out_dir, name, formats)
         entries.append({"name": name, "files": [p.name for p in paths], "shows": description, "tables": list(needs)})
     return entries
 
 
-def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict]) -> list[dict]:
-    entries = _draw(FIGURES, tables, out_dir, skipped)
-    paths = save(overview.overview(tables), out_dir, "overview")
+def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict], formats: tuple[str, ...]) -> list[dict]:
+    entries = _draw(FIGURES, tables, out_dir, skipped, formats)
+    paths = save(overview.overview(tables), out_dir, "overview", formats)
     return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": "key panels side by side", "tables": ["several"]}]
 
 
@@ -76,25 +76,26 @@ def _manifest(out_dir: Path, entries: list[dict], skipped: list[dict], sources: 
     atomic_write_bytes(out_dir / "figures.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
 
-def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None, settings: Mapping | None = None) -> list[dict]:
+def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None, settings: Mapping | None = None,
+               formats: tuple[str, ...] = FORMATS) -> list[dict]:
     """Draw every figure whose tables are present into ``out_dir`` (PNG and PDF) and write ``figures.json``
     listing each file with what it shows, its sources and the analysis settings, and each figure the tables
     could not feed (``skipped``, with what it needed and why)."""
     out_dir, skipped = Path(out_dir), []
     with style():
-        entries = _pair_figures(tables, out_dir, skipped)
+        entries = _pair_figures(tables, out_dir, skipped, formats)
     _manifest(out_dir, entries, skipped, sources, settings)
     return entries
 
 
 def render_study(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None,
-                 settings: Mapping | None = None) -> list[dict]:
+                 settings: Mapping | None = None, formats: tuple[str, ...] = FORMATS) -> list[dict]:
     """Draw a study's figures (seed bands, controls, claims per seed) and, from its ``pair`` tables,
     every single-pair figure; write ``figures.json`` listing them all."""
     out_dir, skipped = Path(out_dir), []
     with style():
-        entries = _draw(STUDY_FIGURES, tables, out_dir, skipped)
+        entries = _draw(STUDY_FIGURES, tables, out_dir, skipped, formats)
         if "pair" in tables:
-            entries += _pair_figures(tables["pair"], out_dir, skipped)
+            entries += _pair_figures(tables["pair"], out_dir, skipped, formats)
     _manifest(out_dir, entries, skipped, sources, settings)
     return entries

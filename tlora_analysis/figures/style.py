@@ -130,12 +130,16 @@ def integer_epochs(fig) -> None:
             ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
-def save(fig, out_dir: str | Path, name: str) -> list[Path]:
-    """Write ``name.png`` (150 dpi) and ``name.pdf``, close the figure and return both paths."""
+FORMATS = ("png", "pdf")
+"""What ``figures`` writes by default: PNG (150 dpi) for pages and notebooks, PDF for papers."""
+
+
+def save(fig, out_dir: str | Path, name: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write ``name.<format>`` for each format (PNG at 150 dpi), close the figure and return the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     integer_epochs(fig)
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
     for path in paths:
         # No creation date in PDFs: regenerating unchanged figures leaves the files byte-identical.
         metadata = {"CreationDate": None} if path.suffix == ".pdf" else None
