@@ -44,8 +44,11 @@ def group_labels(table: pd.DataFrame, settings: list[str]) -> pd.Series:
     return pd.Series(labels, index=table.index)
 
 
-def _round(value) -> float | None:
-    return None if pd.isna(value) else float(f"{float(value):.4g}")
+def _round(value) -> float | int | None:
+    """Four significant digits; whole numbers (parameter counts) exactly."""
+    if pd.isna(value):
+        return None
+    return int(value) if float(value).is_integer() else float(f"{float(value):.4g}")
 
 
 def _groups(tables: dict[str, pd.DataFrame], settings: list[str]) -> dict:
