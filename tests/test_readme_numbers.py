@@ -1,0 +1,81 @@
+"""Every number the README quotes from a committed results.json is that file's number: the tables are
+rebuilt here from the files and must appear in the README verbatim. Run this module as a script to
+print them (``python tests/test_readme_numbers.py``) after regenerating the results."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = {"lora": "LoRA", "lorafa": "LoRA-FA", "tlora": "TLoRA", "vera": "VeRA", "loraxs": "LoRA-XS", "full": "full fine-tuning",
+          "head": "head only"}
+
+
+def _load(path: str) -> dict:
+    return json.loads((ROOT / path).read_text())
+
+
+def _ci(entry: dict, digits: int = 3) -> str:
+    low, high = entry["ci"]
+    return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else f"{entry['mean']:.{digits}f}"
+
+
+def ladder_rows() -> list[str]:
+    """The README's ladder table, one row per method, from figures/relatives/results.json."""
+    results = _load("figures/relatives/results.json")
+    rows = []
+    for method, group in results["methods"].items():
+        ladder = results.get("ladder", {}).get(method, {})
+        accuracy = f"{group['mean']:.3f} [{group['ci_low']:.3f}, {group['ci_high']:.3f}]"
+        counts = f"{group['adapter_params']:,} / {group['frozen_random_params']:,}"
+        cells = [_ci(ladder[q]) if q in ladder else "—" for q in ("cosine", "cosine_next_seed", "reachable_cosine", "reachable_random",
+                                                                  "function_cosine", "norm_ratio")]
+        rows.append(f"| {LABELS.get(method, method)} | {accuracy} | {counts} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def rank_rows() -> list[str]:
+    """The README's rank table from figures/ranks/results.json: TLoRA against LoRA of its rank."""
+    results = _load("figures/ranks/results.json")
+    rows = []
+    for name, group in results["methods"].items():
+        ladder = results.get("ladder", {}).get(name, {})
+        if group["method"] != "tlora":
+            continue
+        lora = results["methods"][name.replace("tlora", "lora", 1)]
+        rows.append(f"| {group['rank']} | {ladder['rank_ratio']['mean']:.3f} | {lora['mean']:.3f} | {group['mean']:.3f} | "
+                    f"{_ci(ladder['cosine'])} | {_ci(ladder['reachable_cosine'])} | {ladder['reachable_random']['mean']:.3f} | "
+                    f"{_ci(ladder['norm_ratio'], 2)} |")
+    return rows
+
+
+def _rate(lr: float) -> str:
+    return f"{lr:g}" if lr >= 0.1 else f"{lr:.0e}".replace("e-0", "e-")
+
+
+def learning_rate_rows() -> list[str]:
+    results = _load("figures/lr_sweep/results.json")["learning_rates"]
+    rows = []
+    for method, entry in results.items():
+        best = next(r for r in entry["per_lr"] if r["lr"] == entry["chosen"])
+        rates = ", ".join(f"{_rate(r['lr'])}: {r['mean']:.3f}" for r in entry["per_lr"])
+        rows.append(f"| {LABELS.get(method, method)} | **{_rate(entry['chosen'])}** ({best['mean']:.3f}) | {rates} |")
+    return rows
+
+
+TABLES = {"figures/lr_sweep/results.json": learning_rate_rows, "figures/relatives/results.json": ladder_rows,
+          "figures/ranks/results.json": rank_rows}
+
+
+@pytest.mark.parametrize("source", TABLES)
+def test_readme_quotes_the_results_files(source):
+    readme = (ROOT / "README.md").read_text()
+    for row in TABLES[source]():
+        assert row in readme, f"README does not quote {source}: {row}"
+
+
+if __name__ == "__main__":
+    for source, rows in TABLES.items():
+        print(f"\n{source}")
+        print("\n".join(rows()))
