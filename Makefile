@@ -48,7 +48,7 @@ ranks: $(VENV)/.installed  ## LoRA and TLoRA at r = 2 .. 32 x 2 seeds (studies/r
 	$(VENV)/bin/tlora-analysis figures runs/ranks --out figures/ranks
 	$(VENV)/bin/tlora-analysis report runs/ranks --out figures/ranks/report.html
 
-test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 14 minutes on 2 CPU cores)
+test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 11 minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile  # a file's shared fixtures are built once
 
