@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -165,3 +165,9 @@ def fixed_sides(method: str) -> tuple[str, ...]:
     none for a method no spec names, so no bound is claimed for it."""
     spec = METHOD_SPECS.get(method)
     return spec.fixed_sides if spec is not None else ()
+
+
+def settings_without(settings: Mapping, *keys: str) -> dict:
+    """A cell's settings less ``keys``: what two cells must share to be compared (seed controls, the
+    LoRA partner of a cell, a rank pair)."""
+    return {k: v for k, v in settings.items() if k not in keys}

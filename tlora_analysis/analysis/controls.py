@@ -22,7 +22,7 @@ import torch
 from ..config import ANALYSIS
 from ..factored import cosine_similarity
 from ..study.directory import Study
-from ._common import module_and_layer
+from ._common import module_and_layer, settings_without
 from .claims import PAPER_METHOD, REFERENCE_METHOD, paper_claims
 from .distributions import weight_distributions
 from .norms import norms, scales
@@ -41,9 +41,6 @@ SAME_METHOD = "same method, other seed"
 OTHER_METHOD = "other method, same seed"
 
 
-def _without(settings: Mapping, *keys: str) -> dict:
-    return {k: v for k, v in settings.items() if k not in keys}
-
 
 def _pairs(study: Study):
     """(kind, a, sa, b, sb) for every pair of finished adapted cells that differ only in seed, or only in method at one seed."""
@@ -51,10 +48,10 @@ def _pairs(study: Study):
     per_method = set(study.spec.per_method)
     for i, (a, sa) in enumerate(cells):
         for b, sb in cells[i + 1:]:
-            if sa["method"] == sb["method"] and _without(sa, "seed") == _without(sb, "seed"):
+            if sa["method"] == sb["method"] and settings_without(sa, "seed") == settings_without(sb, "seed"):
                 yield SAME_METHOD, a, sa, b, sb
             elif sa["method"] != sb["method"] and sa.get("seed") == sb.get("seed") and \
-                    _without(sa, "method", *per_method) == _without(sb, "method", *per_method):
+                    settings_without(sa, "method", *per_method) == settings_without(sb, "method", *per_method):
                 yield OTHER_METHOD, a, sa, b, sb
 
 
@@ -118,7 +115,7 @@ def rank_similarity(study: Study) -> pd.DataFrame:
     tables = []
     for i, (a, sa) in enumerate(cells):
         for b, sb in cells[i + 1:]:
-            if sa.get("rank") != sb.get("rank") and _without(sa, "rank") == _without(sb, "rank"):
+            if sa.get("rank") != sb.get("rank") and settings_without(sa, "rank") == settings_without(sb, "rank"):
                 small, large = (a, b) if a.rank <= b.rank else (b, a)
                 table = subspace_similarity_table(small, large, epochs=[_last(a, b)])
                 tables.append(table.assign(method=sa["method"], seed=sa.get("seed"), rank_a=small.rank, rank_b=large.rank))
@@ -175,10 +172,10 @@ def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None =
     rows = []
     for t, st in tlora:
         for lo, sl in lora:
-            if sl.get("seed") != st.get("seed") or _without(sl, "method", *per_method) != _without(st, "method", *per_method):
+            if sl.get("seed") != st.get("seed") or settings_without(sl, "method", *per_method) != settings_without(st, "method", *per_method):
                 continue
             tables = pair_tables(lo, t, base_weights, function_examples=function_examples, norms_table=norms_table)
-            group_l, group_t = _without(sl, "seed"), _without(st, "seed")
+            group_l, group_t = settings_without(sl, "seed"), settings_without(st, "seed")
             same = controls[(controls.kind == SAME_METHOD)] if len(controls) else controls
             if len(same):
                 mask = same.method_a == REFERENCE_METHOD
@@ -186,7 +183,7 @@ def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None =
                     mask &= same[f"{key}_a"] == value
                 if mask.any():
                     tables["seed_control"] = same[mask]
-            siblings = [r for r, s in tlora if _without(s, "seed") == group_t]
+            siblings = [r for r, s in tlora if settings_without(s, "seed") == group_t]
             if len(siblings) > 1:
                 tables["scales_over_seeds"] = pd.concat([scales(r) for r in siblings], ignore_index=True)
             claims = paper_claims(tables)

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..factored import cosine_similarity
 from ..study.directory import Study
+from ._common import settings_without
 from .claims import REFERENCE_METHOD
 from .seed_statistics import aggregate
 from .similarity import reachable_cosine
@@ -33,9 +34,6 @@ LADDER_QUANTITIES = ("final_metric", "trainable_params", "frozen_random_params",
 
 SAME_SEED, OTHER_SEED = "LoRA, same seed", "LoRA, next seed"
 
-
-def _without(settings: Mapping, *keys: str) -> dict:
-    return {k: v for k, v in settings.items() if k not in keys}
 
 
 def _next_seed(cells: list, settings: Mapping, key) -> object | None:
@@ -54,11 +52,11 @@ def _partners(study: Study):
     lora = [(r, s) for r, s in cells if s["method"] == REFERENCE_METHOD]
 
     def group(settings):
-        return _without(settings, "method", "seed", *per_method)
+        return settings_without(settings, "method", "seed", *per_method)
 
     for run, settings in cells:
         if settings["method"] == REFERENCE_METHOD:  # its own settings (lr too) at another seed
-            partner = _next_seed(lora, settings, lambda s: _without(s, "seed"))
+            partner = _next_seed(lora, settings, lambda s: settings_without(s, "seed"))
             if partner is not None:
                 yield run, settings, partner, OTHER_SEED, None
             continue
