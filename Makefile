@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks test bench clean
+.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates test bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -47,6 +47,10 @@ ranks: $(VENV)/.installed  ## LoRA and TLoRA at r = 2 .. 32 x 2 seeds (studies/r
 	$(VENV)/bin/tlora-analysis study studies/ranks.toml --out runs/ranks --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/ranks --out figures/ranks
 	$(VENV)/bin/tlora-analysis report runs/ranks --out figures/ranks/report.html
+
+rank-rates: $(VENV)/.installed  ## TLoRA's learning rate at each rank: four rates x r = 2, 4, 16, 32 x 2 seeds (studies/rank_rates.toml, ~35 min)
+	$(VENV)/bin/tlora-analysis study studies/rank_rates.toml --out runs/rank_rates --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/rank_rates --out figures/ranks/rates --no-base
 
 test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 11 minutes on 2 CPU cores)
 	$(VENV)/bin/ruff check .

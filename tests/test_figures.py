@@ -71,6 +71,30 @@ def test_claims_and_report(tmp_path, pair):
     assert json.loads(out.with_suffix(".claims.json").read_text())[0]["claim"].startswith("1.")
 
 
+def test_report_embeds_each_figure_in_256_colours(tmp_path):
+    """The page's copy of a figure is a third of the file's size, and no pixel moves by more than a few levels."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from PIL import Image
+
+    from tlora_analysis.report import _embedded_png
+
+    figure, axes = plt.subplots(1, 2, figsize=(8, 3))
+    axes[0].imshow(np.random.default_rng(0).normal(size=(40, 60)), cmap="viridis")
+    axes[1].plot(np.sin(np.linspace(0, 9, 200)), label="sin")
+    axes[1].legend()
+    figure.savefig(tmp_path / "f.png", dpi=150)
+    plt.close(figure)
+    embedded = base64.b64decode(_embedded_png(tmp_path / "f.png"))
+    with Image.open(io.BytesIO(embedded)) as page, Image.open(tmp_path / "f.png") as file:
+        error = np.abs(np.asarray(page.convert("RGB"), float) - np.asarray(file.convert("RGB"), float))
+    assert error.max() <= 16 and error.mean() < 1
+    assert len(embedded) < (tmp_path / "f.png").stat().st_size / 2
+
+
 def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
     lora, tlora, _ = pair
     assert main(["figures", str(lora.path), str(tlora.path), "--out", str(tmp_path / "figs"), "--no-base"]) == 0

@@ -102,6 +102,10 @@ def test_learning_rate_choice_takes_the_best_mean_and_minimises_losses():
     tied = table.assign(mean=[0.9, 0.9, 0.8, 0.5, 0.6, 0.6]).iloc[::-1]  # ties, in any row order: the smaller rate, once
     chosen = learning_rate_choice(tied, "accuracy").query("chosen")
     assert dict(zip(chosen.method, chosen.lr)) == {"lora": 1e-4, "tlora": 3e-2} and len(chosen) == 2
+    by_rank = pd.concat([table.assign(rank=8), table.assign(rank=32, mean=[0.7, 0.6, 0.5, 0.9, 0.6, 0.5])])
+    chosen = learning_rate_choice(by_rank, "accuracy").query("chosen")  # another swept setting: a choice per rank
+    assert dict(zip(chosen.group, chosen.lr)) == {"lora rank=8": 1e-3, "lora rank=32": 1e-4, "tlora rank=8": 3e-2,
+                                                  "tlora rank=32": 1e-2}
 
 
 def test_study_results_name_groups_and_carry_the_ladder_and_the_sweep(study):

@@ -186,7 +186,7 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
             tables[f"{name}_over_seeds"] = aggregate(tables[name])
     finished = runs[runs.status == "finished"]
     if seeds and len(finished):
-        keys = [c for c in study.swept if c != "seed"]
+        keys = ["method", *(c for c in study.swept if c not in ("method", "seed"))]
         tables["runs_over_seeds"] = aggregate(finished, by=keys, values=["final_metric", "trainable_params", "adapter_params"])
     pair_seed = min((s.get("seed", 0) for _, s in adapted), default=None) if pair_seed is None else pair_seed
     pair = [r for r, s in adapted if s.get("seed", 0) == pair_seed]

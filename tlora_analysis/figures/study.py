@@ -12,6 +12,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.colors import to_rgb
 
 from ..analysis.claims import FINDINGS, PAPER_METHOD
 from ..analysis.seed_statistics import aggregate
@@ -254,20 +255,19 @@ def plot_verdict_map(claims: pd.DataFrame):
 
 
 def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
-    """A learning-rate sweep: each method's final metric against lr (mean and 95% CI over seeds), the
-    chosen rate ringed."""
+    """A learning-rate sweep: each group's (method's, or method and rank's) final metric against lr (mean
+    and 95% CI over seeds), the chosen rate ringed."""
     from ..results import learning_rate_choice
 
-    if "lr" not in runs_over_seeds.columns or runs_over_seeds.groupby("method")["lr"].nunique().max() < 2:
+    if "lr" not in runs_over_seeds.columns or runs_over_seeds["lr"].nunique() < 2:
         raise NothingToDraw("no method was run at two or more learning rates")
     metric = str(runs.metric.dropna().iloc[0])
     choice = learning_rate_choice(runs_over_seeds, metric)
     fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
-    for method, rows in choice.groupby("method", sort=False):
-        color = method_color(method)
+    for (group, rows), color in zip(choice.groupby("group", sort=False), _group_colors(choice)):
         err = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]])
-        ax.errorbar(rows.lr, rows["mean"], yerr=None if np.isnan(err).all() else err, fmt="o-", color=color, capsize=3,
-                    label=method_label(method))
+        label = method_label(rows.method.iloc[0]) + group.removeprefix(str(rows.method.iloc[0]))
+        ax.errorbar(rows.lr, rows["mean"], yerr=None if np.isnan(err).all() else err, fmt="o-", color=color, capsize=3, label=label)
         best = rows[rows.chosen]
         ax.scatter(best.lr, best["mean"], s=160, facecolors="none", edgecolors=color, linewidths=1.8)
     ax.set_xscale("log")
@@ -276,6 +276,18 @@ def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
     ax.set_title("learning-rate sweep: mean and 95% CI over seeds; ringed: the best mean")
     ax.legend(fontsize=8)
     return fig
+
+
+def _group_colors(choice: pd.DataFrame) -> list:
+    """A method's colour where it is one group; shades of it, light to dark, where it is several (one per rank)."""
+    groups = choice.drop_duplicates("group")
+    colors = []
+    for method, group in zip(groups.method, groups.group):
+        names = list(groups[groups.method == method].group)
+        base = np.array(to_rgb(method_color(method)))
+        shade = 0.0 if len(names) == 1 else 0.55 * (1 - names.index(group) / (len(names) - 1))
+        colors.append(tuple(base + (1 - base) * shade))
+    return colors
 
 
 STUDY_FIGURES = {
