@@ -37,8 +37,9 @@ def _lr_help() -> str:
 
 _TLORA_INIT = METHOD_SPECS["tlora"].options["init"]
 
-REPRODUCE_EPOCHS = 4
-"""Epochs per run of the main job (``tlora-analysis reproduce``); four fit its 10-minute budget on 2 cores."""
+REPRODUCE_EPOCHS = 3
+"""Epochs per run of the main job (``tlora-analysis reproduce``): three, as in the sweep that chose each
+method's default rate (studies/lr_sweep.toml) and every other study; the job then fits 7 minutes on 2 cores."""
 REPRODUCE_SEEDS = 3
 """Seeds per method of the main job."""
 
