@@ -171,3 +171,11 @@ def settings_without(settings: Mapping, *keys: str) -> dict:
     """A cell's settings less ``keys``: what two cells must share to be compared (seed controls, the
     LoRA partner of a cell, a rank pair)."""
     return {k: v for k, v in settings.items() if k not in keys}
+
+
+def same_but_method(a: Mapping, b: Mapping, per_method: Iterable[str]) -> bool:
+    """Whether two cells are methods compared at one seed: alike in every setting but the method and
+    the settings each method takes its own value of (``per_method``, such as its learning rate). The one
+    pairing rule of the method controls, the claims' LoRA/TLoRA pairs and the ladder's LoRA partners."""
+    skip = ("method", *per_method)
+    return a.get("seed") == b.get("seed") and settings_without(a, *skip) == settings_without(b, *skip)

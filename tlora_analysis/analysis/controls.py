@@ -22,7 +22,7 @@ import torch
 from ..config import ANALYSIS
 from ..factored import cosine_similarity
 from ..study.directory import Study
-from ._common import module_and_layer, settings_without
+from ._common import module_and_layer, same_but_method, settings_without
 from .claims import PAPER_METHOD, REFERENCE_METHOD, paper_claims
 from .distributions import weight_distributions
 from .norms import norms, scales
@@ -41,7 +41,6 @@ SAME_METHOD = "same method, other seed"
 OTHER_METHOD = "other method, same seed"
 
 
-
 def _pairs(study: Study):
     """(kind, a, sa, b, sb) for every pair of finished adapted cells that differ only in seed, or only in method at one seed."""
     cells = study.finished(adapted_only=True)
@@ -50,8 +49,7 @@ def _pairs(study: Study):
         for b, sb in cells[i + 1:]:
             if sa["method"] == sb["method"] and settings_without(sa, "seed") == settings_without(sb, "seed"):
                 yield SAME_METHOD, a, sa, b, sb
-            elif sa["method"] != sb["method"] and sa.get("seed") == sb.get("seed") and \
-                    settings_without(sa, "method", *per_method) == settings_without(sb, "method", *per_method):
+            elif sa["method"] != sb["method"] and same_but_method(sa, sb, per_method):
                 yield OTHER_METHOD, a, sa, b, sb
 
 
@@ -172,7 +170,7 @@ def study_claims(study: Study, base_weights: Mapping[str, torch.Tensor] | None =
     rows = []
     for t, st in tlora:
         for lo, sl in lora:
-            if sl.get("seed") != st.get("seed") or settings_without(sl, "method", *per_method) != settings_without(st, "method", *per_method):
+            if not same_but_method(sl, st, per_method):
                 continue
             tables = pair_tables(lo, t, base_weights, function_examples=function_examples, norms_table=norms_table)
             group_l, group_t = settings_without(sl, "seed"), settings_without(st, "seed")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..factored import cosine_similarity
 from ..study.directory import Study
-from ._common import settings_without
+from ._common import same_but_method, settings_without
 from .claims import REFERENCE_METHOD
 from .seed_statistics import aggregate
 from .similarity import reachable_cosine
@@ -33,7 +33,6 @@ LADDER_QUANTITIES = ("final_metric", "trainable_params", "frozen_random_params",
 """The per-cell numbers of :func:`ladder`, each folded over seeds by :func:`ladder_over_seeds`."""
 
 SAME_SEED, OTHER_SEED = "LoRA, same seed", "LoRA, next seed"
-
 
 
 def _next_seed(cells: list, settings: Mapping, key) -> object | None:
@@ -50,19 +49,15 @@ def _partners(study: Study):
     per_method = set(study.spec.per_method)
     cells = study.finished(adapted_only=True)
     lora = [(r, s) for r, s in cells if s["method"] == REFERENCE_METHOD]
-
-    def group(settings):
-        return settings_without(settings, "method", "seed", *per_method)
-
     for run, settings in cells:
         if settings["method"] == REFERENCE_METHOD:  # its own settings (lr too) at another seed
             partner = _next_seed(lora, settings, lambda s: settings_without(s, "seed"))
             if partner is not None:
                 yield run, settings, partner, OTHER_SEED, None
             continue
-        partner = next((r for r, s in lora if s.get("seed") == settings.get("seed") and group(s) == group(settings)), None)
+        partner = next((r for r, s in lora if same_but_method(s, settings, per_method)), None)
         if partner is not None:
-            yield run, settings, partner, SAME_SEED, _next_seed(lora, settings, group)
+            yield run, settings, partner, SAME_SEED, _next_seed(lora, settings, lambda s: settings_without(s, "method", "seed", *per_method))
 
 
 def ladder_layers(study: Study, function_examples: int = 0) -> pd.DataFrame:
