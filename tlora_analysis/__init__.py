@@ -9,7 +9,7 @@ command line's ``--help``) does not pay for torch, transformers, pandas and scip
 
 from importlib import import_module
 
-__version__ = "0.3.0"
+__version__ = "0.3.1"
 
 _LAZY = {
     "FactoredDelta": "factored",
