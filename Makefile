@@ -48,7 +48,7 @@ ranks: $(VENV)/.installed  ## LoRA and TLoRA at r = 2 .. 32 x 2 seeds (studies/r
 	$(VENV)/bin/tlora-analysis figures runs/ranks --out figures/ranks
 	$(VENV)/bin/tlora-analysis report runs/ranks --out figures/ranks/report.html
 
-rank-rates: $(VENV)/.installed  ## TLoRA's learning rate at each rank: four rates x r = 2, 4, 16, 32 x 2 seeds (studies/rank_rates.toml, ~35 min)
+rank-rates: $(VENV)/.installed  ## TLoRA's learning rate at each rank (six rates x r = 2, 4, 16, 32 x 2 seeds) beside LoRA (studies/rank_rates.toml, ~60 min)
 	$(VENV)/bin/tlora-analysis study studies/rank_rates.toml --out runs/rank_rates --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/rank_rates --out figures/ranks/rates --no-base
 

@@ -264,10 +264,11 @@ def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
     metric = str(runs.metric.dropna().iloc[0])
     choice = learning_rate_choice(runs_over_seeds, metric)
     fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
-    for (group, rows), color in zip(choice.groupby("group", sort=False), _group_colors(choice)):
+    for (group, rows), (color, marker) in zip(choice.groupby("group", sort=False), _group_styles(choice)):
         err = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]])
         label = method_label(rows.method.iloc[0]) + group.removeprefix(str(rows.method.iloc[0]))
-        ax.errorbar(rows.lr, rows["mean"], yerr=None if np.isnan(err).all() else err, fmt="o-", color=color, capsize=3, label=label)
+        ax.errorbar(rows.lr, rows["mean"], yerr=None if np.isnan(err).all() else err, fmt=f"{marker}-", color=color, capsize=3,
+                    label=label)
         best = rows[rows.chosen]
         ax.scatter(best.lr, best["mean"], s=160, facecolors="none", edgecolors=color, linewidths=1.8)
     ax.set_xscale("log")
@@ -278,16 +279,17 @@ def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
     return fig
 
 
-def _group_colors(choice: pd.DataFrame) -> list:
-    """A method's colour where it is one group; shades of it, light to dark, where it is several (one per rank)."""
+def _group_styles(choice: pd.DataFrame) -> list[tuple]:
+    """(colour, marker) per group: the method's colour where it is one group; where it is several (one
+    per rank), shades of it from light to dark, each with its own marker."""
     groups = choice.drop_duplicates("group")
-    colors = []
+    styles = []
     for method, group in zip(groups.method, groups.group):
         names = list(groups[groups.method == method].group)
-        base = np.array(to_rgb(method_color(method)))
-        shade = 0.0 if len(names) == 1 else 0.55 * (1 - names.index(group) / (len(names) - 1))
-        colors.append(tuple(base + (1 - base) * shade))
-    return colors
+        base, index = np.array(to_rgb(method_color(method))), names.index(group)
+        shade = 0.0 if len(names) == 1 else 0.7 * (1 - index / (len(names) - 1))
+        styles.append((tuple(base + (1 - base) * shade), "osD^vP"[index % 6]))
+    return styles
 
 
 STUDY_FIGURES = {
