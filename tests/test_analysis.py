@@ -208,6 +208,26 @@ def test_amplification_and_intruders_match_dense(runs):
         A.amplification(run, {}, epochs=[1])
 
 
+def test_loaded_weights_keep_each_w0_svd_for_every_run(runs, monkeypatch):
+    """A model loaded whole gives the same tables as a plain mapping, with W0's SVD computed once per module
+    for all runs instead of once per run."""
+    import pandas as pd
+
+    from tlora_analysis import base_weights as store
+
+    base = {n: m.base.weight.detach() for n, m in _base_layers(runs["lora"]).items()}
+    pair = (runs["lora"], runs["lora_seed1"])
+
+    def tables(weights):
+        return [f(r, weights, epochs=[2]) for r in pair for f in (A.amplification, A.intruder_dimensions)]
+
+    plain, calls, svd = tables(base), [], store._svd
+    monkeypatch.setattr(store, "_svd", lambda w: calls.append(w) or svd(w))
+    for ours, reference in zip(tables(store.LoadedWeights(base)), plain):
+        pd.testing.assert_frame_equal(ours, reference, rtol=1e-10)
+    assert len(calls) == len(base)
+
+
 def _base_layers(run):
     from tlora_analysis import adapter_layers, inject_adapters
 

@@ -108,6 +108,22 @@ def test_learning_rate_choice_takes_the_best_mean_and_minimises_losses():
                                                   "tlora rank=32": 1e-2}
 
 
+def test_the_sweep_figure_draws_each_swept_group_and_leaves_out_single_rates():
+    from tlora_analysis.figures.study import plot_learning_rates
+    from tlora_analysis.figures.style import NothingToDraw
+
+    runs = pd.DataFrame({"metric": ["accuracy"]})
+    one_each = pd.DataFrame({"method": ["lora", "tlora"], "lr": [3e-3, 3e-2], "quantity": "final_metric", "mean": [1.0, 0.8],
+                             "ci_low": 0.0, "ci_high": 1.0, "n": 2})
+    with pytest.raises(NothingToDraw, match="two or more learning rates"):  # every method at its own single rate
+        plot_learning_rates(one_each, runs)
+    sweep = pd.concat([one_each.assign(rank=r) for r in (4, 32)] + [one_each[one_each.method == "tlora"].assign(rank=r, lr=1e-2, mean=0.9)
+                                                                     for r in (4, 32)])
+    figure = plot_learning_rates(sweep, runs)  # TLoRA at two ranks swept; LoRA at one rate per rank is left out
+    labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert labels == ["TLoRA rank=4", "TLoRA rank=32"]
+
+
 def test_study_results_name_groups_and_carry_the_ladder_and_the_sweep(study):
     from tlora_analysis.analysis.seed_statistics import aggregate
     from tlora_analysis.results import study_results

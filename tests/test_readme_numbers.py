@@ -74,8 +74,23 @@ def learning_rate_rows() -> list[str]:
     return rows
 
 
+def rank_rate_rows() -> list[str]:
+    """The README's per-rank rate table from figures/ranks/rates/results.json: TLoRA's chosen rate at each
+    rank, every rate's mean accuracy, and at the chosen rate the cosine with LoRA, its bound and the norm ratio."""
+    results = _load("figures/ranks/rates/results.json")
+    rows = []
+    for name, entry in results["learning_rates"].items():
+        rank = int(name.split("rank=")[1])
+        best = next(r for r in entry["per_lr"] if r["lr"] == entry["chosen"])
+        ladder = results["ladder"][f"{name} lr={entry['chosen']:g}"]
+        rates = ", ".join(f"{_rate(r['lr'])}: {r['mean']:.3f}" for r in entry["per_lr"])
+        rows.append(f"| {rank} | **{_rate(entry['chosen'])}** ({best['mean']:.3f}) | {rates} | {_ci(ladder['cosine'])} | "
+                    f"{_ci(ladder['reachable_cosine'])} | {_ci(ladder['norm_ratio'], 2)} |")
+    return rows
+
+
 TABLES = {"figures/results.json": main_rows, "figures/lr_sweep/results.json": learning_rate_rows, "figures/relatives/results.json": ladder_rows,
-          "figures/ranks/results.json": rank_rows}
+          "figures/ranks/results.json": rank_rows, "figures/ranks/rates/results.json": rank_rate_rows}
 
 
 @pytest.mark.parametrize("source", TABLES)

@@ -167,9 +167,24 @@ def _svd(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return u, s
 
 
+class LoadedWeights(dict):
+    """``{module name: W0}`` of a model loaded whole: each module's SVD is computed on first use and kept,
+    so that every run and pair of a study shares it (U is W0's size: memory at most doubles)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._svds: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def svd(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self._svds:
+            self._svds[name] = _svd(self[name])
+        return self._svds[name]
+
+
 def w0_svd(base_weights: Mapping[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """U and S of W0 for one module: cached on disk for a :class:`SafetensorsWeights`, computed otherwise."""
-    if isinstance(base_weights, SafetensorsWeights):
+    """U and S of W0 for one module: cached on disk for a :class:`SafetensorsWeights`, kept in memory for
+    :class:`LoadedWeights`, computed afresh for any other mapping."""
+    if isinstance(base_weights, (SafetensorsWeights, LoadedWeights)):
         return base_weights.svd(name)
     return _svd(base_weights[name])
 

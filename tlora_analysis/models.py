@@ -122,14 +122,16 @@ def base_weights(name_or_path: str, module_names: list[str], shapes: Mapping[str
     A local directory of sharded safetensors (with ``model.safetensors.index.json``) is read one
     tensor at a time (:class:`~tlora_analysis.base_weights.SafetensorsWeights`), never whole,
     each checked against ``shapes`` (module -> the adapter's (d_out, d_in)) from its header first.
+    Any other model is loaded whole (:class:`~tlora_analysis.base_weights.LoadedWeights`, which keeps
+    each W0's SVD once computed).
     """
-    from .base_weights import SafetensorsWeights, is_sharded
+    from .base_weights import LoadedWeights, SafetensorsWeights, is_sharded
 
     local = resolve_model(name_or_path)
     if Path(local).is_dir() and is_sharded(local):
         return SafetensorsWeights(local, module_names, shapes)
     model = load_model(name_or_path, num_labels=2)
-    weights = {}
+    weights = LoadedWeights()
     for name in module_names:
         try:
             module = model.get_submodule(name)

@@ -38,10 +38,11 @@ def top_left_singular_vectors(matrix: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(u[:, np.argsort(s)[::-1]].copy())
 
 
-def _cached(base_weights) -> bool:
-    from ..base_weights import SafetensorsWeights
+def _keeps_svds(base_weights) -> bool:
+    """Whether W0's SVD comes from a store (disk or memory) rather than being computed on each call."""
+    from ..base_weights import LoadedWeights, SafetensorsWeights
 
-    return isinstance(base_weights, SafetensorsWeights)
+    return isinstance(base_weights, (SafetensorsWeights, LoadedWeights))
 
 
 @per_run
@@ -64,7 +65,7 @@ def amplification(
         u, s, v = delta.svd()
         r = delta.rank
         if key["name"] not in w0_svals:
-            w0_svals[key["name"]] = w0_svd(base_weights, key["name"])[1] if _cached(base_weights) else torch.linalg.svdvals(w0)
+            w0_svals[key["name"]] = w0_svd(base_weights, key["name"])[1] if _keeps_svds(base_weights) else torch.linalg.svdvals(w0)
         q = torch.linalg.qr(torch.randn(w0.shape[0], r, generator=generator, dtype=torch.float64))[0]
         p = torch.linalg.qr(torch.randn(w0.shape[1], r, generator=generator, dtype=torch.float64))[0]
         norm = delta.frobenius_norm()
@@ -98,7 +99,7 @@ def intruder_dimensions(
 
     run = as_source(run)
     rows, w0_vectors = [], {}
-    cached = _cached(base_weights)  # then W0's vectors come from disk each time instead of piling up in memory
+    cached = _keeps_svds(base_weights)  # then W0's vectors come from the store each time instead of piling up here
     total = len(run.layers) * len(epochs_of(run, epochs))
     for key, delta in tqdm(iter_deltas(run, epochs), total=total, desc="intruder dimensions", disable=None, leave=False):
         w0 = _w0(base_weights, key["name"], delta.shape)
