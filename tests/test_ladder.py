@@ -134,8 +134,13 @@ def test_study_results_name_groups_and_carry_the_ladder_and_the_sweep(study):
     table = ladder(study)
     tables = {"runs": runs, "runs_over_seeds": aggregate(runs[runs.status == "finished"], by=["method", "lr"],
                                                          values=["final_metric"]),
-              "ladder_over_seeds": ladder_over_seeds(table)}
+              "ladder_over_seeds": ladder_over_seeds(table),
+              "claims": pd.DataFrame({"finding": [5, 5], "reading": "ratio", "headline": True, "threshold": "in [0.5, 2]",
+                                      "mean": [1.2, 4.0], "ci_low": [1.1, 3.0], "ci_high": [1.3, 5.0], "holds_in": ["2/2", "0/2"],
+                                      "verdict": ["holds", "does not hold"], "lora_group": "method=lora",
+                                      "tlora_group": ["method=tlora init=a", "method=tlora init=b"]})}
     results = study_results(tables, ["method", "lr", "seed"])
+    assert [(c["tlora_group"], c["holds_in"]) for c in results["claims"]] == [("method=tlora init=a", "2/2"), ("method=tlora init=b", "0/2")]
     assert set(results["methods"]) == set(METHODS)  # one lr per method: the method names the group
     assert results["methods"]["tlora"]["frozen_random_params"] > 0 and results["methods"]["lora"]["frozen_random_params"] == 0
     bound = results["ladder"]["tlora"]["reachable_cosine"]

@@ -113,16 +113,18 @@ def learning_rate_choice(runs_over_seeds: pd.DataFrame, metric: str) -> pd.DataF
 
 
 def study_results(tables: dict[str, pd.DataFrame], settings: list[str] | None = None) -> dict:
-    """results.json of a study: ``methods`` (per group of cells), ``claims`` (per reading), ``ladder``
+    """results.json of a study: ``methods`` (per group of cells), ``claims`` (per reading and LoRA/TLoRA groups), ``ladder``
     (per group, where LoRA cells set a reference) and ``learning_rates`` (where lr is swept within a
     method). ``settings``: the swept settings besides method and seed that name groups."""
     runs = tables["runs"]
     settings = [c for c in (settings or []) if c not in ("method", "seed")]
     results = {"methods": _groups(tables, settings)}
     claims = tables.get("claims")
+    groups = [c for c in ("lora_group", "tlora_group") if claims is not None and c in claims.columns]
     results["claims"] = [] if claims is None else [
-        {"finding": int(r.finding), "reading": r.reading, "headline": bool(r.headline), "threshold": r.threshold, "mean": _round(r.mean),
-         "ci": [_round(r.ci_low), _round(r.ci_high)], "holds_in": r.holds_in, "verdict": r.verdict}
+        {**{c: getattr(r, c) for c in groups}, "finding": int(r.finding), "reading": r.reading, "headline": bool(r.headline),
+         "threshold": r.threshold, "mean": _round(r.mean), "ci": [_round(r.ci_low), _round(r.ci_high)], "holds_in": r.holds_in,
+         "verdict": r.verdict}
         for r in claims.itertuples()]
     ladder = _ladder(tables, settings)
     if ladder:
