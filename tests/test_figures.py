@@ -97,7 +97,7 @@ def test_report_embeds_each_figure_in_256_colours(tmp_path):
 
 def test_cli_figures_report_and_analyze(tmp_path, pair, capsys):
     lora, tlora, _ = pair
-    assert main(["figures", str(lora.path), str(tlora.path), "--out", str(tmp_path / "figs"), "--no-base"]) == 0
+    assert main(["figures", str(lora.path), str(tlora.path), "--out", str(tmp_path / "figs"), "--no-base", "--formats", "png"]) == 0
     assert (tmp_path / "figs" / "overview.png").exists()
     settings = json.loads((tmp_path / "figs" / "figures.json").read_text())["settings"]
     assert settings["base"] is None and settings["histogram_bins"] == 40 and settings["intruder_epsilon"] == 0.5

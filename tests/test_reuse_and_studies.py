@@ -11,7 +11,7 @@ def test_a_report_beside_its_figures_reuses_their_tables_and_says_so(tmp_path, c
     make_run(tmp_path / "lora", "lora", epochs=2)
     make_run(tmp_path / "tlora", "tlora", epochs=2)
     sources = [str(tmp_path / "lora"), str(tmp_path / "tlora")]
-    assert main(["figures", *sources, "--out", str(tmp_path / "figs"), "--no-base"]) == 0
+    assert main(["figures", *sources, "--out", str(tmp_path / "figs"), "--no-base", "--formats", "png"]) == 0
     capsys.readouterr()
     assert main(["report", *sources, "--out", str(tmp_path / "figs" / "report.html"), "--no-base"]) == 0
     assert "reusing the tables and figures" in capsys.readouterr().out
@@ -32,7 +32,7 @@ def test_a_study_that_does_not_sweep_seed_draws_and_reports(tmp_path, tiny_model
             "batch_size": 8, "max_length": 16}
     study = run_study(spec, tmp_path / "study", progress=False, log=lambda _: None)
     assert set(study.runs.status) == {"finished"} and "seed" not in study.runs.columns
-    assert main(["figures", str(study.path), "--out", str(tmp_path / "figures"), "--no-base"]) == 0
+    assert main(["figures", str(study.path), "--out", str(tmp_path / "figures"), "--no-base", "--formats", "png"]) == 0
     assert main(["report", str(study.path), "--out", str(tmp_path / "report.html"), "--no-base"]) == 0
     capsys.readouterr()
     assert main(["report", str(study.path), "--out", str(tmp_path / "figures" / "report.html"), "--no-base"]) == 0

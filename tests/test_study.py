@@ -215,18 +215,18 @@ def test_figures_report_and_analyze_take_a_study_directory(tmp_path, reference):
     from tlora_analysis.figures import STUDY_FIGURES
     from tlora_analysis.report import verdict_classes
 
-    result = cli("figures", reference, "--out", tmp_path / "figs", timeout=300)
+    result = cli("figures", reference, "--out", tmp_path / "figs", "--formats", "png", timeout=300)  # PDFs: test_any_sources
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "figs" / "figures.json").read_text())
     drawn = {e["name"] for e in manifest["figures"]}
     # seed bands, controls, verdict map, the ladder and ranks, and the seed-0 pair; one learning rate per method draws no sweep
     assert set(STUDY_FIGURES) - {"study_learning_rates"} <= drawn and "overview" in drawn
     assert {e["name"]: e["reason"] for e in manifest["skipped"]}["study_learning_rates"] == "no method was run at two or more learning rates"
-    result = cli("report", reference, "--out", tmp_path / "report.html", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    page = (tmp_path / "report.html").read_text()
+    result = cli("report", reference, "--out", tmp_path / "figs" / "report.html", timeout=300)  # computed afresh: test_reuse_and_studies
+    assert result.returncode == 0 and "reusing the tables and figures" in result.stdout, result.stderr[-2000:]
+    page = (tmp_path / "figs" / "report.html").read_text()
     assert "Claims audit" in page and "mean [95% CI] over seeds" in page and "Verdict map" in page and "Controls" in page
-    claims = pd.read_csv(tmp_path / "report.claims.csv")
+    claims = pd.read_csv(tmp_path / "figs" / "report.claims.csv")
     assert set(claims.tlora_group) == {"method=tlora rank=2", "method=tlora rank=4"}
     assert claims.holds_in.str.fullmatch(r"\d/2|—").all()
     classes = verdict_classes(claims)
