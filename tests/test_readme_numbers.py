@@ -100,6 +100,12 @@ def test_readme_quotes_the_results_files(source):
         assert row.replace("**", "") in readme, f"README does not quote {source}: {row}"
 
 
+def test_the_main_job_is_the_ladders_lora_tlora_and_head_cells():
+    """The README says so: same settings, seeds and length (3 epochs), so the same accuracies to the last digit."""
+    main, ladder = _load("figures/results.json")["methods"], _load("figures/relatives/results.json")["methods"]
+    assert {m: main[m]["per_seed"] for m in main} == {m: ladder[m]["per_seed"] for m in main}
+
+
 if __name__ == "__main__":
     for source, rows in TABLES.items():
         print(f"\n{source}")
