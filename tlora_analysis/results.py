@@ -100,13 +100,18 @@ AGGREGATE_COLUMNS = ("lr", "quantity", "mean", "std", "n", "ci_low", "ci_high")
 
 
 def learning_rate_choice(runs_over_seeds: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per group (the method, and any other swept setting such as the rank), each swept learning rate's
-    mean final metric over seeds (with CI and n), and ``chosen`` marking the best mean (the smallest for
-    :data:`LOWER_IS_BETTER` metrics); of tied rates the smallest is chosen. ``group`` names the group."""
+    """Per group swept over lr (the method, and any other swept setting such as the rank), each learning
+    rate's mean final metric over seeds (with CI and n), and ``chosen`` marking the best mean (the smallest
+    for :data:`LOWER_IS_BETTER` metrics); of tied rates the smallest is chosen. ``group`` names the group;
+    a group run at one rate (LoRA beside a sweep of TLoRA) is no sweep and is left out, so a table without
+    an ``lr`` column gives no rows."""
+    if "lr" not in runs_over_seeds.columns:
+        return pd.DataFrame(columns=["group", "method", "lr", "mean", "ci_low", "ci_high", "n", "chosen"])
     rows = runs_over_seeds[runs_over_seeds.quantity == "final_metric"]
     keys = [c for c in rows.columns if c not in AGGREGATE_COLUMNS]
     rows = rows[[*keys, "lr", "mean", "ci_low", "ci_high", "n"]].sort_values([*keys, "lr"]).reset_index(drop=True)
     rows.insert(0, "group", group_labels(rows, keys))
+    rows = rows[rows.groupby("group").lr.transform("nunique") > 1].reset_index(drop=True)
     means = rows.groupby("group", sort=False)["mean"]
     best = means.idxmin() if metric in LOWER_IS_BETTER else means.idxmax()  # the first, i.e. smallest, of tied rates
     return rows.assign(chosen=rows.index.isin(best.to_numpy()))
@@ -130,14 +135,13 @@ def study_results(tables: dict[str, pd.DataFrame], settings: list[str] | None = 
     if ladder:
         results["ladder"] = ladder
     over_seeds = tables.get("runs_over_seeds")
-    if over_seeds is not None and "lr" in over_seeds.columns and over_seeds["lr"].nunique() > 1:
+    if over_seeds is not None:
         metric = str(runs.metric.dropna().iloc[0])
         choice = learning_rate_choice(over_seeds, metric)
-        sweeps = {
-            group: {"metric": metric, "chosen": float(rows[rows.chosen].lr.iloc[0]),
-                    "per_lr": [{"lr": float(r.lr), "mean": _round(r.mean), "ci": [_round(r.ci_low), _round(r.ci_high)], "n": int(r.n)}
-                               for r in rows.itertuples()]}
-            for group, rows in choice.groupby("group", sort=False) if rows.lr.nunique() > 1}
-        if sweeps:
-            results["learning_rates"] = sweeps
+        if len(choice):
+            results["learning_rates"] = {
+                group: {"metric": metric, "chosen": float(rows[rows.chosen].lr.iloc[0]),
+                        "per_lr": [{"lr": float(r.lr), "mean": _round(r.mean), "ci": [_round(r.ci_low), _round(r.ci_high)], "n": int(r.n)}
+                                   for r in rows.itertuples()]}
+                for group, rows in choice.groupby("group", sort=False)}
     return results

@@ -78,7 +78,7 @@ def _manifest(out_dir: Path, entries: list[dict], skipped: list[dict], sources: 
 
 def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None, settings: Mapping | None = None,
                formats: tuple[str, ...] = FORMATS) -> list[dict]:
-    """Draw every figure whose tables are present into ``out_dir`` (PNG and PDF) and write ``figures.json``
+    """Draw every figure whose tables are present into ``out_dir`` (in ``formats``, PNG and PDF by default) and write ``figures.json``
     listing each file with what it shows, its sources and the analysis settings, and each figure the tables
     could not feed (``skipped``, with what it needed and why)."""
     out_dir, skipped = Path(out_dir), []

@@ -259,12 +259,10 @@ def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
     and 95% CI over seeds), the chosen rate ringed."""
     from ..results import learning_rate_choice
 
-    if "lr" in runs_over_seeds.columns:
-        choice = learning_rate_choice(runs_over_seeds, str(runs.metric.dropna().iloc[0]))
-        choice = choice[choice.groupby("group").lr.transform("nunique") > 1]  # one rate (LoRA beside a sweep) is no sweep
-    if "lr" not in runs_over_seeds.columns or choice.empty:
-        raise NothingToDraw("no method was run at two or more learning rates")
     metric = str(runs.metric.dropna().iloc[0])
+    choice = learning_rate_choice(runs_over_seeds, metric)
+    if choice.empty:
+        raise NothingToDraw("no method was run at two or more learning rates")
     fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
     for (group, rows), (color, marker) in zip(choice.groupby("group", sort=False), _group_styles(choice)):
         err = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]])
