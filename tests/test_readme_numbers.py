@@ -21,12 +21,27 @@ def _ci(entry: dict, digits: int = 3) -> str:
     return f"{entry['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]" if low is not None else f"{entry['mean']:.{digits}f}"
 
 
+def _rate(lr: float) -> str:
+    return f"{lr:g}" if lr >= 0.1 else f"{lr:.0e}".replace("e-0", "e-")
+
+
+def _accuracy(group: dict) -> str:
+    return f"{group['mean']:.3f} [{group['ci_low']:.3f}, {group['ci_high']:.3f}]"
+
+
+def _sweep(entry: dict) -> str:
+    """A sweep's chosen rate (its mean) and every rate's mean, as the README's sweep tables write them."""
+    best = next(r for r in entry["per_lr"] if r["lr"] == entry["chosen"])
+    rates = ", ".join(f"{_rate(r['lr'])}: {r['mean']:.3f}" for r in entry["per_lr"])
+    return f"**{_rate(entry['chosen'])}** ({best['mean']:.3f}) | {rates}"
+
+
 def main_rows() -> list[str]:
     """The README's main-job table, from figures/results.json: accuracy, per seed, parameter counts."""
     rows = []
     for group in _load("figures/results.json")["methods"].values():
         seeds = ", ".join(f"{v:.3f}" for v in group["per_seed"])
-        rows.append(f"{group['mean']:.3f} [{group['ci_low']:.3f}, {group['ci_high']:.3f}] | {seeds} | {group['adapter_params']:,} | "
+        rows.append(f"{_accuracy(group)} | {seeds} | {group['adapter_params']:,} | "
                     f"{group['head_params']:,} | {group['frozen_random_params']:,} |")
     return rows
 
@@ -37,11 +52,10 @@ def ladder_rows() -> list[str]:
     rows = []
     for method, group in results["methods"].items():
         ladder = results.get("ladder", {}).get(method, {})
-        accuracy = f"{group['mean']:.3f} [{group['ci_low']:.3f}, {group['ci_high']:.3f}]"
         counts = f"{group['adapter_params']:,} / {group['frozen_random_params']:,}"
         cells = [_ci(ladder[q]) if q in ladder else "—" for q in ("cosine", "cosine_next_seed", "reachable_cosine", "reachable_random",
                                                                   "function_cosine", "norm_ratio")]
-        rows.append(f"| {LABELS.get(method, method)} | {accuracy} | {counts} | " + " | ".join(cells) + " |")
+        rows.append(f"| {LABELS.get(method, method)} | {_accuracy(group)} | {counts} | " + " | ".join(cells) + " |")
     return rows
 
 
@@ -60,17 +74,11 @@ def rank_rows() -> list[str]:
     return rows
 
 
-def _rate(lr: float) -> str:
-    return f"{lr:g}" if lr >= 0.1 else f"{lr:.0e}".replace("e-0", "e-")
-
-
 def learning_rate_rows() -> list[str]:
     results = _load("figures/lr_sweep/results.json")["learning_rates"]
     rows = []
     for method, entry in results.items():
-        best = next(r for r in entry["per_lr"] if r["lr"] == entry["chosen"])
-        rates = ", ".join(f"{_rate(r['lr'])}: {r['mean']:.3f}" for r in entry["per_lr"])
-        rows.append(f"| {LABELS.get(method, method)} | **{_rate(entry['chosen'])}** ({best['mean']:.3f}) | {rates} |")
+        rows.append(f"| {LABELS.get(method, method)} | {_sweep(entry)} |")
     return rows
 
 
@@ -81,10 +89,8 @@ def rank_rate_rows() -> list[str]:
     rows = []
     for name, entry in results["learning_rates"].items():
         rank = int(name.split("rank=")[1])
-        best = next(r for r in entry["per_lr"] if r["lr"] == entry["chosen"])
         ladder = results["ladder"][f"{name} lr={entry['chosen']:g}"]
-        rates = ", ".join(f"{_rate(r['lr'])}: {r['mean']:.3f}" for r in entry["per_lr"])
-        rows.append(f"| {rank} | **{_rate(entry['chosen'])}** ({best['mean']:.3f}) | {rates} | {_ci(ladder['cosine'])} | "
+        rows.append(f"| {rank} | {_sweep(entry)} | {_ci(ladder['cosine'])} | "
                     f"{_ci(ladder['reachable_cosine'])} | {_ci(ladder['norm_ratio'], 2)} |")
     return rows
 
