@@ -52,7 +52,7 @@ rank-rates: $(VENV)/.installed  ## TLoRA's learning rate at each rank (six rates
 	$(VENV)/bin/tlora-analysis study studies/rank_rates.toml --out runs/rank_rates --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/rank_rates --out figures/ranks/rates --no-base
 
-test: $(VENV)/.installed-dev  ## lint, then the whole test suite (9 min 37 s on 2 CPU cores, 11 min with the venv)
+test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 10 minutes on 2 CPU cores: 9:37 and 11:04 in two clean-clone runs)
 	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile  # a file's shared fixtures are built once
 
