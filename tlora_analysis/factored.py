@@ -20,7 +20,7 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
-__all__ = ["FactoredDelta", "inner", "cosine_similarity"]
+__all__ = ["FactoredDelta", "inner", "cosine_similarity", "hadamard", "kronecker"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -120,6 +120,12 @@ class FactoredDelta:
         k = len(s) if rank is None else min(rank, len(s))
         return cls(u[:, :k], torch.diag(s[:k]), vh[:k])
 
+    @classmethod
+    def zeros(cls, shape: tuple[int, int]) -> FactoredDelta:
+        """The zero update of a d_out x d_in layer (a state known to be ΔW = 0, such as peft's identity init)."""
+        return cls(torch.zeros(shape[0], 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+                   torch.zeros(1, shape[1], dtype=torch.float64))
+
     def transpose(self) -> FactoredDelta:
         """ΔWᵀ, still factored (used for fan_in_fan_out layers such as GPT-2's Conv1D)."""
         return FactoredDelta(self.right.T, self.core.T, self.left.T)
@@ -170,3 +176,21 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     return type(value).__name__
+
+
+def hadamard(a: FactoredDelta, b: FactoredDelta) -> FactoredDelta:
+    """ΔW_a ⊙ ΔW_b, still factored (LoHa's update): row i of the left factor is the Kronecker product of
+    row i of L_a·K_a and of L_b·K_b, column j of the right factor that of column j of R_a and of R_b,
+    so the rank is at most r_a·r_b and nothing d_out x d_in is formed."""
+    if a.shape != b.shape:
+        raise ValueError(f"cannot multiply updates of shapes {a.shape} and {b.shape} entrywise")
+    left_a, left_b = _float64(a.left) @ _float64(a.core), _float64(b.left) @ _float64(b.core)
+    left = (left_a[:, :, None] * left_b[:, None, :]).reshape(a.shape[0], -1)
+    right = (_float64(a.right)[:, None, :] * _float64(b.right)[None, :, :]).reshape(-1, a.shape[1])
+    return FactoredDelta(left, torch.eye(left.shape[1], dtype=torch.float64), right)
+
+
+def kronecker(a: FactoredDelta, b: FactoredDelta) -> FactoredDelta:
+    """ΔW_a ⊗ ΔW_b, still factored (LoKr's update): kron(L_a, L_b) · kron(K_a, K_b) · kron(R_a, R_b), so the
+    singular values are the products of the factors' (their SVDs need only the small factors)."""
+    return FactoredDelta(*(torch.kron(_float64(x), _float64(y)) for x, y in ((a.left, b.left), (a.core, b.core), (a.right, b.right))))

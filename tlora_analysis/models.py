@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -76,23 +77,32 @@ def _pretrained(factory, name_or_path: str, **kwargs):
         raise InputError(f"{name_or_path}: cannot load a model from it ({reason})") from err
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' loading reports and bars, silenced while a model loads: a fresh head's "newly
+    initialized" report is expected here, and a weight-loading bar says nothing in an inspect table."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, num_labels: int = 2, device: str | torch.device = "cpu") -> nn.Module:
     """A sequence classifier with a fresh head on top of the pretrained encoder.
 
     ``num_labels=1`` gives a regression head (STS-B). Weights are read from safetensors only.
     """
     from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()  # the "classifier newly initialized" report is expected here
-    hf_logging.disable_progress_bar()  # and the weight-loading bar says nothing in an inspect table
-    try:
+    with quiet_loading():
         model = _pretrained(AutoModelForSequenceClassification, name_or_path, num_labels=num_labels, use_safetensors=True)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     return model.to(device)
 
 
@@ -138,5 +148,5 @@ def base_weights(name_or_path: str, module_names: list[str], shapes: Mapping[str
         except AttributeError as err:
             raise InputError(f"{name_or_path}: the base model has no module {name!r} (is it the adapter's base model?)") from err
         weight = module.weight.detach()
-        weights[name] = (weight if isinstance(module, torch.nn.Linear) else weight.T).clone()  # GPT-2's Conv1D stores Wᵀ
+        weights[name] = (weight.T if type(module).__name__ == "Conv1D" else weight).clone()  # GPT-2's Conv1D stores Wᵀ
     return weights

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save
 from .errors import InputError
 from .io import atomic_write_bytes, regular_file
 
-__all__ = ["atomic_save_tensors", "read_tensors", "take_tensor", "check_values", "MAX_DIM", "MAX_FROZEN_ELEMENTS", "MAX_ABS_VALUE"]
+__all__ = ["atomic_save_tensors", "read_tensors", "read_header", "take_tensor", "check_values", "MAX_DIM", "MAX_FROZEN_ELEMENTS",
+           "MAX_ABS_VALUE", "MAX_HEADER_BYTES"]
 
 
 def atomic_save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
@@ -25,13 +26,44 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
     Memory stays bounded by the file's size: safetensors checks that every tensor the
     header declares lies inside the file before it allocates anything.
+    Float8 tensors are upcast to float32 on reading: every analysis and check works in float32 or wider.
     """
     path = Path(path)
     regular_file(path, "safetensors file")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as err:  # safetensors raises SafetensorError, OSError, ValueError... on bad bytes
         raise InputError(f"{path}: not a readable safetensors file ({type(err).__name__}: {err})") from err
+    return {k: v.float() if v.dtype in FLOAT8_DTYPES else v for k, v in tensors.items()}
+
+
+FLOAT8_DTYPES = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                      if hasattr(torch, name))
+MAX_HEADER_BYTES = 100 << 20
+"""Largest safetensors header read to recognise a file (a 405B model's shard headers are a few MB)."""
+
+
+def read_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
+    """A safetensors file's tensor entries (``{"dtype", "shape"}`` by name) and metadata, from its header
+    alone: recognising a file costs one small read, whatever its size."""
+    import json
+    import struct
+
+    path = Path(path)
+    regular_file(path, "safetensors file")
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
+        if not 2 <= size <= min(MAX_HEADER_BYTES, path.stat().st_size - 8):
+            raise InputError(f"{path}: not a safetensors file (its header length {size} does not fit the file)")
+        try:
+            header = json.loads(handle.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise InputError(f"{path}: not a safetensors file (its header is not valid JSON: {err})") from err
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    return {k: v for k, v in header.items() if isinstance(v, dict)}, metadata if isinstance(metadata, dict) else {}
 
 
 MAX_DIM = 1 << 20

@@ -64,6 +64,9 @@ class AdapterLayer(nn.Module):
     cache_deltas: ClassVar[bool] = False
     """True where building a delta from a snapshot costs a dense SVD: a run then keeps each
     epoch's deltas instead of rebuilding them for every analysis."""
+    scale_buffer: ClassVar[str | None] = None
+    """A fixed-scale method's persistent buffer holding its scale (``lora_scaling``), so that a model's saved
+    state says what each layer's update is (a Trainer checkpoint's ``model.safetensors``)."""
     seed_scope: ClassVar[str] = "layer"
     """``"layer"``: each layer's seed comes from the run seed and its name; ``"run"``: every layer
     gets the run seed itself (VeRA's frozen pair depends on the seed and the shape only)."""
@@ -142,6 +145,40 @@ class AdapterLayer(nn.Module):
         recorded = record.get("frozen_sha256", {})
         rebuilt = cls.rebuild_frozen(record)
         return any(n not in rebuilt or tensor_sha256(rebuilt[n]) != checksum for n, checksum in recorded.items())
+
+    def _register_scale(self, scale: float) -> None:
+        self.register_buffer(self.scale_buffer, torch.tensor(float(scale), device=self.base.weight.device))
+
+    @classmethod
+    def state_names(cls) -> frozenset[str]:
+        """The layer's own entries in a model's ``state_dict`` (besides its ``base.``), which tell its method apart."""
+        return frozenset(cls._state_names)
+
+    _state_names: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def record_from_state(cls, state: dict[str, Tensor]) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The layer's record, from its entries in a saved model's state dict (names without the module prefix)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_module_state(cls, state: dict[str, Tensor], where: str) -> tuple[dict, dict[str, Tensor], dict[str, Tensor]]:
+        """(record, snapshot tensors, frozen tensors) of one layer from a saved model's state dict, every
+        shape checked against the record (and the layer's ``base.weight``) before use."""
+        record = cls.record_from_state(state)
+        if tuple(state["base.weight"].shape) != tuple(record["shape"]) or not 1 <= record["rank"] <= min(record["shape"]):
+            raise InputError(f"{where}: a {cls.method} layer of shape {tuple(state['base.weight'].shape)} holds tensors of another "
+                             f"shape or rank ({record['shape']}, r = {record['rank']})")
+        out = []
+        for shapes, names in ((cls.snapshot_shapes(record), None), (cls.frozen_shapes(record), cls.frozen_names)):
+            tensors = {}
+            for key, shape in shapes.items():
+                if names is not None and key not in names or state[key].numel() != math.prod(shape):
+                    raise InputError(f"{where}: tensor {key} has shape {tuple(state[key].shape)}, a {cls.method} layer needs {shape}")
+                tensors[key] = state[key].reshape(shape)
+            out.append(tensors)
+        cls.check_record(record, where)
+        return record, out[0], out[1]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"

@@ -28,6 +28,7 @@ class FullLinear(AdapterLayer):
 
     method = "full"
     cache_deltas = True
+    _state_names = ("full_delta",)
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
         entries = base.out_features * base.in_features
@@ -43,6 +44,11 @@ class FullLinear(AdapterLayer):
     @classmethod
     def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
         return {"full_delta": tuple(record["shape"])}
+
+    @classmethod
+    def record_from_state(cls, state: dict[str, Tensor]) -> dict:
+        shape = list(state["full_delta"].shape)
+        return {"method": cls.method, "shape": shape, "rank": min(shape) if len(shape) == 2 else 0, "seed": 0}
 
     @classmethod
     def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:

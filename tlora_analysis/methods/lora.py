@@ -12,7 +12,7 @@ from ..errors import InputError, require
 from ..factored import FactoredDelta
 from ..tensors import MAX_DIM
 from .base import AdapterLayer, check_scale, register_method
-from .peft_format import check_number, group_by_module, pattern_value
+from .peft_format import PatternTable, check_number, check_rank, group_by_module
 
 
 def lora_a_init(seed: int, rank: int, d_in: int) -> Tensor:
@@ -30,6 +30,8 @@ class LoRALinear(AdapterLayer):
     """
 
     method = "lora"
+    scale_buffer = "lora_scaling"
+    _state_names = ("lora_A", "lora_B", "lora_scaling")
 
     def __init__(self, base: nn.Linear, rank: int, lora_alpha: float | None = None, *, dropout: float = 0.0, use_rslora: bool = False,
                  seed: int = 0) -> None:
@@ -40,6 +42,7 @@ class LoRALinear(AdapterLayer):
         device = base.weight.device
         self.lora_A = nn.Parameter(lora_a_init(seed, rank, base.in_features).to(device))
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
+        self._register_scale(self.scaling)
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.lora_A.dtype))
@@ -58,6 +61,12 @@ class LoRALinear(AdapterLayer):
         return {"lora_A": (r, d_in), "lora_B": (d_out, r)}
 
     @classmethod
+    def record_from_state(cls, state: dict[str, Tensor]) -> dict[str, Any]:
+        rank, scaling = state["lora_A"].shape[0], float(state[cls.scale_buffer])
+        return {"method": cls.method, "shape": [state["lora_B"].shape[0], state["lora_A"].shape[-1]], "rank": rank, "seed": 0,
+                "scaling": scaling, "lora_alpha": scaling * rank}
+
+    @classmethod
     def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:
         b = tensors["lora_B"]
         return FactoredDelta(b, torch.eye(int(record["rank"]), dtype=b.dtype, device=b.device) * float(record["scaling"]),
@@ -73,41 +82,57 @@ class LoRALinear(AdapterLayer):
 
     @classmethod
     def from_peft(cls, config: dict, tensors: dict[str, Tensor], where: str, shapes=None) -> dict[str, tuple[dict, dict, dict]]:
-        """A peft LoRA adapter's layers as (record, snapshot tensors, frozen tensors) by module name.
+        """A peft LoRA adapter's linear layers as (record, snapshot tensors, frozen tensors) by module name.
 
-        Scaling follows peft: ``lora_alpha / r`` (``/ √r`` with ``use_rslora``), with
-        ``rank_pattern`` and ``alpha_pattern`` overrides. ``fan_in_fan_out`` adapters (GPT-2's
-        Conv1D) store lora_A and lora_B as nn.Linear's, so ΔW has the (d_out, d_in) orientation.
+        Scaling follows peft (:func:`peft_scalings`). ``fan_in_fan_out`` adapters (GPT-2's Conv1D) store
+        lora_A and lora_B as nn.Linear's, so ΔW has the (d_out, d_in) orientation. Variants that change
+        what ΔW is (DoRA, PiSSA) are the peft reader's (:mod:`tlora_analysis.peft_types.lora`).
         """
-        if config.get("use_dora"):
-            raise InputError(f"{where}: DoRA adapters (use_dora: true) are not supported; supported: plain LoRA")
-        default_rank = check_number(require(config, "r", where), where, "'r'", 1, MAX_DIM, integer=True)
-        default_alpha = check_number(require(config, "lora_alpha", where), where, "'lora_alpha'", -1e12, 1e12)
-        for field in ("rank_pattern", "alpha_pattern"):
-            if not isinstance(config.get(field) or {}, dict):
-                raise InputError(f"{where}: {field!r} should map module-name patterns to values")
-        pairs = group_by_module(tensors, r"lora_(?P<which>[AB])")
-        if not pairs:
-            raise InputError(f"{where}: no lora_A/lora_B tensors found (keys look like {next(iter(tensors), 'nothing')!r})")
+        pairs = {m: p for m, p in group_by_module(tensors, r"lora_(?P<which>[AB])").items() if all(t.ndim == 2 for t in p.values())}
         layers = {}
-        for module, pair in pairs.items():
-            if set(pair) != {"A", "B"}:
-                raise InputError(f"{where}: module {module!r} has lora_{next(iter(pair))} but not its partner")
-            a, b = pair["A"], pair["B"]
-            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-                raise InputError(f"{where}: module {module!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not chain")
-            rank = a.shape[0]
-            expected = pattern_value(config.get("rank_pattern") or {}, module, default_rank, where)
-            if rank != expected:
-                raise InputError(f"{where}: module {module!r} has rank {rank}, adapter_config.json says {expected}")
-            alpha = check_number(pattern_value(config.get("alpha_pattern") or {}, module, default_alpha, where),
-                                 where, f"alpha_pattern value for {module}", -1e12, 1e12)
-            scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-            record = {"method": cls.method, "shape": [b.shape[0], a.shape[1]], "rank": rank, "seed": 0, "scaling": scaling,
-                      "lora_alpha": alpha}
-            layers[module] = (record, {"lora_A": a, "lora_B": b}, {})
+        for module, (a, b) in _chained_pairs(pairs, where, "lora_A", "lora_B").items():
+            layers[module] = None, {"lora_A": a, "lora_B": b}, {}
+        for module, (record, scaling, alpha) in peft_scalings(config, {m: (t["lora_B"].shape[0], t["lora_A"].shape[1], t["lora_A"].shape[0])
+                                                                        for m, (_, t, _) in layers.items()}, where).items():
+            layers[module] = ({"method": cls.method, **record, "seed": 0, "scaling": scaling, "lora_alpha": alpha}, *layers[module][1:])
         return layers
 
     @classmethod
     def parameter_counts(cls, d_out: int, d_in: int, rank: int) -> tuple[int, int]:
         return rank * (d_out + d_in), 0
+
+
+def _chained_pairs(pairs: dict[str, dict], where: str, name_a: str, name_b: str) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{module: (A, B)}`` of grouped ``A``/``B`` factors, each pair checked to chain (B·A)."""
+    chained = {}
+    for module, pair in pairs.items():
+        if set(pair) != {"A", "B"}:
+            raise InputError(f"{where}: module {module!r} has {name_a if 'A' in pair else name_b} but not its partner")
+        a, b = pair["A"], pair["B"]
+        if a.shape[0] != b.shape[1]:
+            raise InputError(f"{where}: module {module!r}: {name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} do not chain")
+        check_rank(a.shape[0], (b.shape[0], a.shape[1]), where, module)
+        chained[module] = a, b
+    return chained
+
+
+def peft_scalings(config: dict, layers: dict[str, tuple[int, int, int]], where: str,
+                  rank_key: str = "r", alpha_key: str = "lora_alpha") -> dict[str, tuple[dict, float, float]]:
+    """Per module (d_out, d_in, rank as stored): its record fields, peft's scaling and alpha.
+
+    peft scales by ``lora_alpha / r`` (``/ √r`` with ``use_rslora``), with ``rank_pattern`` and
+    ``alpha_pattern`` overrides; the stored rank must be the one the config gives the module.
+    """
+    default_rank = check_number(require(config, rank_key, where), where, f"{rank_key!r}", 1, MAX_DIM, integer=True)
+    default_alpha = check_number(require(config, alpha_key, where), where, f"{alpha_key!r}", -1e12, 1e12)
+    ranks = PatternTable(config, "rank_pattern", where, integer=True)
+    alphas = PatternTable(config, "alpha_pattern", where, integer=False)
+    out = {}
+    for module, (d_out, d_in, rank) in layers.items():
+        expected = ranks.value(module, default_rank, 1, MAX_DIM)
+        if rank != expected:
+            raise InputError(f"{where}: module {module!r} has rank {rank}, adapter_config.json says {expected}")
+        alpha = alphas.value(module, default_alpha, -1e12, 1e12)
+        scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        out[module] = {"shape": [d_out, d_in], "rank": rank}, scaling, alpha
+    return out

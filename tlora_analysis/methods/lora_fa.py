@@ -26,6 +26,8 @@ class LoRAFALinear(LoRALinear):
 
     method = "lorafa"
     frozen_names = ("lora_A",)
+    scale_buffer = "lorafa_scaling"
+    _state_names = ("lora_A", "lora_B", "lorafa_scaling")
 
     def __init__(self, base: nn.Linear, rank: int, lora_alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
         super().__init__(base, rank, lora_alpha, dropout=dropout, seed=seed)

@@ -48,6 +48,8 @@ class LoRAXSLinear(AdapterLayer):
 
     method = "loraxs"
     frozen_names = ("loraxs_A", "loraxs_B")
+    scale_buffer = "loraxs_scaling"
+    _state_names = ("loraxs_A", "loraxs_B", "loraxs_R", "loraxs_scaling")
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0) -> None:
         super().__init__(base, rank, seed=seed, dropout=dropout)
@@ -59,6 +61,7 @@ class LoRAXSLinear(AdapterLayer):
         self.loraxs_R = nn.Parameter(r.to(device))
         self.lora_alpha = METHOD_SPECS["loraxs"].alpha_default if alpha is None else float(alpha)
         self.scaling = self.lora_alpha / rank
+        self._register_scale(self.scaling)
 
     def low_rank_forward(self, x: Tensor) -> Tensor:
         x = self.dropout(x.to(self.loraxs_R.dtype))
@@ -76,6 +79,12 @@ class LoRAXSLinear(AdapterLayer):
     @classmethod
     def snapshot_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
         return {"loraxs_R": (record["rank"], record["rank"])}
+
+    @classmethod
+    def record_from_state(cls, state: dict[str, Tensor]) -> dict[str, Any]:
+        rank, scaling = state["loraxs_R"].shape[0], float(state[cls.scale_buffer])
+        return {"method": cls.method, "shape": [state["loraxs_A"].shape[0], state["loraxs_B"].shape[-1]], "rank": rank, "seed": 0,
+                "scaling": scaling, "lora_alpha": scaling * rank, "placement": "input"}
 
     @classmethod
     def frozen_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:

@@ -1,28 +1,35 @@
-"""Reading peft's adapter files: the checks and lookups that every method's ``from_peft`` shares.
+"""Reading peft's adapter files: the checks and lookups that every peft reader shares.
 
 peft saves an adapter as ``adapter_config.json`` + ``adapter_model.safetensors`` with keys like
 ``base_model.model.<module>.lora_A.weight``. Both files may come from a stranger, so every
-number is checked and every pattern key is matched under a time limit.
+number is checked and pattern keys are matched within a time budget for the whole file.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 from ..errors import InputError
 
-__all__ = ["PEFT_PREFIX", "module_key", "group_by_module", "pattern_value", "check_number", "PATTERN_TIMEOUT_S"]
+__all__ = ["PEFT_PREFIX", "module_key", "group_by_module", "PatternTable", "check_number", "check_rank", "PATTERN_TIMEOUT_S",
+           "PATTERN_BUDGET_S", "MAX_PATTERN_KEYS", "lookup_by_suffix"]
 
 PEFT_PREFIX = "base_model.model."
 PATTERN_TIMEOUT_S = 0.05
 """How long one rank_pattern/alpha_pattern key may take to match one module name."""
+PATTERN_BUDGET_S = 2.0
+"""How long matching every pattern key of a file against every module may take, all together."""
+MAX_PATTERN_KEYS = 10_000
+"""Most keys a rank_pattern or alpha_pattern may have (a 405B model has under 3,000 linear layers)."""
 
 
 def module_key(key: str, suffixes: str) -> tuple[str, str] | None:
     """(module, which) of a peft tensor key such as ``base_model.model.<module>.lora_A.weight``,
     for ``suffixes`` a regex alternation like ``lora_(?P<which>[AB])``; None for other keys.
-    peft's adapter-name segment (``.default``) and ``.weight`` are optional."""
-    match = re.fullmatch(rf"(?:{re.escape(PEFT_PREFIX)})?(?P<module>.+)\.{suffixes}(?:\.[^.]+)?(?:\.weight)?", key)
+    peft's adapter-name segment (``.default``) and ``.weight`` are optional; a ``.bias`` (``lora_bias``) is
+    not the tensor itself, so it does not match."""
+    match = re.fullmatch(rf"(?:{re.escape(PEFT_PREFIX)})?(?P<module>.+)\.{suffixes}(?:\.(?!bias$|weight$)[^.]+)?(?:\.weight)?", key)
     return (match["module"], match["which"]) if match else None
 
 
@@ -36,28 +43,61 @@ def group_by_module(tensors: dict, suffixes: str) -> dict[str, dict]:
     return grouped
 
 
-def pattern_value(patterns: dict, module: str, default, where: str):
-    """peft's rank_pattern/alpha_pattern lookup: a key matches a module name ending with it.
+class PatternTable:
+    """peft's ``rank_pattern``/``alpha_pattern``: a key matches a module name ending with it.
 
-    The keys come from a file, so they are matched as plain suffixes first and as regular
-    expressions only with a time limit (the ``regex`` package's ``timeout``): a
-    catastrophically backtracking key such as ``(a+)+`` cannot hang the process.
+    The keys come from a file, so they are matched as plain suffixes first and as regular expressions
+    only with a time limit per key (the ``regex`` package's ``timeout``) and a budget for the whole file:
+    neither a catastrophically backtracking key such as ``(a+)+`` nor 10⁵ keys can hang the process.
+    Values are checked as whole numbers (ranks) or finite numbers (alphas) when they are read.
     """
-    import regex
 
-    for key, value in patterns.items():
-        if module == key or module.endswith("." + key):
-            return value
-    for key, value in patterns.items():
+    def __init__(self, config: dict, field: str, where: str, integer: bool) -> None:
+        self.patterns, self.field, self.where, self.integer = config.get(field) or {}, field, where, integer
+        if not isinstance(self.patterns, dict) or not all(isinstance(k, str) for k in self.patterns):
+            raise InputError(f"{where}: {field!r} should map module-name patterns to values")
+        if len(self.patterns) > MAX_PATTERN_KEYS:
+            raise InputError(f"{where}: {field!r} has {len(self.patterns):,} keys, more than the {MAX_PATTERN_KEYS:,} any model needs")
+        self.deadline = None
+
+    def value(self, module: str, default, low: float, high: float):
+        """The pattern's value for ``module`` (checked to lie in [low, high]), else ``default``."""
+        for key, value in self.patterns.items():
+            if module == key or module.endswith("." + key):
+                return self._checked(value, module, low, high)
+        for key, value in self.patterns.items():
+            if self._matches(key, module):
+                return self._checked(value, module, low, high)
+        return default
+
+    def _matches(self, key: str, module: str) -> bool:
+        import regex
+
+        self.deadline = self.deadline or time.monotonic() + PATTERN_BUDGET_S
+        if time.monotonic() > self.deadline:
+            raise InputError(f"{self.where}: matching {self.field!r}'s {len(self.patterns):,} keys took over {PATTERN_BUDGET_S} s; "
+                             "use fewer or plainer keys")
         try:
-            if regex.match(rf"(.*\.)?({key})$", module, timeout=PATTERN_TIMEOUT_S):
-                return value
+            return regex.match(rf"(.*\.)?({key})$", module, timeout=PATTERN_TIMEOUT_S) is not None
         except regex.error as err:
-            raise InputError(f"{where}: pattern key {key!r:.80} is not a valid regular expression ({err})") from err
+            raise InputError(f"{self.where}: pattern key {key!r:.80} is not a valid regular expression ({err})") from err
         except TimeoutError as err:
-            raise InputError(f"{where}: pattern key {key!r:.80} took over {PATTERN_TIMEOUT_S} s to match {module!r}; "
+            raise InputError(f"{self.where}: pattern key {key!r:.80} took over {PATTERN_TIMEOUT_S} s to match {module!r}; "
                              "it backtracks catastrophically") from err
-    return default
+
+    def _checked(self, value, module: str, low: float, high: float):
+        return check_number(value, self.where, f"{self.field} value for {module}", low, high, integer=self.integer)
+
+
+def lookup_by_suffix(mapping, name: str):
+    """``mapping``'s entry for the longest dotted suffix of ``name`` it holds, or None: an adapter made on
+    ``AutoModelForSequenceClassification`` names ``bert.encoder...``, the base checkpoint ``encoder...``."""
+    parts = name.split(".")
+    for i in range(len(parts)):
+        key = ".".join(parts[i:])
+        if key in mapping:
+            return mapping[key]
+    return None
 
 
 def check_number(value, where: str, name: str, low: float, high: float, integer: bool = False):
@@ -65,3 +105,11 @@ def check_number(value, where: str, name: str, low: float, high: float, integer:
         kind = "a whole number" if integer else "a finite number"
         raise InputError(f"{where}: {name} should be {kind} from {low:g} to {high:g}, got {value!r:.80}")
     return value
+
+
+def check_rank(rank: int, shape: tuple[int, int], where: str, module: str) -> None:
+    """A rank-r update of a d_out x d_in layer needs 1 ≤ r ≤ min(d_out, d_in): a larger r (a hostile file's
+    r = 30000 on a 1 x 1 layer) would cost memory and time out of all proportion to the file."""
+    if min(shape) < 1 or not 1 <= rank <= min(shape):
+        raise InputError(f"{where}: module {module!r} has rank {rank} for a {shape[0]}x{shape[1]} layer; "
+                         f"the rank must be from 1 to min(d_out, d_in) = {min(shape)}")

@@ -59,6 +59,7 @@ class TLoRALinear(AdapterLayer):
 
     method = "tlora"
     frozen_names = ("tlora_A", "tlora_C")
+    _state_names = ("tlora_A", "tlora_B", "tlora_C", "tlora_alpha")
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0,
                  init: str = DEFAULT_INIT) -> None:
@@ -101,6 +102,11 @@ class TLoRALinear(AdapterLayer):
     def frozen_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
         (d_out, d_in), r = record["shape"], record["rank"]
         return {"tlora_A": (d_out, r), "tlora_C": (r, d_in)}
+
+    @classmethod
+    def record_from_state(cls, state: dict[str, Tensor]) -> dict:
+        return {"method": cls.method, "shape": [state["tlora_A"].shape[0], state["tlora_C"].shape[-1]], "rank": state["tlora_B"].shape[0],
+                "seed": 0}
 
     @classmethod
     def rebuild_frozen(cls, record: dict) -> dict[str, Tensor]:

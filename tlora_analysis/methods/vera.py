@@ -11,7 +11,7 @@ from ..errors import InputError, require
 from ..factored import FactoredDelta
 from ..tensors import MAX_DIM, MAX_FROZEN_ELEMENTS, _is_int
 from .base import AdapterLayer, register_method
-from .peft_format import check_number, group_by_module
+from .peft_format import check_number, group_by_module, lookup_by_suffix
 from .spec import METHOD_SPECS
 
 
@@ -47,6 +47,7 @@ class VeRALinear(AdapterLayer):
     method = "vera"
     seed_scope = "run"
     frozen_names = ("vera_A", "vera_B")
+    _state_names = ("vera_A", "vera_B", "vera_lambda_b", "vera_lambda_d")
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None, *, dropout: float = 0.0, seed: int = 0,
                  projection_shape: tuple[int, int] | None = None) -> None:
@@ -74,7 +75,7 @@ class VeRALinear(AdapterLayer):
     @classmethod
     def check_record(cls, record: dict, where: str) -> None:
         projection = record.get("projection_shape", record["shape"])
-        if (not isinstance(projection, list) or len(projection) != 2 or not all(_is_int(d) and d <= MAX_DIM for d in projection)
+        if (not isinstance(projection, list) or len(projection) != 2 or not all(_is_int(d) and 1 <= d <= MAX_DIM for d in projection)
                 or projection[0] < record["shape"][0] or projection[1] < record["shape"][1]):
             raise InputError(f"{where}: 'projection_shape' should be [d_out, d_in] at least the layer's {record['shape']} and at most "
                              f"{MAX_DIM} each, got {projection!r:.80}")
@@ -89,6 +90,11 @@ class VeRALinear(AdapterLayer):
     def frozen_shapes(cls, record: dict) -> dict[str, tuple[int, ...]]:
         (d_out, d_in), r = record["shape"], record["rank"]
         return {"vera_A": (r, d_in), "vera_B": (d_out, r)}
+
+    @classmethod
+    def record_from_state(cls, state: dict[str, Tensor]) -> dict:
+        shape = [state["vera_lambda_b"].shape[0], state["vera_A"].shape[-1]]  # a saved layer holds its own slice of the pair
+        return {"method": cls.method, "shape": shape, "rank": state["vera_lambda_d"].shape[0], "seed": 0, "projection_shape": shape}
 
     @classmethod
     def _projection_shape(cls, record: dict) -> tuple[int, int]:
@@ -150,6 +156,9 @@ class VeRALinear(AdapterLayer):
         for module, pair in lambdas.items():
             d_out, d_in = layer_shapes[module]
             record = {"method": cls.method, "shape": [d_out, d_in], "rank": rank, "seed": seed, "projection_shape": projection}
+            if min(d_out, d_in) < 1:
+                raise InputError(f"{where}: module {module!r} has a zero-size dimension ({d_out}x{d_in})")
+            cls.check_record(record, where)  # before a pair is drawn from it
             frozen = ({"vera_A": vera_a[:, :d_in].contiguous(), "vera_B": vera_b[:d_out].contiguous()} if stored
                       else cls.rebuild_frozen(record))
             layers[module] = (record, {"vera_lambda_d": pair["d"], "vera_lambda_b": pair["b"]}, frozen)
@@ -158,10 +167,11 @@ class VeRALinear(AdapterLayer):
     @staticmethod
     def _peft_layer_shapes(lambdas, stored, shapes, rank: int, where: str) -> dict[str, tuple[int, int]]:
         if shapes is not None:
-            missing = sorted(set(lambdas) - set(shapes))
+            result = {m: lookup_by_suffix(shapes, m) for m in lambdas}
+            missing = sorted(m for m, shape in result.items() if shape is None)
             if missing:
                 raise InputError(f"{where}: the base model has no linear layer {missing[0]!r} (is it the adapter's base model?)")
-            result = {m: tuple(shapes[m]) for m in lambdas}
+            result = {m: tuple(shape) for m, shape in result.items()}
             bad = [m for m in lambdas if lambdas[m]["b"].shape[0] != result[m][0]]
             if bad:
                 raise InputError(f"{where}: module {bad[0]!r} has vera_lambda_b of size {lambdas[bad[0]]['b'].shape[0]}, "

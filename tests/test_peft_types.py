@@ -1,0 +1,151 @@
+"""Every peft tuner type, made by peft itself, read against peft's own merge.
+
+Each type with a ΔW is built on a small BERT, perturbed, saved with ``save_pretrained`` and read by
+``open_updates``: every layer's ‖ΔW‖_F and top singular values must equal ``merge_and_unload()``
+minus W0. A type the installed peft cannot build is skipped with peft's reason. Types without a ΔW
+are refused in one line that says why. The default model is read too, where a tiny model once hid a bug.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import cli, expect_error
+from peft_zoo import CONFIGS, NO_UPDATE, assert_matches, build, peft_answer
+
+from tlora_analysis.errors import InputError
+from tlora_analysis.peft_types import PEFT_TYPES, initial_update_is_zero
+from tlora_analysis.sources import PeftAdapter, open_updates
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tiny_model_dir):
+    from tlora_analysis.models import load_model
+
+    return load_model(tiny_model_dir, num_labels=2).eval()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_peft_type_reads_as_peft_merges_it(tmp_path, name, tiny_base, tiny_model_dir):
+    model, reason = build(name, tiny_base)
+    if model is None:
+        pytest.skip(reason)
+    model.save_pretrained(tmp_path / "adapter")
+    source = open_updates(tmp_path / "adapter", base=tiny_model_dir)
+    assert isinstance(source, PeftAdapter) and source.layers
+    assert_matches(source.deltas(0), peft_answer(tmp_path / "adapter", tiny_base))
+    spec = PEFT_TYPES[json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"]]
+    assert {record["form"] for record in source.layers.values()} <= ({"factored", "dense"} if spec.kind == "factored" else {"dense"})
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_the_init_registry_says_which_types_start_at_zero(name, tiny_base):
+    """Where the registry says an adapter starts at ΔW = 0 (a Trainer trajectory's epoch 0 is then known), peft agrees."""
+    import copy
+
+    import peft
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    settings = dict(CONFIGS[name])
+    peft_type = settings.pop("peft_type", name)
+    settings.setdefault("target_modules", ["query", "value"])
+    try:
+        config = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type](**settings)
+        model = peft.get_peft_model(copy.deepcopy(tiny_base), config)
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(f"peft cannot build {name}: {err}")
+    config_dict = json.loads(json.dumps(config.to_dict(), default=lambda v: sorted(v) if isinstance(v, set) else str(v)))
+    if not initial_update_is_zero(config_dict):
+        return
+    original = {n: m.weight.detach().clone() for n, m in tiny_base.named_modules() if getattr(m, "weight", None) is not None}
+    merged = model.merge_and_unload()
+    for module_name, module in merged.named_modules():
+        if module_name in original and getattr(module, "weight", None) is not None:
+            assert torch.allclose(module.weight, original[module_name], atol=1e-6), (name, module_name)
+
+
+@pytest.mark.parametrize("peft_type", NO_UPDATE)
+def test_types_without_an_update_are_refused_in_one_line(tmp_path, peft_type):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / peft_type.lower()
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": peft_type, "r": 4}))
+    save_file({"base_model.prompt_embeddings": torch.zeros(2, 4)}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(InputError, match=f"peft_type {peft_type}\\) has no ΔW to read: "):
+        open_updates(folder)
+    assert PEFT_TYPES[peft_type].why
+
+
+def test_every_peft_type_has_an_entry():
+    from peft.utils import PeftType
+
+    assert {t.value for t in PeftType} == set(PEFT_TYPES)
+
+
+def test_a_dense_type_without_its_base_says_how_to_give_it(tmp_path, tiny_base, tiny_model_dir):
+    model, _ = build("OFT", tiny_base)
+    model.save_pretrained(tmp_path / "oft")
+    config = json.loads((tmp_path / "oft" / "adapter_config.json").read_text())
+    (tmp_path / "oft" / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "someone/else-model"}))
+    expect_error(cli("inspect", tmp_path / "oft"), "it is needed because peft computes", "pass it yourself (--base or --model)")
+    result = cli("inspect", tmp_path / "oft", "--base", tiny_model_dir)
+    assert result.returncode == 0, result.stderr
+    assert "oft" in result.stdout
+
+
+# --------------------------------------------------------------------------- the real default model
+@pytest.fixture(scope="module")
+def default_base():
+    from tlora_analysis.models import load_model
+
+    return load_model("default", num_labels=2).eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["VERA", "DORA", "PISSA", "LOHA", "IA3", "RANDLORA"])
+def test_peft_adapters_on_the_default_model_read_as_peft_merges_them(tmp_path, name, default_base):
+    """On all-MiniLM-L6-v2 (a checkpoint without the ``bert.`` prefix the adapters' names carry), with the
+    base named only in the adapter's own config: no ``--base``."""
+    model, reason = build(name, default_base)
+    if model is None:
+        pytest.skip(reason)
+    model.save_pretrained(tmp_path / "adapter")
+    source = open_updates(tmp_path / "adapter")
+    assert_matches(source.deltas(0), peft_answer(tmp_path / "adapter", default_base))
+    result = cli("inspect", tmp_path / "adapter", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["totals"]["layers"] == 12
+
+
+@pytest.mark.slow
+def test_an_unconverted_pissa_adapter_is_measured_from_the_original_w0(tmp_path, default_base):
+    """ΔW of PiSSA saved unconverted is s·(B·A − B0·A0), not s·B·A, which on the real model is far off."""
+    model, _ = build("PISSA", default_base)
+    model.save_pretrained(tmp_path / "pissa")
+    true = peft_answer(tmp_path / "pissa", default_base)
+    source = open_updates(tmp_path / "pissa")
+    assert source.method == "pissa"
+    name = next(iter(true))
+    naive = source._reading.trainable[name]
+    wrong = float((naive["B"].double() @ naive["A"].double()).norm()) * source.layers[name]["scaling"]
+    assert abs(wrong - float(true[name].norm())) > 0.25 * float(true[name].norm())  # reading s·B·A alone would be this far off
+    assert abs(source.deltas(0)[name].frobenius_norm() - float(true[name].norm())) < 1e-4 * float(true[name].norm())
+
+
+def test_what_is_not_read_is_named(tmp_path, tiny_base, tiny_model_dir):
+    import copy
+
+    import peft
+
+    config = peft.LoraConfig(r=2, target_modules=["query", "value"], lora_bias=True, modules_to_save=["classifier"])
+    model = peft.get_peft_model(copy.deepcopy(tiny_base), config)
+    model.save_pretrained(tmp_path / "biased")
+    source = open_updates(tmp_path / "biased", base=tiny_model_dir)
+    notices = " ".join(source.notices)
+    assert "lora_bias: the bias updates of 4 layers" in notices
+    assert "modules_to_save" in notices
+    result = cli("inspect", tmp_path / "biased")
+    assert result.returncode == 0 and "notice: " in result.stderr and "lora_bias" in result.stderr, result.stderr
