@@ -145,7 +145,12 @@ def test_broken_inputs_give_one_line_errors_and_change_nothing(tmp_path, run_cop
     ia3 = tmp_path / "ia3"
     ia3.mkdir()
     (ia3 / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"}))
-    expect_clean_error(["inspect", str(ia3)], "supported adapter types: LORA, VERA")
+    expect_clean_error(["inspect", str(ia3)], "adapter_model.safetensors: missing")
+    save_file({"prompt_embeddings": torch.zeros(4, 8)}, str(ia3 / "adapter_model.safetensors"))
+    (ia3 / "adapter_config.json").write_text(json.dumps({"peft_type": "PROMPT_TUNING"}))
+    expect_clean_error(["inspect", str(ia3)], "a prompt tuning adapter (peft_type PROMPT_TUNING) has no ΔW to read")
+    (ia3 / "adapter_config.json").write_text(json.dumps({"peft_type": "NOT_A_TYPE"}))
+    expect_clean_error(["inspect", str(ia3)], "peft_type 'NOT_A_TYPE' is not one this tlora-analysis knows")
 
     adapter = tmp_path / "adapter"
     make_peft_adapter(adapter, tiny_model_dir, r=2, lora_alpha=4)

@@ -182,7 +182,7 @@ def test_a_fifo_named_like_a_data_file_does_not_hang(tmp_path, tiny_model_dir):
 
 def test_a_head_only_run_is_inspected_without_a_crash(tmp_path, tiny_model_dir):
     model = load_model(tiny_model_dir)
-    with DeltaRecorder(model, tmp_path / "head", metadata={"method": "head"}) as recorder:
+    with DeltaRecorder(model, tmp_path / "head", head_only=True) as recorder:
         recorder.snapshot(0)
     refused(["inspect", tmp_path / "head"], [tmp_path], "no adapted layers")
 

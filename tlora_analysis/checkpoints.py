@@ -12,87 +12,24 @@ import math
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from .analysis import module_and_layer, rank_measures
 from .config import ANALYSIS
 from .errors import InputError
-from .factored import FactoredDelta
-from .io import inside, read_json, refuse_pickle, refuse_pickled_files
 from .methods import METHOD_SPECS, method_class
-from .models import base_weights, resolve_model
-from .sources import SingleState, open_updates
-from .tensors import read_tensors
+from .models import base_weights
+from .sources import open_updates
+from .sources.finetuned import FullFineTune
 
-__all__ = ["inspect_checkpoint", "inspect_totals", "FullFineTune"]
+__all__ = ["inspect_checkpoint", "inspect_totals", "FullFineTune", "to_json"]
 
 TOP_SINGULAR_VALUES = 4
 
 
-class FullFineTune(SingleState):
-    """A fully fine-tuned model directory read against its base: ΔW = W_ft − W0 for every 2-D weight that changed.
-
-    Embedding matrices are skipped (they are lookups, not linear maps). ``max_rank``
-    truncates each update to its top singular directions; by default the SVD is complete.
-    """
-
-    method = "full"
-
-    def __init__(self, path: str | Path, base: str, max_rank: int | None = None) -> None:
-        self.path, self.name, self.rank = Path(path), Path(path).name, max_rank or 0
-        self.meta = {"model": base}
-        tuned = _read_model_tensors(self.path)
-        original = _read_model_tensors(Path(resolve_model(base)))
-        self._deltas: dict[str, FactoredDelta] = {}
-        self.base_weights: dict[str, torch.Tensor] = {}
-        for key, weight in tuned.items():
-            parts = key.split(".")
-            if weight.ndim != 2 or parts[-1] != "weight" or "embeddings" in parts or not weight.is_floating_point():
-                continue
-            match = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in original), None)
-            if match is None or original[match].shape != weight.shape:
-                continue
-            delta = weight.double() - original[match].double()
-            if bool(delta.abs().max() > 0):
-                self._deltas[key[: -len(".weight")]] = FactoredDelta.from_dense(delta, max_rank)
-                self.base_weights[key[: -len(".weight")]] = original[match]
-        if not self._deltas:
-            raise InputError(f"{self.path}: no 2-D weight differs from base model {base!r} (is it the right base?)")
-        self.layers = {name: {"shape": list(d.shape), "rank": d.rank} for name, d in self._deltas.items()}
-
-    def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
-        self._check(epoch)
-        return self._deltas
-
-
-def _read_model_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    if folder.is_file():
-        refuse_pickle(folder)
-        return read_tensors(folder)
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such model directory")
-    single = folder / "model.safetensors"
-    if single.exists():
-        return read_tensors(single)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = read_json(inside(folder, index, "the safetensors index"), "safetensors index").get("weight_map", {})
-        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
-            raise InputError(f"{index}: 'weight_map' should map tensor names to file names")
-        files = sorted(set(weight_map.values()))
-        for name in files:  # plain file names in this folder: no path from the index is followed
-            if Path(name).name != name or not name.endswith(".safetensors"):
-                raise InputError(f"{index}: weight_map names {name!r:.80}; shards must be .safetensors files in {folder}")
-        return {k: v for f in files for k, v in read_tensors(inside(folder, folder / f, "a shard")).items()}
-    refuse_pickled_files(folder)
-    raise InputError(f"{folder}: no model.safetensors (or sharded model.safetensors.index.json)")
-
-
 def _open(path: str | Path, base: str | None, max_rank: int | None):
-    path = Path(path)
-    if base is not None and path.is_dir() and not (path / "run.json").exists() and not (path / "adapter_config.json").exists():
-        return FullFineTune(path, base, max_rank)
-    return open_updates(path, base)
+    """Any source; a fine-tune read with ``max_rank`` keeps each update's top singular directions."""
+    source = open_updates(path, base)
+    return source.truncated(max_rank) if max_rank is not None and isinstance(source, FullFineTune) else source
 
 
 def inspect_checkpoint(path: str | Path, epoch: int | None = None, base: str | None = None, max_rank: int | None = None,
@@ -142,24 +79,36 @@ def inspect_checkpoint(path: str | Path, epoch: int | None = None, base: str | N
         table["amplification"] = table["name"].map(amp["amplification"])
         table["intruders"] = table["name"].map(intruders).astype(int)
     table.attrs.update({"path": str(path), "method": source.method, "epoch": epoch, "base": base, "intruder_k": intruder_k,
+                        "notices": list(getattr(source, "notices", []) or []),
                         "totals": inspect_totals(source, table)})
     return table
 
 
 def inspect_totals(source, table: pd.DataFrame) -> dict:
     """Totals for an :func:`inspect_checkpoint` table: layers, overall ‖ΔW‖_F, and the parameters that define the updates."""
-    spec = METHOD_SPECS.get(source.method)
-    if spec is not None and spec.adapts_layers:
-        trainable, frozen = method_class(source.method).update_counts(source.layers)
-        frozen = frozen if spec.frozen == "random" else 0
-    else:  # a full fine-tune read against its base trains every entry
-        trainable, frozen = sum(o * i for o, i in (map(int, s.split("x")) for s in table["shape"])), 0
+    trainable, frozen = update_counts(source, table)
     counts = source.meta.get("parameter_counts", {})
     return {
         "method": source.method, "layers": len(table), "total_frobenius": float(math.sqrt((table.frobenius**2).sum())),
         "update_trainable_params": trainable, "update_frozen_random_params": frozen,
         "other_trainable_params": counts.get("other_trainable"),
     }
+
+
+def update_counts(source, table: pd.DataFrame) -> tuple[int, int]:
+    """(trained, frozen random) numbers that define a source's updates: counted from its tensors where it was
+    read from a file, by the method's class for this toolkit's methods, as recorded from the model for a run of
+    a peft model, and every entry of each ΔW for a fine-tune."""
+    if getattr(source, "update_counts", None) is not None:
+        return source.update_counts
+    spec = METHOD_SPECS.get(source.method)
+    if spec is not None and spec.layer is not None:
+        trainable, frozen = method_class(source.method).update_counts(source.layers)
+        return trainable, frozen if spec.frozen == "random" else 0
+    counts = source.meta.get("parameter_counts")
+    if isinstance(counts, dict) and isinstance(counts.get("adapter_trainable"), int) and isinstance(counts.get("frozen_random"), int):
+        return counts["adapter_trainable"], counts["frozen_random"]
+    return sum(o * i for o, i in (map(int, s.split("x")) for s in table["shape"])), 0  # a full fine-tune trains every entry
 
 
 def to_json(table: pd.DataFrame) -> str:

@@ -1,0 +1,136 @@
+"""Single-file adapters from the diffusion world: kohya-ss LoRA and LyCORIS (LoHa, LoKr, full).
+
+Each module's tensors sit under one flat name (``lora_unet_down_blocks_0_attentions_1_..._to_q``) with
+an ``alpha`` beside them. Updates are read as the usual loaders (sd-scripts, ComfyUI, diffusers) apply them:
+
+- kohya LoRA: ΔW = (alpha / r) · up · down, r = down's rows;
+- LyCORIS LoHa: ΔW = (alpha / r) · (w1a·w1b) ⊙ (w2a·w2b), r = w1b's rows;
+- LyCORIS LoKr: ΔW = (alpha / r) · w1 ⊗ w2, r the rank of the decomposed factor (scale 1 where neither is);
+- LyCORIS full: ΔW = ``diff``, dense.
+
+A missing ``alpha`` means alpha = r. Convolution kernels (4-D factors) are named in a notice and left out;
+``dora_scale`` (weight-decomposed variants) rescales W0 + ΔW and needs the base weights, so such a file
+is refused in one line. Layer names become dotted at their numbers (``..._blocks.0.attentions.1...``)
+so that each update has a layer index.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+from ..factored import FactoredDelta
+from ..methods.peft_format import check_rank
+from ..peft_types.factored_types import loha_delta, lokr_delta
+from ..peft_types.reading import Reading, layer_record
+from ..tensors import check_values, read_tensors
+from .formats import Sniff, SourceFormat, register_format
+from .states import ReadingState
+
+__all__ = ["open_single_file", "KINDS"]
+
+KINDS = {"lora_down": "kohya LoRA", "hada_w1_a": "LyCORIS LoHa", "lokr_w1": "LyCORIS LoKr", "lokr_w1_a": "LyCORIS LoKr",
+         "diff": "LyCORIS full"}
+"""The tensor suffix that marks each kind of module (its first factor)."""
+METHODS = {"kohya LoRA": "lora", "LyCORIS LoHa": "loha", "LyCORIS LoKr": "lokr", "LyCORIS full": "full"}
+
+
+def readable_name(flat: str) -> str:
+    """``lora_unet_down_blocks_0_attn1_to_q`` -> ``unet_down_blocks.0.attn1_to_q``: dotted at whole numbers, prefix dropped."""
+    return re.sub(r"_(\d+)_", r".\1.", re.sub(r"^lora_", "", flat))
+
+
+def _modules(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name, _, part = key.partition(".")
+        modules.setdefault(name, {})[part.removesuffix(".weight")] = tensor
+    return modules
+
+
+def _scale(parts: dict[str, torch.Tensor], rank: int, where: str) -> float:
+    alpha = parts.get("alpha")
+    if alpha is None:
+        return 1.0
+    if alpha.numel() != 1:
+        raise InputError(f"{where}: 'alpha' should hold one number, got shape {tuple(alpha.shape)}")
+    value = float(alpha.reshape(()))
+    return (value if value != 0 else rank) / rank
+
+
+def _delta(kind: str, parts: dict[str, torch.Tensor], where: str) -> FactoredDelta:
+    if kind == "kohya LoRA":
+        down, up = parts["lora_down"], parts.get("lora_up")
+        if up is None or up.shape[1] != down.shape[0]:
+            raise InputError(f"{where}: lora_up should be (d_out, r) for lora_down {tuple(down.shape)}")
+        check_rank(down.shape[0], (up.shape[0], down.shape[1]), where, "")
+        return FactoredDelta(up.double(), torch.eye(down.shape[0], dtype=torch.float64) * _scale(parts, down.shape[0], where), down.double())
+    if kind == "LyCORIS LoHa":
+        names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+        if not set(names) <= set(parts) or "hada_t1" in parts:
+            raise InputError(f"{where}: a LoHa module needs {', '.join(names)} (Tucker-decomposed convolutions are not read)")
+        w1a, w1b, w2a, w2b = (parts[n] for n in names)
+        check_rank(w1b.shape[0], (w1a.shape[0], w1b.shape[1]), where, "")
+        return loha_delta(w1a, w1b, w2a, w2b, _scale(parts, w1b.shape[0], where))
+    if kind == "LyCORIS LoKr":
+        w1 = parts.get("lokr_w1", (parts.get("lokr_w1_a"), parts.get("lokr_w1_b")))
+        w2 = parts.get("lokr_w2", (parts.get("lokr_w2_a"), parts.get("lokr_w2_b")))
+        if any(isinstance(w, tuple) and None in w for w in (w1, w2)) or "lokr_t2" in parts:
+            raise InputError(f"{where}: a LoKr module needs lokr_w1 (or w1_a·w1_b) and lokr_w2 (or w2_a·w2_b), Tucker factors aside")
+        decomposed = next((w for w in (w1, w2) if isinstance(w, tuple)), None)
+        scale = _scale(parts, decomposed[1].shape[0], where) if decomposed is not None else 1.0
+        return lokr_delta(w1, w2, scale)
+    return FactoredDelta.from_dense(parts["diff"])
+
+
+def _kind(parts: dict[str, torch.Tensor]) -> str | None:
+    return next((kind for suffix, kind in KINDS.items() if suffix in parts), None)
+
+
+def read_single_file(tensors: dict[str, torch.Tensor], where: str) -> tuple[str, Reading]:
+    """(method, reading) of a kohya or LyCORIS file; every module must be one kind."""
+    deltas, notices, kinds, used = {}, [], set(), set()
+    convolutions = []
+    for name, parts in _modules(tensors).items():
+        kind = _kind(parts)
+        if kind is None:
+            continue
+        if "dora_scale" in parts:
+            raise InputError(f"{where}: module {name} has dora_scale: a weight-decomposed (DoRA-style) update rescales W0 + ΔW, "
+                             "which needs the base model's weights; this format is not read")
+        if any(t.ndim > 2 for k, t in parts.items() if k != "alpha"):
+            convolutions.append(name)
+            continue
+        for key, tensor in parts.items():
+            check_values(tensor, f"{where}: tensor {name}.{key}")
+        deltas[readable_name(name)] = _delta(kind, parts, f"{where}: module {name}")
+        kinds.add(kind)
+        used.update(k for k in tensors if k.startswith(name + "."))
+    if len(kinds) != 1:
+        raise InputError(f"{where}: holds {'no 2-D' if not kinds else 'several kinds of'} modules ({', '.join(sorted(kinds)) or 'none'}); "
+                         "expected one kohya LoRA or LyCORIS kind")
+    if convolutions:
+        notices.append(f"{where}: {len(convolutions)} convolution modules (e.g. {convolutions[0]}) hold 4-D kernels and were not analysed")
+    left = sorted(set(tensors) - used - {k for k in tensors if k.split(".", 1)[0] in convolutions})
+    if left:
+        notices.append(f"{where}: {len(left)} tensors belong to no module's ΔW and were not analysed (e.g. {left[0]})")
+    kind = kinds.pop()
+    form = "dense" if kind == "LyCORIS full" else "factored"
+    reading = Reading({m: layer_record(d.shape, d.rank, form) for m, d in deltas.items()}, lambda: deltas, used=used, notices=notices)
+    return METHODS[kind], reading
+
+
+def open_single_file(path: Path, base: str | None = None) -> ReadingState:
+    method, reading = read_single_file(read_tensors(path), str(path))
+    return ReadingState(path, method, reading, {"format": "kohya/LyCORIS"})
+
+
+def _is_single_file(sniff: Sniff) -> bool:
+    return any(key.split(".", 1)[-1].removesuffix(".weight") in KINDS for key in sniff.keys)
+
+
+register_format(SourceFormat("kohya or LyCORIS file", "a .safetensors of lora_down/lora_up, hada_w*, lokr_w* or diff per module, with alpha",
+                             "file", _is_single_file, open_single_file, order=40))

@@ -1,0 +1,72 @@
+"""What a source that holds one saved state (an adapter, an export, a fine-tune) shares with every other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import InputError
+
+__all__ = ["SingleState", "ReadingState"]
+
+
+class SingleState:
+    """A source that holds one state, not a training history: it reports it as epoch 0.
+
+    Subclasses set ``path``, ``name``, ``method``, ``meta``, ``layers``, ``rank`` and implement ``deltas``;
+    ``notices`` name what the reading left out, one line each.
+    """
+
+    path: Path
+    notices: list[str] = []
+
+    @property
+    def epochs(self) -> list[int]:
+        return [0]
+
+    @property
+    def metrics(self) -> dict:
+        return {0: {}}
+
+    def _check(self, epoch: int) -> None:
+        if epoch != 0:
+            raise InputError(f"{self.path}: holds one state (epoch 0), not epoch {epoch}")
+
+    def scales(self, epoch: int = 0) -> dict[str, float]:
+        self._check(epoch)
+        return {}
+
+    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        self._check(epoch)
+        return {}
+
+
+class ReadingState(SingleState):
+    """One state read into a :class:`~tlora_analysis.peft_types.reading.Reading` (peft adapters, single files)."""
+
+    def __init__(self, path: Path, method: str, reading, meta: dict, rank: int = 0) -> None:
+        self.path, self.name, self.method, self.meta, self.rank = Path(path), Path(path).name, method, meta, rank
+        self._reading = reading
+        self.layers = reading.layers
+        self.notices = list(reading.notices)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, method={self.method!r}, layers={len(self.layers)})"
+
+    @property
+    def update_counts(self) -> tuple[int, int]:
+        """(trained, frozen random) numbers that define the updates, counted from the file's tensors."""
+        return self._reading.update_counts
+
+    def deltas(self, epoch: int = 0):
+        self._check(epoch)
+        return self._reading.deltas()
+
+    def scales(self, epoch: int = 0) -> dict[str, float]:
+        self._check(epoch)
+        return dict(self._reading.scales)
+
+    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+        self._check(epoch)
+        return dict(self._reading.trainable)
