@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import platform
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import adapter_layers, count_parameters
+from .adapters import count_parameters
+from .errors import InputError
 from .live import GeometrySink, update_geometry
+from .live_models import OwnAdapters, live_updates
 from .store import HEAD_PREFIX, RunWriter
 
 __all__ = ["DeltaRecorder", "package_versions", "trainable_groups"]
@@ -32,17 +35,27 @@ def package_versions() -> dict[str, str]:
     return {"tlora_analysis": __version__, "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-class DeltaRecorder:
-    """Writes snapshots of a model's adapter layers into a run directory.
+RESERVED_FIELDS = frozenset({"format", "format_version", "method", "rank", "layers", "epochs", "created", "versions", "parameter_counts",
+                             "peft_config", "frozen_file", "status"})
+"""run.json fields the recorder writes itself; ``metadata`` may not set them."""
+IDENTITY_FIELDS = ("method", "layers", "peft_config")
+"""What a run directory being continued must share with the model now recorded (else it is another run)."""
 
-    Each snapshot holds the adapters' trainable tensors and, under ``trainable.<name>``,
-    any other trainable parameter (the classifier head). ``metadata`` goes into run.json as is (task, model, hyperparameters...). Opening an
-    existing run directory continues it (used by ``train --resume``).
-    With ``record_grad_norms=True``, each epoch's record gets the root-mean-square over
-    steps of every layer's trainable-gradient norm. Each snapshot also sends the live
-    update geometry (:func:`~tlora_analysis.live.update_geometry`) to every sink in
-    ``sinks``; :meth:`log_geometry` does so between snapshots. The run directory stays
-    locked until :meth:`finish` or :meth:`close`.
+
+class DeltaRecorder:
+    """Writes snapshots of a model's updates into a run directory.
+
+    The model may carry this toolkit's adapters, a peft adapter of any type with a ΔW, or linear layers
+    that train whole (:mod:`~tlora_analysis.live_models` says which); ``head_only`` records a run that
+    trains only a head (the ``head`` method). Each snapshot holds the update's trainable tensors and,
+    under ``trainable.<name>``, any other trainable parameter (a classifier head). ``metadata`` goes into
+    run.json (task, model, hyperparameters...), except the recorder's own fields. Opening an existing run
+    directory continues it (``train --resume``, a resumed Trainer) if it records the same model; a
+    directory that holds another run is refused. With ``record_grad_norms=True``, each epoch's record
+    gets the root-mean-square over steps of every layer's trainable-gradient norm. Each snapshot also
+    sends the live update geometry (:func:`~tlora_analysis.live.update_geometry`) to every sink in
+    ``sinks``; :meth:`log_geometry` does so between snapshots. The run directory stays locked until
+    :meth:`finish` or :meth:`close`.
     """
 
     def __init__(
@@ -53,35 +66,41 @@ class DeltaRecorder:
         metadata: Mapping[str, Any] | None = None,
         record_grad_norms: bool = False,
         sinks: list[GeometrySink] = (),
+        head_only: bool = False,
     ) -> None:
         self.model = model
         self.sinks = list(sinks)
         self._previous: dict | None = None  # the last snapshot's deltas, for the cosine to it
-        self.layers = adapter_layers(model)
         metadata = dict(metadata or {})
-        methods = {layer.method for layer in self.layers.values()}
-        if len(methods) > 1:
-            raise ValueError(f"model mixes adapter methods {sorted(methods)}; record one method per run")
-        method = methods.pop() if methods else metadata.get("method", "head")
-        records = {name: layer.record() for name, layer in self.layers.items()}
+        reserved = sorted(RESERVED_FIELDS & set(metadata))
+        if reserved:
+            raise InputError(f"metadata field {reserved[0]!r} is the recorder's own (it writes {', '.join(sorted(RESERVED_FIELDS))})")
+        self.live = live_updates(model, head_only)
+        self.layers = {} if self.live is None else self.live.layers
         header = {
-            "method": method,
-            "rank": next(iter(self.layers.values())).rank if self.layers else 0,
+            "method": "head" if self.live is None else self.live.method,
+            "rank": 0 if self.live is None else self.live.rank,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": package_versions(),
-            "parameter_counts": count_parameters(model).as_dict(),
+            "parameter_counts": count_parameters(model).as_dict() if self.live is None else self.live.counts(),
+            **({} if self.live is None else self.live.header),
             **metadata,
-            "layers": records,
+            "layers": {} if self.live is None else self.live.records(),
         }
         self.writer = RunWriter(run_dir, header)
         self.path = self.writer.path
-        if not self.writer.meta.get("frozen_file") and any(
-            layer.frozen_differs_from_rebuild(records[name]) for name, layer in self.layers.items()
-        ):
-            self.writer.save_frozen({f"{n}.{k}": t for n, layer in self.layers.items() for k, t in layer.frozen_tensors().items()})
+        try:
+            _check_same_run(self.writer.meta, header, self.path)
+            if isinstance(self.live, OwnAdapters) and not self.writer.meta.get("frozen_file") and any(
+                    layer.frozen_differs_from_rebuild(header["layers"][name]) for name, layer in self.layers.items()):
+                self.writer.save_frozen({f"{n}.{k}": t for n, layer in self.layers.items() for k, t in layer.frozen_tensors().items()})
+        except BaseException:
+            self.writer.close()
+            raise
         self._grad_sq: torch.Tensor | None = None  # per layer, summed over the epoch's steps
         self._grad_steps = 0
         self._handles = []
+        self._geometry_notice = False
         if record_grad_norms:
             self._attach_grad_hooks()
 
@@ -93,7 +112,7 @@ class DeltaRecorder:
         """One hook per backward pass for all layers (not one per parameter): a single Python call
         and three tensor ops per step, accumulated on the device without a host sync."""
         params, owners = [], []
-        for index, group in enumerate(trainable_groups(self.model)):
+        for index, group in enumerate(self.live.groups() if self.live is not None else []):
             params += group
             owners += [index] * len(group)
         if not params:
@@ -126,8 +145,8 @@ class DeltaRecorder:
 
         Under FSDP, call it inside :func:`~tlora_analysis.distributed.full_parameters` (entered by
         every process): a shard is not a snapshot."""
-        tensors = {f"{name}.{key}": t for name, layer in self.layers.items() for key, t in layer.trainable_tensors().items()}
-        tensors.update({f"{HEAD_PREFIX}{name}": p for name, p in self._other_trainable()})
+        tensors = {} if self.live is None else self.live.tensors()
+        tensors.update({f"{HEAD_PREFIX}{name}": p.detach().to("cpu", copy=True) for name, p in self._other_trainable()})
         if self._grad_steps:
             rms = (self._grad_sq / self._grad_steps).sqrt().tolist()
             record["grad_norm_rms"] = dict(zip(self.layers, rms))
@@ -135,31 +154,36 @@ class DeltaRecorder:
             self._grad_steps = 0
         self.writer.write_epoch(epoch, tensors, {"metrics": dict(metrics or {}), **record})
         step = int(record.get("global_step", epoch))
-        if self.sinks:
+        if self.sinks and self.live is not None:
             self.log_geometry(step, histograms=True)
-            self._previous = {name: layer.delta().to("cpu") for name, layer in self.layers.items()}
+            deltas = self.live.deltas()
+            self._previous = None if deltas is None else {name: delta.to("cpu") for name, delta in deltas.items()}
         return self.path
 
     def log_geometry(self, step: int, histograms: bool = False) -> dict[str, float]:
         """Send each layer's ‖ΔW‖_F, σ₁, stable rank, scale and cosine to the last snapshot
-        to the sinks (factored, so cheap enough to call every few steps)."""
-        deltas = {name: layer.delta() for name, layer in self.layers.items()}
-        scales = {name: layer.scale() for name, layer in self.layers.items()}
-        metrics = update_geometry(deltas, scales, self._previous)
+        to the sinks (factored, so cheap enough to call every few steps). An update that needs W0 to be
+        read (DoRA, PiSSA, every type peft computes on the base) is left to the analyses, said once."""
+        deltas = None if self.live is None else self.live.deltas()
+        if deltas is None:
+            if not self._geometry_notice and self.live is not None:
+                self._geometry_notice = True
+                warnings.warn(f"{self.path}: live geometry of a {self.live.method} update needs W0; it is recorded in every "
+                              "snapshot and read by the analyses against the base model", stacklevel=2)
+            return {}
+        metrics = update_geometry(deltas, self.live.scales(), self._previous)
         for sink in self.sinks:
             sink.log(metrics, step)
             if histograms:
-                for name, layer in self.layers.items():
-                    for key, tensor in layer.trainable_tensors().items():
-                        if tensor.ndim:
-                            sink.histogram(f"core/{key}/{name}", tensor, step)
+                for tag, tensor in self.live.histograms():
+                    sink.histogram(tag, tensor, step)
         return metrics
 
     def _other_trainable(self):
-        """Trainable parameters outside the adapters (a classifier head): small, and without them
+        """Trainable parameters the update's own tensors do not hold (a classifier head): small, and without them
         a snapshot could not restore the fine-tuned model."""
-        adapter_params = {id(p) for layer in self.layers.values() for p in layer.parameters()}
-        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in adapter_params]
+        owned = set() if self.live is None else self.live.owned()
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad and id(p) not in owned]
 
     def add_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Attach metrics that arrive after the snapshot (e.g. the Trainer's evaluation)."""
@@ -187,7 +211,19 @@ class DeltaRecorder:
 
 
 def trainable_groups(model: nn.Module) -> list[list[torch.Tensor]]:
-    """Each adapter layer's trainable parameters, in model order: the groups whose gradient norms
-    :meth:`DeltaRecorder.add_gradient_norms` takes."""
-    return [[p for n, p in layer.named_parameters() if not n.startswith("base.") and p.requires_grad]
-            for layer in adapter_layers(model).values()]
+    """Each recorded layer's trainable parameters, in model order: the groups whose gradient norms
+    :meth:`DeltaRecorder.add_gradient_norms` takes (none for a model with nothing to record)."""
+    try:
+        live = live_updates(model)
+    except InputError:
+        return []
+    return live.groups()
+
+
+def _check_same_run(meta: Mapping[str, Any], header: Mapping[str, Any], path: Path) -> None:
+    """A run directory continued by a recorder must hold the same run: same method, layers and peft config
+    (and the same seed and task where both say), else its snapshots would mix two runs."""
+    for key in (*IDENTITY_FIELDS, "seed", "task", "trainer_seed"):
+        if key in header and key in meta and meta[key] != header[key]:
+            raise InputError(f"{path}: already holds another run (its {key} differs from the model's now recorded); continue "
+                             "it with the same model and settings, or choose another directory")

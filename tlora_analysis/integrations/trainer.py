@@ -54,7 +54,7 @@ class DeltaRecorderCallback(TrainerCallback):
             self._groups = trainable_groups(model)
         with full_parameters(model):
             if state.is_world_process_zero:  # under torchrun / accelerate, global rank 0 alone writes the run
-                self.recorder = DeltaRecorder(model, self.run_dir, metadata={"world_size": args.world_size, **self.metadata},
+                self.recorder = DeltaRecorder(model, self.run_dir, metadata={"world_size": args.world_size, "trainer_seed": args.seed, **self.metadata},
                                               sinks=self.sinks)
                 if 0 not in self.recorder.finished_epochs:
                     self.recorder.snapshot(0, global_step=state.global_step)

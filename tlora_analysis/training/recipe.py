@@ -194,11 +194,12 @@ class TrainingRecipe:
         """Rank 0 opens the run (run.json) and records epoch 0 from the model, not yet wrapped."""
         config = self.config
         if self.processes.writes:
-            metadata = {"method": config.method, "task": config.task, "model": config.model, "targets": config.targets,
+            metadata = {"task": config.task, "model": config.model, "targets": config.targets,
                         "seed": config.seed, "main_metric": self.data.spec.main_metric, "world_size": self.processes.world,
                         "precision": config.precision, "recorded_dtype": "float32", "data_sha256": self.data_sha256,
                         "config": asdict(config)}
-            self.recorder = DeltaRecorder(self.model, self.out_dir, metadata=metadata, sinks=make_sinks(config.report_to, self.out_dir))
+            self.recorder = DeltaRecorder(self.model, self.out_dir, metadata=metadata, sinks=make_sinks(config.report_to, self.out_dir),
+                                          head_only=not METHOD_SPECS[config.method].adapts_layers)
             if self.resuming:
                 self.recorder.writer.update(config=asdict(config), world_size=self.processes.world)  # --epochs may have extended the run
                 self.log(f"resuming {self.out_dir} after epoch {self.start_epoch}")
