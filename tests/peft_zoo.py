@@ -24,7 +24,6 @@ CONFIGS = {
     "ADAMSS": {},
     "BOFT": {"boft_block_size": 4},
     "IA3": {"feedforward_modules": []},
-    "BEFT": {},
     "LOHA": {"r": 4},
     "LOKR": {"r": 2},
     "OFT": {"r": 0, "oft_block_size": 8},
@@ -56,8 +55,8 @@ CONFIGS = {
 """Every peft type (and LoRA variant) with a ΔW, by a name; ``peft_type`` where the name is a variant."""
 
 NO_UPDATE = ["PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "MULTITASK_PROMPT_TUNING", "ADAPTION_PROMPT", "CPT", "CARTRIDGE", "XLORA",
-             "POLY", "SHADOW", "LILY", "LN_TUNING"]
-"""peft types with no single ΔW: prompt-style, input- or task-dependent, or not mergeable."""
+             "POLY", "SHADOW", "LILY", "LN_TUNING", "BEFT"]
+"""peft types with no single ΔW: prompt-style, input- or task-dependent, not mergeable, or biases only."""
 
 
 def build(name: str, base_model, seed: int = 0):

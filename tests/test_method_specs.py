@@ -170,7 +170,9 @@ def test_every_export_loads_in_peft_and_reloads_here(tmp_path, tiny_model_dir, m
     np.testing.assert_allclose(exported.frobenius, recorded.frobenius, rtol=1e-6)
 
 
-def test_full_fine_tuning_exports_the_changed_weights(tmp_path, tiny_model_dir):
+def test_full_fine_tuning_exports_a_model_that_transformers_loads(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
     run = train(TrainConfig(method="full", model=tiny_model_dir, **SMALL), tmp_path / "run", **QUIET)
     out = export(run.path, tmp_path / "export")
     weights, base = load_file(out / "model.safetensors"), load_model(tiny_model_dir)
@@ -178,6 +180,26 @@ def test_full_fine_tuning_exports_the_changed_weights(tmp_path, tiny_model_dir):
         expected = base.get_submodule(name).weight.double() + delta.dense(torch.float64)
         torch.testing.assert_close(weights[f"{name}.weight"].double(), expected, rtol=1e-6, atol=1e-6)
     assert inspect_checkpoint(out).attrs["method"] == "full"
+    loaded = AutoModelForSequenceClassification.from_pretrained(out, local_files_only=True).eval()
+    torch.testing.assert_close(logits(loaded, out), logits(restore_model(run), tiny_model_dir), rtol=1e-5, atol=1e-6)
+    assert inspect_checkpoint(out / "model.safetensors", base=tiny_model_dir).shape[0] == len(run.layers)
+
+
+def test_an_export_of_a_run_that_trains_the_pooler_loads_in_peft(tmp_path, tiny_model_dir):
+    """modules_to_save names module paths (``bert.pooler.dense``), not first name components (``bert``)."""
+    from tlora_analysis.recording import DeltaRecorder
+
+    model = inject_adapters(load_model(tiny_model_dir), "lora", 2, ["query"], modules_to_save=["classifier", "pooler"], seed=3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05)
+    with DeltaRecorder(model, tmp_path / "run", metadata={"model": tiny_model_dir, "task": "default"}) as recorder:
+        recorder.snapshot(1)
+    out = export(tmp_path / "run", tmp_path / "export")
+    assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] == ["bert.pooler.dense", "classifier"]
+    peft_model = peft.PeftModel.from_pretrained(load_model(tiny_model_dir), out).eval()
+    torch.testing.assert_close(logits(peft_model, tiny_model_dir), logits(model.eval(), tiny_model_dir), rtol=1e-4, atol=1e-5)
 
 
 def test_an_lm_run_exports_as_a_causal_lm(tmp_path, tiny_llama_dir):

@@ -27,8 +27,23 @@ def tiny_base(tiny_model_dir):
     return load_model(tiny_model_dir, num_labels=2).eval()
 
 
+@pytest.fixture(scope="module")
+def other_base_dir(tmp_path_factory):
+    """A tiny BERT of the same shape with other weights: an update read on it differs exactly where it depends on W0."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from tlora_analysis.models import load_tokenizer
+
+    path, tokenizer = tmp_path_factory.mktemp("other-bert"), load_tokenizer("default")
+    torch.manual_seed(1)
+    BertForSequenceClassification(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_every_peft_type_reads_as_peft_merges_it(tmp_path, name, tiny_base, tiny_model_dir):
+def test_every_peft_type_reads_as_peft_merges_it(tmp_path, name, tiny_base, tiny_model_dir, other_base_dir):
     model, reason = build(name, tiny_base)
     if model is None:
         pytest.skip(reason)
@@ -38,6 +53,10 @@ def test_every_peft_type_reads_as_peft_merges_it(tmp_path, name, tiny_base, tiny
     assert_matches(source.deltas(0), peft_answer(tmp_path / "adapter", tiny_base))
     spec = PEFT_TYPES[json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"]]
     assert {record["form"] for record in source.layers.values()} <= ({"factored", "dense"} if spec.kind == "factored" else {"dense"})
+    if spec.kind == "dense":  # the registry's reason is true: the same adapter on other weights moves exactly where it says W0 matters
+        other = open_updates(tmp_path / "adapter", base=other_base_dir).deltas(0)
+        moved = max(abs(d.frobenius_norm() - other[n].frobenius_norm()) / d.frobenius_norm() for n, d in source.deltas(0).items())
+        assert (moved > 1e-6) == spec.why.startswith("its update depends on W0"), (name, moved, spec.why)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -231,3 +231,13 @@ def test_float8_tensors_are_read_upcast(tmp_path, tiny_base):
     tensors = load_file(str(weights))
     save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(weights))
     assert open_updates(tmp_path / "adapter").deltas(0)
+
+
+def test_the_docs_list_every_format_and_peft_type_as_the_registries_do():
+    from pathlib import Path
+
+    from tlora_analysis.peft_types.spec import peft_types_table
+    from tlora_analysis.sources import formats_table
+
+    text = (Path(__file__).parent.parent / "docs" / "your-adapters.md").read_text()
+    assert formats_table() in text and peft_types_table() in text

@@ -9,10 +9,17 @@ as any run. Beside it, what the method's spec lists under ``exports``:
   ``peft.PeftModel.from_pretrained`` loads. Any factored ΔW = L·K·R is written exactly as LoRA
   with lora_B = L·K, lora_A = R and lora_alpha = r (scaling 1): TLoRA's α·A·B·C = (α·A·B)·C.
 - ``peft-vera``: a peft VeRA adapter with its projections saved (``save_projection``).
-- ``dense``: ``model.safetensors`` with each adapted layer's fine-tuned weight W0 + ΔW.
+- ``dense``: the fine-tuned model itself (config, tokenizer and every weight, W0 + ΔW in the adapted
+  layers), a folder that ``AutoModelFor….from_pretrained`` loads.
 
-The head (``classifier``, ``score``) goes into peft's ``modules_to_save``; ``task_type`` follows
-the run's task (``CAUSAL_LM`` for ``--task lm``).
+Trained modules outside the adapters (the head, a pooler) go into peft's ``modules_to_save`` by their
+module paths; ``task_type`` follows the run's task (``CAUSAL_LM`` for ``--task lm``). A peft export names
+its base portably (the embedded default by its Hub name), so it loads anywhere the base can be had; on a
+machine without the network, load it on the local base in one step:
+``PeftModel.from_pretrained(load_model("default"), EXPORT)`` (docs/your-adapters.md).
+
+The base model named in run.json is opened only if it is the embedded default or a local folder (a name
+read from a file is never fetched); ``base_model`` gives it otherwise.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ __all__ = ["export", "load_exported"]
 PEFT_PREFIX = "base_model.model."
 
 
-def export(run_dir: str | Path, out: str | Path, epoch: int | None = None) -> Path:
+def export(run_dir: str | Path, out: str | Path, epoch: int | None = None, base_model: str | None = None) -> Path:
     """Write epoch ``epoch`` (default: the last) of a run into the new directory ``out``; returns ``out``."""
     run = load_run(run_dir)
     spec = method_spec(run.method, str(run.path / "run.json"))
@@ -53,7 +60,7 @@ def export(run_dir: str | Path, out: str | Path, epoch: int | None = None) -> Pa
     try:  # built beside its destination and renamed into place: a failure leaves no half export
         _write_native(run, epoch, staging)
         for kind in spec.exports:
-            _WRITERS[kind](run, epoch, staging)
+            _WRITERS[kind](run, epoch, staging, base_model)
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 would hide the export from colleagues
         if out.exists():
             out.rmdir()
@@ -88,12 +95,12 @@ def _peft_config(run, peft_type: str, head: dict, **fields) -> dict:
         "peft_type": peft_type, "task_type": "CAUSAL_LM" if causal else "SEQ_CLS",
         "base_model_name_or_path": portable_model_name(run.meta.get("model")), "r": run.rank,
         "target_modules": sorted(run.layers),  # whole names: a suffix such as "dense" would match more layers in peft
-        "modules_to_save": sorted({k.split(".")[0] for k in head}) or None, "fan_in_fan_out": False, "bias": "none",
+        "modules_to_save": sorted({k.rsplit(".", 1)[0] for k in head}) or None, "fan_in_fan_out": False, "bias": "none",
         "inference_mode": True, **fields,
     }
 
 
-def _write_peft_lora(run, epoch: int, folder: Path) -> None:
+def _write_peft_lora(run, epoch: int, folder: Path, base_model: str | None = None) -> None:
     head = _head(run, epoch)
     tensors = {}
     for name, delta in run.deltas(epoch).items():
@@ -106,7 +113,7 @@ def _write_peft_lora(run, epoch: int, folder: Path) -> None:
         alpha_pattern={}, init_lora_weights=True))
 
 
-def _write_peft_vera(run, epoch: int, folder: Path) -> None:
+def _write_peft_vera(run, epoch: int, folder: Path, base_model: str | None = None) -> None:
     from .methods.vera import vera_frozen_matrices
 
     head = _head(run, epoch)
@@ -123,14 +130,25 @@ def _write_peft_vera(run, epoch: int, folder: Path) -> None:
         run, "VERA", head, projection_prng_key=int(record["seed"]), save_projection=True, vera_dropout=0.0, d_initial=0.1))
 
 
-def _write_dense(run, epoch: int, folder: Path) -> None:
-    from .models import base_weights, layer_shapes
+def _write_dense(run, epoch: int, folder: Path, base_model: str | None = None) -> None:
+    """The fine-tuned model as transformers saves one: the base with W0 + ΔW in each adapted layer and the trained head."""
+    from .models import load_causal_lm, load_model, load_tokenizer, model_named_in_file, quiet_loading
 
-    weights = base_weights(run.meta.get("model"), list(run.layers), layer_shapes(run.layers))
-    tensors = {f"{name}.weight": (weights[name].double() + delta.dense(torch.float64)).float()
-               for name, delta in run.deltas(epoch).items()}
-    tensors.update(_head(run, epoch))
-    atomic_save_tensors(folder / "model.safetensors", tensors, {"format": "pt"})
+    config = run.meta.get("config") if isinstance(run.meta.get("config"), dict) else {}
+    task = TASKS.get(config.get("task") or run.meta.get("task", "default"), TASKS["default"])
+    name = model_named_in_file(run.meta.get("model"), run.path / "run.json", base_model)
+    model = load_causal_lm(name) if task.kind == "causal-lm" else load_model(name, task.num_labels)
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for layer, delta in run.deltas(epoch).items():
+            module = model.get_submodule(layer)
+            update = delta.dense(torch.float64)
+            module.weight.add_((update if isinstance(module, torch.nn.Linear) else update.T).to(module.weight.dtype))  # Conv1D: Wᵀ
+        for key, value in _head(run, epoch).items():
+            params[key].copy_(value)
+    with quiet_loading():
+        model.save_pretrained(folder, safe_serialization=True)
+    load_tokenizer(name).save_pretrained(folder)
 
 
 _WRITERS = {"peft-lora": _write_peft_lora, "peft-vera": _write_peft_vera, "dense": _write_dense}

@@ -88,7 +88,7 @@ class PeftLayers:
         self.adapter = _active_adapter(model)
         config = _peft_config(model, self.adapter)
         spec = peft_type_spec(config, "the peft model")
-        if spec.kind in ("prompt", "unmergeable"):
+        if spec.kind in ("prompt", "unmergeable", "bias"):
             raise InputError(f"the peft model's adapter is {spec.label} (peft_type {spec.peft_type}), which has no ΔW to record: {spec.why}")
         self.config, self.method, self.spec = config, method_of_config(config), spec
         self.layers = tuner_layers(model)

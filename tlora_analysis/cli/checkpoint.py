@@ -52,15 +52,18 @@ def add_export(sub) -> None:
     p = sub.add_parser("export", help="write one epoch of a run for peft and for this toolkit",
                        description="Export one epoch of a run into a new directory: a one-epoch run directory that inspect, analyze "
                                    "and tlora_analysis.export.load_exported read, and beside it what peft loads "
-                                   f"(PeftModel.from_pretrained) or the fine-tuned weights. Per method: {formats}.")
+                                   f"(PeftModel.from_pretrained) or, for full fine-tuning, the fine-tuned model itself "
+                                   f"(AutoModelFor….from_pretrained). Per method: {formats}.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory to export")
     p.add_argument("--epoch", type=int, default=None, help="epoch to export (default: the last finished)")
     p.add_argument("--out", required=True, help="a new (or empty) directory to write")
+    p.add_argument("--base", default=None, help="full fine-tuning: the base model, where run.json names one that is neither the "
+                                                "embedded default nor a local folder (a name read from a file is never fetched)")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
     from ..export import export
 
-    print(f"wrote {export(args.run_dir, args.out, args.epoch)}")
+    print(f"wrote {export(args.run_dir, args.out, args.epoch, base_model=args.base)}")
     return 0

@@ -34,7 +34,7 @@ def read_state(config: dict, tensors: dict, context):
     from ..errors import InputError
 
     spec = peft_type_spec(config, context.where)
-    if spec.kind in ("prompt", "unmergeable"):
+    if spec.kind in ("prompt", "unmergeable", "bias"):
         raise InputError(f"{context.where}: a {spec.label} adapter (peft_type {spec.peft_type}) has no ΔW to read: {spec.why}")
     if spec.kind == "factored":
         reading = _reader(spec.reader)(config, tensors, context)

@@ -11,6 +11,10 @@ peft's ~45 ``peft_type``s fall into four kinds, and each entry says which:
   prefixes; they change no weight, so there is no ΔW to read.
 - ``unmergeable``: the update depends on the input or the task (X-LoRA's gating, Poly's routing,
   ShadowPEFT), or peft cannot merge it (Lily), so no single ΔW exists.
+- ``bias``: the adapter trains bias vectors only (BEFT), so every weight's ΔW is 0.
+
+Each ``why`` was checked (``tests/test_peft_types.py``): a type said to depend on W0 gives another ΔW
+from the same adapter on another base; the others give the same one.
 
 A test builds every type that the installed peft can build and checks each reading against
 peft's own ``merge_and_unload()`` minus W0.
@@ -20,9 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["PeftTypeSpec", "PEFT_TYPES", "peft_type_spec", "KINDS", "initial_update_is_zero", "method_of_config", "type_label"]
+__all__ = ["PeftTypeSpec", "PEFT_TYPES", "peft_type_spec", "KINDS", "initial_update_is_zero", "method_of_config", "type_label",
+           "peft_types_table"]
 
-KINDS = ("factored", "dense", "prompt", "unmergeable")
+KINDS = ("factored", "dense", "prompt", "unmergeable", "bias")
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,9 @@ def _register(*specs: PeftTypeSpec) -> None:
 
 
 _PROMPT = "a prompt-style adapter adds learned tokens or key/value prefixes and changes no weight, so it has no ΔW"
-_W0 = "its update depends on W0 (it rescales or rotates the base weight)"
+_W0 = "its update depends on W0 (it rescales, rotates or replaces parts of the base weight)"
 _FULL = "its update is not low rank"
+_PEFT = "low rank and independent of W0, but built by peft from shared or block-wise parts; no factored reader yet"
 
 _register(
     PeftTypeSpec("LORA", "LoRA", "factored", "lora", "init_lora_weights"),
@@ -74,10 +80,10 @@ _register(
     PeftTypeSpec("ROAD", "RoAd", "dense", init_field="init_weights", why=_W0),
     PeftTypeSpec("HIRA", "HiRA", "dense", init_field="init_weights", why=_W0),
     PeftTypeSpec("OSF", "OSF", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("DELORA", "DeLoRA", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("MISS", "MiSS", "dense", init_field="init_weights", why=_W0),
+    PeftTypeSpec("DELORA", "DeLoRA", "dense", init_field="init_weights", why=_PEFT),
+    PeftTypeSpec("MISS", "MiSS", "dense", init_field="init_weights", why=_PEFT),
     PeftTypeSpec("GLORA", "GLoRA", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("ADAMSS", "AdaMSS", "dense", init_field="init_weights", why=_W0),
+    PeftTypeSpec("ADAMSS", "AdaMSS", "dense", init_field="init_weights", why=_PEFT),
     PeftTypeSpec("FROD", "FRoD", "dense", init_field="init_weights", why=_W0),
     PeftTypeSpec("PSOFT", "PSOFT", "dense", init_field="init_weights", why=_W0),
     PeftTypeSpec("DEFT", "DEFT", "dense", init_field="init_weights", why=_W0),
@@ -85,14 +91,14 @@ _register(
     PeftTypeSpec("C3A", "C3A", "dense", why=_FULL),
     PeftTypeSpec("SHIRA", "SHiRA", "dense", init_field="init_weights", why=_FULL),
     PeftTypeSpec("WAVEFT", "WaveFT", "dense", init_field="init_weights", why=_FULL),
-    PeftTypeSpec("GRALORA", "GraLoRA", "dense", init_field="init_weights", why="its block-wise factors are read through peft"),
-    PeftTypeSpec("PVERA", "PVeRA", "dense", init_field="init_weights", why="its shared projections are read through peft"),
-    PeftTypeSpec("UNILORA", "Uni-LoRA", "dense", why="its shared parameter vector is read through peft"),
-    PeftTypeSpec("TINYLORA", "TinyLoRA", "dense", init_field="init_weights", why="its shared vectors are read through peft"),
+    PeftTypeSpec("GRALORA", "GraLoRA", "dense", init_field="init_weights", why=_PEFT),
+    PeftTypeSpec("PVERA", "PVeRA", "dense", init_field="init_weights", why=_PEFT),
+    PeftTypeSpec("UNILORA", "Uni-LoRA", "dense", why=_PEFT),
+    PeftTypeSpec("TINYLORA", "TinyLoRA", "dense", init_field="init_weights", why=_PEFT),
     PeftTypeSpec("PEANUT", "PEANuT", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("SUPERTUNING", "SuperTuning", "dense", init_field="init_weights", why="read through peft"),
-    PeftTypeSpec("BEFT", "BEFT", "dense", init_field="init_weights", why="read through peft"),
-    PeftTypeSpec("TRAINABLE_TOKENS", "trainable tokens", "dense", why="it updates rows of an embedding matrix"),
+    PeftTypeSpec("SUPERTUNING", "SuperTuning", "dense", init_field="init_weights", why=_PEFT),
+    PeftTypeSpec("BEFT", "BEFT", "bias", why="it trains bias vectors only, so every weight's ΔW is 0"),
+    PeftTypeSpec("TRAINABLE_TOKENS", "trainable tokens", "dense", why=_W0),
     PeftTypeSpec("LN_TUNING", "LayerNorm tuning", "unmergeable",
                  why="it trains whole copies of the target modules and swaps them in, so peft merges no ΔW into W0"),
     PeftTypeSpec("XLORA", "X-LoRA", "unmergeable", why="its gating mixes LoRA experts per token, so its update depends on the input"),
@@ -157,3 +163,19 @@ def type_label(method: str) -> str | None:
         return _VARIANT_LABELS[method]
     spec = PEFT_TYPES.get(method.upper())
     return spec.label if spec is not None else None
+
+
+_HOW = {"factored": "factored, from the file alone", "dense": "dense, computed by peft on the base (needs `--base`)",
+        "prompt": "refused: no ΔW", "unmergeable": "refused: no single ΔW", "bias": "refused: biases only"}
+_VARIANTS = ("LoRA variants needing the base (`--base`): DoRA (dense: m ⊙ (W0 + s·B·A) / ‖·‖ − W0), PiSSA and OLoRA saved "
+             "unconverted (factored, rank 2r: s·(B·A − B0·A0) with B0·A0 recomputed from W0); refused unconverted: pissa_niter_N, "
+             "CorDA, LoRA-GA, LoftQ (their start cannot be recomputed)")
+
+
+def peft_types_table() -> str:
+    """The docs' table of every peft type: how its update is read, and why where it is refused or dense."""
+    rows = ["| peft_type | method | how its ΔW is read | ΔW = 0 at init (epoch 0 known) | why |", "|---|---|---|---|---|"]
+    for spec in sorted(PEFT_TYPES.values(), key=lambda s: (KINDS.index(s.kind), s.peft_type)):
+        zero = f"with `{spec.init_field}`" if spec.init_field else "no"
+        rows.append(f"| `{spec.peft_type}` | {spec.label} | {_HOW[spec.kind]} | {zero} | {spec.why} |")
+    return "\n".join(rows) + "\n\n" + _VARIANTS + "\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import OUTPUT_HEADS
 from ..errors import InputError
 from ..factored import FactoredDelta
 from ..io import inside, read_json, refuse_pickle, refuse_pickled_files
@@ -48,13 +49,14 @@ class FullFineTune(SingleState):
         self._dense: dict[str, torch.Tensor] = {}
         self._deltas: dict[str, FactoredDelta] | None = None
         self.base_weights: dict[str, torch.Tensor] = {}
-        embeddings = 0
+        left_out: dict[str, int] = {"embedding matrices (lookups, not linear maps)": 0, "output heads (no pretrained W0)": 0}
         for key, weight in tuned.items():
             parts = key.split(".")
             if weight.ndim != 2 or parts[-1] != "weight" or not weight.is_floating_point():
                 continue
-            if "embeddings" in parts or "embed_tokens" in parts or "wte" in parts:
-                embeddings += 1
+            if {"embeddings", "embed_tokens", "wte"} & set(parts) or set(parts) & set(OUTPUT_HEADS):
+                left_out["embedding matrices (lookups, not linear maps)" if set(parts) - set(OUTPUT_HEADS) == set(parts) else
+                         "output heads (no pretrained W0)"] += 1
                 continue
             match = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in original), None)
             if match is None or original[match].shape != weight.shape:
@@ -67,7 +69,7 @@ class FullFineTune(SingleState):
             raise InputError(f"{self.path}: no 2-D weight differs from base model {base!r} (is it the right base?)")
         self.layers = {name: {"shape": list(d.shape), "rank": min(*d.shape, max_rank or d.shape[0]), "form": "dense"}
                        for name, d in self._dense.items()}
-        self.notices = [f"{self.path}: {embeddings} embedding matrices were left out (lookups, not linear maps)"] if embeddings else []
+        self.notices = [f"{self.path}: {n} {what} were left out" for what, n in left_out.items() if n]
 
     def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
         """Each layer's ΔW through one dense SVD (truncated to ``max_rank``), computed once."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import refuse_pickle, refuse_pickled_files
 
-__all__ = ["SourceFormat", "FORMATS", "register_format", "open_updates", "Sniff"]
+__all__ = ["SourceFormat", "FORMATS", "register_format", "open_updates", "Sniff", "formats_table"]
 
 
 class Sniff:
@@ -114,3 +114,13 @@ def open_updates(path: str | Path, base: str | None = None):
 
 def _expected(kind: str) -> str:
     return "; ".join(f.name for f in FORMATS if f.kind == kind)
+
+
+_BASE = {"no": "no", "some": "some kinds (see below)", "yes": "yes"}
+
+
+def formats_table() -> str:
+    """The docs' table of every source format, in the order they are tried."""
+    rows = ["| format | a folder or a file | what it holds | needs `--base` |", "|---|---|---|---|"]
+    rows += [f"| {f.name} | {f.kind} | {f.holds} | {_BASE[f.base]} |" for f in FORMATS]
+    return "\n".join(rows) + "\n"
