@@ -191,7 +191,7 @@ def test_an_export_of_a_run_that_trains_the_pooler_loads_in_peft(tmp_path, tiny_
 
     model = inject_adapters(load_model(tiny_model_dir), "lora", 2, ["query"], modules_to_save=["classifier", "pooler"], seed=3)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(0.05)
     with DeltaRecorder(model, tmp_path / "run", metadata={"model": tiny_model_dir, "task": "default"}) as recorder:

@@ -12,9 +12,9 @@ import json
 
 import pytest
 import torch
-from helpers import cli, expect_error
 from peft_zoo import CONFIGS, NO_UPDATE, assert_matches, build, peft_answer
 
+from helpers import cli, expect_error
 from tlora_analysis.errors import InputError
 from tlora_analysis.peft_types import PEFT_TYPES, initial_update_is_zero
 from tlora_analysis.sources import PeftAdapter, open_updates

@@ -12,10 +12,10 @@ import shutil
 import peft
 import pytest
 import torch
-from helpers import cli, expect_error, tree_digest
 from peft_zoo import assert_matches, build, peft_answer
 from safetensors.torch import load_file, save_file
 
+from helpers import cli, expect_error, tree_digest
 from tlora_analysis import inject_adapters
 from tlora_analysis.errors import InputError
 from tlora_analysis.integrations.trainer import DeltaRecorderCallback
