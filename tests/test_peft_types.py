@@ -57,6 +57,24 @@ def test_every_peft_type_reads_as_peft_merges_it(tmp_path, name, tiny_base, tiny
         other = open_updates(tmp_path / "adapter", base=other_base_dir).deltas(0)
         moved = max(abs(d.frobenius_norm() - other[n].frobenius_norm()) / d.frobenius_norm() for n, d in source.deltas(0).items())
         assert (moved > 1e-6) == spec.why.startswith("its update depends on W0"), (name, moved, spec.why)
+        assert_streams_as_the_registry_says(tmp_path / "adapter", tiny_model_dir, spec, source.deltas(0))
+
+
+def assert_streams_as_the_registry_says(folder, base, spec, whole):
+    """A type the registry says streams gives, on a skeleton of the base with W0 read layer by layer, exactly the
+    whole-base reading; any other is refused before peft builds it (some were silently wrong on a skeleton)."""
+    from safetensors.torch import load_file
+
+    from tlora_analysis.peft_types.engine import PeftEngine
+
+    config, tensors = json.loads((folder / "adapter_config.json").read_text()), load_file(str(folder / "adapter_model.safetensors"))
+    if not spec.streams:
+        with pytest.raises(InputError, match="derives parts of itself from W0"):
+            PeftEngine(config, base, str(folder), stream=True)
+        return
+    streamed = PeftEngine(config, base, str(folder), stream=True).deltas(tensors)
+    for name, delta in whole.items():
+        torch.testing.assert_close(streamed[name], delta.dense(), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))

@@ -240,9 +240,9 @@ def test_docstrings_cite_the_projects_own_docs():
 
 
 def test_an_unknown_method_is_refused_with_the_known_ones():
-    result = cli("train", "--method", "dora", "--out", "x")
+    result = cli("train", "--method", "dorra", "--out", "x")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "invalid choice: 'dora'" in result.stderr and ", ".join(METHOD_SPECS) in result.stderr.replace("'", "")
+    assert "invalid choice: 'dorra'" in result.stderr and ", ".join(METHOD_SPECS) in result.stderr.replace("'", "")
 
 
 # --------------------------------------------------------------------------- the surface a user meets

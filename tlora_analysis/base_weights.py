@@ -42,8 +42,23 @@ def is_sharded(path: str | Path) -> bool:
     return (Path(path) / INDEX).is_file()
 
 
+def _weight_map(directory: Path) -> dict[str, str]:
+    """Tensor name -> file: the index of a sharded folder, or every key of a single ``model.safetensors``."""
+    if not is_sharded(directory):
+        from .tensors import read_header
+
+        single = directory / "model.safetensors"
+        if not single.is_file():
+            raise InputError(f"{directory}: no model.safetensors (or sharded model.safetensors.index.json)")
+        return dict.fromkeys(read_header(single)[0], single.name)
+    weight_map = read_json(directory / INDEX, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{directory / INDEX}: 'weight_map' should map tensor names to shard file names")
+    return weight_map
+
+
 class SafetensorsWeights(Mapping):
-    """``{module name: W0}`` read lazily from a directory of safetensors shards and its index.
+    """``{module name: W0}`` read lazily from a directory of safetensors shards and its index (or one ``model.safetensors``).
 
     Module names are matched to checkpoint keys by their longest common suffix
     (``base_model.model.model.layers.0.self_attn.q_proj`` finds
@@ -58,10 +73,7 @@ class SafetensorsWeights(Mapping):
 
         self.directory, self._expected = Path(directory), dict(shapes or {})
         refuse_pickled_files(self.directory, only_if_no=".safetensors")
-        index = read_json(self.directory / INDEX, "safetensors index")
-        weight_map = index.get("weight_map")
-        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-            raise InputError(f"{self.directory / INDEX}: 'weight_map' should map tensor names to shard file names")
+        weight_map = _weight_map(self.directory)
         config_path = self.directory / "config.json"
         config = read_json(config_path, "config.json") if config_path.is_file() and config_path.stat().st_size < MAX_JSON_BYTES else {}
         self._transposed = config.get("model_type") in CONV1D_MODEL_TYPES
@@ -70,7 +82,7 @@ class SafetensorsWeights(Mapping):
             parts = name.split(".")
             key = next((k for k in (".".join(parts[i:]) + ".weight" for i in range(len(parts))) if k in weight_map), None)
             if key is None:
-                raise InputError(f"{self.directory}: no tensor for module {name!r} in {INDEX} (is it the adapter's base model?)")
+                raise InputError(f"{self.directory}: no tensor for module {name!r} in its safetensors (is it the adapter's base model?)")
             self._keys[name] = (key, weight_map[key])
 
     def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor

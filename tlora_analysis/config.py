@@ -114,6 +114,8 @@ class TrainConfig:
     report_to: list[str] = option(help=f"also send per-layer update geometry to these ({', '.join(REPORT_TO)})",
                                    factory=list, nargs="*", choices=REPORT_TO, setting=False)
     log_every_steps: int = option(0, "with --report-to: also log the geometry every N optimizer steps (0: per epoch only)", setting=False)
+    peft_config: str | None = option(None, "with --method peft: the adapter_config.json of the peft adapter to train, any peft type "
+                                           "with a ΔW (its target_modules, else --targets)", short="pc")
 
     def __post_init__(self) -> None:
         if self.method not in METHOD_SPECS:
@@ -148,6 +150,7 @@ class TrainConfig:
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
         self._check_ranges()
+        self._check_peft()
         if not 0 <= self.warmup_ratio < 1:
             raise InputError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if isinstance(self.targets, str):
@@ -174,6 +177,32 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or "\x00" in value):
                 raise InputError(f"--{name.replace('_', '-')} must be a path or name without NUL characters, got {value!r:.40}")
+
+    def _check_peft(self) -> None:
+        """``--peft-config`` goes with ``--method peft`` alone, and names a peft config of a type with a ΔW."""
+        if (self.method == "peft") != (self.peft_config is not None):
+            raise InputError("--method peft trains the config given with --peft-config FILE; give both or neither")
+        if self.peft_config is None:
+            return
+        from .io import read_json
+        from .peft_types.spec import peft_type_spec
+
+        spec = peft_type_spec(read_json(self.peft_config, "adapter_config.json"), self.peft_config)
+        if spec.kind not in ("factored", "dense"):
+            raise InputError(f"--peft-config {self.peft_config}: a {spec.label} adapter has no ΔW to record: {spec.why}")
+
+    def peft_settings(self, total_steps: int) -> dict | None:
+        """The peft config this run trains (a peft method's, or the ``--peft-config`` file's); None for this toolkit's methods."""
+        spec = METHOD_SPECS[self.method]
+        if not spec.trains_through_peft:
+            return None
+        if self.peft_config is not None:
+            from .io import read_json
+
+            settings = read_json(self.peft_config, "adapter_config.json")
+        else:
+            settings = spec.peft_settings(self.rank, self.alpha, total_steps)
+        return {"target_modules": list(self.targets), **settings}
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:

@@ -9,6 +9,8 @@ as any run. Beside it, what the method's spec lists under ``exports``:
   ``peft.PeftModel.from_pretrained`` loads. Any factored ΔW = L·K·R is written exactly as LoRA
   with lora_B = L·K, lora_A = R and lora_alpha = r (scaling 1): TLoRA's α·A·B·C = (α·A·B)·C.
 - ``peft-vera``: a peft VeRA adapter with its projections saved (``save_projection``).
+- ``peft``: a run of a method trained through peft: its snapshot is the adapter as peft saves it, written
+  with the peft config it recorded.
 - ``dense``: the fine-tuned model itself (config, tokenizer and every weight, W0 + ΔW in the adapted
   layers), a folder that ``AutoModelFor….from_pretrained`` loads.
 
@@ -35,21 +37,21 @@ from .data.tasks import TASKS
 from .errors import InputError
 from .io import atomic_write_json, umask
 from .methods import method_spec
+from .methods.peft_format import PEFT_PREFIX
 from .models import portable_model_name
-from .store import FROZEN_FILE, HEAD_PREFIX, RunWriter, load_run
+from .store import FROZEN_FILE, HEAD_PREFIX, PeftRun, RunWriter, load_run
 from .tensors import atomic_save_tensors, read_tensors
 
 __all__ = ["export", "load_exported"]
 
-PEFT_PREFIX = "base_model.model."
 
 
 def export(run_dir: str | Path, out: str | Path, epoch: int | None = None, base_model: str | None = None) -> Path:
     """Write epoch ``epoch`` (default: the last) of a run into the new directory ``out``; returns ``out``."""
-    run = load_run(run_dir)
-    spec = method_spec(run.method, str(run.path / "run.json"))
-    if not spec.exports:
-        raise InputError(f"{run_dir}: a {spec.label} run changes no adapted layer, so it has no update to export")
+    run = load_run(run_dir, base_model)
+    exports = ("peft",) if isinstance(run, PeftRun) else method_spec(run.method, str(run.path / "run.json")).exports
+    if not exports:
+        raise InputError(f"{run_dir}: a {method_spec(run.method).label} run changes no adapted layer, so it has no update to export")
     epoch = run.epochs[-1] if epoch is None else epoch
     run.record(epoch)  # raises if the epoch is not finished
     out = Path(out)
@@ -59,7 +61,7 @@ def export(run_dir: str | Path, out: str | Path, epoch: int | None = None, base_
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:  # built beside its destination and renamed into place: a failure leaves no half export
         _write_native(run, epoch, staging)
-        for kind in spec.exports:
+        for kind in exports:
             _WRITERS[kind](run, epoch, staging, base_model)
         os.chmod(staging, 0o777 & ~umask())  # mkdtemp's 0700 would hide the export from colleagues
         if out.exists():
@@ -151,7 +153,14 @@ def _write_dense(run, epoch: int, folder: Path, base_model: str | None = None) -
     load_tokenizer(name).save_pretrained(folder)
 
 
-_WRITERS = {"peft-lora": _write_peft_lora, "peft-vera": _write_peft_vera, "dense": _write_dense}
+def _write_peft(run, epoch: int, folder: Path, base_model: str | None = None) -> None:
+    tensors = {k: v for k, v in run.snapshot_tensors(epoch).items() if not k.startswith(HEAD_PREFIX)}
+    atomic_save_tensors(folder / "adapter_model.safetensors", tensors, {"format": "pt"})
+    atomic_write_json(folder / "adapter_config.json", {**run.peft_config, "inference_mode": True,
+                                                       "base_model_name_or_path": portable_model_name(run.meta.get("model"))})
+
+
+_WRITERS = {"peft-lora": _write_peft_lora, "peft-vera": _write_peft_vera, "peft": _write_peft, "dense": _write_dense}
 
 
 def load_exported(path: str | Path, device: str = "cpu", base_model: str | None = None):

@@ -100,7 +100,21 @@ class PeftLayers:
         self._reading_failed: str | None = None
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter's state as peft saves it, but whole: AdaLoRA's, once its ranks are allocated, is cut to the
+        kept ranks on saving, which changes its update (peft reloads it with another scale); a snapshot keeps the
+        update the model trains with."""
         from peft import get_peft_model_state_dict
+
+        config = self.model.peft_config[self.adapter]
+        pattern = getattr(config, "rank_pattern", None)
+        if self.spec.peft_type == "ADALORA":
+            config.rank_pattern = None
+        try:
+            state = get_peft_model_state_dict(self.model, adapter_name=self.adapter)
+        finally:
+            if self.spec.peft_type == "ADALORA":
+                config.rank_pattern = pattern
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
         return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(self.model, adapter_name=self.adapter).items()}
 
@@ -113,15 +127,17 @@ class PeftLayers:
                 ((name, _shape(layer)) for name, layer in self.layers.items())}
 
     def counts(self) -> dict[str, int]:
-        """Trainable adapter numbers, other trainable (modules_to_save), the frozen numbers the adapter holds
-        (random projections, a shared basis: counted once) and the frozen base, all counted from the model."""
+        """Trainable adapter numbers, other trainable (modules_to_save), the frozen matrices the adapter saves (random
+        projections, a shared basis: counted once; not a constant such as AdaLoRA's rank count) and the frozen base,
+        all counted from the model."""
         adapter_ids = {id(p) for layer in self.layers.values() for n, p in layer.named_parameters() if "base_layer" not in n}
         params = {id(p): p for p in self.model.parameters()}
         adapter = sum(p.numel() for i, p in params.items() if p.requires_grad and i in adapter_ids)
         other = sum(p.numel() for i, p in params.items() if p.requires_grad and i not in adapter_ids)
-        frozen = {id(t): t for layer in self.layers.values() for n, t in (*layer.named_parameters(), *layer.named_buffers())
-                  if "base_layer" not in n and not t.requires_grad and t.is_floating_point()}
-        base = sum(p.numel() for i, p in params.items() if not p.requires_grad and i not in frozen)
+        saved = set(self.tensors())
+        frozen = {id(t): t for n, t in (*self.model.named_parameters(), *self.model.named_buffers())
+                  if not t.requires_grad and t.is_floating_point() and t.ndim >= 2 and n.replace(f".{self.adapter}", "") in saved}
+        base = sum(p.numel() for i, p in params.items() if not p.requires_grad and i not in frozen and i not in adapter_ids)
         frozen_random = sum(t.numel() for t in frozen.values())
         return {"adapter_trainable": adapter, "other_trainable": other, "frozen_random": frozen_random, "base_frozen": base,
                 "trainable": adapter + other}

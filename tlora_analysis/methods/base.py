@@ -44,6 +44,8 @@ def register_method(cls: type[AdapterLayer]) -> type[AdapterLayer]:
 def method_class(name: str, where: str = "method") -> type[AdapterLayer]:
     """The layer class of an adapter method, loaded through its spec."""
     spec = method_spec(name, where)
+    if spec.trains_through_peft:
+        raise InputError(f"{where}: method {name!r} is trained through peft, which holds its layers; it has no layer class here")
     if not spec.adapts_layers:
         raise InputError(f"{where}: method {name!r} adapts no layer")
     return spec.layer_class()

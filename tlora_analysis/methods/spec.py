@@ -72,6 +72,12 @@ class MethodSpec:
     """What ``export`` writes: ``peft-lora``, ``peft-vera`` (both beside the native record) or ``dense``."""
     peft_type: str | None = None
     """The ``peft_type`` of peft adapter directories this method's class reads (``from_peft``)."""
+    peft: dict | None = None
+    """A method trained through peft itself: its adapter_config.json, where ``"{rank}"`` and ``"{alpha}"`` stand for
+    ``--rank`` and ``--alpha`` (alpha defaults to the rank) and ``"{total_steps}"`` for the run's optimizer steps
+    (:meth:`peft_settings`). ``{}`` is the generic ``peft`` method, whose config comes from ``--peft-config``."""
+    budget: str = ""
+    """For a peft method: why its settings are comparable to LoRA's at the same ``--rank``."""
 
     def __post_init__(self) -> None:
         if self.scale not in SCALE_KINDS or self.frozen not in FROZEN_KINDS or not set(self.fixed_sides) <= {"left", "right"}:
@@ -80,7 +86,17 @@ class MethodSpec:
 
     @property
     def adapts_layers(self) -> bool:
-        return self.layer is not None
+        return self.layer is not None or self.peft is not None
+
+    @property
+    def trains_through_peft(self) -> bool:
+        return self.peft is not None
+
+    def peft_settings(self, rank: int, alpha: float | None, total_steps: int) -> dict:
+        """The peft config this method trains with, its placeholders filled (see :attr:`peft`)."""
+        values = {"{rank}": rank, "{half_rank}": max(1, rank // 2), "{alpha}": rank if alpha is None else alpha,
+                  "{half_alpha}": max(1, rank // 2) if alpha is None else alpha, "{total_steps}": total_steps}
+        return {key: values.get(value, value) if isinstance(value, str) else value for key, value in (self.peft or {}).items()}
 
     @property
     def learns_scale(self) -> bool:
@@ -112,8 +128,8 @@ def method_spec(name: str, where: str = "method") -> MethodSpec:
 
 
 def adapter_methods() -> tuple[str, ...]:
-    """Methods that put an adapter on layers (every method but head-only)."""
-    return tuple(name for name, spec in METHOD_SPECS.items() if spec.adapts_layers)
+    """Methods whose layer class this toolkit injects (:func:`~tlora_analysis.adapters.inject_adapters`)."""
+    return tuple(name for name, spec in METHOD_SPECS.items() if spec.layer is not None)
 
 
 _PEFT_LORA = ("peft-lora",)
@@ -152,3 +168,6 @@ register_spec(MethodSpec(
 ))
 register_spec(MethodSpec("head", "head only", "#7F7F7F", 0.3, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 0.669 (1: 0.667; 1e-1: 0.653); a linear probe "
                                                               "on cached features takes large rates", None))
+
+
+from . import peft_methods  # noqa: E402, F401 - registers the methods trained through peft, after this toolkit's own

@@ -7,7 +7,11 @@ are built), and puts the layer back as it was. That is ``merge_and_unload()`` mi
 exact by construction; it is computed in float64 so that subtracting W0 loses nothing.
 
 The engine is built once per adapter and reused for every state (a trajectory's epochs): only the
-adapter's tensors change between states.
+adapter's tensors change between states. A base larger than :data:`WHOLE_BASE_BYTES` (in float32) is never
+loaded: peft is built on a skeleton of the model on the meta device (no memory), and each layer's W0
+is read from the safetensors files while that layer is merged, then dropped, so a 7B base is read in
+the memory of one layer. Types that build parts of themselves from W0 when they are created (OSF,
+FRoD, PSOFT, ...) cannot be built on a skeleton and say so.
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from torch import Tensor
 
 from ..errors import InputError
 from ..methods.peft_format import PEFT_PREFIX
+from .spec import PEFT_TYPES
 
 __all__ = ["PeftEngine", "peft_config_object", "TASK_MODEL_CLASSES", "tuner_layers", "delta_shape"]
 
 ADAPTER = "default"
+WHOLE_BASE_BYTES = 2 << 30
+"""Largest base (its weights in float32) loaded whole; a larger one is streamed one layer at a time."""
 TASK_MODEL_CLASSES = {
     "SEQ_CLS": "AutoModelForSequenceClassification", "CAUSAL_LM": "AutoModelForCausalLM", "SEQ_2_SEQ_LM": "AutoModelForSeq2SeqLM",
     "TOKEN_CLS": "AutoModelForTokenClassification", "QUESTION_ANS": "AutoModelForQuestionAnswering", "FEATURE_EXTRACTION": "AutoModel",
@@ -30,10 +37,11 @@ TASK_MODEL_CLASSES = {
 """The transformers class peft's ``task_type`` wraps; module names depend on it (``bert.encoder`` vs ``encoder``)."""
 
 
-def peft_config_object(config: dict, where: str):
-    """A peft config object from an adapter_config.json mapping, without ``modules_to_save`` (a trained copy of a
-    module is no update of W0) and inference-only. Fields this peft does not know are dropped, as peft's own
-    loader drops them; they are returned so that the caller can name them."""
+def peft_config_object(config: dict, where: str, training: bool = False):
+    """A peft config object from an adapter_config.json mapping. For reading (the default) it leaves out
+    ``modules_to_save`` (a trained copy of a module is no update of W0) and is inference-only; for ``training``
+    it is kept as given. Fields this peft does not know are dropped, as peft's own loader drops them; they are
+    returned so that the caller can name them."""
     import dataclasses
 
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
@@ -43,50 +51,78 @@ def peft_config_object(config: dict, where: str):
         raise InputError(f"{where}: the installed peft does not know peft_type {config.get('peft_type')!r:.40}")
     known = {f.name for f in dataclasses.fields(config_class)}
     dropped = sorted(set(config) - known)
-    fields = {k: v for k, v in config.items() if k in known and k not in ("modules_to_save", "inference_mode")}
+    left_out = ("inference_mode",) if training else ("modules_to_save", "inference_mode")
+    fields = {k: v for k, v in config.items() if k in known and k not in left_out}
     try:
-        return config_class(**fields, inference_mode=True), dropped
+        return config_class(**fields, inference_mode=not training), dropped
     except (TypeError, ValueError) as err:
         raise InputError(f"{where}: peft refuses this adapter_config.json ({' '.join(str(err).split())[:200]})") from err
 
 
 class PeftEngine:
-    """A peft model of one adapter on its base model, built in float32 and then held in float64, asked for each layer's update."""
+    """A peft model of one adapter on its base, built in float32 and then held in float64, asked for each layer's update.
 
-    def __init__(self, config: dict, base: str, where: str) -> None:
+    ``stream`` reads W0 one layer at a time from the base's safetensors instead of loading the model
+    (default: where the base is larger than :data:`WHOLE_BASE_BYTES`).
+    """
+
+    def __init__(self, config: dict, base: str, where: str, stream: bool | None = None) -> None:
         import peft
+
+        from ..models import resolve_model
 
         self.config, self.where = config, where
         peft_config, self.dropped = peft_config_object(config, where)
-        model = _load_base(config, base, where)  # float32: some types' inits (PSOFT, PiSSA) refuse float64
-        self.original = {name: module.weight.detach().double() for name, module in model.named_modules()
-                         if getattr(module, "weight", None) is not None and module.weight.ndim == 2}
+        skeleton = _skeleton(config, base, where)
+        size = 4 * sum(p.numel() for p in skeleton.parameters())
+        self.stream = size > WHOLE_BASE_BYTES if stream is None else stream
+        spec = PEFT_TYPES.get(str(config.get("peft_type")).upper())
+        if self.stream and not (spec and spec.streams):
+            raise InputError(f"{where}: a {spec.label if spec else config.get('peft_type')} adapter derives parts of itself from W0 when peft "
+                             f"builds it, so it is read on the base loaded whole; {base} holds {size / 2**30:.1f} GiB of float32 "
+                             f"weights, more than the {WHOLE_BASE_BYTES >> 30} GiB loaded whole")
+        model = skeleton if self.stream else _load_base(config, base, where)  # float32: PSOFT, PiSSA need it
+        self.original = {} if self.stream else {name: module.weight.detach().double() for name, module in model.named_modules()
+                                                if getattr(module, "weight", None) is not None and module.weight.ndim == 2}
         with torch.random.fork_rng():  # peft draws initial adapter weights that the loaded ones replace
             torch.manual_seed(0)
             try:
-                self.model = peft.get_peft_model(model, peft_config, adapter_name=ADAPTER).to(torch.float64)
+                self.model = peft.get_peft_model(model, peft_config, adapter_name=ADAPTER, low_cpu_mem_usage=self.stream)
             except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError) as err:
-                raise InputError(f"{where}: peft cannot build this adapter on {base} ({' '.join(str(err).split())[:200]}); "
-                                 "is it the adapter's base model?") from err
-        self.expected = set(peft.get_peft_model_state_dict(self.model, adapter_name=ADAPTER))
+                reason = ("; it cannot be built on a skeleton of the base, so read it on a base loaded whole (at most "
+                          f"{WHOLE_BASE_BYTES >> 30} GiB of safetensors)") if self.stream else "; is it the adapter's base model?"
+                raise InputError(f"{where}: peft cannot build this adapter on {base} ({' '.join(str(err).split())[:200]}){reason}") from err
         self.layers = tuner_layers(self.model)
+        self.unloaded = _adapter_storage(self.layers) if self.stream else set()
+        """Adapter tensors a skeleton left without values: each must come from the file, or the type needs W0 to be built."""
+        self.model.to(torch.float64)
+        self.expected = set(peft.get_peft_model_state_dict(self.model, adapter_name=ADAPTER))
         buffers = {name for name, _ in self.model.named_buffers()}
         self.frozen_keys = {key for key in self.expected if any(b.replace(f".{ADAPTER}", "").endswith(key.removeprefix("base_model."))
                                                                 for b in buffers)}
         """The adapter's saved tensors that are buffers, not parameters: frozen numbers (random projections), never trained."""
+        if self.stream:
+            from ..base_weights import SafetensorsWeights
+
+            self.weights = SafetensorsWeights(resolve_model(base), list(self.layers), {n: delta_shape(m) for n, m in self.layers.items()})
 
     def load(self, tensors: Mapping[str, Tensor]) -> None:
         """Put one state's adapter tensors (keys as in ``adapter_model.safetensors``) into the model."""
         from peft import set_peft_model_state_dict
 
-        given = set(tensors)
-        missing = sorted(self.expected - given)
+        missing = sorted(self.expected - set(tensors))
         if missing:
             raise InputError(f"{self.where}: holds no tensor {missing[0]!r} that its adapter_config.json implies "
                              f"({len(missing)} missing); the weights and the config do not belong together")
-        result = set_peft_model_state_dict(self.model, {k: tensors[k] for k in self.expected}, adapter_name=ADAPTER)
+        state = {k: tensors[k].to(torch.float64) if tensors[k].is_floating_point() else tensors[k] for k in self.expected}
+        result = set_peft_model_state_dict(self.model, state, adapter_name=ADAPTER)
         if result.unexpected_keys:
             raise InputError(f"{self.where}: tensor {result.unexpected_keys[0]!r} has no place in the adapter its config describes")
+        left = sorted(self.unloaded & {k.removeprefix(PEFT_PREFIX) for k in result.missing_keys})
+        if left:
+            raise InputError(f"{self.where}: this adapter type builds {left[0]} from the base weights or at random when it is "
+                             "created, so it cannot be read one layer at a time; read it on a base loaded whole "
+                             f"(at most {WHOLE_BASE_BYTES >> 30} GiB of safetensors)")
 
     def deltas(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """ΔW of every layer whose weight the adapter changes: the layer merged alone, minus W0 (float64)."""
@@ -95,6 +131,7 @@ class PeftEngine:
 
     def _delta(self, name: str, layer) -> Tensor:
         base_layer = layer.get_base_layer()
+        original = self._materialize(name, layer) if self.stream else self.original[name]
         saved = {k: p.detach().clone() for k, p in base_layer.named_parameters(recurse=False)}
         try:
             with torch.no_grad():
@@ -107,8 +144,35 @@ class PeftEngine:
                 for key, value in saved.items():
                     getattr(base_layer, key).copy_(value)
             layer.merged_adapters.clear()
-        delta = merged - self.original[name]
+            if self.stream:  # back to the skeleton: one layer's W0 is alive at a time
+                for key, param in base_layer.named_parameters(recurse=False):
+                    setattr(base_layer, key, torch.nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=False))
+        delta = merged - original
         return delta.T.contiguous() if getattr(layer, "fan_in_fan_out", False) else delta
+
+    def _materialize(self, name: str, layer) -> Tensor:
+        """Put W0 (from the safetensors, float64) and a zero bias into a skeleton layer; return W0 as stored there."""
+        base_layer = layer.get_base_layer()
+        weight = self.weights[name].double()
+        weight = weight.T.contiguous() if getattr(layer, "fan_in_fan_out", False) else weight  # Conv1D stores Wᵀ
+        base_layer.weight = torch.nn.Parameter(weight.clone(), requires_grad=False)
+        if getattr(base_layer, "bias", None) is not None:
+            base_layer.bias = torch.nn.Parameter(torch.zeros(base_layer.bias.shape, dtype=torch.float64), requires_grad=False)
+        return weight
+
+
+def _adapter_storage(layers: dict) -> set[str]:
+    """Give every adapter tensor that a skeleton built on the meta device real (zero) storage; return their names.
+    The base layers stay on the meta device until each is merged."""
+    names = set()
+    for layer_name, layer in layers.items():
+        for child_name, child in layer.named_children():
+            if child_name != "base_layer" and any(t.is_meta for t in (*child.parameters(), *child.buffers())):
+                names |= {f"{layer_name}.{child_name}.{k}" for k, t in (*child.named_parameters(), *child.named_buffers()) if t.is_meta}
+                child.to_empty(device="cpu")
+                for tensor in (*child.parameters(), *child.buffers()):
+                    tensor.data.zero_()
+    return names
 
 
 def tuner_layers(model) -> dict[str, object]:
@@ -130,16 +194,34 @@ def delta_shape(layer) -> tuple[int, int]:
     return shape[::-1] if getattr(layer, "fan_in_fan_out", False) else shape
 
 
-def _load_base(config: dict, base: str, where: str):
-    """The base model, as the class the adapter was made on (``auto_mapping``, else its task type)."""
+def _model_class(config: dict):
+    """The transformers class the adapter was made on: its ``auto_mapping``, else its task type's Auto class."""
     import transformers
-
-    from ..models import _pretrained, quiet_loading
 
     mapping = config.get("auto_mapping") if isinstance(config.get("auto_mapping"), dict) else {}
     class_name = mapping.get("base_model_class")
     factory = getattr(transformers, class_name, None) if isinstance(class_name, str) and class_name.isidentifier() else None
     if factory is None or not hasattr(factory, "from_pretrained"):
         factory = getattr(transformers, TASK_MODEL_CLASSES.get(str(config.get("task_type")), "AutoModelForSequenceClassification"))
+    return factory
+
+
+def _load_base(config: dict, base: str, where: str):
+    """The base model, loaded whole, as the class the adapter was made on."""
+    from ..models import _pretrained, quiet_loading
+
     with quiet_loading():
-        return _pretrained(factory, base, use_safetensors=True, dtype=torch.float32).eval()
+        return _pretrained(_model_class(config), base, use_safetensors=True, dtype=torch.float32).eval()
+
+
+def _skeleton(config: dict, base: str, where: str):
+    """The base model's modules on the meta device: its architecture from config.json, no weights."""
+    from transformers import AutoConfig
+
+    from ..models import _pretrained, quiet_loading
+
+    model_config = _pretrained(AutoConfig, base)
+    factory = _model_class(config)
+    with quiet_loading(), torch.device("meta"):
+        make = factory.from_config if hasattr(factory, "from_config") else factory._from_config
+        return make(model_config).eval()

@@ -44,6 +44,9 @@ class PeftTypeSpec:
     epoch 0 is known; None where no init gives a zero update (FourierFT's random spectrum, VB-LoRA's bank)."""
     why: str = ""
     """For ``prompt`` and ``unmergeable``: why there is no ΔW; for ``dense``: why it is not low rank."""
+    streams: bool = False
+    """``dense`` types: peft builds it on a skeleton of the base (no weights) exactly as on the base itself, so a base
+    too large to load is read one layer at a time (checked in tests); the others derive parts of themselves from W0."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or (self.kind == "factored") != (self.reader is not None):
@@ -73,32 +76,32 @@ _register(
     PeftTypeSpec("LOKR", "LoKr", "factored", "lokr", "init_weights"),
     PeftTypeSpec("VBLORA", "VB-LoRA", "factored", "vblora"),
     PeftTypeSpec("RANDLORA", "RandLoRA", "factored", "randlora", "init_weights"),
-    PeftTypeSpec("IA3", "IA³", "dense", init_field="init_ia3_weights", why=_W0),
+    PeftTypeSpec("IA3", "IA³", "dense", init_field="init_ia3_weights", why=_W0, streams=True),
     PeftTypeSpec("OFT", "OFT", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("BOFT", "BOFT", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("HRA", "HRA", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("ROAD", "RoAd", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("HIRA", "HiRA", "dense", init_field="init_weights", why=_W0),
+    PeftTypeSpec("BOFT", "BOFT", "dense", init_field="init_weights", why=_W0, streams=True),
+    PeftTypeSpec("HRA", "HRA", "dense", init_field="init_weights", why=_W0, streams=True),
+    PeftTypeSpec("ROAD", "RoAd", "dense", init_field="init_weights", why=_W0, streams=True),
+    PeftTypeSpec("HIRA", "HiRA", "dense", init_field="init_weights", why=_W0, streams=True),
     PeftTypeSpec("OSF", "OSF", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("DELORA", "DeLoRA", "dense", init_field="init_weights", why=_PEFT),
-    PeftTypeSpec("MISS", "MiSS", "dense", init_field="init_weights", why=_PEFT),
-    PeftTypeSpec("GLORA", "GLoRA", "dense", init_field="init_weights", why=_W0),
+    PeftTypeSpec("DELORA", "DeLoRA", "dense", init_field="init_weights", why=_PEFT, streams=True),
+    PeftTypeSpec("MISS", "MiSS", "dense", init_field="init_weights", why=_PEFT, streams=True),
+    PeftTypeSpec("GLORA", "GLoRA", "dense", init_field="init_weights", why=_W0, streams=True),
     PeftTypeSpec("ADAMSS", "AdaMSS", "dense", init_field="init_weights", why=_PEFT),
     PeftTypeSpec("FROD", "FRoD", "dense", init_field="init_weights", why=_W0),
     PeftTypeSpec("PSOFT", "PSOFT", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("DEFT", "DEFT", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("FOURIERFT", "FourierFT", "dense", init_field="init_weights", why=_FULL),
-    PeftTypeSpec("C3A", "C3A", "dense", why=_FULL),
+    PeftTypeSpec("DEFT", "DEFT", "dense", init_field="init_weights", why=_W0, streams=True),
+    PeftTypeSpec("FOURIERFT", "FourierFT", "dense", init_field="init_weights", why=_FULL, streams=True),
+    PeftTypeSpec("C3A", "C3A", "dense", why=_FULL, streams=True),
     PeftTypeSpec("SHIRA", "SHiRA", "dense", init_field="init_weights", why=_FULL),
-    PeftTypeSpec("WAVEFT", "WaveFT", "dense", init_field="init_weights", why=_FULL),
-    PeftTypeSpec("GRALORA", "GraLoRA", "dense", init_field="init_weights", why=_PEFT),
+    PeftTypeSpec("WAVEFT", "WaveFT", "dense", init_field="init_weights", why=_FULL, streams=True),
+    PeftTypeSpec("GRALORA", "GraLoRA", "dense", init_field="init_weights", why=_PEFT, streams=True),
     PeftTypeSpec("PVERA", "PVeRA", "dense", init_field="init_weights", why=_PEFT),
     PeftTypeSpec("UNILORA", "Uni-LoRA", "dense", why=_PEFT),
     PeftTypeSpec("TINYLORA", "TinyLoRA", "dense", init_field="init_weights", why=_PEFT),
-    PeftTypeSpec("PEANUT", "PEANuT", "dense", init_field="init_weights", why=_W0),
-    PeftTypeSpec("SUPERTUNING", "SuperTuning", "dense", init_field="init_weights", why=_PEFT),
+    PeftTypeSpec("PEANUT", "PEANuT", "dense", init_field="init_weights", why=_W0, streams=True),
+    PeftTypeSpec("SUPERTUNING", "SuperTuning", "dense", init_field="init_weights", why=_PEFT, streams=True),
     PeftTypeSpec("BEFT", "BEFT", "bias", why="it trains bias vectors only, so every weight's ΔW is 0"),
-    PeftTypeSpec("TRAINABLE_TOKENS", "trainable tokens", "dense", why=_W0),
+    PeftTypeSpec("TRAINABLE_TOKENS", "trainable tokens", "dense", why=_W0, streams=True),
     PeftTypeSpec("LN_TUNING", "LayerNorm tuning", "unmergeable",
                  why="it trains whole copies of the target modules and swaps them in, so peft merges no ΔW into W0"),
     PeftTypeSpec("XLORA", "X-LoRA", "unmergeable", why="its gating mixes LoRA experts per token, so its update depends on the input"),
@@ -174,8 +177,10 @@ _VARIANTS = ("LoRA variants needing the base (`--base`): DoRA (dense: m ⊙ (W0 
 
 def peft_types_table() -> str:
     """The docs' table of every peft type: how its update is read, and why where it is refused or dense."""
-    rows = ["| peft_type | method | how its ΔW is read | ΔW = 0 at init (epoch 0 known) | why |", "|---|---|---|---|---|"]
+    rows = ["| peft_type | method | how its ΔW is read | ΔW = 0 at init (epoch 0 known) | a base over 2 GiB (float32) read layer by layer | why |",
+            "|---|---|---|---|---|---|"]
     for spec in sorted(PEFT_TYPES.values(), key=lambda s: (KINDS.index(s.kind), s.peft_type)):
         zero = f"with `{spec.init_field}`" if spec.init_field else "no"
-        rows.append(f"| `{spec.peft_type}` | {spec.label} | {_HOW[spec.kind]} | {zero} | {spec.why} |")
+        streams = "—" if spec.kind != "dense" else "yes" if spec.streams else "no: built from W0"
+        rows.append(f"| `{spec.peft_type}` | {spec.label} | {_HOW[spec.kind]} | {zero} | {streams} | {spec.why} |")
     return "\n".join(rows) + "\n\n" + _VARIANTS + "\n"

@@ -32,6 +32,7 @@ from ..methods import METHOD_SPECS
 from ..models import load_tokenizer, model_named_in_file
 from ..recording import DeltaRecorder, trainable_groups
 from ..store import Run, load_run
+from ..tensors import MAX_ABS_VALUE
 from .batches import autocast, derived_seed, evaluate, lr_at, make_batch
 from .model import build_model, check_device
 from .probe import LinearProbe
@@ -162,7 +163,9 @@ class TrainingRecipe:
 
     def setup_model(self) -> dict:
         """Build the model; when resuming, check it against the run and load its last state. Returns the optimizer state."""
-        self.model = build_model(self.config, self.data.spec.num_labels)
+        self.model = build_model(self.config, self.data.spec.num_labels, self.total_steps)
+        self.allocate = getattr(getattr(self.model, "base_model", None), "update_and_allocate", None)
+        """AdaLoRA's rank allocation, which peft asks every training loop to call after each optimizer step."""
         positions = getattr(self.model.config, "max_position_embeddings", None) or getattr(self.model.config, "n_positions", None)
         if positions and self.config.max_length > positions:
             raise InputError(f"--max-length {self.config.max_length} is beyond the model's {positions} positions")
@@ -241,9 +244,11 @@ class TrainingRecipe:
         return metrics
 
     def _check_finite(self, epoch: int, loss: float) -> None:
-        """A diverged epoch is not recorded: its snapshot would not be readable, and every finished epoch stays."""
+        """A diverged epoch is not recorded: every reader refuses values that are not finite or beyond
+        :data:`~tlora_analysis.tensors.MAX_ABS_VALUE`, so such a snapshot would not be readable; every finished epoch stays."""
         trained = () if self.processes.sharded else (p for p in self.model.parameters() if p.requires_grad)  # shards: the loss says it
-        if math.isfinite(loss) and all(bool(torch.isfinite(p).all()) for p in trained):
+        if math.isfinite(loss) and all(bool(torch.isfinite(p).all()) and float(p.detach().abs().max()) <= MAX_ABS_VALUE
+                                       for p in trained if p.numel()):
             return
         raise InputError(f"{self.out_dir}: training diverged in epoch {epoch} (train loss {loss:.3g}); epochs up to "
                          f"{epoch - 1} are kept; lower --lr (now {self.config.lr:g})")
@@ -258,6 +263,8 @@ class TrainingRecipe:
             if self.recorder is not None:
                 self.recorder.add_gradient_norms(squared)
         self.optimizer.step()
+        if self.allocate is not None:
+            self.allocate(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         every = self.config.log_every_steps

@@ -72,7 +72,12 @@ def check_resumed_data(meta: dict, config: TrainConfig, out_dir: Path, data_sha2
 def check_resumable(meta: dict, config: TrainConfig, out_dir: Path, model) -> None:
     """A resumed run must rebuild exactly the adapters its header records."""
     where = out_dir / "run.json"
-    if LEGACY_METHOD_NAMES.get(meta.get("method"), meta.get("method")) != config.method:
+    expected = config.method
+    if config.method == "peft" and isinstance(meta.get("peft_config"), dict):  # a user's config records its own peft method
+        from ..peft_types import method_of_config
+
+        expected = method_of_config(meta["peft_config"])
+    if LEGACY_METHOD_NAMES.get(meta.get("method"), meta.get("method")) != expected:
         raise InputError(f"{where}: records method {meta.get('method')!r} but its config says {config.method!r}")
     if meta.get("seed", config.seed) != config.seed:
         raise InputError(f"{where}: records seed {meta.get('seed')!r} but its config says {config.seed!r}; "
