@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from helpers import ENV, cli, read_events
+from helpers import ENV, HANG_GUARD_S, cli, read_events
 from tlora_analysis.store import load_run
 
 
@@ -24,7 +24,7 @@ def files(run_dir):
     return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
 
 
-def torchrun(*args, timeout=180):
+def torchrun(*args, timeout=HANG_GUARD_S):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
     return subprocess.run(command, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout)
 
@@ -36,7 +36,7 @@ def single_runs(tmp_path_factory, default_model_without_dropout_dir):
 
     def run(method):
         if method not in made:
-            result = cli(*train_args(default_model_without_dropout_dir, method), "--out", root / method, timeout=180)
+            result = cli(*train_args(default_model_without_dropout_dir, method), "--out", root / method, timeout=HANG_GUARD_S)
             assert result.returncode == 0, result.stderr[-2000:]
             made[method] = root / method
         return made[method]
@@ -118,7 +118,7 @@ def test_torchrun_causal_lm_weights_each_share_by_its_predicted_tokens(tmp_path,
     args = ["train", "--method", method, "--task", "lm", "--data-file", tmp_path / "data.jsonl", "--targets", "all-linear",
             "--model", request.getfixturevalue(f"tiny_{model}_dir"), "--epochs", "2", "--max-train-samples", "24",
             "--max-eval-samples", "8", "--batch-size", "8", "--max-length", "24", "--no-progress"]
-    assert cli(*args, "--out", tmp_path / "single", timeout=180).returncode == 0
+    assert cli(*args, "--out", tmp_path / "single", timeout=HANG_GUARD_S).returncode == 0
     result = torchrun("-m", "tlora_analysis", *args, "--sharding", sharding, "--out", tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_run(tmp_path / "single", tmp_path / "run")
@@ -153,7 +153,7 @@ Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWi
 def test_trainer_callback_under_torchrun_writes_once_from_rank_0(tmp_path, tiny_model_without_dropout_dir):
     script = tmp_path / "train.py"
     script.write_text(TRAINER_SCRIPT)
-    result = torchrun(script, tiny_model_without_dropout_dir, tmp_path, timeout=240)
+    result = torchrun(script, tiny_model_without_dropout_dir, tmp_path, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-3000:]
     run = load_run(tmp_path / "run")
     assert run.epochs == [0, 1, 2] and run.meta["world_size"] == 2 and run.meta["status"] == "finished"

@@ -17,13 +17,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import ENV, cli, expect_error, tree_digest
+from helpers import ENV, HANG_GUARD_S, cli, expect_error, tree_digest
 from tlora_analysis.errors import InputError
 from tlora_analysis.models import load_model
 from tlora_analysis.recording import DeltaRecorder
 from tlora_analysis.training import TrainConfig, train
 
-LIMITS = dict(timeout=60, memory_mb=3000)
+LIMITS = dict(timeout=HANG_GUARD_S, memory_mb=3000)
 
 
 @pytest.fixture()
@@ -265,7 +265,7 @@ def test_the_suite_runs_each_case_under_limits():
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (LIMITS["memory_mb"] << 20, LIMITS["memory_mb"] << 20))
 
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limit, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, preexec_fn=limit, timeout=HANG_GUARD_S)
     assert result.returncode != 0 and "MemoryError" in result.stderr
 
 
@@ -319,11 +319,11 @@ def test_a_study_never_writes_through_planted_links(tmp_path, tiny_model_dir):
     spec = study_spec(tmp_path / "spec.toml", tiny_model_dir)
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
-    assert cli("study", spec, "--out", tmp_path / "S", "--no-progress", timeout=180).returncode == 0
+    assert cli("study", spec, "--out", tmp_path / "S", "--no-progress", timeout=HANG_GUARD_S).returncode == 0
     shutil.rmtree(tmp_path / "S" / "runs" / "lora")  # the example: the cell runs again, its log is a planted link
     (tmp_path / "S" / "logs" / "lora.log").unlink()
     (tmp_path / "S" / "logs" / "lora.log").symlink_to(precious)
-    result = cli("study", spec, "--out", tmp_path / "S", "--no-progress", timeout=180)
+    result = cli("study", spec, "--out", tmp_path / "S", "--no-progress", timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert precious.read_text() == "keep me" and not (tmp_path / "S" / "logs" / "lora.log").is_symlink()
     elsewhere = tmp_path / "elsewhere"
@@ -346,7 +346,7 @@ def test_a_study_never_writes_through_planted_links(tmp_path, tiny_model_dir):
 def test_inconsistent_torchrun_variables_are_refused_at_once(tmp_path, tiny_model_dir, variables, fragment):
     env = {**ENV, **variables}
     before = tree_digest(tmp_path)
-    expect_error(cli("train", "--method", "lora", "--model", tiny_model_dir, "--out", tmp_path / "run", *TINY, env=env, timeout=60), fragment)
+    expect_error(cli("train", "--method", "lora", "--model", tiny_model_dir, "--out", tmp_path / "run", *TINY, env=env, timeout=HANG_GUARD_S), fragment)
     assert tree_digest(tmp_path) == before
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import make_run, read_events
+from helpers import HANG_GUARD_S, make_run, read_events
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.analysis import compare_runs, intruder_counts, paper_claims
 from tlora_analysis.config import TrainConfig
@@ -153,7 +153,7 @@ def test_trainer_callback_reaches_weights_and_biases_offline(tmp_path, tiny_mode
 
     wandb.finish()
     key = f"geometry/frobenius/{load_run(tmp_path / 'run').layer_names[0]}".encode()
-    deadline = time.time() + 30  # wandb's service process may still be flushing under load
+    deadline = time.time() + HANG_GUARD_S  # wandb's service process may still be flushing under load
     while not any(key in f.read_bytes() for f in tmp_path.rglob("*.wandb")) and time.time() < deadline:
         time.sleep(0.5)
     files = list(tmp_path.rglob("*.wandb"))

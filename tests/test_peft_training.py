@@ -9,7 +9,7 @@ import peft
 import pytest
 import torch
 
-from helpers import cli, expect_error
+from helpers import HANG_GUARD_S, cli, expect_error
 from tlora_analysis.checkpoints import inspect_checkpoint
 from tlora_analysis.errors import InputError
 from tlora_analysis.export import export
@@ -78,9 +78,9 @@ def test_a_study_sweeps_peft_methods_beside_our_own(tmp_path, tiny_model_dir):
     spec = tmp_path / "spec.toml"
     spec.write_text(f'method = ["lora", "hra"]\nseed = 0\nmodel = "{tiny_model_dir}"\nepochs = 1\nmax_train_samples = 16\n'
                     f'max_eval_samples = 8\nmax_length = 16\nlr = {{ hra = 1e-2 }}\n')
-    result = cli("study", spec, "--out", tmp_path / "study", "--jobs", "1", "--no-progress", timeout=600)
+    result = cli("study", spec, "--out", tmp_path / "study", "--jobs", "1", "--no-progress", timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr
     cells = sorted(p.name for p in (tmp_path / "study" / "runs").iterdir())
     assert cells == ["hra-lr1e-2", "lora"] and load_run(tmp_path / "study" / "runs" / "hra-lr1e-2").method == "hra"
-    result = cli("analyze", tmp_path / "study", "--out", tmp_path / "tables", "--no-base", timeout=600)
+    result = cli("analyze", tmp_path / "study", "--out", tmp_path / "tables", "--no-base", timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from helpers import HANG_GUARD_S
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.integrations.trainer import DeltaRecorderCallback
 from tlora_analysis.models import load_model, load_tokenizer
@@ -152,7 +153,7 @@ def test_killed_run_keeps_finished_epochs_and_resumes_exactly(tmp_path, tiny_mod
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tlora_analysis", "train", *args, "--out", str(run_dir)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     while time.time() < deadline:
         try:
             finished = [r["epoch"] for r in json.loads((run_dir / "run.json").read_text())["epochs"]]

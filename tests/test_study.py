@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from helpers import ENV, cli, expect_error, make_run, tree_digest
+from helpers import ENV, HANG_GUARD_S, cli, expect_error, make_run, tree_digest
 from tlora_analysis import analysis as A
 from tlora_analysis.analysis.seed_statistics import aggregate
 from tlora_analysis.methods import METHOD_SPECS
@@ -85,7 +85,7 @@ def test_bad_specs_give_one_line_and_write_nothing(tmp_path, text, fragments):
 def _kill_midway(command, study_dir, env):
     """Start a study in its own process group and SIGKILL the group once some cell has finished an epoch."""
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_GUARD_S
     while time.time() < deadline:
         snapshots = list((study_dir / "runs").glob("*/snapshots/epoch_001.safetensors")) if (study_dir / "runs").exists() else []
         if snapshots:
@@ -110,7 +110,7 @@ def test_local_study_killed_midway_resumes_to_the_same_results(tmp_path, tiny_mo
     command = [sys.executable, "-m", "tlora_analysis", "study", str(spec), "--out", str(out), "--jobs", "2", "--no-progress"]
     killed = _kill_midway(command, out, ENV)
     assert (killed.runs.status != "finished").any(), "the study should have been killed before it finished"
-    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_results(final_tensors(reference), final_tensors(out))
     meta = json.loads((out / "study.json").read_text())
@@ -215,14 +215,14 @@ def test_figures_report_and_analyze_take_a_study_directory(tmp_path, reference):
     from tlora_analysis.figures import STUDY_FIGURES
     from tlora_analysis.report import verdict_classes
 
-    result = cli("figures", reference, "--out", tmp_path / "figs", "--formats", "png", timeout=300)  # PDFs: test_any_sources
+    result = cli("figures", reference, "--out", tmp_path / "figs", "--formats", "png", timeout=HANG_GUARD_S)  # PDFs: test_any_sources
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "figs" / "figures.json").read_text())
     drawn = {e["name"] for e in manifest["figures"]}
     # seed bands, controls, verdict map, the ladder and ranks, and the seed-0 pair; one learning rate per method draws no sweep
     assert set(STUDY_FIGURES) - {"study_learning_rates"} <= drawn and "overview" in drawn
     assert {e["name"]: e["reason"] for e in manifest["skipped"]}["study_learning_rates"] == "no method was run at two or more learning rates"
-    result = cli("report", reference, "--out", tmp_path / "figs" / "report.html", timeout=300)  # computed afresh: test_reuse_and_studies
+    result = cli("report", reference, "--out", tmp_path / "figs" / "report.html", timeout=HANG_GUARD_S)  # computed afresh: test_reuse_and_studies
     assert result.returncode == 0 and "reusing the tables and figures" in result.stdout, result.stderr[-2000:]
     page = (tmp_path / "figs" / "report.html").read_text()
     assert "Claims audit" in page and "mean [95% CI] over seeds" in page and "Verdict map" in page and "Controls" in page
@@ -231,7 +231,7 @@ def test_figures_report_and_analyze_take_a_study_directory(tmp_path, reference):
     assert claims.holds_in.str.fullmatch(r"\d/2|—").all()
     classes = verdict_classes(claims)
     assert sum(len(v) for v in classes.values()) == claims.reading.nunique()
-    result = cli("analyze", reference, "--out", tmp_path / "tables", "--no-base", timeout=300)
+    result = cli("analyze", reference, "--out", tmp_path / "tables", "--no-base", timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-2000:]
     assert {"runs.csv", "norms_over_seeds.csv", "controls.csv", "claims.csv", "claims_per_seed.csv"} <= {p.name for p in (tmp_path / "tables").iterdir()}
 

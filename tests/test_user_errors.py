@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import ENV, cli, expect_error, tree_digest
+from helpers import ENV, HANG_GUARD_S, cli, expect_error, tree_digest
 from tlora_analysis import adapter_layers, inject_adapters
 from tlora_analysis.errors import InputError
 from tlora_analysis.io import atomic_write_json, umask
@@ -166,7 +166,7 @@ def test_two_trains_at_once_one_wins(tmp_path, tiny_model_dir):
     args = [*TRAIN, "--method", "tlora", "--model", tiny_model_dir, "--epochs", "1", "--out", tmp_path / "run"]
     procs = [subprocess.Popen([sys.executable, "-m", "tlora_analysis", *map(str, args)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=ENV) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    results = [(p.wait(timeout=HANG_GUARD_S), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in results)
     assert codes == [0, 2], results
     err = next(e for code, e in results if code == 2)
@@ -259,7 +259,7 @@ def test_version_and_registry_driven_help():
 
 def test_train_without_method_uses_the_documented_default(tmp_path, tiny_model_dir):
     result = cli("train", "--model", tiny_model_dir, "--out", tmp_path / "run", "--max-train-samples", "16", "--max-eval-samples", "8",
-                 "--batch-size", "8", "--max-length", "16", "--epochs", "1", "--no-progress", timeout=120)
+                 "--batch-size", "8", "--max-length", "16", "--epochs", "1", "--no-progress", timeout=HANG_GUARD_S)
     assert result.returncode == 0, result.stderr[-1500:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["method"] == "tlora"
 
@@ -273,6 +273,6 @@ def test_a_study_directory_where_a_run_is_expected_says_what_it_is(tmp_path):
 
 
 def test_glue_offline_points_to_data_dir(tmp_path):
-    expect_error(cli("train", "--method", "lora", "--task", "rte", "--out", tmp_path / "run", "--no-progress", timeout=120),
+    expect_error(cli("train", "--method", "lora", "--task", "rte", "--out", tmp_path / "run", "--no-progress", timeout=HANG_GUARD_S),
                  "offline, pass --data-dir")
     assert not (tmp_path / "run").exists()

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .io import MAX_JSON_BYTES, inside, read_json
+from .io import MAX_JSON_BYTES, inside, read_json, regular_file
 from .tensors import atomic_save_tensors
 
 INDEX = "model.safetensors.index.json"
@@ -84,6 +84,8 @@ class SafetensorsWeights(Mapping):
             if key is None:
                 raise InputError(f"{self.directory}: no tensor for module {name!r} in its safetensors (is it the adapter's base model?)")
             self._keys[name] = (key, weight_map[key])
+        for shard in sorted({file for _, file in self._keys.values()}):  # a FIFO or device would hang a read: refused at once
+            regular_file(inside(self.directory, self.directory / shard, "the safetensors shard"), "safetensors shard")
 
     def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
         return name in self._keys
@@ -214,6 +216,8 @@ def weight_shapes(folder: str | Path) -> dict[str, tuple[int, int]] | None:
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise InputError(f"{folder / INDEX}: 'weight_map' should map tensor names to shard file names")
         files = sorted({inside(folder, folder / f, "the safetensors shard") for f in weight_map.values()})
+        for file in files:
+            regular_file(file, "safetensors shard")
     elif (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]
     else:

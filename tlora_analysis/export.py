@@ -26,6 +26,7 @@ read from a file is never fetched); ``base_model`` gives it otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -35,7 +36,7 @@ import torch
 
 from .data.tasks import TASKS
 from .errors import InputError
-from .io import atomic_write_json, umask
+from .io import atomic_write_json, check_output, umask
 from .methods import method_spec
 from .methods.peft_format import PEFT_PREFIX
 from .models import portable_model_name
@@ -55,8 +56,10 @@ def export(run_dir: str | Path, out: str | Path, epoch: int | None = None, base_
     epoch = run.epochs[-1] if epoch is None else epoch
     run.record(epoch)  # raises if the epoch is not finished
     out = Path(out)
+    check_output(out, [run.path], "dir")
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise InputError(f"{out}: exists and is not an empty directory; choose a new --out")
+    created = _missing_parents(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:  # built beside its destination and renamed into place: a failure leaves no half export
@@ -69,8 +72,20 @@ def export(run_dir: str | Path, out: str | Path, epoch: int | None = None, base_
         os.rename(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # the parents this export made, innermost first, if nothing else went into them
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return out
+
+
+def _missing_parents(out: Path) -> list[Path]:
+    """The parent folders of ``out`` that do not exist yet, innermost first."""
+    missing, folder = [], out.parent
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _write_native(run, epoch: int, folder: Path) -> None:

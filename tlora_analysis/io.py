@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["PICKLE_SUFFIXES", "refuse_pickle", "refuse_pickled_files", "atomic_write_bytes", "atomic_write_json", "umask", "read_json", "regular_file", "inside", "MAX_JSON_BYTES"]
+__all__ = ["PICKLE_SUFFIXES", "refuse_pickle", "refuse_pickled_files", "atomic_write_bytes", "atomic_write_json", "umask", "read_json", "regular_file", "inside", "MAX_JSON_BYTES", "check_output", "existing_path"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -113,3 +113,35 @@ def refuse_pickled_files(folder: Path, only_if_no: str | None = None) -> None:
     pickled = sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickled:
         refuse_pickle(pickled[0])
+
+
+def existing_path(text: str) -> bool:
+    """Whether ``text`` names an existing path; a name the system cannot even look up (too long) names none."""
+    try:
+        return Path(text).exists()
+    except OSError:
+        return False
+
+
+def check_output(out: Path, sources: list[Path], kind: str) -> None:
+    """Refuse, before any work, an output that would land inside or on a source, a directory where a ``file`` is
+    meant, or a place that cannot be written: nothing read is ever overwritten, and no error comes after minutes
+    of work. A source is protected whole where it is a folder (a run, an adapter, a study); a file source protects
+    itself, and a snapshot file its run."""
+    import os
+
+    target = Path(out).resolve()
+    for source in sources:
+        source = Path(source).resolve()
+        protected = source.parent.parent if source.is_file() and source.parent.name == "snapshots" else source
+        if target == protected or (protected.is_dir() and target.is_relative_to(protected)):
+            raise InputError(f"{out}: is inside the source {protected}; write outputs elsewhere, never into what is read")
+    if kind == "file" and (target.is_dir() or str(out).endswith(("/", os.sep)) or Path(out).name in ("", ".", "..")):
+        raise InputError(f"{out}: is a directory; give the name of the file to write")
+    if kind == "dir" and target.exists() and not target.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
+    existing = target if kind == "dir" else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: cannot write there ({existing} is not a writable directory)")

@@ -12,13 +12,38 @@ from safetensors.torch import load_file, save
 from .errors import InputError
 from .io import atomic_write_bytes, regular_file
 
-__all__ = ["atomic_save_tensors", "read_tensors", "read_header", "take_tensor", "check_values", "MAX_DIM", "MAX_FROZEN_ELEMENTS",
+__all__ = ["atomic_save_tensors", "safetensors_bytes", "read_tensors", "read_header", "take_tensor", "check_values", "MAX_DIM", "MAX_FROZEN_ELEMENTS",
            "MAX_ABS_VALUE", "MAX_HEADER_BYTES"]
 
 
 def atomic_save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    contiguous = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write_bytes(path, save(contiguous, metadata=dict(metadata or {})))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64",
+           torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+           **{getattr(torch, n): c for n, c in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2")) if hasattr(torch, n)}}
+
+
+def safetensors_bytes(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """The safetensors file of ``tensors``, byte for byte the same for the same tensors and metadata: tensors in
+    name order, metadata keys sorted (the format's own writer orders metadata differently from run to run)."""
+    import json
+    import struct
+
+    header: dict = {"__metadata__": {k: str(metadata[k]) for k in sorted(metadata)}} if metadata else {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().to("cpu").contiguous()
+        if tensor.dtype not in _DTYPES:
+            return save({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, metadata=dict(metadata or {}))
+        data = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:

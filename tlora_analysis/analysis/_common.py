@@ -57,14 +57,18 @@ _INTEGER = re.compile(r"^\d+$")
 
 
 def module_and_layer(name: str) -> tuple[str, int]:
-    """``"bert.encoder.layer.3.attention.self.query"`` -> ``("query", 3)``.
+    """``"bert.encoder.layer.3.attention.self.query"`` -> ``("attention.self.query", 3)``.
 
-    The module is the last name component; the layer is the last integer component
-    (-1 if there is none). Nothing here matches substrings of names.
+    The layer is the last integer component (-1 if there is none); the module is the path after it,
+    within the block, so that a block's several ``dense`` layers (``attention.output.dense``,
+    ``intermediate.dense``, ``output.dense``) stay apart wherever tables are pivoted by (module, layer).
+    A name without a layer index is its own module. Nothing here matches substrings of names.
     """
     parts = name.split(".")
-    layers = [int(p) for p in parts if _INTEGER.match(p)]
-    return parts[-1], (layers[-1] if layers else -1)
+    index = max((i for i, p in enumerate(parts) if _INTEGER.match(p)), default=None)
+    if index is None or index == len(parts) - 1:
+        return name, -1 if index is None else int(parts[index])
+    return ".".join(parts[index + 1:]), int(parts[index])
 
 
 def as_source(source) -> UpdateSource:

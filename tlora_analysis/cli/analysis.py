@@ -21,6 +21,15 @@ def _add_runs(p) -> None:
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
 
 
+def _check_out(args, kind: str) -> None:
+    """The output is checked against every source before any work (see :func:`~tlora_analysis.io.check_output`)."""
+    from ..io import check_output
+    from ..sources import labelled_paths
+
+    paths = labelled_paths(args.runs)
+    check_output(Path(args.out), [Path(p) for p in (paths.values() if isinstance(paths, dict) else paths)], kind)
+
+
 def _study(args):
     """The study named by a single RUN argument that is a study directory, else None."""
     if len(args.runs) == 1 and (Path(args.runs[0]) / "study.json").is_file():
@@ -82,6 +91,7 @@ def add_analyze(sub) -> None:
 def _cmd_analyze(args) -> int:
     from ..results import write_tables
 
+    _check_out(args, "dir")
     study = _study(args)
     tables = _compare_study(study, args)[0] if study else _compare(args)[1]
     for path in write_tables(tables, Path(args.out)):
@@ -105,7 +115,9 @@ def _cmd_figures(args) -> int:
 
     from ..config import ANALYSIS
     from ..figures import render_all, render_study
+    from ..reuse import write_manifest
 
+    _check_out(args, "dir")
     study = _study(args)
     if study:
         tables, base = _compare_study(study, args)
@@ -114,7 +126,7 @@ def _cmd_figures(args) -> int:
 
         entries = render_study(tables, args.out, formats=tuple(args.formats), sources={n: str(study.run_dir(n)) for n in study.cells},
                                settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
-        write_tables(tables, Path(args.out) / "tables")  # a report written into this folder reuses them
+        write_manifest(Path(args.out) / "tables", write_tables(tables, Path(args.out) / "tables"))  # a report here reuses them
         atomic_write_json(Path(args.out) / "results.json", study_results(tables, list(study.swept)))
         _print_skipped(Path(args.out))
         print(f"wrote {len(entries)} figures ({' + '.join(f.upper() for f in args.formats)}), figures.json and results.json to {args.out}")
@@ -124,7 +136,7 @@ def _cmd_figures(args) -> int:
     sources, tables, base = _compare(args)
     entries = render_all(tables, args.out, formats=tuple(args.formats), sources={s.name: str(s.path) for s in sources},
                          settings={"base": base, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
-    write_tables(tables, Path(args.out) / "tables")  # a report written into this folder reuses them
+    write_manifest(Path(args.out) / "tables", write_tables(tables, Path(args.out) / "tables"))  # a report here reuses them
     _print_skipped(Path(args.out))
     print(f"wrote {len(entries)} figures ({' + '.join(f.upper() for f in args.formats)}) and figures.json to {args.out}")
     return 0
@@ -150,6 +162,7 @@ def add_report(sub) -> None:
 def _cmd_report(args) -> int:
     from ..report import check_claims_sibling, write_report, write_study_report
 
+    _check_out(args, "file")
     study = _study(args)
     check_claims_sibling(Path(args.out), ".claims.csv" if study else ".claims.json")  # before any work
     if study:
@@ -188,8 +201,6 @@ def _print_written(report: Path, claims_suffix: str) -> None:
 def _figures_beside(args):
     """(sources, tables, folder) when the report goes into a folder where ``figures`` wrote its output for
     exactly these sources (labels, paths, base, unchanged files); else None."""
-    import json
-
     from ..reuse import manifest_matches, read_tables
     from ..sources import labelled_paths, open_sources
 
@@ -198,7 +209,7 @@ def _figures_beside(args):
         return None
     sources = open_sources(labelled_paths(args.runs), base=args.base)
     print_notices(sources)
-    if json.loads((folder / "figures.json").read_text()).get("sources") != {s.name: str(s.path) for s in sources}:
+    if not manifest_matches(folder, args, sources={s.name: str(s.path) for s in sources}):
         return None
     return sources, read_tables(folder / "tables"), folder
 
@@ -220,6 +231,8 @@ def _cmd_compare(args) -> int:
 
     if _study(args) is not None:
         raise InputError(f"{args.runs[0]}: compare takes sources; a study is read whole by analyze, figures and report")
+    if args.out:
+        _check_out(args, "dir")
     _, tables, _ = _compare(args)
     per_source, pairs = comparison_summary(tables)
     if args.out:

@@ -72,8 +72,23 @@ def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: li
 
 
 def _manifest(out_dir: Path, entries: list[dict], skipped: list[dict], sources: Mapping | None, settings: Mapping | None) -> None:
+    """Write figures.json, and remove the figures an earlier run into this folder listed that this one did not draw
+    (a figure now skipped must not linger beside the manifest that says so); nothing it did not write is touched."""
+    _remove_stale(out_dir, {name for entry in entries for name in entry["files"]})
     manifest = {"figures": entries, "skipped": skipped, "sources": dict(sources or {}), "settings": dict(settings or {})}
     atomic_write_bytes(out_dir / "figures.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
+
+
+def _remove_stale(out_dir: Path, drawn: set[str]) -> None:
+    try:
+        earlier = json.loads((out_dir / "figures.json").read_text()).get("figures", [])
+        files = {name for entry in earlier for name in entry.get("files", []) if isinstance(name, str)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return
+    for name in sorted(files - drawn):
+        path = out_dir / name
+        if Path(name).name == name and path.is_file() and not path.is_symlink():
+            path.unlink()
 
 
 def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None, settings: Mapping | None = None,

@@ -33,6 +33,7 @@ RC = {
     "axes.spines.right": False,
     "figure.constrained_layout.use": True,
     "savefig.dpi": DPI,
+    "text.parse_math": False,  # labels are drawn as written: a source named "$x$" is not mathtext, and cannot break a figure
 }
 
 
@@ -105,8 +106,12 @@ def module_color(module: str, modules: list[str]) -> str:
 
 
 def modules_of(table) -> list[str]:
-    """The adapted module names (query, value, ...) of a table, in a stable order."""
-    return sorted(table["module"].unique())
+    """The adapted module names (``attention.self.query``, ...) of a table, in a stable order; a table with no rows
+    left to draw (only epoch 0, where every update is zero) is a figure skipped, and figures.json says why."""
+    modules = sorted(table["module"].unique())
+    if not modules:
+        raise NothingToDraw("no rows to draw: every update here is the zero update of epoch 0 (before training)")
+    return modules
 
 
 def layer_epoch_heatmap(fig, ax, grid, *, cmap: str, label: str, title: str, **limits) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import existing_path
 from .formats import open_updates
 
 __all__ = ["open_sources", "labelled_paths", "Labelled", "LABEL_SETTINGS"]
@@ -79,7 +80,7 @@ def _auto_labels(sources: list, taken: set[str]) -> list[str]:
 
 def labelled_paths(arguments: list[str]) -> dict[str, str] | list[str]:
     """``NAME=PATH`` arguments as a mapping label -> path (an existing path with '=' in it stays a path)."""
-    named = [a.partition("=") if "=" in a and not Path(a).exists() else (None, None, a) for a in arguments]
+    named = [a.partition("=") if "=" in a and not existing_path(a) else (None, None, a) for a in arguments]
     if all(label is None for label, _, _ in named):
         return arguments
     if any(label is None for label, _, _ in named):

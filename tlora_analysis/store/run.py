@@ -68,6 +68,7 @@ class RecordedRun:
                 raise InputError(f"{self.where}: epoch {epoch}'s snapshot must be {snapshot_name(epoch)!r} inside the run, "
                                  f"not {record['snapshot']!r}")
             self._records[epoch] = record
+        _check_fields(self.meta, self._records, self.where)
         self.name = self.path.name
         """The source's label in every table; :func:`~tlora_analysis.sources.open_sources` sets a readable, unique one."""
         self._last_snapshot: tuple[int | None, dict[str, torch.Tensor]] = (None, {})
@@ -79,8 +80,7 @@ class RecordedRun:
 
     @property
     def rank(self) -> int:
-        rank = self.meta.get("rank", 0)
-        return rank if _is_int(rank) else 0
+        return int(self.meta.get("rank", 0))
 
     @property
     def epochs(self) -> list[int]:
@@ -211,3 +211,27 @@ class Run(RecordedRun):
         """The trained matrices per layer by the names the method gives them (``{"B": ...}`` for TLoRA, ``{"A": ..., "B": ...}`` for LoRA)."""
         self._snapshot(epoch)
         return {name: self._method_class.trained_from(self._layer_tensors(epoch, name)) for name in self.layers}
+
+
+def _check_fields(meta: dict, records: dict, where: str) -> None:
+    """run.json's other fields, checked as adapter_config.json's are: the rank an export copies, each epoch's
+    metrics and the parameter counts are what they say, or the run is refused in one line."""
+    import math
+
+    from ..tensors import MAX_DIM
+
+    rank = meta.get("rank", 0)
+    if not _is_int(rank) or not 0 <= rank <= MAX_DIM:
+        raise InputError(f"{where}: 'rank' should be a whole number from 0 to {MAX_DIM}, got {rank!r:.40}")
+    counts = meta.get("parameter_counts", {})
+    if not isinstance(counts, dict) or not all(_is_int(v) and v >= 0 for v in counts.values()):
+        raise InputError(f"{where}: 'parameter_counts' should be a JSON object of whole numbers, got {counts!r:.80}")
+    for epoch, record in records.items():
+        metrics = record.get("metrics", {})
+        if not isinstance(metrics, dict):
+            raise InputError(f"{where}: epoch {epoch}'s 'metrics' should be a JSON object, got {metrics!r:.60}")
+        bad = next((k for k, v in metrics.items() if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))), None)
+        if bad is not None:
+            raise InputError(f"{where}: epoch {epoch}'s metric {bad!r:.40} should be a number, got {metrics[bad]!r:.40}")
+        if any(isinstance(v, float) and math.isinf(v) for v in metrics.values()):
+            raise InputError(f"{where}: epoch {epoch}'s metrics hold an infinite value")

@@ -65,14 +65,15 @@ class Study:
         return self.path / "runs" / name
 
     def status(self, name: str) -> str:
-        """finished, interrupted (resumable), failed (see study.json for the log) or pending."""
+        """finished, damaged (finished, but a reader refuses a file of it: retrained), interrupted (resumable),
+        failed (see study.json for the log) or pending."""
         from ..io import read_json
 
         run_json = self.run_dir(name) / "run.json"
         recorded = self.meta.get("cells", {}).get(name, {})
         if run_json.is_file():
             if read_json(run_json, "run.json").get("status") == "finished":
-                return "finished"
+                return "finished" if readable(self.run_dir(name)) else "damaged"
             return "failed" if recorded.get("status") == "failed" else "interrupted"
         return "failed" if recorded.get("status") == "failed" else "pending"
 
@@ -128,3 +129,17 @@ def load_study(path: str | Path) -> Study:
     if not (path / STUDY_JSON).is_file():
         raise InputError(f"{path}: not a study directory (no {STUDY_JSON})")
     return Study(path)
+
+
+def readable(run_dir: Path) -> bool:
+    """Whether every file of a finished run passes the checks a reader applies (run.json, every snapshot)."""
+    from ..errors import InputError
+    from ..store import load_run
+
+    try:
+        run = load_run(run_dir)
+        for epoch in run.epochs:
+            run.snapshot_tensors(epoch)
+    except (InputError, OSError):
+        return False
+    return True

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..config import TrainConfig, option
 from ..errors import InputError
-from .directory import STUDY_FORMAT, STUDY_FORMAT_VERSION, STUDY_JSON, Study
+from .directory import STUDY_FORMAT, STUDY_FORMAT_VERSION, STUDY_JSON, Study, readable
 from .spec import MAX_CELLS, StudySpec, parse_spec
 
 __all__ = ["Executor", "EXECUTORS", "run_study", "run_cell", "cell_threads"]
@@ -78,12 +78,23 @@ def run_cell(study_dir: str | Path, name: str, threads: int | None = None) -> st
         meta = read_json(run_dir / "run.json", "run.json")
         if not isinstance(meta.get("config"), dict) or asdict(TrainConfig.from_dict(meta["config"])) != asdict(config):
             raise InputError(f"{run_dir}: holds a run with other settings than cell {name} of the study")
-        if meta.get("status") == "finished":
+        if meta.get("status") == "finished" and readable(run_dir):
             return "reused"
+        if meta.get("status") == "finished":  # a file of it is damaged or gone: kept aside, and the cell trained again
+            run_dir.rename(_aside(run_dir))
+            train(config, run_dir, progress=False)
+            return "trained again (the damaged run kept as " + _aside(run_dir, existing=True).name + ")"
         resume(run_dir, progress=False)
         return "resumed"
     train(config, run_dir, progress=False)
     return "trained"
+
+
+def _aside(run_dir: Path, existing: bool = False) -> Path:
+    """Where a damaged cell's run is kept: ``NAME.damaged``, ``NAME.damaged-2``, ... (with ``existing``, the last one used)."""
+    candidates = [run_dir.with_name(f"{run_dir.name}.damaged" + (f"-{i}" if i > 1 else "")) for i in range(1, 1000)]
+    free = next(i for i, c in enumerate(candidates) if not c.exists())
+    return candidates[free - 1] if existing else candidates[free]
 
 
 def _cell_main(argv: list[str]) -> int:
@@ -234,7 +245,7 @@ def _record_cells(out: Path, meta: dict, cells: dict) -> tuple[dict, list[str]]:
         if study.status(name) == "finished":
             records[name]["status"] = "finished"
     atomic_write_json(out / STUDY_JSON, meta)
-    return records, [name for name in cells if study.status(name) != "finished"]
+    return records, [name for name in cells if study.status(name) != "finished"]  # damaged ones are trained again
 
 
 def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, executor: Executor | None = None, extend: bool = False,

@@ -93,6 +93,8 @@ RATIO = f"between {NORM_RATIO_RANGE[0]} and {NORM_RATIO_RANGE[1]}"
 
 
 def _ratio_verdict(ratio: float, text: str) -> Verdict:
+    if not math.isfinite(ratio) or ratio == 0:
+        return Verdict(math.nan, text, None, "undefined: one side's update is zero (as before training) or missing")
     holds = holds_if_defined(ratio, lambda v: NORM_RATIO_RANGE[0] <= v <= NORM_RATIO_RANGE[1])
     return Verdict(ratio, text, holds, "the sizes are within a factor of two" if holds else
                    f"TLoRA's updates are {ratio:.1f}x LoRA's" if ratio > 1 else f"TLoRA's updates are {1 / ratio:.1f}x smaller")
@@ -100,7 +102,8 @@ def _ratio_verdict(ratio: float, text: str) -> Verdict:
 
 def _norm_ratio(table: pd.DataFrame, last: int, column: str):
     at = at_epoch(table, last).groupby("method")[column].mean()
-    return float(at.get(PAPER_METHOD, math.nan) / at.get(REFERENCE_METHOD, math.nan)), at
+    paper, reference = float(at.get(PAPER_METHOD, math.nan)), float(at.get(REFERENCE_METHOD, math.nan))
+    return (paper / reference if reference else math.inf if paper else math.nan), at
 
 
 @reading(5, "ratio of mean Frobenius norms ‖ΔW‖_F, TLoRA / LoRA", RATIO, ("norms",), headline=True, limits=NORM_RATIO_RANGE)

@@ -97,6 +97,25 @@ def last_common_epoch(tables: Mapping[str, pd.DataFrame]) -> int:
     return int(norms.groupby("method")["epoch"].max().min())
 
 
+def meeting(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The tables with a one-state source (an adapter, an export) met at the other's last epoch, as
+    :func:`~tlora_analysis.analysis.similarity.paired_epochs` meets them: its rows in every per-source table
+    are read at that epoch, so that the claims compare the two at the run's end, not at its epoch 0."""
+    norms = tables["norms"][tables["norms"].method.isin((REFERENCE_METHOD, PAPER_METHOD))]
+    epochs = norms.groupby("method")["epoch"].unique()
+    if len(epochs) != 2 or not any(len(e) == 1 for e in epochs) or all(len(e) == 1 for e in epochs):
+        return dict(tables)
+    single = next(m for m, e in epochs.items() if len(e) == 1)
+    state, last = int(epochs[single][0]), int(max(e.max() for m, e in epochs.items() if m != single))
+    out = {}
+    for name, table in tables.items():
+        if isinstance(table, pd.DataFrame) and {"method", "epoch"} <= set(table.columns) and "run_a" not in table.columns:
+            table = table.copy()
+            table.loc[(table.method == single) & (table.epoch == state), "epoch"] = last
+        out[name] = table
+    return out
+
+
 def paper_claims(tables: Mapping[str, pd.DataFrame], headline_only: bool = False) -> pd.DataFrame:
     """Every reading of the paper's six findings on one LoRA–TLoRA pair's tables.
 
@@ -106,6 +125,7 @@ def paper_claims(tables: Mapping[str, pd.DataFrame], headline_only: bool = False
     """
     if "similarity" not in tables or "scales" not in tables:
         raise InputError("the paper's claims compare a LoRA run with a TLoRA run, and these tables have no such pair")
+    tables = meeting(tables)
     last = last_common_epoch(tables)
     rows = []
     for r in READINGS:
