@@ -100,9 +100,9 @@ def test_a_run_against_its_own_export_has_cosine_one_at_its_last_epoch(kinds, me
     np.testing.assert_allclose(table.cosine, 1.0, rtol=1e-6)
 
 
-def test_a_run_meets_a_one_state_source_at_its_last_epoch_not_its_zero_epoch(kinds):
+def test_a_run_meets_a_one_state_source_at_its_last_epoch_and_the_source_at_its_final_state(kinds):
     table = update_similarity(kinds["lora-s0-e2"], kinds["peft"])
-    assert set(zip(table.epoch_a, table.epoch_b)) == {(2, 0)} and (table.note == "").all() and table.cosine.abs().gt(0).all()
+    assert set(zip(table.epoch_a, table.epoch_b)) == {(2, -1)} and (table.note == "").all() and table.cosine.abs().gt(0).all()
 
 
 def test_a_zero_update_is_reported_as_zero_with_a_note(tmp_path, kinds):

@@ -106,7 +106,7 @@ def test_inspect_reads_the_peft_adapters_peft_saves_for_decoders(tmp_path, kind)
                 p.copy_(torch.randn(p.shape, generator=generator))
     peft_model.save_pretrained(tmp_path / "adapter")
     source = open_updates(tmp_path / "adapter")
-    deltas = source.deltas(0)
+    deltas = source.deltas()
     modules = {n: m for n, m in peft_model.named_modules() if hasattr(m, "get_delta_weight") and hasattr(m, "lora_A")}
     assert len(deltas) == len(modules) > 0
     for name, module in modules.items():

@@ -50,14 +50,14 @@ def test_every_peft_type_reads_as_peft_merges_it(tmp_path, name, tiny_base, tiny
     model.save_pretrained(tmp_path / "adapter")
     source = open_updates(tmp_path / "adapter", base=tiny_model_dir)
     assert isinstance(source, PeftAdapter) and source.layers
-    assert_matches(source.deltas(0), peft_answer(tmp_path / "adapter", tiny_base))
+    assert_matches(source.deltas(), peft_answer(tmp_path / "adapter", tiny_base))
     spec = PEFT_TYPES[json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["peft_type"]]
     assert {record["form"] for record in source.layers.values()} <= ({"factored", "dense"} if spec.kind == "factored" else {"dense"})
     if spec.kind == "dense":  # the registry's reason is true: the same adapter on other weights moves exactly where it says W0 matters
-        other = open_updates(tmp_path / "adapter", base=other_base_dir).deltas(0)
-        moved = max(abs(d.frobenius_norm() - other[n].frobenius_norm()) / d.frobenius_norm() for n, d in source.deltas(0).items())
+        other = open_updates(tmp_path / "adapter", base=other_base_dir).deltas()
+        moved = max(abs(d.frobenius_norm() - other[n].frobenius_norm()) / d.frobenius_norm() for n, d in source.deltas().items())
         assert (moved > 1e-6) == spec.why.startswith("its update depends on W0"), (name, moved, spec.why)
-        assert_streams_as_the_registry_says(tmp_path / "adapter", tiny_model_dir, spec, source.deltas(0))
+        assert_streams_as_the_registry_says(tmp_path / "adapter", tiny_model_dir, spec, source.deltas())
 
 
 def assert_streams_as_the_registry_says(folder, base, spec, whole):
@@ -151,7 +151,7 @@ def test_peft_adapters_on_the_default_model_read_as_peft_merges_them(tmp_path, n
         pytest.skip(reason)
     model.save_pretrained(tmp_path / "adapter")
     source = open_updates(tmp_path / "adapter")
-    assert_matches(source.deltas(0), peft_answer(tmp_path / "adapter", default_base))
+    assert_matches(source.deltas(), peft_answer(tmp_path / "adapter", default_base))
     result = cli("inspect", tmp_path / "adapter", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["totals"]["layers"] == 12
@@ -169,7 +169,7 @@ def test_an_unconverted_pissa_adapter_is_measured_from_the_original_w0(tmp_path,
     naive = source._reading.trainable[name]
     wrong = float((naive["B"].double() @ naive["A"].double()).norm()) * source.layers[name]["scaling"]
     assert abs(wrong - float(true[name].norm())) > 0.25 * float(true[name].norm())  # reading s·B·A alone would be this far off
-    assert abs(source.deltas(0)[name].frobenius_norm() - float(true[name].norm())) < 1e-4 * float(true[name].norm())
+    assert abs(source.deltas()[name].frobenius_norm() - float(true[name].norm())) < 1e-4 * float(true[name].norm())
 
 
 def test_what_is_not_read_is_named(tmp_path, tiny_base, tiny_model_dir):

@@ -162,7 +162,7 @@ def test_a_peft_state_dict_in_one_file_reads_with_its_config_beside_it(tmp_path,
     shutil.copy(tmp_path / "adapter" / "adapter_model.safetensors", single)
     expect_error(cli("inspect", single), "a peft state dict", "without an adapter_config.json beside it")
     shutil.copy(tmp_path / "adapter" / "adapter_config.json", single.parent)
-    assert_matches(open_updates(single).deltas(0), peft_answer(tmp_path / "adapter", tiny_base))
+    assert_matches(open_updates(single).deltas(), peft_answer(tmp_path / "adapter", tiny_base))
 
 
 def test_kohya_and_lycoris_files_read_as_their_loaders_apply_them(tmp_path):
@@ -183,7 +183,7 @@ def test_kohya_and_lycoris_files_read_as_their_loaders_apply_them(tmp_path):
     for kind, (tensors, expected) in files.items():
         save_file(tensors, str(tmp_path / f"{kind}.safetensors"))
         source = open_updates(tmp_path / f"{kind}.safetensors")
-        (layer, delta), = source.deltas(0).items()
+        (layer, delta), = source.deltas().items()
         assert layer == "unet_down_blocks.0.attentions.1.proj_in"
         assert delta.frobenius_norm() == pytest.approx(float(expected.double().norm()), rel=1e-6), kind  # the expectation is float32
         torch.testing.assert_close(delta.singular_values()[:3], torch.linalg.svdvals(expected.double())[:3], rtol=1e-6, atol=1e-9)
@@ -203,8 +203,8 @@ def test_a_fine_tuned_model_reads_against_its_base(tmp_path, tiny_base, tiny_mod
     expect_error(cli("inspect", tmp_path / "tuned" / "model.safetensors"), "pass --base MODEL")
     for path in (tmp_path / "tuned", tmp_path / "tuned" / "model.safetensors"):
         source = open_updates(path, base=tiny_model_dir)
-        assert set(source.deltas(0)) == {name}
-        assert source.deltas(0)[name].frobenius_norm() == pytest.approx(0.01 * 32, rel=1e-4)
+        assert set(source.deltas()) == {name}
+        assert source.deltas()[name].frobenius_norm() == pytest.approx(0.01 * 32, rel=1e-4)
 
 
 def test_compare_prints_every_source_and_pair(tmp_path, tiny_base, tiny_model_dir):
@@ -218,7 +218,7 @@ def test_compare_prints_every_source_and_pair(tmp_path, tiny_base, tiny_model_di
     (pair,) = out["pairs"]
     assert pair["layers"] == 4 and -1 <= pair["mean_cosine"] <= 1 and pair["norm_ratio_a_to_b"] > 0
     lora, loha = (open_updates(tmp_path / k) for k in ("lora", "loha"))
-    ratio = sum(d.frobenius_norm() for d in lora.deltas(0).values()) / sum(d.frobenius_norm() for d in loha.deltas(0).values())
+    ratio = sum(d.frobenius_norm() for d in lora.deltas().values()) / sum(d.frobenius_norm() for d in loha.deltas().values())
     assert math.isclose(pair["norm_ratio_a_to_b"], ratio, rel_tol=1e-6)
     text = cli("compare", tmp_path / "lora", tmp_path / "loha", "--no-base")
     assert text.returncode == 0 and "mean_cosine" in text.stdout, text.stderr
@@ -230,7 +230,7 @@ def test_float8_tensors_are_read_upcast(tmp_path, tiny_base):
     weights = tmp_path / "adapter" / "adapter_model.safetensors"
     tensors = load_file(str(weights))
     save_file({k: v.to(torch.float8_e4m3fn) for k, v in tensors.items()}, str(weights))
-    assert open_updates(tmp_path / "adapter").deltas(0)
+    assert open_updates(tmp_path / "adapter").deltas()
 
 
 def test_the_docs_list_every_format_and_peft_type_as_the_registries_do():

@@ -38,6 +38,8 @@ __all__ = [
     "PRESETS",
     "CLASSIFIER_HEADS",
     "as_linear",
+    "check_targets",
+    "is_linear",
     "tlora_frozen_matrices",
     "tensor_sha256",
 ]
@@ -57,7 +59,7 @@ OUTPUT_HEADS = (*CLASSIFIER_HEADS, "lm_head", "qa_outputs")
 ATTENTION_PARTS = {"attention", "attn", "self_attn", "self_attention", "crossattention"}
 
 
-def _is_linear(module: nn.Module) -> bool:
+def is_linear(module: nn.Module) -> bool:
     """nn.Linear, or GPT-2's Conv1D (a linear layer whose weight is stored transposed)."""
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
@@ -82,6 +84,17 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
     return False
 
 
+def check_targets(linear: dict[str, nn.Module] | list[str], targets: Sequence[str]) -> None:
+    """Every target must name at least one linear layer: a typo (``qeury``) would otherwise leave its layers
+    untrained without a word, while the run looks like what was asked for."""
+    names = list(linear)
+    unmatched = [t for t in targets if not any(_matches(name, [t]) for name in names)]
+    if unmatched:
+        suffixes = sorted({name.rsplit(".", 1)[-1] for name in names})
+        raise InputError(f"target {unmatched[0]!r} matches no linear layer; linear layer names end with: "
+                         f"{', '.join(suffixes) or '(none)'}; or use a preset: {', '.join(PRESETS)}")
+
+
 def as_linear(module: nn.Module) -> nn.Linear:
     """A frozen ``nn.Linear`` computing what ``module`` computes: the module itself, or for GPT-2's
     Conv1D (y = x W + b with W stored in x out, peft's ``fan_in_fan_out``) a Linear holding Wᵀ."""
@@ -104,12 +117,9 @@ def _chosen_layers(model: nn.Module, targets: list[str], rank: int) -> dict[str,
     """The linear layers that ``targets`` name, each checked to hold a rank-``rank`` update."""
     if not targets:
         raise InputError("target_modules is empty: name at least one module, e.g. ['query', 'value']")
-    linear = {name: m for name, m in model.named_modules() if _is_linear(m) and name}
+    linear = {name: m for name, m in model.named_modules() if is_linear(m) and name}
     chosen = {name: layer for name, layer in linear.items() if _matches(name, targets)}
-    if not chosen:
-        suffixes = sorted({name.rsplit(".", 1)[-1] for name in linear})
-        raise InputError(f"target_modules {targets} matched no nn.Linear layer; linear layer names end with: "
-                         f"{', '.join(suffixes) or '(none)'}; or use a preset: {', '.join(PRESETS)}")
+    check_targets(linear, targets)
     for name, layer in chosen.items():
         out_features, in_features = _out_in(layer)
         if rank > min(in_features, out_features):

@@ -22,7 +22,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from .adapters import OUTPUT_HEADS, adapter_layers, count_parameters
+from .adapters import OUTPUT_HEADS, adapter_layers, count_parameters, is_linear
 from .errors import InputError
 from .factored import FactoredDelta
 
@@ -233,7 +233,7 @@ def live_updates(model: nn.Module, head_only: bool = False):
         return OwnAdapters(model)
     if is_peft_model(model):
         return PeftLayers(model)
-    tuned = {name: m for name, m in model.named_modules() if _is_linear(m) and _weight(m).requires_grad
+    tuned = {name: m for name, m in model.named_modules() if is_linear(m) and _weight(m).requires_grad
              and not (set(name.split(".")) & set(OUTPUT_HEADS))}
     if tuned:
         return FullyTuned(model, tuned)
@@ -241,10 +241,6 @@ def live_updates(model: nn.Module, head_only: bool = False):
     count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     raise InputError(f"the model has no adapter layers (tlora-analysis's or peft's) and no trainable linear layer besides its head "
                      f"({count:,} trainable numbers, in: {', '.join(sorted(trainable)) or 'nothing'}); there is no update to record")
-
-
-def _is_linear(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
 
 def _weight(module: nn.Module) -> torch.Tensor:

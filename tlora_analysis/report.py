@@ -18,9 +18,10 @@ from .errors import InputError
 from .figures import FIGURES, render_all
 from .figures.style import method_label
 from .io import atomic_write_bytes
+from .states import state_name
 
 CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; line-height: 1.45; }
+body { font-family: system-ui, sans-serif; max-width: min(1500px, 94vw); margin: 2em auto; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.6em 0; display: block; max-width: 100%; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; } th { background: #f3f3f3; }
@@ -30,6 +31,9 @@ h3 { margin-top: 1.2em; } td.text, th.text { text-align: left; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: 0.9em; }
 code { background: #f3f3f3; padding: 0 3px; }
 td:first-child, th { white-space: nowrap; }
+table.claims { display: table; table-layout: fixed; width: 100%; }
+table.claims td, table.claims th { white-space: normal; overflow-wrap: anywhere; vertical-align: top; }
+table.claims td.verdict { font-weight: 600; text-align: center; }
 dl.spec { display: grid; grid-template-columns: max-content auto; gap: 0 1em; } dl.spec dt { font-weight: 600; } dl.spec dd { margin: 0; }
 """
 
@@ -54,9 +58,10 @@ def _claims_table(claims: pd.DataFrame) -> str:
         reading = f"<b>{html.escape(claim.reading)}</b>" if claim.headline else html.escape(claim.reading)
         rows.append(f"<tr><td class='text'>{html.escape(claim.claim)}</td><td class='text'>{reading}</td>"
                     f"<td class='text'>{html.escape(claim.statistic)}</td><td class='text'>{html.escape(claim.threshold)}</td>"
-                    f"<td class='{css}'><b>{verdict}</b></td><td class='text'>{html.escape(claim.reason)}</td></tr>")
-    return ("<table><tr><th>finding (TLoRA paper)</th><th>reading (headline in bold)</th><th>statistic on these runs</th>"
-            "<th>threshold</th><th>verdict</th><th>reason</th></tr>" + "".join(rows) + "</table>")
+                    f"<td class='{css} verdict'>{verdict}</td><td class='text'>{html.escape(claim.reason)}</td></tr>")
+    widths = "".join(f"<col style='width:{w}%'>" for w in (16, 20, 16, 12, 10, 26))
+    return (f"<table class='claims'><colgroup>{widths}</colgroup><tr><th>finding (TLoRA paper)</th><th>reading (headline in bold)</th>"
+            "<th>statistic on these runs</th><th>threshold</th><th>verdict</th><th>reason</th></tr>" + "".join(rows) + "</table>")
 
 
 def _settings(runs: Sequence) -> str:
@@ -115,7 +120,7 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
         f"<p>Runs: {', '.join(html.escape(str(r.path)) for r in runs)}. Every quantity is defined in the project's "
         "<code>docs/quantities.md</code>.</p>",
         "<h2>The paper's claims, checked on these runs</h2>",
-        (f"<p>Checked on the LoRA and TLoRA runs at the last epoch both share (epoch {int(claims.epoch.iloc[0])}).</p>"
+        (f"<p>Checked on the LoRA and TLoRA runs at the last epoch both share ({state_name(claims.epoch.iloc[0])}).</p>"
          + _claims_table(claims)) if has_pair else "<p>The paper's claims compare a LoRA run with a TLoRA run; these runs have no such pair.</p>",
         "<h2>Summary</h2>", tables["summary"].set_index("run").T.to_html(float_format=_number, na_rep=""),
         "<h2>Metrics per epoch</h2>", _metrics(runs),
@@ -133,7 +138,7 @@ def write_report(tables: Mapping[str, pd.DataFrame], runs: Sequence, out: str | 
 
 def _verdict_cell(verdict: str, text: str) -> str:
     css = {"holds": "holds", "does not hold": "fails", "mixed": "mixed"}.get(verdict, "unknown")
-    return f"<td class='{css}'>{html.escape(text)}</td>"
+    return f"<td class='{css} verdict'>{html.escape(text)}</td>"
 
 
 def _audit(claims: pd.DataFrame, per_seed: pd.DataFrame) -> str:
@@ -151,8 +156,9 @@ def _audit(claims: pd.DataFrame, per_seed: pd.DataFrame) -> str:
                 body.append(f"<tr><td class='text'>{name}</td><td>{value}</td><td class='text'>{html.escape(r.threshold)}</td>"
                             + _verdict_cell(r.verdict, f"{r.verdict} ({r.holds_in})") + f"<td class='text'>{html.escape(reason)}</td></tr>")
         parts.append(f"<h3>LoRA ({html.escape(lora_group)}) vs TLoRA ({html.escape(tlora_group)})</h3>"
-                     "<table><tr><th>reading</th><th>mean [95% CI] over seeds</th><th>threshold</th><th>verdict (seeds)</th>"
-                     "<th>reason (most seeds)</th></tr>" + "".join(body) + "</table>")
+                     "<table class='claims'><colgroup><col style='width:30%'><col style='width:16%'><col style='width:12%'>"
+                     "<col style='width:14%'><col style='width:28%'></colgroup><tr><th>reading</th><th>mean [95% CI] over seeds</th>"
+                     "<th>threshold</th><th>verdict (seeds)</th><th>reason (most seeds)</th></tr>" + "".join(body) + "</table>")
     return "".join(parts)
 
 

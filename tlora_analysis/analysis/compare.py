@@ -82,7 +82,7 @@ def _source_steps(adapted: list, bins: int) -> list:
         return concatenated
 
     def drift(r):
-        return subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e > 0], epoch_b=r.epochs[-1]).query("i == j")
+        return subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e != 0], epoch_b=r.epochs[-1]).query("i == j")
 
     return [("spectra", over(adapted, spectra)), ("norms", over(adapted, norms)),
             ("effective_rank", over(adapted, lambda r: effective_rank(r, energy=ANALYSIS.energy_rank))),

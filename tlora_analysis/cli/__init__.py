@@ -15,7 +15,7 @@ from ..errors import InputError
 from ..methods.spec import METHOD_SPECS
 from .analysis import add_analyze, add_compare, add_figures, add_report
 from .checkpoint import add_export, add_inspect
-from .output import PROG
+from .output import PROG, quiet_third_party_warnings
 from .train import add_reproduce, add_study, add_train
 
 
@@ -42,6 +42,7 @@ COMMANDS = [add_train, add_study, add_analyze, add_figures, add_report, add_comp
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. User mistakes and OS errors on files print one ``error:`` line and return 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_third_party_warnings()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

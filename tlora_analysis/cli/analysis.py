@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..reuse import fingerprint, manifest_matches, read_tables
-from .output import print_notices, print_table
+from .output import print_notices, print_table, show_progress
 
 __all__ = ["add_analyze", "add_figures", "add_report", "add_compare"]
 
@@ -19,6 +19,7 @@ def _add_runs(p) -> None:
     p.add_argument("--base", default=None, help="base model: for amplification and intruder dimensions, fine-tunes and every update "
                                                 "read on its base (default: the sources' own model, if local)")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one shows on a terminal only)")
 
 
 def _check_out(args, kind: str) -> None:
@@ -75,7 +76,7 @@ def _compare(args):
             raise InputError(f"{first.path}: names no base model; pass --base MODEL or --no-base")
         base = model_named_in_file(named, first.path, args.base)
         weights = base_weights(base, list(first.layers), layer_shapes(first.layers))
-    return sources, compare_runs(adapted, weights, progress=True), base
+    return sources, compare_runs(adapted, weights, progress=show_progress(args)), base
 
 
 def add_analyze(sub) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..methods.spec import METHOD_SPECS
+from ..states import state_name
 from .output import print_notices
 
 __all__ = ["add_inspect", "add_export"]
@@ -38,7 +39,7 @@ def _cmd_inspect(args) -> int:
         print(to_json(table))
         return 0
     totals = table.attrs["totals"]
-    print(f"{table.attrs['path']}: {totals['method']}, epoch {table.attrs['epoch']}, {totals['layers']} layers")
+    print(f"{table.attrs['path']}: {totals['method']}, {state_name(table.attrs['epoch'])}, {totals['layers']} layers")
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         print(table.drop(columns=["name"]).to_string(index=False))
     print(f"total ‖ΔW‖_F {totals['total_frobenius']:.4g}; parameters defining the updates: "

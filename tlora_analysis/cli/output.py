@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["PROG", "print_notices", "print_table"]
+__all__ = ["PROG", "print_notices", "print_table", "show_progress", "quiet_third_party_warnings"]
 
 PROG = "tlora-analysis"
 
@@ -23,3 +23,25 @@ def print_table(table) -> None:
 
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
+
+
+def show_progress(args) -> bool:
+    """Progress bars on a terminal only, never into a log or a pipe, and never with ``--no-progress``."""
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+THIRD_PARTY_NOISE = (
+    (FutureWarning, r"(transformers|peft|torch|accelerate)(\.|$)", ""),
+    (UserWarning, r"peft(\.|$)", r"(Failed to load the CUDA extension|Setting boft_n_butterfly_factor|Specified to not save|"
+                                  r"OSF does not support unmerging|Unexpected keyword arguments|fan_in_fan_out)"),
+    (UserWarning, r"torch(\.|$)", r"(Converting a tensor with requires_grad|TypedStorage is deprecated)"),
+)
+"""Warnings of the libraries underneath that say nothing to a user of the command line: deprecations addressed to
+their own callers, and peft's notes on how it built an adapter the toolkit reads. Library code never filters them."""
+
+
+def quiet_third_party_warnings() -> None:
+    import warnings
+
+    for category, module, message in THIRD_PARTY_NOISE:
+        warnings.filterwarnings("ignore", message=message or "", category=category, module=module)

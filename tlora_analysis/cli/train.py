@@ -6,6 +6,7 @@ import os
 
 from ..errors import InputError
 from ..methods.spec import METHOD_SPECS
+from .output import show_progress
 
 __all__ = ["add_train", "add_study", "add_reproduce"]
 
@@ -18,7 +19,7 @@ def add_train(sub) -> None:
                        description=f"Fine-tune a sequence classifier (GLUE or the default task) or a causal LM (--task lm) with one "
                                    f"method ({methods}), writing a run directory with a ΔW snapshot at epoch 0 and after every epoch.")
     add_config_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch summaries are still printed)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch summaries are still printed; bars show on a terminal only)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last finished epoch (with --epochs: up to that many)")
     p.set_defaults(func=_cmd_train)
@@ -35,14 +36,14 @@ def _cmd_train(args) -> int:
         from ..training import resume
 
         resume(args.resume, epochs=given.get("epochs"), device=given.get("device"), model=given.get("model"),
-               data_dir=given.get("data_dir"), data_file=given.get("data_file"), progress=not args.no_progress)
+               data_dir=given.get("data_dir"), data_file=given.get("data_file"), progress=show_progress(args))
         return 0
     if not args.out:
         raise InputError("train needs --out (or --resume RUN_DIR)")
     config = TrainConfig(**given)
     from ..training import train
 
-    run = train(config, args.out, progress=not args.no_progress)
+    run = train(config, args.out, progress=show_progress(args))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone wrote it
         print(f"wrote {run.path} ({len(run.epochs)} snapshots)")
     return 0
@@ -69,7 +70,7 @@ def _cmd_study(args) -> int:
     from ..study import Executor, run_study
 
     study = run_study(args.spec, args.out, executor=Executor(**config_from_arguments(args, Executor)), extend=args.extend,
-                      progress=not args.no_progress)
+                      progress=show_progress(args))
     table = study.runs
     print(table.drop(columns=["path"]).to_string(index=False))
     return 1 if (table.status == "failed").any() else 0
@@ -91,5 +92,5 @@ def _cmd_reproduce(args) -> int:
     from ..config import ReproduceOptions, config_from_arguments
     from ..reproduce import reproduce
 
-    reproduce(ReproduceOptions(**config_from_arguments(args, ReproduceOptions)), progress=not args.no_progress)
+    reproduce(ReproduceOptions(**config_from_arguments(args, ReproduceOptions)), progress=show_progress(args))
     return 0

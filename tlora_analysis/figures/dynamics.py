@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from ..states import state_name
 from .style import layer_epoch_heatmap, method_color, modules_of, sequential_colors, source_styles, source_title, sources_of, trajectories
 
 
@@ -30,7 +31,7 @@ def spectra_comparison(spectra: pd.DataFrame, layers: list[int] | None = None):
         for c, layer in enumerate(layers):
             ax = axes[r][c]
             for label, group in data[(data.module == module) & (data.layer == layer)].groupby("run", sort=False):
-                ax.semilogy(group["index"], group.singular_value, ms=4, label=f"{label} (epoch {group.epoch.iloc[0]})", **styles[label])
+                ax.semilogy(group["index"], group.singular_value, ms=4, label=f"{label} ({state_name(group.epoch.iloc[0])})", **styles[label])
             ax.set_title(f"{module}, layer {layer}")
             ax.set_xlabel("index i")
             if c == 0:
@@ -109,7 +110,7 @@ def scales_by_layer(scales: pd.DataFrame):
                 ax.plot(group.layer, group.alpha, "o-", color=epoch_colors[epoch], ms=3)
             last = data.epoch.max()
             cv = data[data.epoch == last].alpha_cv_across_layers.iloc[0]
-            ax.set_title(f"{source_title(label, method)} · {module}\nCV across layers {cv:.2f} (epoch {last})", fontsize=9)
+            ax.set_title(f"{source_title(label, method)} · {module}\nCV across layers {cv:.2f} ({state_name(last)})", fontsize=9)
             ax.set_xlabel("layer")
             ax.set_ylabel("α (learned scale)")
             ax.set_xticks(sorted(data.layer.unique()))
@@ -120,7 +121,7 @@ def scales_by_layer(scales: pd.DataFrame):
 def weight_histograms(histograms: pd.DataFrame, stats: pd.DataFrame):
     """Pooled histograms of the trained matrices' entries with a fitted normal, at each source's first and last
     trained epoch (or its one state)."""
-    trained = histograms[(histograms.epoch > 0) | (histograms.groupby("run").epoch.transform("max") == 0)]
+    trained = histograms[(histograms.epoch != 0) | (histograms.groupby("run").epoch.transform("max") == 0)]
     panels = trained[["run", "method", "matrix", "module"]].drop_duplicates().to_records(index=False)
     fig, axes = plt.subplots(len(panels), 2, figsize=(7.6, 2.2 * len(panels)), squeeze=False)
     for r, (label, method, matrix, module) in enumerate(panels):
@@ -131,7 +132,7 @@ def weight_histograms(histograms: pd.DataFrame, stats: pd.DataFrame):
             ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=method_color(method), alpha=0.6, label="entries")
             ax.plot((h.left + h.right) / 2, h.normal_density, "k-", lw=1.2, label="normal fit")
             s = stats[(stats.run == label) & (stats.matrix == matrix) & (stats.module == module) & (stats.epoch == epoch)].iloc[0]
-            ax.set_title(f"{source_title(label, method)} {matrix} · {module} · epoch {epoch}", fontsize=9)
+            ax.set_title(f"{source_title(label, method)} {matrix} · {module} · {state_name(epoch)}", fontsize=9)
             ax.text(0.02, 0.95, f"skew {s.skewness:.2f}\nex. kurt {s.excess_kurtosis:.2f}", transform=ax.transAxes, va="top", fontsize=8)
             ax.set_ylabel("density")
             ax.xaxis.set_major_locator(MaxNLocator(4))

@@ -6,13 +6,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..states import state_name
 from .style import DIVERGING, layer_epoch_heatmap, module_color, modules_of, source_styles, trajectories
 
 
 def cosine_similarity(similarity: pd.DataFrame):
     """Top: layer x epoch heat maps of cos(ΔW_LoRA, ΔW_TLoRA). Bottom: the last epoch per layer with the
     random-update baseline (95th percentile of |cos|) shaded, so "similar" has a scale."""
-    data = similarity[similarity.epoch > 0]
+    data = similarity[similarity.epoch != 0]
     modules = modules_of(data)
     fig, axes = plt.subplots(2, len(modules), figsize=(3.9 * len(modules), 5.9), squeeze=False, layout="constrained")
     limit = max(float(data.cosine.abs().max()), float(data.baseline_abs_q95.max()), 1e-6)
@@ -24,7 +25,7 @@ def cosine_similarity(similarity: pd.DataFrame):
         ax = axes[1][c]
         row = data[(data.module == module) & (data.epoch == last)].sort_values("layer")
         ax.fill_between(row.layer, -row.baseline_abs_q95, row.baseline_abs_q95, color="0.85", label="random baseline (95% of |cos|)")
-        ax.plot(row.layer, row.cosine, "o-", color="k", ms=4, label=f"cosine at epoch {last}")
+        ax.plot(row.layer, row.cosine, "o-", color="k", ms=4, label=f"cosine at the {state_name(last)}")
         ax.axhline(0, color="0.5", lw=0.8)
         ax.set_xlabel("layer")
         ax.set_ylabel("cosine")
@@ -89,7 +90,7 @@ def subspace_similarity(subspace: pd.DataFrame, layers: list[int] | None = None)
         ax.set_visible(False)
     fig.colorbar(image, ax=axes, label="φ(i, j)", shrink=0.8)
     epoch = int(subspace.epoch.max())
-    fig.suptitle(f"Subspace similarity of the top left singular vectors, LoRA vs TLoRA, epoch {epoch}")
+    fig.suptitle(f"Subspace similarity of the top left singular vectors, LoRA vs TLoRA, {state_name(epoch)}")
     return fig
 
 

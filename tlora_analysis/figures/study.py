@@ -16,6 +16,7 @@ from matplotlib.colors import to_rgb
 
 from ..analysis.claims import FINDINGS, PAPER_METHOD
 from ..analysis.seed_statistics import aggregate
+from ..states import state_name
 from .ladder import plot_ladder, plot_ranks
 from .style import NothingToDraw, method_color, method_label
 
@@ -136,7 +137,7 @@ def plot_metric_over_epochs(metrics: pd.DataFrame, metric: str | None = None):
 
 def plot_norms_over_epochs(norms: pd.DataFrame):
     """Mean ‖ΔW‖_F over layers per epoch, one panel per module, log scale (the methods differ by orders of magnitude)."""
-    per_run = norms[norms.epoch > 0].groupby(["run", "module", "epoch"], as_index=False).agg(
+    per_run = norms[norms.epoch != 0].groupby(["run", "module", "epoch"], as_index=False).agg(
         frobenius=("frobenius", "mean"), **{c: (c, "first") for c in norms.columns if c in (*SETTING_COLUMNS, "method", "seed")})
     fig, panels = _facets(per_run, rows="module")
     for ax, part, title in panels:
@@ -162,7 +163,7 @@ def plot_spectra(spectra: pd.DataFrame):
         ax.set_ylabel("σ_i / Σσ (mean over layers)")
         ax.set_title(title)
         ax.legend(fontsize=7)
-    fig.suptitle(f"normalized spectra of ΔW at epoch {int(last.epoch.max())} (mean, 95% CI over seeds)")
+    fig.suptitle(f"normalized spectra of ΔW at the {state_name(last.epoch.max())} (mean, 95% CI over seeds)")
     return fig
 
 
@@ -176,7 +177,7 @@ def plot_scales(scales: pd.DataFrame):
         ax.set_ylabel("α")
         ax.set_title(title)
     panels[0][0].legend(fontsize=7)
-    fig.suptitle(f"TLoRA's α per layer at epoch {int(last.epoch.max())} (mean, 95% CI over seeds)")
+    fig.suptitle(f"TLoRA's α per layer at the {state_name(last.epoch.max())} (mean, 95% CI over seeds)")
     return fig
 
 

@@ -61,7 +61,7 @@ class NothingToDraw(Exception):
 def trajectories(table):
     """The rows of sources with more than one epoch (runs), without their zero epoch 0."""
     multi = table.groupby("run").epoch.transform("nunique") > 1
-    rows = table[multi & (table.epoch > 0)]
+    rows = table[multi & (table.epoch != 0)]
     if rows.empty:
         raise NothingToDraw("no source has a trajectory (adapters, exports and snapshot files hold one state)")
     return rows

@@ -21,7 +21,7 @@ from ..io import inside, read_json, refuse_pickle, refuse_pickled_files
 from ..methods import METHOD_CLASSES, METHOD_SPECS, method_class
 from ..tensors import read_tensors
 from .formats import Sniff, SourceFormat, register_format
-from .states import SingleState
+from .states import FINAL_STATE, SingleState
 
 __all__ = ["FullFineTune", "AdapterModel", "read_model_tensors", "open_model"]
 
@@ -71,7 +71,7 @@ class FullFineTune(SingleState):
                        for name, d in self._dense.items()}
         self.notices = [f"{self.path}: {n} {what} were left out" for what, n in left_out.items() if n]
 
-    def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
+    def deltas(self, epoch: int = FINAL_STATE) -> dict[str, FactoredDelta]:
         """Each layer's ΔW through one dense SVD (truncated to ``max_rank``), computed once."""
         self._check(epoch)
         if self._deltas is None:
@@ -118,15 +118,15 @@ class AdapterModel(SingleState):
         rest = [k for k in tensors if k not in adapter_keys]
         self.notices = [f"{where}: {len(rest)} tensors outside the adapter layers (the frozen base, a head) were not analysed"] if rest else []
 
-    def deltas(self, epoch: int = 0) -> dict[str, FactoredDelta]:
+    def deltas(self, epoch: int = FINAL_STATE) -> dict[str, FactoredDelta]:
         self._check(epoch)
         return {m: self._class.delta_from(record, t, frozen) for m, (record, t, frozen) in self._layers.items()}
 
-    def scales(self, epoch: int = 0) -> dict[str, float]:
+    def scales(self, epoch: int = FINAL_STATE) -> dict[str, float]:
         self._check(epoch)
         return {m: self._class.scale_from(record, t) for m, (record, t, _) in self._layers.items()}
 
-    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    def trainable(self, epoch: int = FINAL_STATE) -> dict[str, dict[str, torch.Tensor]]:
         self._check(epoch)
         return {m: self._class.trained_from(t) for m, (_, t, _) in self._layers.items()}
 

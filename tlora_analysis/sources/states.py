@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..states import FINAL_STATE, state_name  # noqa: F401 - re-exported
 
-__all__ = ["SingleState", "ReadingState"]
-
+__all__ = ["SingleState", "ReadingState", "FINAL_STATE", "state_name"]
 
 class SingleState:
-    """A source that holds one state, not a training history: it reports it as epoch 0.
+    """A source that holds one state, not a training history: its one state is :data:`FINAL_STATE`.
 
     Subclasses set ``path``, ``name``, ``method``, ``meta``, ``layers``, ``rank`` and implement ``deltas``;
     ``notices`` name what the reading left out, one line each.
@@ -23,21 +23,21 @@ class SingleState:
 
     @property
     def epochs(self) -> list[int]:
-        return [0]
+        return [FINAL_STATE]
 
     @property
     def metrics(self) -> dict:
-        return {0: {}}
+        return {FINAL_STATE: {}}
 
     def _check(self, epoch: int) -> None:
-        if epoch != 0:
-            raise InputError(f"{self.path}: holds one state (epoch 0), not epoch {epoch}")
+        if epoch != FINAL_STATE:
+            raise InputError(f"{self.path}: holds one saved state (its final one), not epoch {epoch}")
 
-    def scales(self, epoch: int = 0) -> dict[str, float]:
+    def scales(self, epoch: int = FINAL_STATE) -> dict[str, float]:
         self._check(epoch)
         return {}
 
-    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    def trainable(self, epoch: int = FINAL_STATE) -> dict[str, dict[str, torch.Tensor]]:
         self._check(epoch)
         return {}
 
@@ -59,14 +59,14 @@ class ReadingState(SingleState):
         """(trained, frozen random) numbers that define the updates, counted from the file's tensors."""
         return self._reading.update_counts
 
-    def deltas(self, epoch: int = 0):
+    def deltas(self, epoch: int = FINAL_STATE):
         self._check(epoch)
         return self._reading.deltas()
 
-    def scales(self, epoch: int = 0) -> dict[str, float]:
+    def scales(self, epoch: int = FINAL_STATE) -> dict[str, float]:
         self._check(epoch)
         return dict(self._reading.scales)
 
-    def trainable(self, epoch: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    def trainable(self, epoch: int = FINAL_STATE) -> dict[str, dict[str, torch.Tensor]]:
         self._check(epoch)
         return dict(self._reading.trainable)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..adapters import CLASSIFIER_HEADS, adapter_layers, inject_adapters, tensor_sha256
+from ..adapters import CLASSIFIER_HEADS, adapter_layers, check_targets, inject_adapters, is_linear, tensor_sha256
 from ..config import TrainConfig
 from ..data import TASKS
 from ..errors import InputError
@@ -62,6 +62,8 @@ def _peft_model(model, config: TrainConfig, total_steps: int):
     from ..peft_types.engine import peft_config_object
 
     settings = config.peft_settings(total_steps)
+    if isinstance(settings.get("target_modules"), list):  # peft takes a list of names as suffixes, as --targets does
+        check_targets([n for n, m in model.named_modules() if is_linear(m) and n], settings["target_modules"])
     settings.setdefault("task_type", "CAUSAL_LM" if TASKS[config.task].kind == "causal-lm" else "SEQ_CLS")
     peft_config, dropped = peft_config_object(settings, config.peft_config or f"--method {config.method}", training=True)
     if dropped:
