@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates test bench clean
+.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas test docs bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -24,33 +24,45 @@ $(VENV)/.installed-dev: $(VENV)/.installed  # and what the tests need (peft, sub
 reproduce: $(VENV)/.installed  ## the main study (LoRA, TLoRA, head-only x 3 seeds), figures/ and the report
 	$(VENV)/bin/tlora-analysis reproduce --out figures
 
-sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init and learning rate (studies/sensitivity.toml, ~12 min)
+sensitivity: $(VENV)/.installed  ## the claims audit across TLoRA's init and learning rate (studies/sensitivity.toml, ~12 min on 2 quiet cores, 27 min at a load of 5)
 	$(VENV)/bin/tlora-analysis study studies/sensitivity.toml --out runs/sensitivity --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/sensitivity --out figures/sensitivity
 	$(VENV)/bin/tlora-analysis report runs/sensitivity --out figures/sensitivity/report.html
 
-schedules: $(VENV)/.installed  ## LoRA and TLoRA under linear, constant and cosine schedules (studies/schedules.toml, ~10 min)
+schedules: $(VENV)/.installed  ## LoRA and TLoRA under linear, constant and cosine schedules (studies/schedules.toml, ~10 min on 2 quiet cores, 2-3x that on a busy machine)
 	$(VENV)/bin/tlora-analysis study studies/schedules.toml --out runs/schedules --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/schedules --out figures/sensitivity/schedules
 	$(VENV)/bin/tlora-analysis report runs/schedules --out figures/sensitivity/schedules/report.html
 
-lr-sweep: $(VENV)/.installed  ## five learning rates per method, two seeds: the methods' default rates (studies/lr_sweep.toml, ~45 min)
+lr-sweep: $(VENV)/.installed  ## five learning rates per method, two seeds: the methods' default rates (studies/lr_sweep.toml, ~45 min on 2 quiet cores, 2-3x that on a busy machine)
 	$(VENV)/bin/tlora-analysis study studies/lr_sweep.toml --out runs/lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/lr_sweep --out figures/lr_sweep --no-base
 
-relatives: $(VENV)/.installed  ## the ladder: seven methods x 3 seeds against LoRA (studies/relatives.toml, ~20 min)
+relatives: $(VENV)/.installed  ## the ladder: seven methods x 3 seeds against LoRA (studies/relatives.toml, ~20 min on 2 quiet cores, 2-3x that on a busy machine)
 	$(VENV)/bin/tlora-analysis study studies/relatives.toml --out runs/relatives --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/relatives --out figures/relatives
 	$(VENV)/bin/tlora-analysis report runs/relatives --out figures/relatives/report.html
 
-ranks: $(VENV)/.installed  ## LoRA and TLoRA at r = 2 .. 32 x 2 seeds (studies/ranks.toml, ~20 min)
+ranks: $(VENV)/.installed  ## LoRA and TLoRA at r = 2 .. 32 x 2 seeds (studies/ranks.toml, ~20 min on 2 quiet cores, 2-3x that on a busy machine)
 	$(VENV)/bin/tlora-analysis study studies/ranks.toml --out runs/ranks --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/ranks --out figures/ranks
 	$(VENV)/bin/tlora-analysis report runs/ranks --out figures/ranks/report.html
 
-rank-rates: $(VENV)/.installed  ## TLoRA's learning rate at each rank (six rates x r = 2, 4, 16, 32 x 2 seeds) beside LoRA (studies/rank_rates.toml, ~60 min)
+rank-rates: $(VENV)/.installed  ## TLoRA's learning rate at each rank (six rates x r = 2, 4, 16, 32 x 2 seeds) beside LoRA (studies/rank_rates.toml, ~60 min on 2 quiet cores, 2-3x that on a busy machine)
 	$(VENV)/bin/tlora-analysis study studies/rank_rates.toml --out runs/rank_rates --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/rank_rates --out figures/ranks/rates --no-base
+
+atlas-lr-sweep: $(VENV)/.installed  ## the atlas's peft methods at five rates, two seeds: their default rates (studies/atlas_lr_sweep.toml, 130 cells, ~2.5 h on 2 quiet cores, 2-3x that on a busy machine)
+	$(VENV)/bin/tlora-analysis study studies/atlas_lr_sweep.toml --out runs/atlas_lr_sweep --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/atlas_lr_sweep --out figures/atlas/lr_sweep --no-base --no-progress
+
+atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 seeds (studies/atlas.toml, 57 cells, ~1.2 h on 2 quiet cores, 2-3x that on a busy machine)
+	$(VENV)/bin/tlora-analysis study studies/atlas.toml --out runs/atlas --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/atlas --out figures/atlas --no-progress
+	$(VENV)/bin/tlora-analysis report runs/atlas --out figures/atlas/report.html --no-progress
+
+docs: $(VENV)/.installed-dev  ## the docs pages as a static site in site/ (mkdocs, warnings are errors)
+	$(VENV)/bin/mkdocs build --strict --quiet
 
 test: $(VENV)/.installed-dev  ## lint, then the whole test suite (about 10 minutes on 2 CPU cores: 9:37 and 11:04 in two clean-clone runs)
 	$(VENV)/bin/ruff check .

@@ -127,6 +127,24 @@ def test_torchrun_causal_lm_weights_each_share_by_its_predicted_tokens(tmp_path,
 def test_batch_that_cannot_be_shared_is_refused_before_anything_is_written(tmp_path, default_model_without_dropout_dir):
     result = torchrun("-m", "tlora_analysis", *train_args(default_model_without_dropout_dir, "tlora"), "--batch-size", "7", "--out", tmp_path / "run")
     assert result.returncode != 0 and "must be a multiple of the 2 processes" in result.stderr
+    assert result.stderr.count("error:") == 1  # rank 0 speaks for both; torchrun adds its own table after it
+    assert not (tmp_path / "run").exists()
+
+
+def test_nproc_per_node_launches_torchrun_and_equals_a_single_process_run(tmp_path, default_model_without_dropout_dir, single_runs):
+    result = cli(*train_args(default_model_without_dropout_dir, "tlora"), "--nproc-per-node", "2", "--out", tmp_path / "run",
+                 timeout=HANG_GUARD_S)
+    check_torchrun_run(result, tmp_path / "run", single_runs("tlora"), "ddp")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("mistake", [["--device", "cuda"], ["--batch-size", "7"]])
+def test_nproc_per_node_failures_are_one_line_and_write_nothing(tmp_path, default_model_without_dropout_dir, mistake):
+    """--device is checked before any process starts, the batch inside them: either way one line, no traceback."""
+    result = cli(*train_args(default_model_without_dropout_dir, "tlora"), "--nproc-per-node", "2", *mistake, "--out", tmp_path / "run",
+                 timeout=HANG_GUARD_S)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -146,3 +146,41 @@ def test_study_results_name_groups_and_carry_the_ladder_and_the_sweep(study):
     bound = results["ladder"]["tlora"]["reachable_cosine"]
     assert bound["n"] == 2 and bound["mean"] == pytest.approx(table[table.method == "tlora"].reachable_cosine.mean(), rel=1e-3)
     assert "learning_rates" not in results
+
+
+def test_ranks_amplification_and_intruders_per_cell_are_those_of_the_per_run_analyses(study):
+    """The ladder's own-update columns equal effective_rank, amplification and intruder_counts of each run."""
+    from tlora_analysis import analysis as A
+
+    run = study.run("tlora-s1")
+    generator = torch.Generator().manual_seed(7)
+    base = {name: torch.randn(delta.shape, generator=generator, dtype=torch.float64) for name, delta in run.deltas(run.epochs[-1]).items()}
+    layers = ladder_layers(study, base_weights=base)
+    ours = layers[layers.run == "tlora-s1"].set_index("name")
+    last = [run.epochs[-1]]
+    ranks = A.effective_rank(run, last).set_index("name")
+    amplification = A.amplification(run, base, last).set_index("name")
+    for name, row in ours.iterrows():
+        assert row.stable_rank == pytest.approx(ranks.loc[name, "stable_rank"])
+        assert row.entropy_rank == pytest.approx(ranks.loc[name, "entropy_rank"])
+        assert row.amplification == pytest.approx(amplification.loc[name, "amplification"], rel=1e-9)
+    assert ours.intruders.sum() == A.intruder_dimensions(run, base, last).is_intruder.sum()
+    assert ladder_layers(study).amplification.isna().all()  # no base: not computed, never guessed
+    assert len(A.intruder_counts(A.intruder_dimensions(run, base, last))) == len(ours)
+
+
+def test_the_atlas_places_every_method_and_tabulates_each_number_with_its_ci(study):
+    from tlora_analysis.figures.atlas import atlas_table, plot_atlas, plot_atlas_table
+    from tlora_analysis.figures.style import NothingToDraw
+
+    folded = ladder_over_seeds(ladder(study))
+    figure = plot_atlas(folded)
+    assert len(figure.axes[0].collections) >= len(METHODS)  # one point (and its error bars) per method
+    table = atlas_table(folded)
+    assert len(table) == len(METHODS) and {"accuracy", "cos with LoRA", "stable rank", "effective rank"} <= set(table.columns)
+    tlora = folded[(folded.method == "tlora") & (folded.quantity == "cosine")].iloc[0]
+    assert table.set_index("method").loc["TLoRA", "cos with LoRA"] == f"{tlora['mean']:.3f} [{tlora.ci_low:.3f}, {tlora.ci_high:.3f}]"
+    assert "amplification" not in table.columns  # no base weights: the column is left out
+    assert plot_atlas_table(folded).axes
+    with pytest.raises(NothingToDraw, match="fewer than 3 methods"):
+        plot_atlas(folded[folded.method.isin(["lora", "tlora"])])

@@ -286,7 +286,7 @@ def test_a_mixed_shape_vera_adapter_without_its_base_says_so(tmp_path, tiny_mode
 
 def test_default_learning_rates_are_the_committed_sweeps_choice():
     """Every method's default lr is the rate the committed learning-rate sweep chose, so the registry,
-    figures/lr_sweep/results.json and the README cannot drift apart."""
+    figures/lr_sweep/results.json and docs/ladder.md cannot drift apart."""
     from pathlib import Path
 
     results = json.loads((Path(__file__).resolve().parents[1] / "figures" / "lr_sweep" / "results.json").read_text())
@@ -295,3 +295,17 @@ def test_default_learning_rates_are_the_committed_sweeps_choice():
     assert chosen == {name: spec.default_lr for name, spec in own.items()}
     for name, spec in own.items():
         assert "studies/lr_sweep.toml" in spec.lr_reason, name
+
+
+def test_the_atlas_methods_default_rates_are_the_committed_atlas_sweeps_choice():
+    """Every peft method the atlas trains takes the rate figures/atlas/lr_sweep/results.json chose, and says so."""
+    from pathlib import Path
+
+    results = json.loads((Path(__file__).resolve().parents[1] / "figures" / "atlas" / "lr_sweep" / "results.json").read_text())
+    chosen = {method: entry["chosen"] for method, entry in results["learning_rates"].items()}
+    swept = {name: spec for name, spec in METHOD_SPECS.items() if spec.trains_through_peft and name != "peft"}
+    assert chosen == {name: spec.default_lr for name, spec in swept.items()}
+    for name, spec in swept.items():
+        assert "studies/atlas_lr_sweep.toml" in spec.lr_reason, name
+        rates = [r["lr"] for r in results["learning_rates"][name]["per_lr"]]
+        assert min(rates) < spec.default_lr < max(rates) or len(rates) > 5, name  # an edge was extended

@@ -1,4 +1,4 @@
-"""The public names, the README's Python example checked against dense computations (on tiny recorded
+"""The public names, docs/usage.md's Python example checked against dense computations (on tiny recorded
 runs instead of runs/reproduce), and the import boundary of analysing a recorded run."""
 
 import subprocess

@@ -1,5 +1,5 @@
-"""Every number the README quotes from a committed results.json is that file's number: the tables are
-rebuilt here from the files and must appear in the README verbatim (bold aside). Run this module as a script to
+"""Every number the docs' results pages quote from a committed results.json is that file's number: the tables are
+rebuilt here from the files and must appear in the pages verbatim (bold aside). Run this module as a script to
 print them (``python tests/test_readme_numbers.py``) after regenerating the results."""
 
 import json
@@ -95,24 +95,26 @@ def rank_rate_rows() -> list[str]:
     return rows
 
 
-TABLES = {"figures/results.json": main_rows, "figures/lr_sweep/results.json": learning_rate_rows, "figures/relatives/results.json": ladder_rows,
-          "figures/ranks/results.json": rank_rows, "figures/ranks/rates/results.json": rank_rate_rows}
+TABLES = {"figures/results.json": (main_rows, "docs/results.md"), "figures/lr_sweep/results.json": (learning_rate_rows, "docs/ladder.md"),
+          "figures/relatives/results.json": (ladder_rows, "docs/ladder.md"), "figures/ranks/results.json": (rank_rows, "docs/ladder.md"),
+          "figures/ranks/rates/results.json": (rank_rate_rows, "docs/ladder.md")}
 
 
 @pytest.mark.parametrize("source", TABLES)
-def test_readme_quotes_the_results_files(source):
-    readme = (ROOT / "README.md").read_text().replace("**", "")
-    for row in TABLES[source]():
-        assert row.replace("**", "") in readme, f"README does not quote {source}: {row}"
+def test_the_pages_quote_the_results_files(source):
+    rows, page = TABLES[source]
+    text = (ROOT / page).read_text().replace("**", "")
+    for row in rows():
+        assert row.replace("**", "") in text, f"{page} does not quote {source}: {row}"
 
 
 def test_the_main_job_is_the_ladders_lora_tlora_and_head_cells():
-    """The README says so: same settings, seeds and length (3 epochs), so the same accuracies to the last digit."""
+    """docs/results.md says so: same settings, seeds and length (3 epochs), so the same accuracies to the last digit."""
     main, ladder = _load("figures/results.json")["methods"], _load("figures/relatives/results.json")["methods"]
     assert {m: main[m]["per_seed"] for m in main} == {m: ladder[m]["per_seed"] for m in main}
 
 
 if __name__ == "__main__":
-    for source, rows in TABLES.items():
-        print(f"\n{source}")
+    for source, (rows, page) in TABLES.items():
+        print(f"\n{source} (quoted in {page})")
         print("\n".join(rows()))

@@ -82,6 +82,16 @@ def test_bad_specs_give_one_line_and_write_nothing(tmp_path, text, fragments):
     assert tree_digest(tmp_path) == before and not (tmp_path / "study").exists()
 
 
+def test_slurm_executor_without_slurm_is_refused_before_the_study_directory_is_made(tmp_path, tiny_model_dir):
+    spec = write_spec(tmp_path / "spec.toml", spec_for(tiny_model_dir))
+    before = tree_digest(tmp_path)
+    env_path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if not (os.path.isdir(p) and "sbatch" in os.listdir(p)))
+    result = subprocess.run([sys.executable, "-m", "tlora_analysis", "study", spec, "--out", tmp_path / "study", "--executor", "slurm",
+                             "--no-progress"], env={**ENV, "PATH": env_path}, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    expect_error(result, "--executor slurm", "no sbatch")
+    assert tree_digest(tmp_path) == before and not (tmp_path / "study").exists()
+
+
 def _kill_midway(command, study_dir, env):
     """Start a study in its own process group and SIGKILL the group once some cell has finished an epoch."""
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

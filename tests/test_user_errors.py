@@ -236,7 +236,7 @@ def test_docstrings_cite_the_projects_own_docs():
     assert (root / "docs" / "quantities.md").is_file()
     offenders = [str(p) for p in (root / "tlora_analysis").rglob("*.py") if "reference.md" in p.read_text()]
     assert not offenders
-    assert "docs/quantities.md" in (root / "README.md").read_text()
+    assert "docs/quantities.md" in (root / "README.md").read_text()  # the README links it
 
 
 def test_an_unknown_method_is_refused_with_the_known_ones():

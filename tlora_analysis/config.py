@@ -38,8 +38,8 @@ def _lr_help() -> str:
 _TLORA_INIT = METHOD_SPECS["tlora"].options["init"]
 
 REPRODUCE_EPOCHS = 3
-"""Epochs per run of the main job (``tlora-analysis reproduce``): three, as in the sweep that chose each
-method's default rate (studies/lr_sweep.toml) and every other study; the job then fits 7 minutes on 2 cores."""
+"""Epochs per run of the main job (``tlora-analysis reproduce``) and ``train``'s default: three, as in the sweep that
+chose each method's default rate (studies/lr_sweep.toml) and every other study; the job then fits 7 minutes on 2 cores."""
 REPRODUCE_SEEDS = 3
 """Seeds per method of the main job."""
 
@@ -90,7 +90,7 @@ class TrainConfig:
     init: str = option(_TLORA_INIT.default, _TLORA_INIT.help, choices=_TLORA_INIT.choices, short="init")
     targets: list[str] = option(help="module name suffixes to adapt, or a preset: attention, mlp, all-linear (every linear layer but "
                                      "the output head, as in peft)", factory=lambda: ["query", "value"], nargs="+", short="t")
-    epochs: int = option(4, "training epochs (with --resume: train up to this many)", short="e")
+    epochs: int = option(REPRODUCE_EPOCHS, "training epochs (with --resume: train up to this many)", short="e")
     lr: float | None = option(None, _lr_help(), short="lr")
     batch_size: int = option(32, "examples per optimizer step", short="bs")
     max_length: int = option(64, "maximum tokens per example")

@@ -224,13 +224,13 @@ def _figure_html(figure_dir: Path, name: str, caption: str) -> str:
 SECTION_FIGURES = {
     "runs": ("study_accuracy_vs_parameters", "study_metric", "study_learning_rates"),
     "claims": ("study_verdict_map", "study_claims"),
-    "ladder": ("study_ladder", "study_ranks"),
+    "ladder": ("study_atlas", "study_atlas_table", "study_ladder", "study_ranks"),
     "controls": ("study_controls",),
 }
 """Study figures shown beside the table they support; every other figure follows at the end."""
 
 LADDER_COLUMNS = ("final_metric", "trainable_params", "frozen_random_params", "cosine", "cosine_next_seed", "reachable_cosine",
-                  "reachable_random", "function_cosine", "norm_ratio")
+                  "reachable_random", "function_cosine", "norm_ratio", "stable_rank", "entropy_rank", "amplification", "intruders")
 
 
 def _ladder_html(over_seeds: pd.DataFrame) -> str:
@@ -244,7 +244,10 @@ def _ladder_html(over_seeds: pd.DataFrame) -> str:
     return ("<p>Each method against LoRA of the same seed (LoRA: against LoRA of the next seed). <code>reachable_cosine</code> "
             "bounds the cosine any update of the method's fixed subspaces could have with LoRA's ΔW; <code>reachable_random</code> "
             "is that bound for random subspaces of the same sizes; <code>cosine_next_seed</code> is the cosine with LoRA of "
-            "another seed, whose random draws the method does not share. Mean [95% CI] over seeds.</p>"
+            "another seed, whose random draws the method does not share. <code>stable_rank</code> and <code>entropy_rank</code> "
+            "count the update's own directions; with the base weights, <code>amplification</code> is ‖ΔW‖_F / ‖UᵀW0V‖_F and "
+            "<code>intruders</code> the intruder dimensions per layer among the merged weight's top singular vectors. "
+            "Every per-layer number is averaged over layers, then given as mean [95% CI] over seeds.</p>"
             + wide.to_html(index=False, na_rep="", escape=True))
 
 
@@ -271,7 +274,7 @@ def _study_sections(tables: Mapping[str, pd.DataFrame], figure: Callable[[str], 
                  "each reading's verdict in k of n seeds, and its mean, for each TLoRA setting.</p>", _verdict_map_html(other),
                  _figure_html(Path(sensitivity), "study_verdict_map", "share of seeds in which each reading holds, per TLoRA setting")]
     if "ladder_over_seeds" in tables and len(tables["ladder_over_seeds"]):
-        body += ["<h2>The ladder: every method against LoRA</h2>", _ladder_html(tables["ladder_over_seeds"]),
+        body += ["<h2>Every method against LoRA (the ladder, the atlas)</h2>", _ladder_html(tables["ladder_over_seeds"]),
                  *(figure(name) for name in SECTION_FIGURES["ladder"])]
     if "controls" in tables and len(tables["controls"]):
         controls = tables["controls"].groupby(["kind", "method_a", "method_b"], as_index=False).agg(

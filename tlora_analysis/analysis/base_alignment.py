@@ -45,6 +45,31 @@ def _keeps_svds(base_weights) -> bool:
     return isinstance(base_weights, (SafetensorsWeights, LoadedWeights))
 
 
+def w0_projection(delta, w0: torch.Tensor) -> float:
+    """‖Uᵀ W0 V‖_F on ΔW's top-r singular directions (NaN for a zero update, which has none)."""
+    if delta.frobenius_norm() <= 0:
+        return float("nan")
+    u, _, v = delta.svd()
+    return float(torch.linalg.matrix_norm(u.T @ w0 @ v))
+
+
+def intruder_similarities(delta, w0: torch.Tensor, w0_vectors: torch.Tensor, k: int) -> np.ndarray:
+    """m_j = max_i |cos(y_j, x_i)| for the top-k left singular vectors y_j of W0 + ΔW against W0's x_i."""
+    y = top_left_singular_vectors(w0 + delta.dense(torch.float64), k)
+    return (y.T @ w0_vectors).abs().max(dim=1).values.numpy()
+
+
+def layer_alignment(delta, base_weights: Mapping[str, torch.Tensor], name: str, k: int = ANALYSIS.intruder_k,
+                    epsilon: float = ANALYSIS.intruder_epsilon) -> dict[str, float]:
+    """One update's amplification factor and number of intruder dimensions among the top k (for the ladder)."""
+    from ..base_weights import w0_svd
+
+    w0 = _w0(base_weights, name, delta.shape)
+    norm, projection = delta.frobenius_norm(), w0_projection(delta, w0)
+    best = intruder_similarities(delta, w0, w0_svd(base_weights, name)[0], k)
+    return {"amplification": norm / projection if norm > 0 else float("nan"), "intruders": float((best < epsilon).sum())}
+
+
 @per_run
 def amplification(
     run: UpdateSource, base_weights: Mapping[str, torch.Tensor], epochs: Iterable[int] | None = None, seed: int = 0
@@ -62,14 +87,12 @@ def amplification(
     rows, w0_svals = [], {}
     for key, delta in iter_deltas(run, epochs):
         w0 = _w0(base_weights, key["name"], delta.shape)
-        u, s, v = delta.svd()
         r = delta.rank
         if key["name"] not in w0_svals:
             w0_svals[key["name"]] = w0_svd(base_weights, key["name"])[1] if _keeps_svds(base_weights) else torch.linalg.svdvals(w0)
         q = torch.linalg.qr(torch.randn(w0.shape[0], r, generator=generator, dtype=torch.float64))[0]
         p = torch.linalg.qr(torch.randn(w0.shape[1], r, generator=generator, dtype=torch.float64))[0]
-        norm = delta.frobenius_norm()
-        projection = float(torch.linalg.matrix_norm(u.T @ w0 @ v)) if norm > 0 else float("nan")
+        norm, projection = delta.frobenius_norm(), w0_projection(delta, w0)
         rows.append({
             **key, "delta_frobenius": norm, "w0_projection": projection,
             "amplification": norm / projection if norm > 0 else float("nan"),
@@ -109,8 +132,7 @@ def intruder_dimensions(
             if key["name"] not in w0_vectors:
                 w0_vectors[key["name"]] = w0_svd(base_weights, key["name"])[0]
             x = w0_vectors[key["name"]]
-        y = top_left_singular_vectors(w0 + delta.dense(torch.float64), k)
-        best = (y.T @ x).abs().max(dim=1).values.numpy()
+        best = intruder_similarities(delta, w0, x, k)
         for j, m in enumerate(best, start=1):
             rows.append({**key, "j": j, "max_similarity": float(m), "is_intruder": bool(m < epsilon)})
     return pd.DataFrame(rows)

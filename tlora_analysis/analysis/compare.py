@@ -137,11 +137,11 @@ def metrics_over_epochs(study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _ladder_tables(study, function_examples: int) -> dict[str, pd.DataFrame]:
+def _ladder_tables(study, function_examples: int, base_weights=None) -> dict[str, pd.DataFrame]:
     """The ladder (:mod:`.ladder`) where the study has LoRA cells to set the others against."""
     from .ladder import ladder, ladder_layers, ladder_over_seeds
 
-    layers = ladder_layers(study, function_examples)
+    layers = ladder_layers(study, function_examples, base_weights)
     if not len(layers):
         return {}
     table = ladder(study, layers)
@@ -179,7 +179,7 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
         tables["claims_per_seed"] = study_claims(study, base_weights, controls=tables["controls"], norms_table=tables["norms"],
                                                  function_examples=function_examples if base_weights is not None else 0)
         tables["claims"] = summarize_claims(tables["claims_per_seed"])
-        tables.update(_ladder_tables(study, function_examples if base_weights is not None else 0))
+        tables.update(_ladder_tables(study, function_examples if base_weights is not None else 0, base_weights))
     seeds = "seed" in study.swept and runs.seed.nunique() > 1
     for name in ("metrics", "norms", "spectra", "effective_rank", "scales"):
         if seeds and name in tables:

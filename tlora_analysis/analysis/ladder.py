@@ -9,7 +9,10 @@ Per cell, against the LoRA cell of the same seed and settings (for a LoRA cell: 
 the next seed, the ceiling a method can be held to), at the last epoch both have: the mean over
 layers of the cosine with LoRA's ΔW, the reachable bound of the method's fixed subspaces
 (:func:`~.similarity.reachable_cosine`) beside what random subspaces of the same sizes give,
-the norm ratio ‖ΔW‖_F / ‖ΔW_LoRA‖_F and, with ``function_examples``, the function-space cosine.
+the norm ratio ‖ΔW‖_F / ‖ΔW_LoRA‖_F, the update's own stable and entropy effective rank, with
+``function_examples`` the function-space cosine, and with the base weights W0 the amplification
+factor and the number of intruder dimensions (:mod:`.base_alignment`). Many methods side by side
+(the atlas) read the same table.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import math
 from collections.abc import Mapping
 
 import pandas as pd
+import torch
 
 from ..factored import cosine_similarity
 from ..study.directory import Study
@@ -25,11 +29,15 @@ from ._common import same_but_method, settings_without
 from .claims import REFERENCE_METHOD
 from .seed_statistics import aggregate
 from .similarity import reachable_cosine
+from .spectra import rank_measures
 
-__all__ = ["ladder", "ladder_layers", "ladder_over_seeds", "LADDER_QUANTITIES"]
+__all__ = ["ladder", "ladder_layers", "ladder_over_seeds", "LADDER_QUANTITIES", "LAYER_QUANTITIES"]
 
-LADDER_QUANTITIES = ("final_metric", "trainable_params", "frozen_random_params", "rank_ratio", "cosine", "cosine_next_seed", "reachable_cosine",
-                     "reachable_random", "norm_ratio", "function_cosine")
+LAYER_QUANTITIES = ("rank_ratio", "cosine", "cosine_next_seed", "reachable_cosine", "reachable_random", "norm_ratio", "function_cosine",
+                    "stable_rank", "entropy_rank", "amplification", "intruders")
+"""The per-layer numbers of :func:`ladder_layers`, averaged over layers by :func:`ladder`."""
+
+LADDER_QUANTITIES = ("final_metric", "trainable_params", "frozen_random_params", *LAYER_QUANTITIES)
 """The per-cell numbers of :func:`ladder`, each folded over seeds by :func:`ladder_over_seeds`."""
 
 SAME_SEED, OTHER_SEED = "LoRA, same seed", "LoRA, next seed"
@@ -60,11 +68,12 @@ def _partners(study: Study):
             yield run, settings, partner, SAME_SEED, _next_seed(lora, settings, lambda s: settings_without(s, "method", "seed", *per_method))
 
 
-def ladder_layers(study: Study, function_examples: int = 0) -> pd.DataFrame:
+def ladder_layers(study: Study, function_examples: int = 0, base_weights: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame:
     """Per cell and adapted layer, against its LoRA partner: cosine, reachable bound (and its random
     counterpart), norm ratio and, with ``function_examples`` > 0, the function-space cosine; and
     ``cosine_next_seed``, the cosine with LoRA of the next seed, whose random draws the cell does not
-    share (LoRA-FA's frozen A is LoRA's initial A at the same seed, as in peft)."""
+    share (LoRA-FA's frozen A is LoRA's initial A at the same seed, as in peft). Of the cell's own update:
+    stable and entropy effective rank, and with ``base_weights`` amplification and intruder dimensions."""
     rows = []
     for run, settings, lora, pairing, independent in _partners(study):
         epoch = min(run.epochs[-1], lora.epochs[-1])
@@ -77,14 +86,25 @@ def ladder_layers(study: Study, function_examples: int = 0) -> pd.DataFrame:
             if reference is None:
                 continue
             norm = reference.frobenius_norm()
+            ranks = rank_measures(delta.singular_values().numpy())
             rows.append({"run": run.name, **settings, "partner": lora.name, "pairing": pairing, "epoch": epoch, "name": name,
                          "rank_ratio": delta.rank / math.sqrt(delta.shape[0] * delta.shape[1]), "cosine": cosine_similarity(reference, delta),
                          "cosine_next_seed": cosine_similarity(unshared[name], delta) if name in unshared else math.nan,
                          "reachable_cosine": bounds.reachable_cosine.get(name, math.nan),
                          "reachable_random": bounds.reachable_random.get(name, math.nan),
                          "norm_ratio": delta.frobenius_norm() / norm if norm > 0 else math.nan,
-                         "function_cosine": functions.get(name, math.nan)})
+                         "function_cosine": functions.get(name, math.nan),
+                         "stable_rank": ranks["stable_rank"], "entropy_rank": ranks["entropy_rank"],
+                         **_alignment(delta, base_weights, name)})
     return pd.DataFrame(rows)
+
+
+def _alignment(delta, base_weights, name: str) -> dict[str, float]:
+    if base_weights is None:
+        return {"amplification": math.nan, "intruders": math.nan}
+    from .base_alignment import layer_alignment
+
+    return layer_alignment(delta, base_weights, name)
 
 
 def _function_cosines(lora, run, examples: int, epoch: int) -> dict[str, float]:
@@ -108,7 +128,7 @@ def ladder(study: Study, layers: pd.DataFrame | None = None, function_examples: 
     if "seed" not in table.columns:
         table["seed"] = 0
     if len(layers):
-        means = layers.groupby("run")[["rank_ratio", "cosine", "cosine_next_seed", "reachable_cosine", "reachable_random", "norm_ratio", "function_cosine"]].mean()
+        means = layers.groupby("run")[[q for q in LAYER_QUANTITIES if q in layers.columns]].mean()
         table = table.merge(means, left_on="run", right_index=True, how="left")
         table = table.merge(layers.groupby("run")[["partner", "pairing"]].first(), left_on="run", right_index=True, how="left")
     return table.reset_index(drop=True)

@@ -43,7 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. User mistakes and OS errors on files print one ``error:`` line and return 2."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_third_party_warnings()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except InputError as err:
@@ -59,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _error(message: str) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    """Print the line once: under torchrun every rank checks the same settings, so rank 0 speaks for them all,
+    and another rank only about itself (its messages start with "rank")."""
+    if os.environ.get("RANK", "0") == "0" or message.startswith("rank "):
+        print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
 
 

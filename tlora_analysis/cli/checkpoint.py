@@ -10,13 +10,14 @@ __all__ = ["add_inspect", "add_export"]
 
 
 def add_inspect(sub) -> None:
-    p = sub.add_parser("inspect", help="per-layer update geometry of a run, snapshot, PEFT adapter or full fine-tune",
+    p = sub.add_parser("inspect", help="per-layer update geometry of any saved update (a run, a peft adapter, a Trainer output, ...)",
                        description="Print a per-layer table (module, layer, shape, rank, scale, ‖ΔW‖_F, ‖ΔW‖_2, stable and "
                                    "effective rank, top singular values) and totals for a saved checkpoint. Only JSON and "
                                    "safetensors files are read.")
-    p.add_argument("path", metavar="PATH", help="run directory, snapshot .safetensors, PEFT adapter directory, or (with --base) "
-                                                "a fully fine-tuned model directory")
-    p.add_argument("--epoch", type=int, default=None, help="epoch of a run (default: the last finished)")
+    p.add_argument("path", metavar="PATH", help="any source: a run, a snapshot, a peft adapter folder of any weight-changing type, a "
+                                                "Trainer output directory, a kohya or LyCORIS file, or (with --base) a fine-tuned "
+                                                "model (docs/your-adapters.md lists every format)")
+    p.add_argument("--epoch", type=int, default=None, help="epoch of a run, or a Trainer checkpoint's state (default: the last finished)")
     p.add_argument("--base", default=None, help="base model: defines ΔW = W_ft − W0 for a fully fine-tuned model directory, "
                                                 "and adds amplification and intruder counts for any source")
     from ..config import ANALYSIS

@@ -22,13 +22,50 @@ def add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (epoch summaries are still printed; bars show on a terminal only)")
     p.add_argument("--out", help="run directory to create")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its last finished epoch (with --epochs: up to that many)")
+    p.add_argument("--nproc-per-node", type=int, metavar="N", help="one run over N processes on this machine (DDP, or FSDP with "
+                                                                     "--sharding fsdp), started by torchrun's launcher after the "
+                                                                     "settings are checked once")
     p.set_defaults(func=_cmd_train)
+
+
+def _launched(args, given: dict) -> int:
+    """``--nproc-per-node N``: check what every process would check, then let torchrun start them."""
+    from ..config import TrainConfig
+    from ..launch import launch_processes
+    from ..training.model import check_device
+
+    if "RANK" in os.environ:
+        raise InputError("--nproc-per-node starts torchrun's processes itself; under torchrun or accelerate leave it out")
+    if not args.resume:
+        if not args.out:
+            raise InputError("train needs --out (or --resume RUN_DIR)")
+        config = TrainConfig(**given)
+        check_device(config.device, config.precision)
+    elif given.get("device"):
+        check_device(given["device"])
+    return launch_processes(args.nproc_per_node, _without_option(args.argv, "--nproc-per-node"))
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """The ``train`` arguments of ``argv`` less ``option`` and its value (``--opt N`` or ``--opt=N``)."""
+    rest = argv[argv.index("train") + 1:]
+    kept, skip = [], False
+    for token in rest:
+        if skip:
+            skip = False
+        elif token == option:
+            skip = True
+        elif not token.startswith(option + "="):
+            kept.append(token)
+    return kept
 
 
 def _cmd_train(args) -> int:
     from ..config import TrainConfig, config_from_arguments
 
     given = config_from_arguments(args)
+    if args.nproc_per_node is not None:
+        return _launched(args, given)
     if args.resume:
         extra = sorted(set(given) - {"epochs", "device", "model", "data_dir", "data_file"})
         if extra:

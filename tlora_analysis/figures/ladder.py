@@ -15,7 +15,7 @@ from .style import NothingToDraw, method_color, method_label
 GROUP_KEYS = ("rank", "lr", "init", "scheduler", "alpha", "targets", "epochs")
 
 
-def _wide(over_seeds: pd.DataFrame) -> pd.DataFrame:
+def wide_over_seeds(over_seeds: pd.DataFrame) -> pd.DataFrame:
     """One row per method and setting group; ``<quantity>`` (mean), ``<quantity>_low`` / ``_high`` (CI), ``n``."""
     keys = ["method", *[c for c in GROUP_KEYS if c in over_seeds.columns]]
     rows = []
@@ -32,7 +32,7 @@ def _wide(over_seeds: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
-def _error(row, quantity: str):
+def ci_error(row, quantity: str):
     low, high = row.get(f"{quantity}_low", np.nan), row.get(f"{quantity}_high", np.nan)
     return None if np.isnan(low) else np.array([[row[quantity] - low], [high - row[quantity]]])
 
@@ -40,7 +40,7 @@ def _error(row, quantity: str):
 def plot_ladder(over_seeds: pd.DataFrame):
     """Cosine with LoRA's ΔW against trainable numbers, one point per method with its seed CI; each
     method's reachable bound (a bar) and what random subspaces of its sizes give (a cross)."""
-    wide = _wide(over_seeds)
+    wide = wide_over_seeds(over_seeds)
     wide = wide[wide.get("cosine", pd.Series(np.nan, index=wide.index)).notna()]
     if wide.empty:
         raise NothingToDraw("no cell has a LoRA partner to be set against")
@@ -50,7 +50,7 @@ def plot_ladder(over_seeds: pd.DataFrame):
                                                                            "function space: cos(ΔW·x, ΔW_LoRA·x)")):
         for _, row in wide.iterrows():
             color, x = method_color(row.method), row.trainable_params
-            ax.errorbar(x, row[quantity], yerr=_error(row, quantity), fmt="o", color=color, ms=7, capsize=4,
+            ax.errorbar(x, row[quantity], yerr=ci_error(row, quantity), fmt="o", color=color, ms=7, capsize=4,
                         label=f"{row.label} (n = {row.n})")
             if quantity == "cosine" and not np.isnan(row.get("cosine_next_seed", np.nan)):
                 ax.plot([x], [row.cosine_next_seed], marker="o", ms=7, mfc="none", color=color, linestyle="none")
@@ -77,7 +77,7 @@ def plot_ranks(over_seeds: pd.DataFrame):
     subspaces; the final metric; the norm ratio ‖ΔW‖ / ‖ΔW_LoRA‖."""
     if "rank" not in over_seeds.columns or over_seeds.groupby("method")["rank"].nunique().max() < 2:
         raise NothingToDraw("no method was run at two or more ranks")
-    wide = _wide(over_seeds).sort_values(["method", "rank"])
+    wide = wide_over_seeds(over_seeds).sort_values(["method", "rank"])
     fig, (bound, metric, ratio) = plt.subplots(1, 3, figsize=(15, 4.4), layout="constrained")
     for method, rows in wide.groupby("method", sort=False):
         color, label = method_color(method), method_label(method)

@@ -17,6 +17,7 @@ from matplotlib.colors import to_rgb
 from ..analysis.claims import FINDINGS, PAPER_METHOD
 from ..analysis.seed_statistics import aggregate
 from ..states import state_name
+from .atlas import plot_atlas, plot_atlas_table
 from .ladder import plot_ladder, plot_ranks
 from .style import NothingToDraw, method_color, method_label
 
@@ -305,4 +306,6 @@ STUDY_FIGURES = {
     "study_learning_rates": (plot_learning_rates, ("runs_over_seeds", "runs"), "final metric vs learning rate per method, the best ringed"),
     "study_ladder": (plot_ladder, ("ladder_over_seeds",), "cosine with LoRA's ΔW vs trainable numbers, with each method's reachable bound"),
     "study_ranks": (plot_ranks, ("ladder_over_seeds",), "cosine and reachable bound vs r/d, metric and norm ratio vs rank"),
+    "study_atlas": (plot_atlas, ("ladder_over_seeds",), "every method: cosine with LoRA's ΔW vs norm ratio, sized by trainable numbers"),
+    "study_atlas_table": (plot_atlas_table, ("ladder_over_seeds",), "every method's numbers against LoRA, mean [95% CI] over seeds"),
 }

@@ -48,6 +48,10 @@ class PeftRun(RecordedRun):
             for key, tensor in tensors.items():
                 check_values(tensor, f"{path}: tensor {key} (epoch {epoch})")
 
+    def release(self) -> None:
+        super().release()
+        self._reading = (None, None)
+
     def _read(self, epoch: int):
         if self._reading[0] != epoch:
             tensors = {k: v for k, v in self._snapshot(epoch).items() if not k.startswith(HEAD_PREFIX)}

@@ -5,6 +5,7 @@ resumes interrupted ones."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -165,11 +166,21 @@ def _run_local(study: Path, names: list[str], executor: Executor, on_done: Calla
             future.result()
 
 
-def _run_submitit(study: Path, names: list[str], executor: Executor, on_done: Callable[[str, bool, str, str], None]) -> None:
+def _check_engine(executor: Executor) -> None:
+    """Refuse an executor this machine cannot use before the study directory is made."""
+    if executor.executor == "local":
+        return
     try:
-        import submitit
+        import submitit  # noqa: F401
     except ImportError as err:
         raise InputError(f"--executor {executor.executor} needs submitit: pip install 'tlora-analysis[cluster]'") from err
+    if executor.executor == "slurm" and not shutil.which("sbatch"):
+        raise InputError("--executor slurm: SLURM is not usable here (no sbatch on PATH); nothing was written")
+
+
+def _run_submitit(study: Path, names: list[str], executor: Executor, on_done: Callable[[str, bool, str, str], None]) -> None:
+    import submitit
+
     folder = study / "logs" / "submitit"
     threads = executor.cpus_per_task or cell_threads(executor.jobs)
     pending, running = list(names), {}
@@ -270,6 +281,7 @@ def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, execut
 
     executor = executor or Executor()
     spec = spec if isinstance(spec, StudySpec) else parse_spec(spec, max_cells=executor.max_cells)
+    _check_engine(executor)
     out = Path(out)
     meta = _prepare(spec, out, extend)
     lock = RunLock.acquire(out)
