@@ -52,9 +52,9 @@ rank-rates: $(VENV)/.installed  ## TLoRA's learning rate at each rank (six rates
 	$(VENV)/bin/tlora-analysis study studies/rank_rates.toml --out runs/rank_rates --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/rank_rates --out figures/ranks/rates --no-base
 
-atlas-lr-sweep: $(VENV)/.installed  ## the atlas's peft methods at five rates, two seeds: their default rates (studies/atlas_lr_sweep.toml, 130 cells, ~2.5 h on 2 quiet cores, 2-3x that on a busy machine)
+atlas-lr-sweep: $(VENV)/.installed  ## the atlas's peft methods at five rates, two seeds: their default rates (studies/atlas_lr_sweep.toml, 138 cells, ~2.5 h on 2 quiet cores, 2-3x that on a busy machine)
 	$(VENV)/bin/tlora-analysis study studies/atlas_lr_sweep.toml --out runs/atlas_lr_sweep --jobs 2 --no-progress
-	$(VENV)/bin/tlora-analysis figures runs/atlas_lr_sweep --out figures/atlas/lr_sweep --no-base --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/atlas_lr_sweep --out figures/atlas/lr_sweep --runs-only --no-progress
 
 atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 seeds (studies/atlas.toml, 57 cells, ~1.2 h on 2 quiet cores, 2-3x that on a busy machine)
 	$(VENV)/bin/tlora-analysis study studies/atlas.toml --out runs/atlas --jobs 2 --no-progress

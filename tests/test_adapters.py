@@ -72,7 +72,7 @@ def test_bad_arguments_name_what_was_wrong(tiny_model):
         inject_adapters(tiny_model, "lora", 0, ["query"])
     with pytest.raises(ValueError, match=r"rank 40 exceeds .* 32 .*query"):
         inject_adapters(tiny_model, "lora", 40, ["query"])
-    with pytest.raises(ValueError, match=r"matched no nn.Linear.*query.*value"):
+    with pytest.raises(ValueError, match=r"target 'q_proj' matches no linear layer.*query.*value"):
         inject_adapters(tiny_model, "lora", 4, ["q_proj"])
     inject_adapters(tiny_model, "lora", 4, ["query"])
     with pytest.raises(ValueError, match="already has adapter layers"):

@@ -82,6 +82,14 @@ def learning_rate_rows() -> list[str]:
     return rows
 
 
+def atlas_rate_rows() -> list[str]:
+    """docs/atlas.md's sweep table: each peft method's chosen rate and every rate's mean accuracy."""
+    from tlora_analysis.methods import METHOD_SPECS
+
+    results = _load("figures/atlas/lr_sweep/results.json")["learning_rates"]
+    return [f"| {METHOD_SPECS[method].label} | {_sweep(entry)} |" for method, entry in results.items()]
+
+
 def rank_rate_rows() -> list[str]:
     """The README's per-rank rate table from figures/ranks/rates/results.json: TLoRA's chosen rate at each
     rank, every rate's mean accuracy, and at the chosen rate the cosine with LoRA, its bound and the norm ratio."""
@@ -97,7 +105,8 @@ def rank_rate_rows() -> list[str]:
 
 TABLES = {"figures/results.json": (main_rows, "docs/results.md"), "figures/lr_sweep/results.json": (learning_rate_rows, "docs/ladder.md"),
           "figures/relatives/results.json": (ladder_rows, "docs/ladder.md"), "figures/ranks/results.json": (rank_rows, "docs/ladder.md"),
-          "figures/ranks/rates/results.json": (rank_rate_rows, "docs/ladder.md")}
+          "figures/ranks/rates/results.json": (rank_rate_rows, "docs/ladder.md"),
+          "figures/atlas/lr_sweep/results.json": (atlas_rate_rows, "docs/atlas.md")}
 
 
 @pytest.mark.parametrize("source", TABLES)

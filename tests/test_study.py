@@ -263,3 +263,42 @@ def test_a_finished_cell_whose_default_changed_is_not_reused(tmp_path, tiny_mode
     with pytest.raises(InputError, match=rf"cell lora-s0 was trained with lr {trained_at!r}, the spec now gives 0.5"):
         run_study(spec, tmp_path / "study", progress=False, log=lambda _: None)
     assert tree_digest(tmp_path / "study") == before
+
+
+def test_figures_runs_only_reads_no_update_and_keeps_the_accuracies(tmp_path, reference, monkeypatch):
+    """A learning-rate sweep's figures need the cells' metrics alone: --runs-only rebuilds no update (the study
+    still checks each cell's files) and its results.json gives the same accuracies as the full figures."""
+    from tlora_analysis.store.peft_run import PeftRun
+    from tlora_analysis.store.run import Run
+
+    result = cli("figures", reference, "--out", tmp_path / "full", "--formats", "png", "--no-base", timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = cli("figures", reference, "--out", tmp_path / "runs", "--formats", "png", "--runs-only", timeout=HANG_GUARD_S)
+    assert result.returncode == 0, result.stderr[-2000:]
+    full, runs_only = (json.loads((tmp_path / d / "results.json").read_text())["methods"] for d in ("full", "runs"))
+    assert {k: v["per_seed"] for k, v in runs_only.items()} == {k: v["per_seed"] for k, v in full.items()}
+    drawn = {e["name"] for e in json.loads((tmp_path / "runs" / "figures.json").read_text())["figures"]}
+    assert "study_metric" in drawn and "overview" not in drawn
+
+    def no_update(*_):
+        raise AssertionError("--runs-only rebuilt an update")
+
+    for reader in (Run, PeftRun):
+        monkeypatch.setattr(reader, "deltas", no_update)
+    from tlora_analysis.analysis.compare import compare_study
+
+    assert set(compare_study(load_study(reference), runs_only=True)) == {"runs", "metrics", "runs_over_seeds", "metrics_over_seeds"}
+
+
+def test_a_study_keeps_only_the_recently_read_runs_tensors(reference, monkeypatch):
+    """Memory stays bounded over many cells: beyond KEPT_RUNS, the runs read longest ago drop their cached
+    tensors, and what is computed is the same as with every run's tensors kept."""
+    from tlora_analysis.store import run as run_store
+
+    kept = A.norms(load_study(reference))
+    monkeypatch.setattr(run_store, "KEPT_RUNS", 2)
+    study = load_study(reference)
+    bounded = A.norms(study)
+    pd.testing.assert_frame_equal(bounded, kept)
+    holding = [r() for r in run_store._recent.values() if r() is not None and r()._last_snapshot[0] is not None]
+    assert 1 <= len(holding) <= 2 < len(study.cells)

@@ -40,7 +40,7 @@ TRAIN = ["train", "--max-train-samples", "16", "--max-eval-samples", "8", "--max
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--method", "lora", "--targets", "nope"], ["target_modules ['nope'] matched no nn.Linear layer", "query"]),
+    (["--method", "lora", "--targets", "nope"], ["target 'nope' matches no linear layer", "query"]),
     (["--method", "tlora", "--rank", "999"], ["rank 999 exceeds"]),
     (["--method", "tlora", "--lr", "nan"], ["--lr must be a finite number"]),
     (["--method", "tlora", "--max-train-samples", "-5"], ["--max-train-samples must be a whole number of at least 1, got -5"]),

@@ -149,7 +149,7 @@ def _ladder_tables(study, function_examples: int, base_weights=None) -> dict[str
 
 
 def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None, *, pair_seed: int | None = None,
-                  function_examples: int = 64) -> dict[str, pd.DataFrame]:
+                  function_examples: int = 64, runs_only: bool = False) -> dict[str, pd.DataFrame]:
     """Every table of a study: per-run tables with settings columns, their means and CIs over seeds,
     the controls, and the paper's claims per seed and summarized.
 
@@ -159,14 +159,15 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
     (:func:`~tlora_analysis.analysis.seed_statistics.aggregate`). ``pair`` holds the
     :func:`compare_runs` tables of one LoRA and one TLoRA cell at ``pair_seed`` (default: the
     smallest seed) for the single-pair figures. ``function_examples`` validation examples feed
-    the function-space reading of the claims (0 skips it; it needs the runs' base model).
+    the function-space reading of the claims (0 skips it; it needs the runs' base model). ``runs_only``
+    keeps to the cells' metrics and parameter counts (what a learning-rate sweep chooses from) and reads no update.
     """
     from .controls import rank_similarity, similarity_controls, study_claims, summarize_claims
     from .seed_statistics import aggregate
 
     runs = study.runs
     tables: dict[str, pd.DataFrame] = {"runs": runs, "metrics": metrics_over_epochs(study)}
-    adapted = study.finished(adapted_only=True)
+    adapted = [] if runs_only else study.finished(adapted_only=True)
     if adapted:
         last = min(run.epochs[-1] for run, _ in adapted)
         tables["norms"] = norms(study)

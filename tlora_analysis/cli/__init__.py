@@ -62,10 +62,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error(message: str) -> int:
     """Print the line once: under torchrun every rank checks the same settings, so rank 0 speaks for them all,
-    and another rank only about itself (its messages start with "rank")."""
-    if os.environ.get("RANK", "0") == "0" or message.startswith("rank "):
+    and another rank only about itself (its messages start with "rank"). A process whose RANK is not a rank
+    below WORLD_SIZE has no rank 0 to speak for it, so it speaks."""
+    if not _rank_zero_speaks_for_me() or message.startswith("rank "):
         print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def _rank_zero_speaks_for_me() -> bool:
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    return rank.isdigit() and world.isdigit() and 0 < int(rank) < int(world)
 
 
 if __name__ == "__main__":

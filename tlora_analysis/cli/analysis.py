@@ -44,6 +44,8 @@ def _compare_study(study, args):
     from ..analysis.compare import compare_study
     from ..models import base_weights, layer_shapes, model_named_in_file
 
+    if getattr(args, "runs_only", False):
+        return compare_study(study, runs_only=True), None
     adapted = study.finished(adapted_only=True)
     if not adapted:
         raise InputError(f"{study.path}: no finished cell has adapted layers to analyse")
@@ -108,6 +110,8 @@ def add_figures(sub) -> None:
     p.add_argument("--out", required=True, help="directory for the figures")
     p.add_argument("--formats", nargs="+", choices=("png", "pdf", "svg"), default=["png", "pdf"],
                    help="file formats of each figure (default: png pdf; png alone is about twice as fast)")
+    p.add_argument("--runs-only", action="store_true", help="a study: only the cells' metrics and parameter counts (a learning-rate "
+                                                             "sweep's choice and its figures), without reading any update")
     p.set_defaults(func=_cmd_figures)
 
 
