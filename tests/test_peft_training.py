@@ -43,6 +43,12 @@ def test_a_peft_method_trains_records_exports_and_restores(tmp_path, tiny_model_
     exported = inspect_checkpoint(out, base=tiny_model_dir).set_index("name")
     recorded = inspect_checkpoint(run.path).set_index("name")
     torch.testing.assert_close(torch.tensor(exported.frobenius.values), torch.tensor(recorded.frobenius.values), rtol=1e-5, atol=1e-9)
+    before = {name: d.frobenius_norm() for name, d in run.deltas(2).items()}
+    if method in ("ia3", "dora"):  # read with W0
+        assert run._context._engine is not None or run._context._weights is not None
+    run.release()  # a study releases cells it is not reading: peft's model on the base goes with them (IA³ is read through it)
+    assert run._context._engine is None and run._context._weights is None
+    assert {name: d.frobenius_norm() for name, d in run.deltas(2).items()} == before
 
 
 def test_adalora_allocates_its_ranks_and_its_snapshots_keep_the_update_it_trains_with(tmp_path, tiny_model_dir):

@@ -78,3 +78,8 @@ class ReadContext:
         if self._engine is None or self._engine.config != config:
             self._engine = PeftEngine(config, self.require_base(why), self.where)
         return self._engine
+
+    def release(self) -> None:
+        """Drop the base model's weights and peft's model on it (~ the base's size each); asked for again, they are
+        rebuilt. A study of many dense-update cells holds one of each per cell otherwise."""
+        self._weights, self._weight_names, self._engine = None, (), None

@@ -51,6 +51,7 @@ class PeftRun(RecordedRun):
     def release(self) -> None:
         super().release()
         self._reading = (None, None)
+        self._context.release()
 
     def _read(self, epoch: int):
         if self._reading[0] != epoch:
