@@ -133,6 +133,25 @@ def test_a_dense_type_without_its_base_says_how_to_give_it(tmp_path, tiny_base, 
     assert "oft" in result.stdout
 
 
+@pytest.mark.parametrize("name, field, value", [("HRA", "r", 10**7), ("OFT", "oft_block_size", 32), ("BOFT", "boft_block_size", 32)])
+def test_a_config_that_implies_other_tensors_than_its_file_holds_is_refused_before_peft_allocates_them(tmp_path, tiny_base, tiny_model_dir,
+                                                                                                         name, field, value):
+    """HRA with r = 10⁶ beside a file of r = 8 once took 20 GB and ended in a traceback: the shapes peft would build are
+    read on the meta device first, so the reader's memory stays proportional to the file."""
+    import resource
+
+    model, reason = build(name, tiny_base)
+    if model is None:
+        pytest.skip(reason)
+    model.save_pretrained(tmp_path / "adapter")
+    config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match="has shape .* but its adapter_config.json implies .* do not belong together"):
+        open_updates(tmp_path / "adapter", base=tiny_model_dir).deltas()
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 1 << 20  # KiB: under 1 GiB more at the peak
+
+
 # --------------------------------------------------------------------------- the real default model
 @pytest.fixture(scope="module")
 def default_base():

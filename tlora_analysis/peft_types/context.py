@@ -71,12 +71,13 @@ class ReadContext:
             self._shapes = weight_shapes(resolve_model(self.base)) or {}
         return self._shapes
 
-    def engine(self, config: dict, why: str):
-        """peft itself, with this adapter loaded on the base model (built once per context)."""
+    def engine(self, config: dict, why: str, tensors: Mapping):
+        """peft itself, with this adapter loaded on the base model (built once per context, its shapes checked
+        against ``tensors`` first)."""
         from .engine import PeftEngine
 
         if self._engine is None or self._engine.config != config:
-            self._engine = PeftEngine(config, self.require_base(why), self.where)
+            self._engine = PeftEngine(config, self.require_base(why), self.where, tensors=tensors)
         return self._engine
 
     def release(self) -> None:

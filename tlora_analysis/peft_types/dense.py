@@ -17,7 +17,7 @@ def read_dense(config: dict, tensors: dict[str, Tensor], context: ReadContext) -
     """A state of any mergeable peft type: ΔW of each layer = the layer merged alone minus W0, as an exact SVD."""
     spec = PEFT_TYPES.get(str(config.get("peft_type", "LORA")).upper())
     why = f"peft computes a {spec.label if spec else config.get('peft_type')} update on the base model" + (f" ({spec.why})" if spec and spec.why else "")
-    engine = context.engine(config, why)
+    engine = context.engine(config, why, tensors)
     shapes = {name: delta_shape(layer) for name, layer in engine.layers.items()}
     notices = [f"{context.where}: adapter_config.json fields this peft does not know were ignored, as peft ignores them: "
                f"{', '.join(engine.dropped)}"] if engine.dropped else []

@@ -66,13 +66,15 @@ class PeftEngine:
     (default: where the base is larger than :data:`WHOLE_BASE_BYTES`).
     """
 
-    def __init__(self, config: dict, base: str, where: str, stream: bool | None = None) -> None:
+    def __init__(self, config: dict, base: str, where: str, stream: bool | None = None, tensors: Mapping[str, Tensor] | None = None) -> None:
         import peft
 
         from ..models import resolve_model
 
         self.config, self.where = config, where
         peft_config, self.dropped = peft_config_object(config, where)
+        if tensors is not None:  # before anything is allocated: a config may imply far more than its file holds
+            _check_planned_shapes(_planned_shapes(config, base, where, peft_config), tensors, where)
         skeleton = _skeleton(config, base, where)
         size = 4 * sum(p.numel() for p in skeleton.parameters())
         self.stream = size > WHOLE_BASE_BYTES if stream is None else stream
@@ -159,6 +161,33 @@ class PeftEngine:
         if getattr(base_layer, "bias", None) is not None:
             base_layer.bias = torch.nn.Parameter(torch.zeros(base_layer.bias.shape, dtype=torch.float64), requires_grad=False)
         return weight
+
+
+def _planned_shapes(config: dict, base: str, where: str, peft_config) -> dict[str, tuple[int, ...]] | None:
+    """The shape of every tensor the adapter's file must hold, from peft built on a skeleton of the base: with every
+    tensor on the meta device (nothing allocated), or, for types that compute while they are built (BOFT's
+    permutations), with only the adapter's parameters there. None for a type that cannot be built on a skeleton."""
+    import contextlib
+    import copy
+
+    import peft
+
+    for device in (torch.device("meta"), contextlib.nullcontext()):
+        try:
+            with device, torch.random.fork_rng():
+                model = peft.get_peft_model(_skeleton(config, base, where), copy.deepcopy(peft_config), adapter_name=ADAPTER,
+                                            low_cpu_mem_usage=True)
+                return {k: tuple(v.shape) for k, v in peft.get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}
+        except (ValueError, TypeError, KeyError, RuntimeError, NotImplementedError):
+            continue
+    return None
+
+
+def _check_planned_shapes(planned: dict[str, tuple[int, ...]] | None, tensors: Mapping[str, Tensor], where: str) -> None:
+    for key, shape in (planned or {}).items():
+        if key in tensors and tuple(tensors[key].shape) != shape:
+            raise InputError(f"{where}: tensor {key!r} has shape {list(tensors[key].shape)}, but its adapter_config.json implies "
+                             f"{list(shape)[:4]}; the weights and the config do not belong together")
 
 
 def _adapter_storage(layers: dict) -> set[str]:
