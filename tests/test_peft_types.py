@@ -202,6 +202,7 @@ def test_what_is_not_read_is_named(tmp_path, tiny_base, tiny_model_dir):
     source = open_updates(tmp_path / "biased", base=tiny_model_dir)
     notices = " ".join(source.notices)
     assert "lora_bias: the bias updates of 4 layers" in notices
-    assert "modules_to_save" in notices
+    assert "modules_to_save classifier (2 tensors) not analysed: they are trained copies that replace whole modules" in notices
+    assert "no part of a layer's ΔW" not in notices  # every tensor left out is named by what it is
     result = cli("inspect", tmp_path / "biased")
     assert result.returncode == 0 and "notice: " in result.stderr and "lora_bias" in result.stderr, result.stderr

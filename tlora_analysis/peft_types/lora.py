@@ -57,7 +57,8 @@ def read_lora(config: dict, tensors: dict[str, Tensor], context: ReadContext) ->
     reading = Reading(layers, lambda: {m: _plain(r, t) for m, (r, t) in factors.items()},
                       scales={m: r["scaling"] for m, r in layers.items()},
                       trainable={m: {"A": t["lora_A"], "B": t["lora_B"]} for m, (_, t) in factors.items()},
-                      used=_used_keys(tensors, set(factors)), notices=_notices(config, tensors, where))
+                      used=_used_keys(tensors, set(factors)), notices=_notices(config, tensors, where),
+                      named={k for k, t in tensors.items() if _is_bias_update(k) or _conv_module(k, t)})
     if config.get("use_dora") and init in RECOVERABLE_INITS:  # DoRA on a PiSSA/OLoRA residual: peft computes it
         from .dense import read_dense
 
@@ -95,16 +96,27 @@ def _used_keys(tensors: dict[str, Tensor], modules: set[str]) -> set[str]:
     return {k for k in tensors if (found := module_key(k, suffixes)) and found[0] in modules}
 
 
-def _notices(config: dict, tensors: dict[str, Tensor], where: str) -> list[str]:
-    """What the file holds that is not part of a layer's ΔW: LoRA's bias updates and conv kernels."""
+def _is_bias_update(key: str) -> bool:
+    return ".lora_B." in key and key.endswith(".bias")
+
+
+def _conv_module(key: str, tensor: Tensor) -> str | None:
+    """The module of a convolution's LoRA kernel (4-D), or None."""
     from ..methods.peft_format import module_key
 
+    found = tensor.ndim > 2 and module_key(key, r"lora_(?P<which>[AB])")
+    return found[0] if found else None
+
+
+def _notices(config: dict, tensors: dict[str, Tensor], where: str) -> list[str]:
+    """What the file holds that is not part of a layer's ΔW: LoRA's bias updates and conv kernels."""
+
     notices = []
-    biases = sorted({k.rsplit(".lora_B", 1)[0] for k in tensors if ".lora_B." in k and k.endswith(".bias")})
+    biases = sorted({k.rsplit(".lora_B", 1)[0] for k in tensors if _is_bias_update(k)})
     if biases:
         notices.append(f"{where}: lora_bias: the bias updates of {len(biases)} layers (e.g. {biases[0].removeprefix('base_model.model.')}) "
                        "are not part of ΔW and were not analysed")
-    convs = sorted({found[0] for k, t in tensors.items() if t.ndim > 2 and (found := module_key(k, r"lora_(?P<which>[AB])"))})
+    convs = sorted({module for k, t in tensors.items() if (module := _conv_module(k, t))})
     if convs:
         notices.append(f"{where}: {len(convs)} convolution layers (e.g. {convs[0]}) hold 4-D kernels and were not analysed")
     return notices
