@@ -6,6 +6,7 @@ first use, so the command line lists methods and defaults without importing torc
 
 from importlib import import_module
 
+from . import peft_methods  # noqa: F401 - registers the methods trained through peft, after this toolkit's own (in .spec)
 from .spec import METHOD_SPECS, TLORA_INITS, Choice, MethodSpec, adapter_methods, method_spec, register_spec
 
 _LAZY = {

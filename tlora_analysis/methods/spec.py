@@ -168,6 +168,3 @@ register_spec(MethodSpec(
 ))
 register_spec(MethodSpec("head", "head only", "#7F7F7F", 0.3, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 0.669 (1: 0.667; 1e-1: 0.653); a linear probe "
                                                               "on cached features takes large rates", None))
-
-
-from . import peft_methods  # noqa: E402, F401 - registers the methods trained through peft, after this toolkit's own
