@@ -165,6 +165,7 @@ args = TrainingArguments(output_dir=out + "/hf", num_train_epochs=2, per_device_
                          save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, ddp_backend="gloo")
 Trainer(model=model, args=args, train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
         callbacks=[DeltaRecorderCallback(out + "/run", record_grad_norms=True)]).train()
+torch.distributed.destroy_process_group()  # as torch asks: left to exit, gloo's threads once aborted a rank (load 8)
 """
 
 
