@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import machine, megabytes, table
+from harness import machine, megabytes, table, write_sharded_base
 from safetensors.torch import save_file
 
 LAYERS = int(os.environ.get("BENCH_BIG_BASE_LAYERS", "4"))
@@ -30,18 +30,9 @@ MODULES = ("q_proj", "v_proj")
 
 
 def write(root: Path) -> tuple[Path, Path]:
-    generator = torch.Generator().manual_seed(0)
-    base, adapter = root / "base", root / "adapter"
-    base.mkdir()
+    base, adapter = write_sharded_base(root / "base", LAYERS, MODULES, D), root / "adapter"
     adapter.mkdir()
-    weight_map = {}
-    for i in range(LAYERS):
-        shard = f"model-{i + 1:05d}-of-{LAYERS:05d}.safetensors"
-        tensors = {f"model.layers.{i}.self_attn.{m}.weight": torch.randn(D, D, generator=generator) / D**0.5 for m in MODULES}
-        save_file(tensors, str(base / shard))
-        weight_map.update(dict.fromkeys(tensors, shard))
-    (base / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (base / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    generator = torch.Generator().manual_seed(1)
     lora = {}
     for i in range(LAYERS):
         for m in MODULES:

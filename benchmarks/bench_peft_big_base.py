@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from harness import machine, megabytes, table
+from harness import machine, megabytes, table, write_sharded_base
 from safetensors.torch import save_file
 
 LAYERS = int(os.environ.get("BENCH_PEFT_BIG_BASE_LAYERS", "2"))
@@ -35,21 +35,6 @@ MODULES = ("q_proj", "v_proj")
 
 def names() -> list[str]:
     return [f"model.layers.{i}.self_attn.{m}" for i in range(LAYERS) for m in MODULES]
-
-
-def write_base(root: Path) -> Path:
-    generator = torch.Generator().manual_seed(0)
-    base = root / "base"
-    base.mkdir()
-    weight_map = {}
-    for i in range(LAYERS):
-        shard = f"model-{i + 1:05d}-of-{LAYERS:05d}.safetensors"
-        tensors = {f"model.layers.{i}.self_attn.{m}.weight": torch.randn(D, D, generator=generator) / D**0.5 for m in MODULES}
-        save_file(tensors, str(base / shard))
-        weight_map.update(dict.fromkeys(tensors, shard))
-    (base / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    (base / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    return base
 
 
 def write_adapter(root: Path, base: Path, kind: str) -> Path:
@@ -113,7 +98,7 @@ def main() -> str:
     rows = []
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
-        base = write_base(root)
+        base = write_sharded_base(root / "base", LAYERS, MODULES, D)
         adapters = {kind: write_adapter(root, base, kind) for kind in ("loha", "dora", "ia3")}
         runs = [("LoHa, no base (factored)", adapters["loha"], None), ("LoHa, --base: + amplification, intruders", adapters["loha"], base),
                 ("DoRA, --base (dense from W0 per layer)", adapters["dora"], base),

@@ -10,11 +10,13 @@ else the benchmark did counts; its resolution is a page (4 KiB).
 from __future__ import annotations
 
 import gc
+import json
 import multiprocessing as mp
 import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -90,3 +92,21 @@ def table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_sharded_base(base: Path, layers: int, modules: tuple[str, ...], width: int) -> Path:
+    """A LLaMA-shaped base of random ``width`` x ``width`` projections (``modules`` of the first ``layers`` layers),
+    one safetensors shard per layer with its index, as the 7B-shaped benchmarks read it."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    base.mkdir()
+    weight_map = {}
+    for i in range(layers):
+        shard = f"model-{i + 1:05d}-of-{layers:05d}.safetensors"
+        tensors = {f"model.layers.{i}.self_attn.{m}.weight": torch.randn(width, width, generator=generator) / width**0.5 for m in modules}
+        save_file(tensors, str(base / shard))
+        weight_map.update(dict.fromkeys(tensors, shard))
+    (base / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    return base
