@@ -16,6 +16,7 @@ import bench_analysis  # noqa: E402
 import bench_big_base  # noqa: E402
 import bench_cli  # noqa: E402
 import bench_model_step  # noqa: E402
+import bench_peft_big_base  # noqa: E402
 import bench_recording  # noqa: E402
 import bench_scale  # noqa: E402
 import bench_storage  # noqa: E402
@@ -34,6 +35,7 @@ BENCHMARKS = [
     ("8. A 7B-shaped study", bench_study),
     ("9. inspect with a sharded 7B-shaped base", bench_big_base),
     ("10. A training step of real-shaped models", bench_model_step),
+    ("12. inspect of 7B-shaped peft adapters against a sharded base", bench_peft_big_base),
 ]
 
 if __name__ == "__main__":
