@@ -106,7 +106,7 @@ def main() -> str:
         for index, (what, adapter, with_base) in enumerate(runs):
             started = time.perf_counter()
             result = child(CHILD, str(adapter), *([str(with_base)] if with_base else []), cache=root / f"cache{index}")
-            print(f"  {what}: {time.perf_counter() - started:.1f}s wall", file=sys.stderr)
+            print(f"  {what}: {time.perf_counter() - started:.1f}s wall, {json.dumps(result)}", file=sys.stderr, flush=True)
             rows.append([what, f"{result['layers']}", f"{result['seconds']:.2f} s ({result['seconds'] / result['layers']:.2f} s per layer)",
                          f"**{megabytes(result['peak'])}**"])
         peft_layer = child(PEFT_LAYER, cache=root / "cache-peft")
