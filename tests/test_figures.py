@@ -135,3 +135,22 @@ def test_every_option_of_every_command_has_help(capsys):
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "tlora_analysis", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "reproduce" in result.stdout and "inspect" in result.stdout
+
+
+def test_log_axes_write_their_ticks_as_numbers_not_mathtext_source():
+    """Text is drawn literally (labels may hold "$"), so a log axis's ticks need plain numbers: the atlas's
+    once read "$\\mathdefault{10^{-1}}$"."""
+    import matplotlib.pyplot as plt
+
+    from tlora_analysis.figures.style import log_axis, style
+
+    with style():
+        fig, ax = plt.subplots()
+        ax.plot([0.01, 1, 10], [0.001, 0.1, 1])
+        log_axis(ax, "x")
+        log_axis(ax, "y", "symlog", linthresh=1e-2)
+        fig.canvas.draw()
+        labels = [t.get_text() for t in (*ax.get_xticklabels(), *ax.get_yticklabels()) if t.get_text()]
+        plt.close(fig)
+    assert labels and not any("$" in label or "mathdefault" in label for label in labels), labels
+    assert {"0.01", "1", "10"} <= set(labels)

@@ -90,6 +90,24 @@ def atlas_rate_rows() -> list[str]:
     return [f"| {METHOD_SPECS[method].label} | {_sweep(entry)} |" for method, entry in results.items()]
 
 
+ATLAS_COLUMNS = ("cosine", "cosine_next_seed", "reachable_cosine", "norm_ratio", "function_cosine", "stable_rank", "entropy_rank",
+                 "amplification", "intruders")
+
+
+def atlas_rows() -> list[str]:
+    """docs/atlas.md's table, one row per method, from figures/atlas/results.json (mean [95% CI] over seeds)."""
+    from tlora_analysis.methods import METHOD_SPECS
+
+    results = _load("figures/atlas/results.json")
+    rows = []
+    for method, group in results["methods"].items():
+        ladder = results["ladder"].get(method, {})
+        counts = f"{group['adapter_params']:,} / {group['frozen_random_params']:,}"
+        cells = [_ci(ladder[q], 2) if q in ladder and ladder[q]["mean"] is not None else "—" for q in ATLAS_COLUMNS]
+        rows.append(f"| {METHOD_SPECS[method].label} | {_accuracy(group)} | {counts} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def rank_rate_rows() -> list[str]:
     """The README's per-rank rate table from figures/ranks/rates/results.json: TLoRA's chosen rate at each
     rank, every rate's mean accuracy, and at the chosen rate the cosine with LoRA, its bound and the norm ratio."""
@@ -106,7 +124,7 @@ def rank_rate_rows() -> list[str]:
 TABLES = {"figures/results.json": (main_rows, "docs/results.md"), "figures/lr_sweep/results.json": (learning_rate_rows, "docs/ladder.md"),
           "figures/relatives/results.json": (ladder_rows, "docs/ladder.md"), "figures/ranks/results.json": (rank_rows, "docs/ladder.md"),
           "figures/ranks/rates/results.json": (rank_rate_rows, "docs/ladder.md"),
-          "figures/atlas/lr_sweep/results.json": (atlas_rate_rows, "docs/atlas.md")}
+          "figures/atlas/lr_sweep/results.json": (atlas_rate_rows, "docs/atlas.md"), "figures/atlas/results.json": (atlas_rows, "docs/atlas.md")}
 
 
 @pytest.mark.parametrize("source", TABLES)
@@ -127,3 +145,14 @@ if __name__ == "__main__":
     for source, (rows, page) in TABLES.items():
         print(f"\n{source} (quoted in {page})")
         print("\n".join(rows()))
+
+
+def test_the_readme_atlas_line_quotes_the_atlas():
+    """The README's atlas finding: two LoRA seeds' cosine, the highest cosine with LoRA among the orthogonal,
+    multiplicative and spectral methods, and LoRA's and TLoRA's amplification, read from figures/atlas/results.json."""
+    ladder = _load("figures/atlas/results.json")["ladder"]
+    text = " ".join((ROOT / "README.md").read_text().split())
+    others = max(ladder[m]["cosine"]["mean"] for m in ("oft", "boft", "hra", "ia3", "fourierft", "lokr"))
+    for fragment in (f"cosine of {ladder['lora']['cosine']['mean']:.3f}", f"under {others:.2f} with LoRA",
+                     f"LoRA {ladder['lora']['amplification']['mean']:.1f}x", f"TLoRA {ladder['tlora']['amplification']['mean']:.1f}x"):
+        assert fragment in text, fragment

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .ladder import ci_error, wide_over_seeds
-from .style import NothingToDraw, method_color
+from .style import NothingToDraw, log_axis, method_color
 
 MIN_METHODS = 3
 """An atlas places at least this many methods; fewer are a pair, drawn by the ladder and the overview."""
@@ -44,8 +44,8 @@ def plot_atlas(over_seeds: pd.DataFrame):
         ax.scatter(row.norm_ratio, row.cosine, s=size, color=color, alpha=0.85, edgecolors="black", linewidths=0.5,
                    label=f"{row.label} ({row.trainable_params:,.0f} trainable)")
         ax.annotate(row.label, (row.norm_ratio, row.cosine), xytext=(6, 4), textcoords="offset points", fontsize=8)
-    ax.set_xscale("log")
-    ax.set_yscale("symlog", linthresh=1e-2, linscale=0.5)
+    log_axis(ax, "x")
+    log_axis(ax, "y", "symlog", linthresh=1e-2, linscale=0.5)
     ax.axvline(1, color="0.6", lw=0.8)
     ax.set_xlabel("‖ΔW‖_F / ‖ΔW_LoRA‖_F (same seed; LoRA: next seed)")
     ax.set_ylabel("cos(ΔW, ΔW_LoRA)")

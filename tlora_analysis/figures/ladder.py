@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import NothingToDraw, method_color, method_label
+from .style import NothingToDraw, log_axis, method_color, method_label
 
 GROUP_KEYS = ("rank", "lr", "init", "scheduler", "alpha", "targets", "epochs")
 
@@ -57,8 +57,8 @@ def plot_ladder(over_seeds: pd.DataFrame):
             if quantity == "cosine" and row.get("reachable_random", 1.0) < 1.0:  # the method fixes a side
                 ax.plot([x], [row.reachable_cosine], marker="_", ms=22, mew=2.5, color=color, linestyle="none")
                 ax.plot([x], [row.reachable_random], marker="x", ms=7, mew=1.5, color=color, linestyle="none")
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=1e-3, linscale=0.3)
+        log_axis(ax, "x")
+        log_axis(ax, "y", "symlog", linthresh=1e-3, linscale=0.3)
         ax.set_ylim(-1e-3, 1.1)
         ax.set_xlabel("trainable numbers (adapter + head)")
         ax.set_ylabel(what)

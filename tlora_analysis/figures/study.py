@@ -19,7 +19,7 @@ from ..analysis.seed_statistics import aggregate
 from ..states import state_name
 from .atlas import plot_atlas, plot_atlas_table
 from .ladder import plot_ladder, plot_ranks
-from .style import NothingToDraw, method_color, method_label
+from .style import NothingToDraw, log_axis, method_color, method_label
 
 STYLES = ["-", "--", ":", "-."]
 SETTING_COLUMNS = ("rank", "lr", "alpha", "init", "scheduler", "epochs", "batch_size", "max_train_samples", "targets", "task", "model")
@@ -114,7 +114,7 @@ def plot_accuracy_vs_parameters(runs: pd.DataFrame):
         ax.scatter(seeds.trainable_params, seeds.final_metric, color=color, alpha=0.35, s=14)
         err = np.array([[row.mean - row.ci_low], [row.ci_high - row.mean]]) if not np.isnan(row.ci_low) else None
         ax.errorbar(row.trainable_params, row.mean, yerr=err, fmt="o", color=color, ms=7, capsize=4, label=f"{row.group} (n = {row.n})")
-    ax.set_xscale("log")
+    log_axis(ax, "x")
     ax.set_xlabel("trainable parameters (adapter + head)")
     ax.set_ylabel(f"final validation {metric}")
     ax.set_title(f"{metric} vs trainable parameters: mean and 95% CI over seeds")
@@ -143,7 +143,7 @@ def plot_norms_over_epochs(norms: pd.DataFrame):
     fig, panels = _facets(per_run, rows="module")
     for ax, part, title in panels:
         _band(ax, part, "epoch", "frobenius")
-        ax.set_yscale("log")
+        log_axis(ax, "y")
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean ‖ΔW‖_F over layers")
         ax.set_title(title)
@@ -224,7 +224,7 @@ def plot_claims_over_seeds(claims_per_seed: pd.DataFrame):
         ax.set_title(textwrap.fill(f"{finding}. {FINDINGS[finding]}", 48), fontsize=9)
         ax.set_ylabel(textwrap.fill(reading.name, 40), fontsize=7)  # wrapped: a long reading stays within its panel
         if finding == 5:
-            ax.set_yscale("log")
+            log_axis(ax, "y")
     return fig
 
 
@@ -273,7 +273,7 @@ def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
                     label=label)
         best = rows[rows.chosen]
         ax.scatter(best.lr, best["mean"], s=160, facecolors="none", edgecolors=color, linewidths=1.8)
-    ax.set_xscale("log")
+    log_axis(ax, "x")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"final validation {metric}")
     ax.set_title("learning-rate sweep: mean and 95% CI over seeds; ringed: the best mean")

@@ -37,6 +37,15 @@ RC = {
 }
 
 
+def log_axis(ax, which: str = "x", scale: str = "log", **options) -> None:
+    """A log (or symlog) axis with ticks written 0.01, 1, 10: text is drawn literally here (no mathtext), so
+    matplotlib's own 10^k tick labels would show as their source."""
+    (ax.set_xscale if which == "x" else ax.set_yscale)(scale, **options)
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
 @contextmanager
 def style():
     """Apply the package's style inside a ``with`` block, leaving the caller's settings alone."""
