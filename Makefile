@@ -56,7 +56,7 @@ atlas-lr-sweep: $(VENV)/.installed  ## the atlas's peft methods at five rates, t
 	$(VENV)/bin/tlora-analysis study studies/atlas_lr_sweep.toml --out runs/atlas_lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/atlas_lr_sweep --out figures/atlas/lr_sweep --runs-only --no-progress
 
-atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 seeds (studies/atlas.toml, 57 cells, ~1.2 h on 2 quiet cores, 2-3x that on a busy machine)
+atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 seeds (studies/atlas.toml, 57 cells: 1 h 52 min of cells and 36 min of figures at a load of 5-8 on 2 cores; less when quiet)
 	$(VENV)/bin/tlora-analysis study studies/atlas.toml --out runs/atlas --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/atlas --out figures/atlas --no-progress
 	$(VENV)/bin/tlora-analysis report runs/atlas --out figures/atlas/report.html --no-progress
