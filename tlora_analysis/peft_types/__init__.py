@@ -50,11 +50,10 @@ def read_state(config: dict, tensors: dict, context):
 def _left_out(left: list[str], modules_to_save, where: str) -> list[str]:
     """One line for the trained copies of whole modules (``modules_to_save``), one for any other tensor not read."""
     names = [m for m in modules_to_save if isinstance(m, str)] if isinstance(modules_to_save, list) else []
-    copies = [k for k in left if any(f".{m}." in f".{k}" for m in names)]
-    found = sorted({m for m in names if any(f".{m}." in f".{k}" for k in copies)})
-    others = [k for k in left if k not in copies]
-    notices = [f"{where}: modules_to_save {', '.join(found)} ({len(copies)} tensors) not analysed: they are trained copies that "
-               "replace whole modules, not updates of a layer's W0"] if copies else []
+    owners = {k: m for k in left for m in names if f".{m}." in f".{k}"}
+    others = [k for k in left if k not in owners]
+    notices = [f"{where}: modules_to_save {', '.join(sorted(set(owners.values())))} ({len(owners)} tensors) not analysed: they are "
+               "trained copies that replace whole modules, not updates of a layer's W0"] if owners else []
     if others:
         notices.append(f"{where}: {len(others)} tensors are no part of a layer's ΔW and were not analysed (e.g. {others[0]})")
     return notices

@@ -54,11 +54,11 @@ def read_lora(config: dict, tensors: dict[str, Tensor], context: ReadContext) ->
     layers = {m: layer_record(r["shape"], r["rank"], scaling=r["scaling"]) for m, (r, _, _) in linear.items()}
     layers.update({m: layer_record(r["shape"], r["rank"], scaling=r["scaling"], kind="embedding") for m, (r, _, _) in embeddings.items()})
     factors = {m: (r, t) for m, (r, t, _) in {**linear, **embeddings}.items()}
+    notices, named = _left_alone(tensors, where)
     reading = Reading(layers, lambda: {m: _plain(r, t) for m, (r, t) in factors.items()},
                       scales={m: r["scaling"] for m, r in layers.items()},
                       trainable={m: {"A": t["lora_A"], "B": t["lora_B"]} for m, (_, t) in factors.items()},
-                      used=_used_keys(tensors, set(factors)), notices=_notices(config, tensors, where),
-                      named={k for k, t in tensors.items() if _is_bias_update(k) or _conv_module(k, t)})
+                      used=_used_keys(tensors, set(factors)), notices=notices, named=named)
     if config.get("use_dora") and init in RECOVERABLE_INITS:  # DoRA on a PiSSA/OLoRA residual: peft computes it
         from .dense import read_dense
 
@@ -96,30 +96,22 @@ def _used_keys(tensors: dict[str, Tensor], modules: set[str]) -> set[str]:
     return {k for k in tensors if (found := module_key(k, suffixes)) and found[0] in modules}
 
 
-def _is_bias_update(key: str) -> bool:
-    return ".lora_B." in key and key.endswith(".bias")
-
-
-def _conv_module(key: str, tensor: Tensor) -> str | None:
-    """The module of a convolution's LoRA kernel (4-D), or None."""
+def _left_alone(tensors: dict[str, Tensor], where: str) -> tuple[list[str], set[str]]:
+    """What the file holds that is not part of a layer's ΔW, LoRA's bias updates and conv kernels: a line for each
+    kind, and the keys those lines name (left out of the general notice of unread tensors)."""
     from ..methods.peft_format import module_key
 
-    found = tensor.ndim > 2 and module_key(key, r"lora_(?P<which>[AB])")
-    return found[0] if found else None
-
-
-def _notices(config: dict, tensors: dict[str, Tensor], where: str) -> list[str]:
-    """What the file holds that is not part of a layer's ΔW: LoRA's bias updates and conv kernels."""
-
+    biases = {k: k.rsplit(".lora_B", 1)[0] for k in tensors if ".lora_B." in k and k.endswith(".bias")}
+    convs = {k: found[0] for k, t in tensors.items() if t.ndim > 2 and (found := module_key(k, r"lora_(?P<which>[AB])"))}
     notices = []
-    biases = sorted({k.rsplit(".lora_B", 1)[0] for k in tensors if _is_bias_update(k)})
     if biases:
-        notices.append(f"{where}: lora_bias: the bias updates of {len(biases)} layers (e.g. {biases[0].removeprefix('base_model.model.')}) "
+        layers = sorted(set(biases.values()))
+        notices.append(f"{where}: lora_bias: the bias updates of {len(layers)} layers (e.g. {layers[0].removeprefix('base_model.model.')}) "
                        "are not part of ΔW and were not analysed")
-    convs = sorted({module for k, t in tensors.items() if (module := _conv_module(k, t))})
     if convs:
-        notices.append(f"{where}: {len(convs)} convolution layers (e.g. {convs[0]}) hold 4-D kernels and were not analysed")
-    return notices
+        modules = sorted(set(convs.values()))
+        notices.append(f"{where}: {len(modules)} convolution layers (e.g. {modules[0]}) hold 4-D kernels and were not analysed")
+    return notices, set(biases) | set(convs)
 
 
 def _as_dora(reading: Reading, factors: dict, tensors: dict[str, Tensor], context: ReadContext) -> None:

@@ -38,7 +38,7 @@ class Reading:
     sizes: dict[str, int] = field(default_factory=dict)
     """Numbers per used key, for :attr:`update_counts` (the reader sets it from the tensors it read)."""
     named: set[str] = field(default_factory=set)
-    """Keys not read that one of the reader's own notices already names (LoRA's bias updates), left out of the general one."""
+    """Keys not read that one of the reader's own notices already names (LoRA's bias updates, conv kernels), left out of the general one."""
     _deltas: dict[str, FactoredDelta] | None = None
 
     @property
