@@ -31,8 +31,17 @@ def _alpha_help() -> str:
     return "; ".join(f"{spec.label}: {spec.alpha_help}" for spec in METHOD_SPECS.values() if spec.alpha_help)
 
 
+def default_rate(method: str, task: str) -> float:
+    """A method's rate on a task: the rate swept on that task where there was a sweep, else the method's own default
+    (swept on the default task). A method's best rate depends on the task, so a task's sweep wins."""
+    return TASKS[task].learning_rates.get(method, METHOD_SPECS[method].default_lr)
+
+
 def _lr_help() -> str:
-    return "peak learning rate (default per method: " + ", ".join(f"{n} {s.default_lr:g}" for n, s in METHOD_SPECS.items()) + ")"
+    swept = [f"{name}: {', '.join(f'{m} {lr:g}' for m, lr in spec.learning_rates.items())}" for name, spec in TASKS.items()
+             if spec.learning_rates]
+    return ("peak learning rate (default per method, swept on the default task: " + ", ".join(f"{n} {s.default_lr:g}" for n, s in
+            METHOD_SPECS.items()) + (f"; swept per task, which wins there: {'; '.join(swept)}" if swept else "") + ")")
 
 
 _TLORA_INIT = METHOD_SPECS["tlora"].options["init"]
@@ -83,7 +92,7 @@ class TrainConfig:
     method: str = option("tlora", "method: " + ", ".join(f"{n} ({s.label})" for n, s in METHOD_SPECS.items())
                          + "; 'full' trains the target matrices whole, 'head' only the classifier", choices=TRAIN_METHODS)
     task: str = option("default", "task; 'default' is the embedded offline sentiment task, 'lm' causal-LM fine-tuning "
-                                  "(see --data-file)", choices=tuple(TASKS), short="")
+                                  "(see --data-file), 'wordnet-*' real glosses from the installed WordNet", choices=tuple(TASKS), short="")
     model: str = option("default", "transformers name or local path; 'default' is the embedded all-MiniLM-L6-v2", short="")
     rank: int = option(8, "adapter rank r", short="r")
     alpha: float | None = option(None, _alpha_help(), short="a")
@@ -107,7 +116,8 @@ class TrainConfig:
     sharding: str = option("ddp", "under torchrun or accelerate launch: ddp keeps a whole model in every process; fsdp shards "
                                   "parameters, gradients and optimizer state (FSDP2, one unit per transformer block)",
                            choices=SHARDINGS, setting=False)
-    data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet)", setting=False)
+    data_dir: str | None = option(None, "local folder of GLUE files (GLUE's TSV layout or Hub-named CSV/parquet), or of WordNet's "
+                                        "database for the wordnet tasks (default: where WordNet is installed)", setting=False)
     data_file: str | None = option(None, "--task lm: a local .txt (one example per line) or .jsonl ('text', or 'prompt' and "
                                          "'completion': loss on the completion only); default: the offline default LM task")
     record_grad_norms: bool = option(True, "record each layer's gradient-norm RMS per epoch", flag="--no-grad-norms", setting=False)
@@ -142,7 +152,7 @@ class TrainConfig:
         if self.data_file is not None and TASKS[self.task].kind != "causal-lm":
             raise InputError(f"--data-file is for --task lm; --task {self.task} reads --data-dir")
         if self.lr is None:
-            self.lr = METHOD_SPECS[self.method].default_lr
+            self.lr = default_rate(self.method, self.task)
         for name in ("lr", "alpha", "warmup_ratio", "weight_decay"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):

@@ -35,30 +35,48 @@ def load_task(
 ) -> TaskData:
     """Load a task's train and validation splits.
 
-    ``task="default"`` is the embedded offline grammar task. For GLUE tasks, ``data_dir``
+    ``task="default"`` is the embedded offline grammar task; WordNet tasks read the database
+    where it is installed (``data_dir`` first, see :mod:`.wordnet`). For GLUE tasks, ``data_dir``
     reads local files (see the module docstring); without it the ``datasets`` library
     fetches ``nyu-mll/glue`` from the Hub.
     """
     if task not in TASKS:
         raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     spec = TASKS[task]
-    if spec.kind == "causal-lm":
-        from .lm import default_lm_examples, read_lm_file
-
-        splits = read_lm_file(data_file) if data_file is not None else default_lm_examples()
-        train, validation = splits["train"], splits["validation"]
-    elif task == "default":
-        from .default_task import generate
-
-        splits = generate()
-        train, validation = splits["train"], splits["validation"]
-    elif data_dir is not None:
-        folder = _task_folder(Path(data_dir), spec)
-        train = _read_split(folder, spec, ("train",))
-        validation = _read_split(folder, spec, _validation_names(spec))
-    else:
-        train, validation = _load_from_hub(spec)
+    train, validation = _LOADERS[spec.source](spec, data_dir, data_file)
     return TaskData(spec, train[:max_train_samples], validation[:max_eval_samples])
+
+
+def _generated(spec: TaskSpec, data_dir, data_file) -> tuple[list[dict], list[dict]]:
+    from .default_task import generate
+
+    splits = generate()
+    return splits["train"], splits["validation"]
+
+
+def _text(spec: TaskSpec, data_dir, data_file) -> tuple[list[dict], list[dict]]:
+    from .lm import default_lm_examples, read_lm_file
+
+    splits = read_lm_file(data_file) if data_file is not None else default_lm_examples()
+    return splits["train"], splits["validation"]
+
+
+def _wordnet(spec: TaskSpec, data_dir, data_file) -> tuple[list[dict], list[dict]]:
+    from .wordnet import load_wordnet
+
+    splits = load_wordnet(spec.name, data_dir)
+    return splits["train"], splits["validation"]
+
+
+def _glue(spec: TaskSpec, data_dir, data_file) -> tuple[list[dict], list[dict]]:
+    if data_dir is None:
+        return _load_from_hub(spec)
+    folder = _task_folder(Path(data_dir), spec)
+    return _read_split(folder, spec, ("train",)), _read_split(folder, spec, _validation_names(spec))
+
+
+_LOADERS = {"generated": _generated, "glue": _glue, "wordnet": _wordnet, "text": _text}
+"""Each of ``TaskSpec.source``'s values, read (a test checks every source has one)."""
 
 
 def _validation_names(spec: TaskSpec) -> tuple[str, ...]:

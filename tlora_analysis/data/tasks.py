@@ -9,6 +9,10 @@ __all__ = ["TaskSpec", "TASKS"]
 
 NLI = {"entailment": 0, "not_entailment": 1}
 
+SOURCES = ("generated", "glue", "wordnet", "text")
+"""Where a task's examples come from: generated in the package, GLUE (Hub or local files), the WordNet
+database installed on the machine, or a text file (causal LM)."""
+
 
 @dataclass(frozen=True)
 class TaskSpec:
@@ -25,6 +29,14 @@ class TaskSpec:
     tsv_names: tuple[str, ...] = ()  # column names for header-less TSVs (CoLA)
     label_map: dict[str, int] = field(default_factory=dict)  # GLUE string labels -> ints
     kind: str = "classification"  # or "causal-lm": next-token loss, perplexity
+    source: str = "glue"
+    """Where the examples come from, one of :data:`SOURCES`; ``load_task`` asks this, never the task's name."""
+    learning_rates: dict[str, float] = field(default_factory=dict)
+    """Each method's rate on this task where it was swept here (method -> lr); others take the method's own default."""
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"task {self.name!r}: source must be one of {SOURCES}")
 
     @property
     def main_metric(self) -> str:
@@ -34,7 +46,7 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
-        TaskSpec("default", ("sentence",), 2, ("accuracy",)),
+        TaskSpec("default", ("sentence",), 2, ("accuracy",), source="generated"),
         TaskSpec("sst2", ("sentence",), 2, ("accuracy",), "SST-2"),
         TaskSpec(
             "cola", ("sentence",), 2, ("matthews_correlation", "accuracy"), "CoLA",
@@ -59,6 +71,8 @@ TASKS: dict[str, TaskSpec] = {
             "qqp", ("question1", "question2"), 2, ("accuracy", "f1"), "QQP",
             tsv_columns={"is_duplicate": "label"},
         ),
-        TaskSpec("lm", ("text",), 0, ("perplexity", "eval_loss"), kind="causal-lm"),
+        TaskSpec("lm", ("text",), 0, ("perplexity", "eval_loss"), kind="causal-lm", source="text"),
+        TaskSpec("wordnet-lexname", ("sentence",), 24, ("accuracy",), source="wordnet"),
+        TaskSpec("wordnet-hypernym", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), source="wordnet"),
     ]
 }
