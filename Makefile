@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas test docs bench clean
+.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas wordnet-lr-sweep wordnet wordnet-hypernym test docs bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -60,6 +60,20 @@ atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 se
 	$(VENV)/bin/tlora-analysis study studies/atlas.toml --out runs/atlas --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/atlas --out figures/atlas --no-progress
 	$(VENV)/bin/tlora-analysis report runs/atlas --out figures/atlas/report.html --no-progress
+
+wordnet-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/lr_sweep (committed): LoRA, TLoRA and head-only at five rates x 2 seeds on wordnet-lexname (studies/wordnet_lr_sweep.toml, 30 cells; needs apt-get install wordnet-base)
+	$(VENV)/bin/tlora-analysis study studies/wordnet_lr_sweep.toml --out runs/wordnet_lr_sweep --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/wordnet_lr_sweep --out figures/wordnet/lr_sweep --runs-only --no-progress
+
+wordnet: $(VENV)/.installed  ## writes figures/wordnet (committed): the main job on real text, LoRA, TLoRA, head-only x 3 seeds on wordnet-lexname with the claims audit (studies/wordnet.toml; needs wordnet-base)
+	$(VENV)/bin/tlora-analysis study studies/wordnet.toml --out runs/wordnet --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/wordnet --out figures/wordnet --no-progress
+	$(VENV)/bin/tlora-analysis report runs/wordnet --out figures/wordnet/report.html --no-progress
+
+wordnet-hypernym: $(VENV)/.installed  ## writes figures/wordnet/hypernym (committed): the main job on wordnet-hypernym (studies/wordnet_hypernym.toml; needs wordnet-base)
+	$(VENV)/bin/tlora-analysis study studies/wordnet_hypernym.toml --out runs/wordnet_hypernym --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/wordnet_hypernym --out figures/wordnet/hypernym --no-progress
+	$(VENV)/bin/tlora-analysis report runs/wordnet_hypernym --out figures/wordnet/hypernym/report.html --no-progress
 
 docs: $(VENV)/.installed-dev  ## the docs pages as a static site in site/ (mkdocs, warnings are errors)
 	$(VENV)/bin/mkdocs build --strict --quiet

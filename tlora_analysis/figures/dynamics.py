@@ -8,7 +8,18 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
 from ..states import state_name
-from .style import layer_epoch_heatmap, method_color, modules_of, sequential_colors, source_styles, source_title, sources_of, trajectories
+from .style import (
+    label_states,
+    layer_epoch_heatmap,
+    method_color,
+    modules_of,
+    sequential_colors,
+    source_styles,
+    source_title,
+    sources_of,
+    state_positions,
+    trajectories,
+)
 
 
 def _pick_layers(table: pd.DataFrame, count: int = 3) -> list[int]:
@@ -65,14 +76,16 @@ def norms_over_epochs(norms: pd.DataFrame):
     """‖ΔW‖_F per layer over epochs (colour = layer), one panel per source and module, shared y scale per source."""
     sources, modules = sources_of(norms), modules_of(norms)
     layer_colors, mappable = sequential_colors(norms.layer)
+    positions = state_positions(norms.epoch)
     fig, axes = plt.subplots(len(sources), len(modules), figsize=(3.6 * len(modules), 2.7 * len(sources)), squeeze=False, sharex=True)
     for r, (label, method) in enumerate(sources):
         for c, module in enumerate(modules):
             ax = axes[r][c]
             for layer, group in norms[(norms.run == label) & (norms.module == module)].groupby("layer"):
-                ax.plot(group.epoch, group.frobenius, "o-", color=layer_colors[layer], ms=3)
+                ax.plot(group.epoch.map(positions), group.frobenius, "o-", color=layer_colors[layer], ms=3)
             ax.set_title(f"{source_title(label, method)} · {module}", fontsize=9)
             ax.set_xlabel("epoch")
+            label_states(ax.xaxis, positions)
             ax.set_ylabel("‖ΔW‖_F")
         top = norms[norms.run == label].frobenius.max() * 1.05
         for ax in axes[r]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
@@ -9,51 +10,57 @@ import pandas as pd
 
 from ..analysis.claims import PAPER_METHOD
 from ..states import state_name
-from .style import method_color, method_label, module_color, modules_of, source_styles
+from .style import log_axis, method_color, method_label, module_color, modules_of, source_styles
 
 
 def overview(tables: Mapping[str, pd.DataFrame]):
-    """2 x 3 panels: mean norm over epochs, spectra at the last epoch, α by layer, B histogram,
-    cosine per layer with baseline, entropy rank over epochs."""
-    fig, axes = plt.subplots(2, 3, figsize=(12.5, 6.8))
-    norms, spectra = tables["norms"], tables["spectra"]
-    last = int(norms.groupby("method").epoch.max().min())
+    """The key panel of each analysis the sources feed, side by side: mean norm over epochs, spectra at each source's
+    last state, TLoRA's α by layer and B histogram (where a TLoRA source is given), the LoRA-TLoRA cosine per layer
+    (where both are), entropy rank over epochs. A panel the sources cannot feed is left out, never drawn as a note."""
+    norms = tables["norms"]
     styles = source_styles(norms)
-    _per_source_curve(axes[0][0], norms, "frobenius", styles)
-    axes[0][0].set(title="Mean ‖ΔW‖_F over layers", xlabel="epoch", ylabel="‖ΔW‖_F", ylim=(0, None))
+    hist = tables["weight_histograms"]
+    panels = [
+        (True, lambda ax: _norm_panel(ax, norms, styles)),
+        (True, lambda ax: _spectra_panel(ax, tables["spectra"], styles)),
+        ("scales" in tables and len(tables["scales"]) > 0, lambda ax: _alpha_by_layer(ax, tables["scales"])),
+        (bool(((hist.method == PAPER_METHOD) & (hist.matrix == "B")).any()), lambda ax: _b_histogram(ax, hist, tables["weight_stats"])),
+        ("similarity" in tables and len(tables["similarity"]) > 0, lambda ax: _cosine_by_layer(ax, tables["similarity"])),
+        (True, lambda ax: _rank_panel(ax, tables["effective_rank"], styles)),
+    ]
+    drawn = [draw for ready, draw in panels if ready]
+    rows = math.ceil(len(drawn) / 3)
+    fig, axes = plt.subplots(rows, 3, figsize=(12.5, 3.4 * rows + 0.6), squeeze=False)
+    for ax, draw in zip(axes.flat, drawn):
+        draw(ax)
+    for ax in list(axes.flat)[len(drawn):]:
+        ax.remove()
+    methods = " vs ".join(method_label(m) for m in dict.fromkeys(norms.method))
+    fig.suptitle(f"{methods}: adaptation dynamics at a glance", fontsize=13)
+    return fig
 
-    ax = axes[0][1]
+
+def _norm_panel(ax, norms: pd.DataFrame, styles: dict) -> None:
+    _per_source_curve(ax, norms, "frobenius", styles)
+    ax.set(title="Mean ‖ΔW‖_F over layers", xlabel="epoch", ylabel="‖ΔW‖_F", ylim=(0, None))
+
+
+def _spectra_panel(ax, spectra: pd.DataFrame, styles: dict) -> None:
     for label, group in spectra.groupby("run", sort=False):  # each source at its own last state
         group = group[group.epoch == group.epoch.max()]
         normalized = group.groupby("name").singular_value.transform(lambda s: s / s.max() if s.max() > 0 else s)
         stats = normalized.groupby(group["index"]).agg(["mean", "min", "max"])
         look = styles.get(label, {})
-        ax.semilogy(stats.index, stats["mean"], ms=4, label=f"{label} ({state_name(group.epoch.iloc[0])})", **look)
+        ax.plot(stats.index, stats["mean"], ms=4, label=f"{label} ({state_name(group.epoch.iloc[0])})", **look)
         ax.fill_between(stats.index, stats["min"], stats["max"], color=look.get("color"), alpha=0.12)
+    log_axis(ax, "y")
     ax.set(title="Normalized spectra σᵢ/σ₁, each source's last state", xlabel="index i", ylabel="σᵢ / σ₁")
     ax.legend(fontsize=8)
 
-    hist, stats = tables["weight_histograms"], tables["weight_stats"]
-    has_b = bool(((hist.method == PAPER_METHOD) & (hist.matrix == "B")).any())
-    paired_panels = [  # (axis, whether its tables are there, how to draw it, what it needs)
-        (axes[0][2], "scales" in tables, lambda ax: _alpha_by_layer(ax, tables["scales"], last), "TLoRA α by layer: needs a TLoRA run"),
-        (axes[1][0], has_b, lambda ax: _b_histogram(ax, hist, stats, last), "TLoRA B entries: needs a TLoRA run"),
-        (axes[1][1], "similarity" in tables, lambda ax: _cosine_by_layer(ax, tables["similarity"], last),
-         "cos(ΔW_LoRA, ΔW_TLoRA): needs a LoRA and a TLoRA run"),
-    ]
-    for ax, ready, draw, needs in paired_panels:
-        if ready:
-            draw(ax)
-        else:
-            _missing(ax, needs)
 
-    ax = axes[1][2]
-    ranks = tables["effective_rank"]
+def _rank_panel(ax, ranks: pd.DataFrame, styles: dict) -> None:
     _per_source_curve(ax, ranks[ranks.epoch != 0], "entropy_rank", styles)
     ax.set(title="Entropy effective rank (mean over layers)", xlabel="epoch", ylabel="effective rank", ylim=(0, None))
-    methods = " vs ".join(method_label(m) for m in dict.fromkeys(norms.method))
-    fig.suptitle(f"{methods}: adaptation dynamics at a glance", fontsize=13)
-    return fig
 
 
 def _per_source_curve(ax, table: pd.DataFrame, column: str, styles: dict) -> None:
@@ -70,31 +77,39 @@ def _per_source_curve(ax, table: pd.DataFrame, column: str, styles: dict) -> Non
         ax.legend(fontsize=8)
 
 
-def _missing(ax, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9, color="0.4", transform=ax.transAxes, wrap=True)
-    ax.set_axis_off()
+def _first_source_at_its_last_state(table: pd.DataFrame) -> tuple[str, int, pd.DataFrame]:
+    """The first source of a table (in its order), its own last state, and its rows there: each source's "last" is its
+    own, never one state taken over sources of other lengths."""
+    label = table.run.iloc[0]
+    rows = table[table.run == label]
+    last = int(rows.epoch.max())
+    return label, last, rows[rows.epoch == last]
 
 
-def _alpha_by_layer(ax, scales: pd.DataFrame, last: int) -> None:
+def _alpha_by_layer(ax, scales: pd.DataFrame) -> None:
     modules = modules_of(scales)
-    for module, group in scales[scales.epoch == last].groupby("module"):
+    label, last, rows = _first_source_at_its_last_state(scales)
+    for module, group in rows.groupby("module"):
         ax.plot(group.layer, group.alpha, "o-", ms=4, color=module_color(module, modules), label=module)
-    ax.set(title=f"TLoRA α by layer, {state_name(last)}", xlabel="layer", ylabel="α")
+    ax.set(title=f"TLoRA α by layer: {label}, {state_name(last)}", xlabel="layer", ylabel="α")
     ax.legend()
 
 
-def _b_histogram(ax, hist: pd.DataFrame, stats: pd.DataFrame, last: int) -> None:
-    h = hist[(hist.method == PAPER_METHOD) & (hist.matrix == "B") & (hist.epoch == last)]
+def _b_histogram(ax, hist: pd.DataFrame, stats: pd.DataFrame) -> None:
+    label, last, h = _first_source_at_its_last_state(hist[(hist.method == PAPER_METHOD) & (hist.matrix == "B")])
     module = sorted(h.module.unique())[0]
     h = h[h.module == module]
     ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=method_color(PAPER_METHOD), alpha=0.6)
     ax.plot((h.left + h.right) / 2, h.normal_density, "k-", lw=1.2)
-    s = stats[(stats.method == PAPER_METHOD) & (stats.matrix == "B") & (stats.epoch == last) & (stats.module == module)].iloc[0]
-    ax.set(title=f"TLoRA B entries ({module}), {state_name(last)}", xlabel="entry value", ylabel="density")
+    s = stats[(stats.run == label) & (stats.matrix == "B") & (stats.epoch == last) & (stats.module == module)].iloc[0]
+    ax.set(title=f"TLoRA B entries: {label} ({module}), {state_name(last)}", xlabel="entry value", ylabel="density")
     ax.text(0.02, 0.95, f"skew {s.skewness:.2f}\nex. kurt {s.excess_kurtosis:.2f}", transform=ax.transAxes, va="top", fontsize=8)
 
 
-def _cosine_by_layer(ax, sim: pd.DataFrame, last: int) -> None:
+def _cosine_by_layer(ax, sim: pd.DataFrame) -> None:
+    """The first LoRA-TLoRA pair at its last shared state (the figure cosine_similarity draws every pair)."""
+    sim = sim[(sim.run_a == sim.run_a.iloc[0]) & (sim.run_b == sim.run_b.iloc[0])]
+    last = int(sim.epoch.max())
     sim = sim[sim.epoch == last]
     for module, group in sim.groupby("module"):
         ax.plot(group.layer, group.cosine, "o-", ms=4, color=module_color(module, modules_of(sim)), label=f"cosine · {module}")

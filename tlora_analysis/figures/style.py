@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from matplotlib import cm, colors, ticker
 
 from ..io import atomic_write_bytes
 from ..methods.spec import FALLBACK_COLOUR, METHOD_SPECS
+from ..states import FINAL_STATE
 
 METHOD_COLORS = {name: spec.colour for name, spec in METHOD_SPECS.items()}
 """One colour per method (from its spec), the same in every figure; none is a module colour."""
@@ -41,9 +43,31 @@ def log_axis(ax, which: str = "x", scale: str = "log", **options) -> None:
     """A log (or symlog) axis with ticks written 0.01, 1, 10: text is drawn literally here (no mathtext), so
     matplotlib's own 10^k tick labels would show as their source."""
     (ax.set_xscale if which == "x" else ax.set_yscale)(scale, **options)
-    axis = ax.xaxis if which == "x" else ax.yaxis
+    _plain_ticks(ax.xaxis if which == "x" else ax.yaxis)
+
+
+def _plain_ticks(axis) -> None:
+    """Major ticks as numbers; on an axis spanning less than 1.5 decades, where it may hold one major tick or
+    none, the minor ticks at 2 and 5 x 10^k are labelled too (matplotlib's own log labels do the same in mathtext)."""
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
-    axis.set_minor_formatter(ticker.NullFormatter())
+
+    def minor(value: float, _) -> str:
+        low, high = sorted(axis.get_view_interval())
+        if value <= 0 or low <= 0 or high / low > 30:
+            return ""
+        mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+        return f"{value:g}" if abs(mantissa - round(mantissa)) < 1e-6 and round(mantissa) in (2, 5) else ""
+
+    axis.set_minor_formatter(ticker.FuncFormatter(minor))
+
+
+def plain_log_ticks(fig) -> None:
+    """Every log or symlog axis of a figure written as :func:`log_axis` writes it, whoever set its scale (a
+    ``semilogy`` or a colour bar's norm): the one rule that keeps mathtext source off every axis."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() in ("log", "symlog") and not isinstance(axis.get_major_formatter(), ticker.FuncFormatter):
+                _plain_ticks(axis)
 
 
 @contextmanager
@@ -123,10 +147,32 @@ def modules_of(table) -> list[str]:
     return modules
 
 
+def state_positions(epochs) -> dict[int, int]:
+    """Where each state stands on an epoch axis: an epoch at itself, a one-state source's final state (an adapter's,
+    whose epoch is unknown) one step after the last epoch drawn, labelled "final" by :func:`label_states`."""
+    trajectory = sorted({int(e) for e in epochs} - {FINAL_STATE})
+    positions = {epoch: epoch for epoch in trajectory}
+    if FINAL_STATE in {int(e) for e in epochs}:
+        positions[FINAL_STATE] = trajectory[-1] + 1 if trajectory else 0
+    return positions
+
+
+def state_label(epoch: int) -> str:
+    """An epoch axis's tick: the epoch's number, or "final" for a one-state source."""
+    return "final" if int(epoch) == FINAL_STATE else str(int(epoch))
+
+
+def label_states(axis, positions: dict[int, int]) -> None:
+    """Tick an epoch axis at the states' positions, by name, where a one-state source stands on it (else the integer
+    ticks of :func:`integer_epochs` serve)."""
+    if FINAL_STATE in positions:
+        axis.set_ticks(list(positions.values()), [state_label(epoch) for epoch in positions])
+
+
 def layer_epoch_heatmap(fig, ax, grid, *, cmap: str, label: str, title: str, **limits) -> None:
     """A layer x epoch table (``DataFrame.pivot(index="layer", columns="epoch")``) as a heat map with its colour bar."""
     image = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", cmap=cmap, **limits)
-    ax.set_xticks(range(grid.shape[1]), grid.columns)
+    ax.set_xticks(range(grid.shape[1]), [state_label(epoch) for epoch in grid.columns])
     ax.set_yticks(range(grid.shape[0]), grid.index)
     ax.set_xlabel("epoch")
     ax.set_ylabel("layer")
@@ -138,7 +184,7 @@ def layer_epoch_heatmap(fig, ax, grid, *, cmap: str, label: str, title: str, **l
 def integer_epochs(fig) -> None:
     """Epochs, layers and singular-value indices are integers: no 1.5 ticks on any axis labelled with them."""
     for ax in fig.axes:
-        if ax.get_xlabel() in ("epoch", "layer", "index i"):
+        if ax.get_xlabel() in ("epoch", "layer", "index i") and not isinstance(ax.xaxis.get_major_locator(), ticker.FixedLocator):
             ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         if hasattr(ax, "_colorbar") and ax.get_ylabel() in ("epoch", "layer"):
             ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
@@ -153,6 +199,7 @@ def save(fig, out_dir: str | Path, name: str, formats: tuple[str, ...] = FORMATS
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     integer_epochs(fig)
+    plain_log_ticks(fig)
     paths = [out_dir / f"{name}.{fmt}" for fmt in formats]
     for path in paths:
         # No creation date in PDFs: regenerating unchanged figures leaves the files byte-identical.

@@ -1,0 +1,81 @@
+"""Every text a figure draws is read by a person: no mathtext source on a log axis, no internal state number
+("epoch -1"), no panel that explains what the sources do not include. Each registered figure is drawn through
+the real saving path for three kinds of source sets, and every text artist is read after the draw."""
+
+import re
+
+import matplotlib.figure
+import matplotlib.text
+import pytest
+import torch
+
+from helpers import ToyModel, make_run
+from tlora_analysis import adapter_layers
+from tlora_analysis.analysis import compare_runs
+from tlora_analysis.figures import render_all
+
+peft = pytest.importorskip("peft")
+
+MATHTEXT = re.compile(r"\$|\\mathdefault|\^\{")
+INTERNAL_STATE = re.compile(r"epoch\s*[−-]\s*1\b|\(\s*[−-]1\s*\)")
+PLACEHOLDER = re.compile(r"needs? an? |not available|no \w+ run", re.IGNORECASE)
+
+
+def peft_adapter(path, config):
+    torch.manual_seed(3)
+    model = peft.get_peft_model(ToyModel(3), config)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape) * 0.05)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def source_sets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    model = make_run(root / "lora", "lora", rank=4, epochs=3)
+    make_run(root / "tlora", "tlora", rank=3, epochs=3, seed=1)
+    weights = {name: layer.base.weight.detach() for name, layer in adapter_layers(model).items()}
+    targets = ["query", "value"]
+    adapters = {
+        "peft-lora": peft_adapter(root / "peft-lora", peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False)),
+        "peft-loha": peft_adapter(root / "peft-loha", peft.LoHaConfig(r=4, target_modules=targets, init_weights=False)),
+        "peft-lokr": peft_adapter(root / "peft-lokr", peft.LoKrConfig(r=4, target_modules=targets, init_weights=False)),
+    }
+    runs = {"lora": str(root / "lora"), "tlora": str(root / "tlora")}
+    return {
+        "runs": (runs, weights),
+        "adapters": (adapters, None),
+        "mix": ({**runs, "peft-lora": adapters["peft-lora"], "peft-loha": adapters["peft-loha"]}, None),
+    }
+
+
+@pytest.mark.parametrize("kind", ["runs", "adapters", "mix"])
+def test_every_text_a_figure_draws_is_plain_and_about_the_sources_given(tmp_path, source_sets, kind, monkeypatch):
+    sources, weights = source_sets[kind]
+    texts: list[list[str]] = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, target, *args, **kwargs):
+        real_savefig(fig, target, *args, **kwargs)  # draws: tick labels exist from here on
+        drawn = [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+        for ax in fig.axes:  # a state as an axis tick: "-1" under "epoch" is the internal number of a one-state source
+            for axis in (ax.xaxis, ax.yaxis):
+                low, high = sorted(axis.get_view_interval())
+                if axis.get_label().get_text() == "epoch":  # ticks outside the view are kept by matplotlib but not drawn
+                    drawn += [f"epoch {t.get_text()}" for tick, t in zip(axis.get_majorticklocs(), axis.get_majorticklabels())
+                              if low <= tick <= high and t.get_text().strip()]
+        texts.append(drawn)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    tables = compare_runs(sources, weights, baseline_samples=4)
+    entries = render_all(tables, tmp_path, formats=("png",))
+    assert entries and len(texts) == len(entries)
+    problems = [(entry["name"], text) for entry, drawn in zip(entries, texts) for text in drawn
+                if MATHTEXT.search(text) or INTERNAL_STATE.search(text) or PLACEHOLDER.search(text)]
+    assert not problems, problems[:10]
+    every_text = " ".join(text for drawn in texts for text in drawn)
+    for label in sources:
+        assert label in every_text, label  # every source is named somewhere it is drawn
