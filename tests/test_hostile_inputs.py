@@ -118,9 +118,9 @@ def peft_adapter(folder, module="bert.encoder.layer.0.attention.self.query", ran
     ({"rank_pattern": {"(a|a)+": 2}}, "a" * 40 + "!", "backtracks catastrophically"),  # the regex package defuses (a+)+ itself
     ({"alpha_pattern": {"(": 2}}, "query", "not a valid regular expression"),
     ({"r": 0}, "query", "'r' should be a whole number from 1"),
-    ({"lora_alpha": math.nan}, "query", "'lora_alpha' should be a finite number"),
-    ({"lora_alpha": 1e308}, "query", "'lora_alpha' should be a finite number"),
-    ({"alpha_pattern": {"query": 1e308}}, "query", "alpha_pattern value for query"),
+    ({"lora_alpha": math.nan}, "query", "NaN is not a number"),
+    ({"lora_alpha": 1e308}, "query", "lora_alpha = 1e+308 is beyond"),
+    ({"alpha_pattern": {"query": 1e308}}, "query", "alpha_pattern.query = 1e+308 is beyond"),
 ])
 def test_peft_configs_that_would_hang_or_break_the_math(tmp_path, config, module, fragment):
     adapter = peft_adapter(tmp_path / "adapter", module=module, **config)
@@ -588,7 +588,7 @@ def test_resume_trains_only_on_the_data_the_run_was_trained_on(tmp_path, tiny_ll
 
 @pytest.mark.parametrize("name, content, fragment", [
     ("bytes.txt", b"fine line\n\xff\xfe not utf-8\nmore\n", "line 2 is not UTF-8"),
-    ("deep.jsonl", b'{"text": "ok"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 2 is JSON nested too deeply"),
+    ("deep.jsonl", b'{"text": "ok"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 2: JSON nested too deeply"),
     ("surrogate.jsonl", b'{"text": "ok"}\n{"text": "half a pair \\ud800 here"}\n', "line 2 holds a lone surrogate"),
     ("many.txt", b"x\n" * 250_001, "more than 250,000 examples"),
 ])

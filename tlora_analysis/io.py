@@ -7,6 +7,7 @@ into place), so a killed process never leaves a half-written file under a final 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from .errors import InputError
 
-__all__ = ["PICKLE_SUFFIXES", "refuse_pickle", "refuse_pickled_files", "atomic_write_bytes", "atomic_write_json", "umask", "read_json", "regular_file", "inside", "MAX_JSON_BYTES", "check_output", "existing_path"]
+__all__ = ["PICKLE_SUFFIXES", "refuse_pickle", "refuse_pickled_files", "atomic_write_bytes", "atomic_write_json", "umask", "read_json", "regular_file", "inside", "MAX_JSON_BYTES", "check_output", "existing_path", "split_label", "parse_json"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -47,7 +48,19 @@ def umask() -> int:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+    """Write JSON that :func:`parse_json` reads back: a float that is not finite (an undefined Pearson r) becomes null,
+    since JSON has no NaN and every reader here refuses one."""
+    atomic_write_bytes(path, (json.dumps(_finite_or_null(obj), indent=2, sort_keys=False) + "\n").encode())
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite_or_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_null(value) for value in obj]
+    return obj
 
 
 MAX_JSON_BYTES = 64 << 20
@@ -62,6 +75,45 @@ def regular_file(path: Path, what: str) -> None:
         raise InputError(f"{path}: not a regular file (a {what} is read only from a regular file)")
 
 
+MAX_INTEGER_DIGITS = 19
+"""The longest JSON integer read (about 2^63): no count, step or size in a file this toolkit reads is longer, and
+Python refuses to convert past 4,300 digits with a traceback."""
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str):
+    raise _BadNumber(f"{name} is not a number any field here may hold")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"{text[:40]} is beyond the range of a float")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise _BadNumber(f"an integer of {len(text.lstrip('-')):,} digits (at most {MAX_INTEGER_DIGITS})")
+    return int(text)
+
+
+def parse_json(data: bytes | str, where: str, what: str = "JSON file"):
+    """JSON as every reader here parses it: numbers finite and bounded (NaN, Infinity, 1e400 and 5,000-digit
+    integers refused, one rule for every file), or :class:`InputError` naming ``where`` and the problem."""
+    try:
+        return json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_bounded_int)
+    except _BadNumber as err:
+        raise InputError(f"{where}: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{where}: not valid JSON ({err})") from None
+    except RecursionError:
+        raise InputError(f"{where}: JSON nested too deeply to be a {what}") from None
+
+
 def read_json(path: str | Path, what: str = "JSON file") -> dict:
     """Parse a JSON object, or raise :class:`InputError` naming the file and the problem."""
     path = Path(path)
@@ -69,12 +121,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> dict:
     size = path.stat().st_size
     if size > MAX_JSON_BYTES:
         raise InputError(f"{path}: {size:,} bytes, more than the {MAX_JSON_BYTES:,} a {what} may have")
-    try:
-        obj = json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: not valid JSON ({err})") from err
-    except RecursionError as err:
-        raise InputError(f"{path}: JSON nested too deeply to be a {what}") from err
+    obj = parse_json(path.read_bytes(), str(path), what)
     if not isinstance(obj, dict):
         raise InputError(f"{path}: expected a JSON object, found {type(obj).__name__}")
     return obj
@@ -113,6 +160,16 @@ def refuse_pickled_files(folder: Path, only_if_no: str | None = None) -> None:
     pickled = sorted(p for p in files if p.suffix.lower() in PICKLE_SUFFIXES)
     if pickled:
         refuse_pickle(pickled[0])
+
+
+def split_label(argument: str) -> tuple[str | None, str]:
+    """A source argument as (label, path): ``NAME=PATH`` where the whole argument is no existing path, else (None, it).
+    Every reader of a source argument asks this, so that a label is never looked up as a file (one of 300
+    characters had failed with "File name too long")."""
+    if "=" in argument and not existing_path(argument):
+        label, _, path = argument.partition("=")
+        return label, path
+    return None, argument
 
 
 def existing_path(text: str) -> bool:

@@ -15,7 +15,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .io import existing_path
+from .io import split_label
 
 __all__ = ["fingerprint", "manifest_matches", "read_tables", "write_manifest", "TABLES_MANIFEST"]
 
@@ -29,7 +29,7 @@ def fingerprint(arguments: list[str]) -> str:
     checks before it reuses the tables ``figures`` wrote from them."""
     digest = hashlib.sha256()
     for argument in arguments:
-        path = Path(argument.partition("=")[2] if "=" in argument and not existing_path(argument) else argument)
+        path = Path(split_label(argument)[1])
         for file in sorted([path] if path.is_file() else path.rglob("*")):
             if file.is_file():
                 stat = file.stat()

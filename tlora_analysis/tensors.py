@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from .errors import InputError
-from .io import atomic_write_bytes, regular_file
+from .io import atomic_write_bytes, parse_json, regular_file
 
 __all__ = ["atomic_save_tensors", "safetensors_bytes", "read_tensors", "read_header", "take_tensor", "check_values", "MAX_DIM", "MAX_FROZEN_ELEMENTS",
            "MAX_ABS_VALUE", "MAX_HEADER_BYTES"]
@@ -71,7 +71,6 @@ MAX_HEADER_BYTES = 100 << 20
 def read_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
     """A safetensors file's tensor entries (``{"dtype", "shape"}`` by name) and metadata, from its header
     alone: recognising a file costs one small read, whatever its size."""
-    import json
     import struct
 
     path = Path(path)
@@ -81,10 +80,7 @@ def read_header(path: str | Path) -> tuple[dict[str, dict], dict[str, str]]:
         size = struct.unpack("<Q", prefix)[0] if len(prefix) == 8 else -1
         if not 2 <= size <= min(MAX_HEADER_BYTES, path.stat().st_size - 8):
             raise InputError(f"{path}: not a safetensors file (its header length {size} does not fit the file)")
-        try:
-            header = json.loads(handle.read(size))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-            raise InputError(f"{path}: not a safetensors file (its header is not valid JSON: {err})") from err
+        header = parse_json(handle.read(size), f"{path}: not a safetensors file (its header)", "safetensors header")
     if not isinstance(header, dict):
         raise InputError(f"{path}: not a safetensors file (its header is not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}

@@ -35,6 +35,8 @@ class UpdateSource(Protocol):
     layers: dict[str, dict]
     """Per adapted layer: at least ``shape`` and ``rank``."""
     rank: int
+    notices: list[str]
+    """One line per thing the reading left out or assumed (empty where it read everything)."""
 
     @property
     def epochs(self) -> list[int]: ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import split_label
 from ..reuse import fingerprint, manifest_matches, read_tables
 from .output import print_notices, print_table, show_progress
 
@@ -33,7 +34,7 @@ def _check_out(args, kind: str) -> None:
 
 def _study(args):
     """The study named by a single RUN argument that is a study directory, else None."""
-    if len(args.runs) == 1 and (Path(args.runs[0]) / "study.json").is_file():
+    if len(args.runs) == 1 and (Path(split_label(args.runs[0])[1]) / "study.json").is_file():
         from ..study import load_study
 
         return load_study(args.runs[0])

@@ -12,10 +12,10 @@ no download.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InputError
+from ..io import parse_json
 
 MAX_FILE_BYTES = 1 << 30
 MAX_EXAMPLES = 250_000
@@ -67,12 +67,7 @@ def _example(raw: bytes, number: int, path: Path) -> dict | None:
         return None
     if path.suffix == ".txt":
         return {"text": line}
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise InputError(f"--data-file {path}: line {number} is not JSON ({err.msg})") from err
-    except RecursionError as err:
-        raise InputError(f"--data-file {path}: line {number} is JSON nested too deeply") from err
+    record = parse_json(line, f"--data-file {path}: line {number}", "JSON line")
     if isinstance(record, dict) and isinstance(record.get("text"), str):
         example = {"text": record["text"]}
     elif isinstance(record, dict) and isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str):

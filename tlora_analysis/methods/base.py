@@ -22,13 +22,12 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..factored import FactoredDelta
-from .spec import METHOD_SPECS, method_spec
+from .spec import MAX_ABS_SCALE, METHOD_SPECS, method_spec
 
 __all__ = ["AdapterLayer", "register_method", "method_class", "METHOD_CLASSES", "tensor_sha256", "check_scale", "MAX_ABS_SCALE"]
 
 METHOD_CLASSES: dict[str, type[AdapterLayer]] = {}
 
-MAX_ABS_SCALE = 1e12
 """Largest magnitude of a scale read from a file (LoRA's scaling): far beyond any real setting."""
 
 

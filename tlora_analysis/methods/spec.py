@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 
 from ..errors import InputError
 
-__all__ = ["MethodSpec", "Choice", "METHOD_SPECS", "register_spec", "method_spec", "adapter_methods", "FALLBACK_COLOUR",
+__all__ = ["MAX_ABS_SCALE", "MethodSpec", "Choice", "METHOD_SPECS", "register_spec", "method_spec", "adapter_methods", "FALLBACK_COLOUR",
            "TLORA_INITS", "SCALE_KINDS", "FROZEN_KINDS"]
+
+MAX_ABS_SCALE = 1e12
+"""Largest magnitude of a scale or any other number in a method's settings (lora_alpha, FourierFT's scaling, ...):
+far beyond any real setting, and small enough that every update it scales stays computable (1e300 had ended in a
+LinAlgError)."""
 
 FALLBACK_COLOUR = "#444444"
 """The colour of a method no spec names (a source from elsewhere): dark grey, unlike every method's."""
@@ -78,6 +83,9 @@ class MethodSpec:
     (:meth:`peft_settings`). ``{}`` is the generic ``peft`` method, whose config comes from ``--peft-config``."""
     budget: str = ""
     """For a peft method: why its settings are comparable to LoRA's at the same ``--rank``."""
+    starts_at_zero: bool = False
+    """Whether ΔW is zero before the first step (LoRA's B = 0, VeRA's λ_b = 0, full fine-tuning's W = W0): a series of
+    checkpoints then begins at the zero update. peft-trained methods answer from their config instead."""
 
     def __post_init__(self) -> None:
         if self.scale not in SCALE_KINDS or self.frozen not in FROZEN_KINDS or not set(self.fixed_sides) <= {"left", "right"}:
@@ -136,12 +144,12 @@ _PEFT_LORA = ("peft-lora",)
 
 register_spec(MethodSpec(
     "lora", "LoRA", "#0072B2", 3e-3, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 1.000 (1e-3: 0.997)", "tlora_analysis.methods.lora:LoRALinear",
-    alpha_help="lora_alpha (default r, i.e. scaling 1)", scale="fixed", exports=_PEFT_LORA, peft_type="LORA",
+    alpha_help="lora_alpha (default r, i.e. scaling 1)", scale="fixed", exports=_PEFT_LORA, peft_type="LORA", starts_at_zero=True,
 ))
 register_spec(MethodSpec(
     "lorafa", "LoRA-FA", "#44AA99", 1e-2, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 0.998 (3e-3: 0.967; 3e-2: 0.750)",
     "tlora_analysis.methods.lora_fa:LoRAFALinear", alpha_help="lora_alpha (default r, i.e. scaling 1)", scale="fixed", frozen="random",
-    fixed_sides=("right",), exports=_PEFT_LORA,
+    fixed_sides=("right",), exports=_PEFT_LORA, starts_at_zero=True,
 ))
 register_spec(MethodSpec(
     "tlora", "TLoRA", "#D55E00", 3e-2,
@@ -149,13 +157,13 @@ register_spec(MethodSpec(
     "tlora_analysis.methods.tlora:TLoRALinear", alpha_help="initial learned α (default 1)", alpha_default=1.0,
     options={"init": Choice("kaiming", TLORA_INITS, "TLoRA: how the frozen A and C are drawn: kaiming (variance 1/r and 1/d_in), "
                                                     "var-r (1/r both), var-d (1/d_out and 1/d_in) or orthonormal")},
-    scale="learned", frozen="random", square_core=True, fixed_sides=("left", "right"), exports=_PEFT_LORA,
+    scale="learned", frozen="random", square_core=True, fixed_sides=("left", "right"), exports=_PEFT_LORA, starts_at_zero=True,
 ))
 register_spec(MethodSpec(
     "vera", "VeRA", "#882255", 3e-2, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 0.993 (1e-2: 0.899; 1e-1: 0.748)", "tlora_analysis.methods.vera:VeRALinear",
     alpha_help="initial λ_d (peft's d_initial, default 0.1)", alpha_default=0.1, frozen="random", exports=("peft-vera",),
     fixed_sides=("right",),  # λ_b rescales B's rows, so only A's row space is fixed: the bound of its linear superset {M·A}
-    peft_type="VERA",
+    peft_type="VERA", starts_at_zero=True,
 ))
 register_spec(MethodSpec(
     "loraxs", "LoRA-XS", "#999933", 1e-2, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 0.883 (3e-3: 0.747; 3e-2: 0.712)",
@@ -164,7 +172,7 @@ register_spec(MethodSpec(
 ))
 register_spec(MethodSpec(
     "full", "full fine-tuning", "#332288", 3e-4, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 1.000, tied with 1e-3 (the smaller rate is taken; 1e-4: 0.991)", "tlora_analysis.methods.full:FullLinear",
-    exports=("dense",),
+    exports=("dense",), starts_at_zero=True,
 ))
 register_spec(MethodSpec("head", "head only", "#7F7F7F", 0.3, "the learning-rate sweep (studies/lr_sweep.toml, figures/lr_sweep/results.json): best mean validation accuracy over seeds 0 and 1 at 3 epochs, 0.669 (1: 0.667; 1e-1: 0.653); a linear probe "
                                                               "on cached features takes large rates", None))

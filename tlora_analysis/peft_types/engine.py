@@ -223,15 +223,21 @@ def delta_shape(layer) -> tuple[int, int]:
     return shape[::-1] if getattr(layer, "fan_in_fan_out", False) else shape
 
 
-def _model_class(config: dict):
-    """The transformers class the adapter was made on: its ``auto_mapping``, else its task type's Auto class."""
+def _model_class(config: dict, where: str):
+    """The transformers class the adapter was made on: its ``auto_mapping``, else its task type's Auto class (also for a
+    class transformers does not have: peft records custom classes there, whose weights the task's class reads the same).
+    A name transformers has that is no model class (a tokenizer, a config, a function) is refused in one line."""
     import transformers
+    from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
     mapping = config.get("auto_mapping") if isinstance(config.get("auto_mapping"), dict) else {}
     class_name = mapping.get("base_model_class")
     factory = getattr(transformers, class_name, None) if isinstance(class_name, str) and class_name.isidentifier() else None
-    if factory is None or not hasattr(factory, "from_pretrained"):
-        factory = getattr(transformers, TASK_MODEL_CLASSES.get(str(config.get("task_type")), "AutoModelForSequenceClassification"))
+    if factory is None:
+        return getattr(transformers, TASK_MODEL_CLASSES.get(str(config.get("task_type")), "AutoModelForSequenceClassification"))
+    if not (isinstance(factory, type) and issubclass(factory, (transformers.PreTrainedModel, _BaseAutoModelClass))):
+        raise InputError(f"{where}: auto_mapping.base_model_class {str(class_name)[:60]!r} is not a model class of transformers "
+                         f"{transformers.__version__} (expected e.g. BertModel or T5ForConditionalGeneration)")
     return factory
 
 
@@ -240,7 +246,7 @@ def _load_base(config: dict, base: str, where: str):
     from ..models import _pretrained, quiet_loading
 
     with quiet_loading():
-        return _pretrained(_model_class(config), base, use_safetensors=True, dtype=torch.float32).eval()
+        return _pretrained(_model_class(config, where), base, use_safetensors=True, dtype=torch.float32).eval()
 
 
 def _skeleton(config: dict, base: str, where: str):
@@ -250,7 +256,7 @@ def _skeleton(config: dict, base: str, where: str):
     from ..models import _pretrained, quiet_loading
 
     model_config = _pretrained(AutoConfig, base)
-    factory = _model_class(config)
+    factory = _model_class(config, where)
     with quiet_loading(), torch.device("meta"):
         make = factory.from_config if hasattr(factory, "from_config") else factory._from_config
         return make(model_config).eval()

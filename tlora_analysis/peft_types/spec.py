@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..methods.spec import MAX_ABS_SCALE
+
 __all__ = ["PeftTypeSpec", "PEFT_TYPES", "peft_type_spec", "KINDS", "initial_update_is_zero", "method_of_config", "type_label",
            "peft_types_table"]
 
@@ -123,7 +125,26 @@ def peft_type_spec(config: dict, where: str):
         raise InputError(f"{where}: peft_type {peft_type!r:.40} is not one this tlora-analysis knows "
                          f"({len(PEFT_TYPES)} types, those of peft 0.21); upgrade tlora-analysis, or read the model merged, "
                          "as a fine-tune against --base")
+    for key, value in _numbers(config):
+        if abs(value) > MAX_ABS_SCALE:
+            raise InputError(f"{where}: {key} = {value:.3g} is beyond {MAX_ABS_SCALE:g} in magnitude, which no adapter setting "
+                             "reaches (every number of a config is bounded, as lora_alpha is)")
     return PEFT_TYPES[peft_type.upper()]
+
+
+def _numbers(config: dict, prefix: str = ""):
+    """(key path, value) of every number in a config: its fields, their patterns (rank_pattern, alpha_pattern) and lists;
+    seeds and PRNG keys (VeRA's projection_prng_key, FourierFT's random_loc_seed) are names, not magnitudes, and left out."""
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if any(word in str(key).lower() for word in ("seed", "prng")):
+            continue
+        if isinstance(value, dict):
+            yield from _numbers(value, f"{name}.")
+        elif isinstance(value, (list, tuple)):
+            yield from ((f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, (int, float)) and not isinstance(v, bool))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield name, value
 
 
 LORA_INITS_WITH_ZERO_UPDATE = (True, "gaussian", "eva", "pissa", "olora", "mica", "corda", "loftq", "lora_ga")

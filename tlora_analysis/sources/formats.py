@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from ..errors import InputError
-from ..io import refuse_pickle, refuse_pickled_files
+from ..io import existing_path, refuse_pickle, refuse_pickled_files
 
 __all__ = ["SourceFormat", "FORMATS", "register_format", "open_updates", "Sniff", "formats_table"]
 
@@ -92,8 +92,8 @@ def open_updates(path: str | Path, base: str | None = None):
     or where the file's own base cannot be opened (a Hub name is never fetched unasked).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file or directory")
+    if not existing_path(str(path)):
+        raise InputError(f"{str(path)[:200]}: no such file or directory")
     if path.is_file():
         refuse_pickle(path)
         if path.suffix != ".safetensors":

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import InputError
-from ..io import existing_path
+from ..io import split_label
 from .formats import open_updates
 
 __all__ = ["open_sources", "labelled_paths", "Labelled", "LABEL_SETTINGS"]
@@ -80,13 +80,13 @@ def _auto_labels(sources: list, taken: set[str]) -> list[str]:
 
 def labelled_paths(arguments: list[str]) -> dict[str, str] | list[str]:
     """``NAME=PATH`` arguments as a mapping label -> path (an existing path with '=' in it stays a path)."""
-    named = [a.partition("=") if "=" in a and not existing_path(a) else (None, None, a) for a in arguments]
-    if all(label is None for label, _, _ in named):
+    named = [split_label(a) for a in arguments]
+    if all(label is None for label, _ in named):
         return arguments
-    if any(label is None for label, _, _ in named):
+    if any(label is None for label, _ in named):
         raise InputError("label every source (NAME=PATH) or none; mixed: " + ", ".join(a for a in arguments if "=" not in a))
-    return {label: path for label, _, path in named} if len({label for label, _, _ in named}) == len(named) else \
-        _refuse_twice([label for label, _, _ in named])
+    return {label: path for label, path in named} if len({label for label, _ in named}) == len(named) else \
+        _refuse_twice([label for label, _ in named])
 
 
 def _refuse_twice(labels: list[str]):

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..factored import FactoredDelta
 from ..io import read_json
+from ..methods.spec import METHOD_SPECS
 from ..peft_types import initial_update_is_zero
 from .formats import Sniff, SourceFormat, register_format
 from .peft_dirs import CONFIG, PeftAdapter, peft_context, read_peft_folder
@@ -125,7 +126,8 @@ class TrainerRun:
     def _starts_at_zero(state) -> bool:
         if isinstance(state, PeftAdapter):
             return initial_update_is_zero(state.config)
-        return state.method in ("full", "lora", "lorafa", "tlora", "vera")  # B = 0, λ_b = 0, W = W0 at step 0
+        spec = METHOD_SPECS.get(state.method)
+        return spec is not None and spec.starts_at_zero
 
 
 def _is_trainer_output(sniff: Sniff) -> bool:

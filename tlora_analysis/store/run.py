@@ -165,6 +165,7 @@ class Run(RecordedRun):
         for name, layer in self.layers.items():
             check_layer(layer, self.method, f"{self.where} layer {name!r}")
         self._delta_cache: dict[int, dict[str, FactoredDelta]] = {}
+        self.notices: list[str] = []  # a run of ours is read whole; the attribute every source has (UpdateSource)
 
     def release(self) -> None:
         super().release()
