@@ -107,3 +107,90 @@ def test_15_every_number_of_a_config_is_bounded_as_lora_alpha_is(tmp_path):
     from tlora_analysis.cli import main
 
     assert main(["inspect", str(folder)]) == 2
+
+
+def test_13_a_catastrophic_target_modules_pattern_is_one_line_not_a_hang():
+    from tlora_analysis.methods.peft_format import resolve_module_patterns
+
+    names = ["a" * 40 + "!", "encoder.query"]
+    with pytest.raises(InputError, match=r"cfg: target_modules '\(a\|aa\)\+' took over 0.05 s .* backtracks catastrophically"):
+        resolve_module_patterns({"target_modules": "(a|aa)+"}, names, "cfg")
+    resolved = resolve_module_patterns({"target_modules": r".*\.query", "exclude_modules": "nothing", "r": 4}, names, "cfg")
+    assert resolved == {"target_modules": ["encoder.query"], "exclude_modules": [], "r": 4}
+    with pytest.raises(InputError, match="not a valid regular expression"):
+        resolve_module_patterns({"target_modules": "("}, names, "cfg")
+
+
+def test_13_train_hands_peft_the_modules_a_pattern_matched(tmp_path):
+    from helpers import cli
+
+    config = tmp_path / "adapter_config.json"
+    config.write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": r".*\.(query|value)"}))
+    result = cli("train", "--method", "peft", "--peft-config", config, "--out", tmp_path / "run", "--epochs", "1",
+                 "--max-train-samples", "16", "--max-eval-samples", "8")
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert len(load_run(tmp_path / "run").layers) == 12  # 6 layers x query, value
+
+
+def lora_folder(path, name="default", seed=0):
+    torch.manual_seed(seed)
+    model = peft.get_peft_model(ToyModel(2), peft.LoraConfig(r=2, target_modules=["query"], init_lora_weights=False), adapter_name=name)
+    model.save_pretrained(path)
+    return model
+
+
+def test_4_a_root_adapter_beside_named_ones_says_what_it_did_not_read(tmp_path):
+    model = lora_folder(tmp_path / "two")
+    model.add_adapter("other", peft.LoraConfig(r=2, target_modules=["query"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "two")
+    assert (tmp_path / "two" / "other" / "adapter_config.json").is_file()
+    source = open_updates(tmp_path / "two")
+    assert any("1 more in subfolders were not read (other)" in line for line in source.notices), source.notices
+
+
+def test_4_a_lycoris_full_files_bias_update_is_named(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"lycoris_encoder_layer_0_query.diff": torch.randn(8, 8), "lycoris_encoder_layer_0_query.diff_b": torch.randn(8)},
+              str(tmp_path / "full.safetensors"))
+    source = open_updates(tmp_path / "full.safetensors")
+    assert any("bias updates of 1 modules" in line and "diff_b" in line for line in source.notices), source.notices
+
+
+def trainer_output(root, folders, states):
+    for folder, state in zip(folders, states):
+        lora_folder(root / folder)
+        (root / folder / "trainer_state.json").write_text(json.dumps(state))
+    return root
+
+
+def test_4_two_checkpoints_at_one_step_are_refused_not_one_dropped(tmp_path):
+    out = trainer_output(tmp_path / "out", ["checkpoint-20", "checkpoint-0020"], [{"global_step": 20}, {"global_step": 20}])
+    with pytest.raises(InputError, match="are both at global step 20"):
+        open_updates(out)
+
+
+def test_4_a_trajectory_that_ends_before_training_did_says_so(tmp_path):
+    state = {"global_step": 10, "epoch": 1.0, "max_steps": 30, "best_model_checkpoint": "out/checkpoint-10"}
+    out = trainer_output(tmp_path / "out", ["checkpoint-10"], [state])
+    source = open_updates(out)
+    assert any("last checkpoint kept is at step 10 of the 30 trained (best_model_checkpoint checkpoint-10)" in line
+               for line in source.notices), source.notices
+
+
+def test_12_files_found_inside_a_source_may_not_leave_it_through_a_link(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "trainer_state.json").write_text('{"global_step": 5}')
+    out = trainer_output(tmp_path / "out", ["checkpoint-5"], [{"global_step": 5}])
+    (out / "checkpoint-5" / "trainer_state.json").unlink()
+    (out / "checkpoint-5" / "trainer_state.json").symlink_to(elsewhere / "trainer_state.json")
+    with pytest.raises(InputError, match="trainer_state.json resolves to .*outside .*refusing to follow it"):
+        open_updates(out)
+    lora_folder(tmp_path / "adapter")
+    state_dict = tmp_path / "single" / "adapter_model.safetensors"
+    state_dict.parent.mkdir()
+    state_dict.write_bytes((tmp_path / "adapter" / "adapter_model.safetensors").read_bytes())
+    (state_dict.parent / "adapter_config.json").symlink_to(tmp_path / "adapter" / "adapter_config.json")
+    with pytest.raises(InputError, match="adapter_config.json resolves to .*outside"):
+        open_updates(state_dict)

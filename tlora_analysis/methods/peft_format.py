@@ -13,7 +13,7 @@ import time
 from ..errors import InputError
 
 __all__ = ["PEFT_PREFIX", "module_key", "group_by_module", "PatternTable", "check_number", "check_rank", "PATTERN_TIMEOUT_S",
-           "PATTERN_BUDGET_S", "MAX_PATTERN_KEYS", "lookup_by_suffix"]
+           "PATTERN_BUDGET_S", "MAX_PATTERN_KEYS", "lookup_by_suffix", "resolve_module_patterns"]
 
 PEFT_PREFIX = "base_model.model."
 PATTERN_TIMEOUT_S = 0.05
@@ -87,6 +87,40 @@ class PatternTable:
 
     def _checked(self, value, module: str, low: float, high: float):
         return check_number(value, self.where, f"{self.field} value for {module}", low, high, integer=self.integer)
+
+
+def resolve_module_patterns(config: dict, module_names: list[str], where: str) -> dict:
+    """``config`` with a string ``target_modules`` / ``exclude_modules`` replaced by the module names it matches.
+
+    peft matches such a string with ``re.fullmatch`` against every module name, with no time limit, so a pattern from
+    a file that backtracks catastrophically (``(.*)*x``) would hang the process inside peft. Here it is matched
+    first with the ``regex`` package's timeout per name and a budget for the whole model, and peft is given the
+    names it matched (a list peft matches as whole names or dotted suffixes: the same modules)."""
+    import regex
+
+    resolved = dict(config)
+    for field in ("target_modules", "exclude_modules"):
+        pattern = config.get(field)
+        if not isinstance(pattern, str):
+            continue
+        try:
+            compiled = regex.compile(pattern)
+        except regex.error as err:
+            raise InputError(f"{where}: {field} {pattern!r:.80} is not a valid regular expression ({err})") from None
+        deadline = time.monotonic() + PATTERN_BUDGET_S
+        matched = []
+        for name in module_names:
+            try:
+                if compiled.fullmatch(name, timeout=PATTERN_TIMEOUT_S):
+                    matched.append(name)
+            except TimeoutError:
+                raise InputError(f"{where}: {field} {pattern!r:.80} took over {PATTERN_TIMEOUT_S} s to match {name!r}; it "
+                                 "backtracks catastrophically: give a plainer pattern or a list of module names") from None
+            if time.monotonic() > deadline:
+                raise InputError(f"{where}: matching {field} {pattern!r:.80} against the model's {len(module_names):,} modules "
+                                 f"took over {PATTERN_BUDGET_S} s; give a plainer pattern or a list of module names")
+        resolved[field] = matched
+    return resolved
 
 
 def lookup_by_suffix(mapping, name: str):

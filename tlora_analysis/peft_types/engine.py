@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..methods.peft_format import PEFT_PREFIX
+from ..methods.peft_format import PEFT_PREFIX, resolve_module_patterns
 from .spec import PEFT_TYPES
 
 __all__ = ["PeftEngine", "peft_config_object", "TASK_MODEL_CLASSES", "tuner_layers", "delta_shape"]
@@ -71,11 +71,12 @@ class PeftEngine:
 
         from ..models import resolve_model
 
+        skeleton = _skeleton(config, base, where)
+        config = resolve_module_patterns(config, [name for name, _ in skeleton.named_modules() if name], where)
         self.config, self.where = config, where
         peft_config, self.dropped = peft_config_object(config, where)
         if tensors is not None:  # before anything is allocated: a config may imply far more than its file holds
             _check_planned_shapes(_planned_shapes(config, base, where, peft_config), tensors, where)
-        skeleton = _skeleton(config, base, where)
         size = 4 * sum(p.numel() for p in skeleton.parameters())
         self.stream = size > WHOLE_BASE_BYTES if stream is None else stream
         spec = PEFT_TYPES.get(str(config.get("peft_type")).upper())

@@ -153,7 +153,7 @@ def read_model_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: no such model directory")
     single = path / "model.safetensors"
     if single.exists():
-        return read_tensors(single)
+        return read_tensors(inside(path, single, "model.safetensors"))
     index = path / "model.safetensors.index.json"
     if index.exists():
         weight_map = read_json(inside(path, index, "the safetensors index"), "safetensors index").get("weight_map", {})

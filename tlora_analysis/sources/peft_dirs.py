@@ -65,7 +65,12 @@ def read_peft_folder(path: Path) -> tuple[dict, dict]:
 def open_peft(path: Path, base: str | None = None, context: ReadContext | None = None) -> PeftAdapter:
     """A peft ``save_pretrained`` folder: adapter_config.json + adapter_model.safetensors."""
     config, tensors = read_peft_folder(path)
-    return PeftAdapter(path, config, tensors, base, context=context)
+    adapter = PeftAdapter(path, config, tensors, base, context=context)
+    others = _named_adapters(path)
+    if others:  # save_pretrained with several adapters: "default" at the root, the others in subfolders
+        adapter.notices.append(f"{path}: read the adapter at the folder's root; {len(others)} more in subfolders were not read "
+                               f"({', '.join(p.name for p in others[:5])}): give one, e.g. {others[0]}")
+    return adapter
 
 
 def _named_adapters(folder: Path) -> list[Path]:
@@ -87,7 +92,7 @@ def _open_state_dict(path: Path, base: str | None) -> PeftAdapter:
     if not config_path.is_file():
         raise InputError(f"{path}: a peft state dict (keys base_model.model.…) without an {CONFIG} beside it; the config gives "
                          "the adapter's type and scaling (lora_alpha), so put it in the same folder")
-    return PeftAdapter(path, read_json(config_path, CONFIG), read_tensors(path), base, where=str(path))
+    return PeftAdapter(path, read_json(inside(path.parent, config_path, CONFIG), CONFIG), read_tensors(path), base, where=str(path))
 
 
 def _is_peft_state_dict(sniff: Sniff) -> bool:

@@ -36,6 +36,9 @@ KINDS = {"lora_down": "kohya LoRA", "hada_w1_a": "LyCORIS LoHa", "lokr_w1": "LyC
          "diff": "LyCORIS full"}
 """The tensor suffix that marks each kind of module (its first factor)."""
 METHODS = {"kohya LoRA": "lora", "LyCORIS LoHa": "loha", "LyCORIS LoKr": "lokr", "LyCORIS full": "full"}
+READS = {"kohya LoRA": {"lora_down", "lora_up", "alpha"}, "LyCORIS LoHa": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+         "LyCORIS LoKr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}, "LyCORIS full": {"diff"}}
+"""The parts of a module each kind's ΔW is made of; any other part (LyCORIS full's bias update diff_b) is named as not read."""
 
 
 def readable_name(flat: str) -> str:
@@ -108,13 +111,18 @@ def read_single_file(tensors: dict[str, torch.Tensor], where: str) -> tuple[str,
             check_values(tensor, f"{where}: tensor {name}.{key}")
         deltas[readable_name(name)] = _delta(kind, parts, f"{where}: module {name}")
         kinds.add(kind)
-        used.update(k for k in tensors if k.startswith(name + "."))
+        used.update(k for k in tensors if k.startswith(name + ".") and k[len(name) + 1:].removesuffix(".weight") in READS[kind])
     if len(kinds) != 1:
         raise InputError(f"{where}: holds {'no 2-D' if not kinds else 'several kinds of'} modules ({', '.join(sorted(kinds)) or 'none'}); "
                          "expected one kohya LoRA or LyCORIS kind")
     if convolutions:
         notices.append(f"{where}: {len(convolutions)} convolution modules (e.g. {convolutions[0]}) hold 4-D kernels and were not analysed")
     left = sorted(set(tensors) - used - {k for k in tensors if k.split(".", 1)[0] in convolutions})
+    biases = [k for k in left if k.endswith((".diff_b", ".bias", ".bias_indices", ".bias_values"))]
+    if biases:
+        notices.append(f"{where}: the bias updates of {len(biases)} modules (e.g. {biases[0]}) were not analysed: a bias is no part "
+                       "of a layer's weight update ΔW")
+    left = [k for k in left if k not in biases]
     if left:
         notices.append(f"{where}: {len(left)} tensors belong to no module's ΔW and were not analysed (e.g. {left[0]})")
     kind = kinds.pop()

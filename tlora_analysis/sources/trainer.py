@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..factored import FactoredDelta
-from ..io import read_json
+from ..io import inside, read_json
 from ..methods.spec import METHOD_SPECS
 from ..peft_types import initial_update_is_zero
 from .formats import Sniff, SourceFormat, register_format
@@ -45,6 +45,7 @@ class TrainerRun:
             raise InputError(f"{self.path}: a Trainer output directory without checkpoint-N folders; give the saved model or adapter "
                              "itself, or save checkpoints (save_strategy)")
         steps = [self._step(p) for p in folders]
+        _refuse_shared_steps(folders, steps)
         epochs = [step[1] for step in steps]
         by_epoch = all(e is not None and abs(e - round(e)) < 1e-6 for e in epochs) and len({round(e) for e in epochs}) == len(epochs)
         keys = [round(e) for e in epochs] if by_epoch else [s for s, _ in steps]
@@ -62,6 +63,7 @@ class TrainerRun:
                                 f"(a {self.method} update that starts elsewhere); the trajectory starts at its first checkpoint")
         if not by_epoch:
             self.notices.append(f"{self.path}: the checkpoints are not at whole epochs; states are keyed by global step")
+        self.notices += self._ends_early(folders[-1], steps[-1][0])
 
     def __repr__(self) -> str:
         return f"TrainerRun({str(self.path)!r}, method={self.method!r}, states={self.epochs})"
@@ -112,14 +114,26 @@ class TrainerRun:
         return open_model(folder, self._base)
 
     def _step(self, folder: Path) -> tuple[int, float | None]:
-        state = read_json(folder / STATE, STATE) if (folder / STATE).is_file() else {}
+        state = read_json(inside(self.path, folder / STATE, STATE), STATE) if (folder / STATE).is_file() else {}
         step, epoch = state.get("global_step"), state.get("epoch")
         step = step if isinstance(step, int) and not isinstance(step, bool) else int(CHECKPOINT.fullmatch(folder.name)[1])
         return step, float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
 
+    def _ends_early(self, folder: Path, step: int) -> list[str]:
+        """A notice where training went on past the last checkpoint kept (``load_best_model_at_end`` with
+        ``save_total_limit`` deletes later ones): the trajectory then ends before training did."""
+        state = read_json(inside(self.path, folder / STATE, STATE), STATE) if (folder / STATE).is_file() else {}
+        total = state.get("max_steps")
+        if isinstance(total, int) and not isinstance(total, bool) and step < total:
+            best = state.get("best_model_checkpoint")
+            return [f"{self.path}: the last checkpoint kept is at step {step} of the {total} trained"
+                    + (f" (best_model_checkpoint {Path(str(best)).name})" if best else "")
+                    + "; the trajectory ends before training did"]
+        return []
+
     def _history(self) -> list[dict]:
         last = self._folders[max(self._folders)] / STATE
-        history = read_json(last, STATE).get("log_history", []) if last.is_file() else []
+        history = read_json(inside(self.path, last, STATE), STATE).get("log_history", []) if last.is_file() else []
         return [entry for entry in history if isinstance(entry, dict)] if isinstance(history, list) else []
 
     @staticmethod
@@ -128,6 +142,17 @@ class TrainerRun:
             return initial_update_is_zero(state.config)
         spec = METHOD_SPECS.get(state.method)
         return spec is not None and spec.starts_at_zero
+
+
+def _refuse_shared_steps(folders: list[Path], steps: list[tuple[int, float | None]]) -> None:
+    """Two checkpoints at one global step (checkpoint-20 and checkpoint-0020) are one state twice: which to read would
+    depend on directory order, so neither is chosen silently."""
+    seen: dict[int, Path] = {}
+    for folder, (step, _) in zip(folders, steps):
+        if step in seen:
+            raise InputError(f"{folder.parent}: {seen[step].name} and {folder.name} are both at global step {step}; "
+                             "keep one of them (or give one checkpoint folder itself)")
+        seen[step] = folder
 
 
 def _is_trainer_output(sniff: Sniff) -> bool:

@@ -59,9 +59,11 @@ def _peft_model(model, config: TrainConfig, total_steps: int):
     ``modules_to_save`` for a classification task), as this toolkit's methods train it."""
     import peft
 
+    from ..methods.peft_format import resolve_module_patterns
     from ..peft_types.engine import peft_config_object
 
-    settings = config.peft_settings(total_steps)
+    settings = resolve_module_patterns(config.peft_settings(total_steps), [n for n, _ in model.named_modules() if n],
+                                       config.peft_config or f"--method {config.method}")
     if isinstance(settings.get("target_modules"), list):  # peft takes a list of names as suffixes, as --targets does
         check_targets([n for n, m in model.named_modules() if is_linear(m) and n], settings["target_modules"])
     settings.setdefault("task_type", "CAUSAL_LM" if TASKS[config.task].kind == "causal-lm" else "SEQ_CLS")
