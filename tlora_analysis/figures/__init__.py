@@ -17,7 +17,7 @@ __all__ = ["render_all", "render_study", "FIGURES", "STUDY_FIGURES", "dynamics",
 
 # name -> (function, tables it needs, what it shows)
 FIGURES = {
-    "spectra": (dynamics.spectra_comparison, ("spectra",), "singular values of ΔW, LoRA vs TLoRA, at three layers"),
+    "spectra": (dynamics.spectra_comparison, ("spectra",), "singular values of ΔW of every source, at three layers"),
     "spectra_evolution": (dynamics.spectra_evolution, ("spectra",), "singular values of ΔW over epochs"),
     "norms": (dynamics.norms_over_epochs, ("norms",), "‖ΔW‖_F per layer over epochs"),
     "norm_heatmap": (dynamics.norm_heatmaps, ("norms",), "layer x epoch heat maps of ‖ΔW‖_F"),

@@ -19,8 +19,8 @@ def open_sources(sources, base: str | None = None) -> list:
     """Open a set of sources and give each a unique, readable label (its ``name``, the ``run`` column of every table).
 
     ``sources`` is a list (paths or opened sources) or a mapping ``label -> source``. Unlabelled
-    sources are named by their method and what differs between them (``lora-s0``, ``lora-s1``,
-    ``tlora-r4``), else by their directory. The same path twice, or one label for two sources,
+    sources are named by their method and what differs between sources of one method (``lora-s0``, ``lora-s1``,
+    ``tlora-r4``; a LoRA and a TLoRA run at their own rates are ``lora`` and ``tlora``), else by their directory. The same path twice, or one label for two sources,
     is refused in one line.
     """
     if isinstance(sources, (str, Path)) or hasattr(sources, "deltas"):
@@ -65,7 +65,9 @@ def _auto_labels(sources: list, taken: set[str]) -> list[str]:
     from ..study.spec import SHORT, format_value
 
     configs = [s.meta.get("config") if isinstance(s.meta.get("config"), dict) else {} for s in sources]
-    varied = [k for k in LABEL_SETTINGS if len({repr(c.get(k)) for c in configs}) > 1]
+    methods = {s.method for s in sources}  # a setting each method holds one value of (its own rate) tells no source apart
+    varied = [k for k in LABEL_SETTINGS if any(len({repr(c.get(k)) for s, c in zip(sources, configs) if s.method == m}) > 1
+                                               for m in methods)]
     labels = ["-".join([s.method, *(f"{SHORT.get(k, k)}{format_value(c[k])}" for k in varied if c.get(k) is not None)])
               for s, c in zip(sources, configs)]
     if len(set(labels)) < len(labels) or set(labels) & taken:  # the settings do not tell them apart: their directories do
