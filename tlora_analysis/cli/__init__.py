@@ -16,6 +16,7 @@ from ..methods.spec import METHOD_SPECS
 from .analysis import add_analyze, add_compare, add_figures, add_report
 from .checkpoint import add_export, add_inspect
 from .output import PROG, quiet_third_party_warnings
+from .tasks import add_tasks
 from .train import add_reproduce, add_study, add_train
 
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = [add_train, add_study, add_analyze, add_figures, add_report, add_compare, add_reproduce, add_inspect, add_export]
+COMMANDS = [add_train, add_study, add_analyze, add_figures, add_report, add_compare, add_tasks, add_reproduce, add_inspect, add_export]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

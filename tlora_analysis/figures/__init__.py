@@ -10,10 +10,11 @@ import pandas as pd
 
 from ..io import atomic_write_bytes
 from . import dynamics, geometry, overview
+from .across_tasks import TASK_FIGURES
 from .study import STUDY_FIGURES
 from .style import FORMATS, NothingToDraw, save, style
 
-__all__ = ["render_all", "render_study", "FIGURES", "STUDY_FIGURES", "dynamics", "geometry", "overview"]
+__all__ = ["render_all", "render_study", "render_tasks", "FIGURES", "STUDY_FIGURES", "TASK_FIGURES", "dynamics", "geometry", "overview"]
 
 # name -> (function, tables it needs, what it shows)
 FIGURES = {
@@ -69,6 +70,17 @@ def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: li
     entries = _draw(FIGURES, tables, out_dir, skipped, formats)
     paths = save(overview.overview(tables), out_dir, "overview", formats)
     return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": "key panels side by side", "tables": ["several"]}]
+
+
+def render_tasks(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None,
+                 formats: tuple[str, ...] = FORMATS) -> list[dict]:
+    """Draw the figures of one study on several tasks (:func:`~tlora_analysis.analysis.across_tasks.across_tasks`'s
+    tables) and write ``figures.json``."""
+    out_dir, skipped = Path(out_dir), []
+    with style():
+        entries = _draw(TASK_FIGURES, tables, out_dir, skipped, formats)
+    _manifest(out_dir, entries, skipped, sources, None)
+    return entries
 
 
 def _manifest(out_dir: Path, entries: list[dict], skipped: list[dict], sources: Mapping | None, settings: Mapping | None) -> None:
