@@ -79,3 +79,15 @@ def test_every_text_a_figure_draws_is_plain_and_about_the_sources_given(tmp_path
     every_text = " ".join(text for drawn in texts for text in drawn)
     for label in sources:
         assert label in every_text, label  # every source is named somewhere it is drawn
+
+
+def test_long_commands_say_each_phase_when_stderr_is_no_terminal(tmp_path, source_sets):
+    from helpers import cli
+
+    runs, _ = source_sets["runs"]
+    result = cli("figures", *runs.values(), "--out", tmp_path / "f", "--no-base", "--formats", "png")
+    assert result.returncode == 0, result.stderr
+    phases = [line for line in result.stderr.splitlines() if line.startswith("tlora-analysis: progress: ")]
+    assert [p.split(": ")[2].split(" (")[0] for p in phases] == ["opened 2 sources", "computed the tables of 2 sources", "drew 13 figures"]
+    quiet = cli("figures", *runs.values(), "--out", tmp_path / "g", "--no-base", "--formats", "png", "--no-progress")
+    assert quiet.returncode == 0 and "progress" not in quiet.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import split_label
 from ..reuse import fingerprint, manifest_matches, read_tables
-from .output import print_notices, print_table, show_progress
+from .output import Phases, print_notices, print_table, show_progress
 
 __all__ = ["add_analyze", "add_figures", "add_report", "add_compare"]
 
@@ -41,12 +41,15 @@ def _study(args):
     return None
 
 
-def _compare_study(study, args):
+def _compare_study(study, args, phases: Phases | None = None):
     from ..analysis.compare import compare_study
     from ..models import base_weights, layer_shapes, model_named_in_file
 
+    phases = phases or Phases(args)
     if getattr(args, "runs_only", False):
-        return compare_study(study, runs_only=True), None
+        tables = compare_study(study, runs_only=True)
+        phases.done(f"read the metrics of {len(study.cells)} cells")
+        return tables, None
     adapted = study.finished(adapted_only=True)
     if not adapted:
         raise InputError(f"{study.path}: no finished cell has adapted layers to analyse")
@@ -54,10 +57,13 @@ def _compare_study(study, args):
     if not args.no_base:
         base = model_named_in_file(adapted[0][0].meta.get("model"), study.path / "study.json", args.base)
         weights = base_weights(base, adapted[0][0].layer_names, layer_shapes(adapted[0][0].layers))
-    return compare_study(study, weights), base
+        phases.done(f"read W0 of {len(weights)} layers from {base}")
+    tables = compare_study(study, weights)
+    phases.done(f"computed the tables of {len(adapted)} cells")
+    return tables, base
 
 
-def _compare(args):
+def _compare(args, phases: Phases | None = None):
     """Open and label the sources as given (a snapshot file stays one epoch) and compute every table.
 
     Returns the labelled sources, the tables and the base model the W0 analyses used (None without them).
@@ -66,11 +72,13 @@ def _compare(args):
     from ..models import base_weights, layer_shapes, model_named_in_file
     from ..sources import labelled_paths, open_sources
 
+    phases = phases or Phases(args)
     sources = open_sources(labelled_paths(args.runs), base=args.base)
     print_notices(sources)
     adapted = [s for s in sources if s.layers]
     if not adapted:
         raise InputError(f"{args.runs[0]}: none of the sources has adapted layers to analyse")
+    phases.done(f"opened {len(sources)} sources")
     weights = base = None
     if not args.no_base:
         first = adapted[0]
@@ -79,7 +87,10 @@ def _compare(args):
             raise InputError(f"{first.path}: names no base model; pass --base MODEL or --no-base")
         base = model_named_in_file(named, first.path, args.base)
         weights = base_weights(base, list(first.layers), layer_shapes(first.layers))
-    return sources, compare_runs(adapted, weights, progress=show_progress(args)), base
+        phases.done(f"read W0 of {len(weights)} layers from {base}")
+    tables = compare_runs(adapted, weights, progress=show_progress(args))
+    phases.done(f"computed the tables of {len(adapted)} sources")
+    return sources, tables, base
 
 
 def add_analyze(sub) -> None:
@@ -124,9 +135,10 @@ def _cmd_figures(args) -> int:
     from ..reuse import write_manifest
 
     _check_out(args, "dir")
+    phases = Phases(args)
     study = _study(args)
     if study:
-        tables, base = _compare_study(study, args)
+        tables, base = _compare_study(study, args, phases)
         from ..io import atomic_write_json
         from ..results import study_results, write_tables
 
@@ -134,15 +146,17 @@ def _cmd_figures(args) -> int:
                                settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
         write_manifest(Path(args.out) / "tables", write_tables(tables, Path(args.out) / "tables"))  # a report here reuses them
         atomic_write_json(Path(args.out) / "results.json", study_results(tables, list(study.swept)))
+        phases.done(f"drew {len(entries)} figures")
         _print_skipped(Path(args.out))
         print(f"wrote {len(entries)} figures ({' + '.join(f.upper() for f in args.formats)}), figures.json and results.json to {args.out}")
         return 0
     from ..results import write_tables
 
-    sources, tables, base = _compare(args)
+    sources, tables, base = _compare(args, phases)
     entries = render_all(tables, args.out, formats=tuple(args.formats), sources={s.name: str(s.path) for s in sources},
                          settings={"base": base, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
     write_manifest(Path(args.out) / "tables", write_tables(tables, Path(args.out) / "tables"))  # a report here reuses them
+    phases.done(f"drew {len(entries)} figures")
     _print_skipped(Path(args.out))
     print(f"wrote {len(entries)} figures ({' + '.join(f.upper() for f in args.formats)}) and figures.json to {args.out}")
     return 0

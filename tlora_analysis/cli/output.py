@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["PROG", "print_notices", "print_table", "show_progress", "quiet_third_party_warnings"]
+__all__ = ["PROG", "Phases", "print_notices", "print_table", "show_progress", "quiet_third_party_warnings"]
 
 PROG = "tlora-analysis"
 
@@ -23,6 +23,24 @@ def print_table(table) -> None:
 
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         print(table.to_string(index=False))
+
+
+class Phases:
+    """One plain line on stderr as each phase of a long command ends (``read 3 sources``, ``computed the tables``,
+    ``drew 14 figures``), with the time since the command began: where stderr is no terminal (a log, CI, a pipe)
+    no progress bar is drawn, and a command silent for minutes looks hung. ``--no-progress`` silences it; on a
+    terminal the progress bars speak instead."""
+
+    def __init__(self, args) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.start = self._clock()
+        self.on = not getattr(args, "no_progress", False) and not sys.stderr.isatty()
+
+    def done(self, what: str) -> None:
+        if self.on:
+            print(f"{PROG}: progress: {what} ({self._clock() - self.start:.1f} s)", file=sys.stderr, flush=True)
 
 
 def show_progress(args) -> bool:
