@@ -91,3 +91,17 @@ def test_long_commands_say_each_phase_when_stderr_is_no_terminal(tmp_path, sourc
     assert [p.split(": ")[2].split(" (")[0] for p in phases] == ["opened 2 sources", "computed the tables of 2 sources", "drew 13 figures"]
     quiet = cli("figures", *runs.values(), "--out", tmp_path / "g", "--no-base", "--formats", "png", "--no-progress")
     assert quiet.returncode == 0 and "progress" not in quiet.stderr
+
+
+def test_the_settings_table_holds_each_sources_own_fields(source_sets):
+    from tlora_analysis.analysis.summary import source_settings
+    from tlora_analysis.sources import open_sources
+
+    runs, _ = source_sets["runs"]
+    adapters, _ = source_sets["adapters"]
+    table = source_settings(open_sources({**runs, "peft-lora": adapters["peft-lora"]}))
+    assert table.loc["rank", "lora"] == "4" and table.loc["rank", "tlora"] == "3"  # integers written as integers
+    assert table.loc["init", "tlora"] != "—" and table.loc["init", "lora"] == "—"  # TLoRA's option, not LoRA's
+    assert set(table.loc["targets", "peft-lora"].split(", ")) == {"query", "value"}  # from the adapter's own config
+    assert int(table.loc["trained numbers", "peft-lora"].replace(",", "")) > 0 and table.loc["epochs", "peft-lora"] == "one saved state"
+    assert not any(".0" == value[-2:] for value in table.loc[["rank", "seed"]].to_numpy().ravel())

@@ -65,9 +65,9 @@ def _claims_table(claims: pd.DataFrame) -> str:
 
 
 def _settings(runs: Sequence) -> str:
-    keys = ["method", "task", "model", "rank", "targets", "seed"]
-    frame = pd.DataFrame([{**{k: run.meta.get(k) for k in keys}, **(run.meta.get("config") if isinstance(run.meta.get("config"), dict) else {}), "run": str(run.path)} for run in runs])
-    return frame.T.to_html(header=False, na_rep="")
+    from .analysis.summary import source_settings
+
+    return source_settings(runs).to_html(na_rep="—")
 
 
 def _metrics(runs: Sequence) -> str:

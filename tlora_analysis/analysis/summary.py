@@ -59,3 +59,63 @@ def comparison_summary(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, p
         rows.append({"run_a": run_a, "run_b": run_b, "epoch_a": epoch_a, "epoch_b": epoch_b, "layers": len(last),
                      "mean_cosine": float(last.cosine.mean()), "norm_ratio_a_to_b": norm_a / norm_b if norm_b else math.nan})
     return per_source.reset_index(drop=True), pd.DataFrame(rows)
+
+
+SETTINGS_ROWS = ("method", "task", "model", "rank", "targets", "trained numbers", "seed", "lr", "epochs")
+"""The settings every source is described by, from its own fields: a run's config, an adapter's peft config and
+tensors; a method's own options (TLoRA's init) follow, only for a method that has them."""
+
+
+def source_settings(sources) -> pd.DataFrame:
+    """One column per source, one row per setting, each value as its source holds it (an integer stays an integer)
+    and "—" where the source does not say; why: the report's settings table, for any mix of runs and adapters."""
+    from ..methods.spec import METHOD_SPECS
+
+    columns = {}
+    for source in sources:
+        meta = source.meta
+        config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        peft_config = meta.get("peft_config") if isinstance(meta.get("peft_config"), dict) else {}
+        ranks = sorted({layer["rank"] for layer in source.layers.values() if isinstance(layer.get("rank"), int)})
+        targets = config.get("targets") or meta.get("targets") or peft_config.get("target_modules") \
+            or sorted({name.rsplit(".", 1)[-1] for name in source.layers})
+        spec = METHOD_SPECS.get(source.method)
+        values = {"method": spec.label if spec else source.method, "task": meta.get("task") or config.get("task"),
+                  "model": meta.get("model") or peft_config.get("base_model_name_or_path"),
+                  "rank": ", ".join(map(str, ranks)) or None, "targets": ", ".join(targets) if isinstance(targets, list) else targets,
+                  "trained numbers": _trained_numbers(source), "seed": config.get("seed", meta.get("seed")), "lr": config.get("lr"),
+                  "epochs": config.get("epochs") if config else "one saved state",
+                  **{name: config.get(name, _layers_agree(source, name)) for name in (spec.options if spec else {})},
+                  "path": str(source.path)}
+        columns[source.name] = {key: _shown(value) for key, value in values.items()}
+    return pd.DataFrame(columns).fillna("—")
+
+
+def _layers_agree(source, name: str):
+    """A setting every layer record holds the same value of (TLoRA's init, recorded per layer), else None."""
+    values = {repr(layer.get(name)) for layer in source.layers.values()}
+    return next(iter(source.layers.values())).get(name) if len(values) == 1 and source.layers else None
+
+
+def _trained_numbers(source) -> int | None:
+    """The adapter's trained numbers: as its run counted them, else the numel of the trained tensors at its last state."""
+    counts = source.meta.get("parameter_counts")
+    if isinstance(counts, dict) and isinstance(counts.get("adapter_trainable"), int):
+        return counts["adapter_trainable"]
+    try:
+        trained = source.trainable(source.epochs[-1])
+    except (AttributeError, IndexError, NotImplementedError):
+        return None
+    return sum(int(t.numel()) for layer in trained.values() for t in layer.values()) or None
+
+
+def _shown(value) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

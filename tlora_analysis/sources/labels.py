@@ -65,9 +65,10 @@ def _auto_labels(sources: list, taken: set[str]) -> list[str]:
     from ..study.spec import SHORT, format_value
 
     configs = [s.meta.get("config") if isinstance(s.meta.get("config"), dict) else {} for s in sources]
-    methods = {s.method for s in sources}  # a setting each method holds one value of (its own rate) tells no source apart
-    varied = [k for k in LABEL_SETTINGS if any(len({repr(c.get(k)) for s, c in zip(sources, configs) if s.method == m}) > 1
-                                               for m in methods)]
+    methods = {s.method for s in sources}  # a setting each method holds one value of (its own rate) tells no source apart,
+    varied = [k for k in LABEL_SETTINGS     # nor one that only some sources hold (an adapter has no seed or epochs)
+              if any(len({repr(c[k]) for s, c in zip(sources, configs) if s.method == m and c.get(k) is not None}) > 1
+                     for m in methods)]
     labels = ["-".join([s.method, *(f"{SHORT.get(k, k)}{format_value(c[k])}" for k in varied if c.get(k) is not None)])
               for s, c in zip(sources, configs)]
     if len(set(labels)) < len(labels) or set(labels) & taken:  # the settings do not tell them apart: their directories do
