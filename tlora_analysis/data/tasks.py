@@ -43,6 +43,11 @@ class TaskSpec:
         return self.metrics[0]
 
 
+WORDNET_RATES = {"lora": 1e-2, "tlora": 1e-1, "head": 3e-2}
+"""The main job's rates on WordNet glosses: the sweep on wordnet-lexname (studies/wordnet_lr_sweep.toml,
+figures/wordnet/lr_sweep/results.json: best final accuracy at 3 epochs, seed 0; LoRA 0.737, TLoRA 0.647, head-only
+0.545 tied with 0.1, the smaller taken). wordnet-hypernym, unswept, takes them as the nearest swept task's."""
+
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
@@ -72,7 +77,7 @@ TASKS: dict[str, TaskSpec] = {
             tsv_columns={"is_duplicate": "label"},
         ),
         TaskSpec("lm", ("text",), 0, ("perplexity", "eval_loss"), kind="causal-lm", source="text"),
-        TaskSpec("wordnet-lexname", ("sentence",), 24, ("accuracy",), source="wordnet"),
-        TaskSpec("wordnet-hypernym", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), source="wordnet"),
+        TaskSpec("wordnet-lexname", ("sentence",), 24, ("accuracy",), source="wordnet", learning_rates=WORDNET_RATES),
+        TaskSpec("wordnet-hypernym", ("sentence1", "sentence2"), 2, ("accuracy", "f1"), source="wordnet", learning_rates=WORDNET_RATES),
     ]
 }
