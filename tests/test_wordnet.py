@@ -238,3 +238,17 @@ def test_train_on_real_glosses_runs_from_the_command_line(tmp_path, real_tasks):
                  "--max-eval-samples", "24", "--out", out)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "run.json").exists()
+
+
+def test_the_wordnet_rates_are_the_committed_sweeps_choice():
+    import json
+    from pathlib import Path
+
+    from tlora_analysis.config import TrainConfig
+
+    sweep = json.loads((Path(__file__).parent.parent / "figures/wordnet/lr_sweep/results.json").read_text())["learning_rates"]
+    chosen = {method: entry["chosen"] for method, entry in sweep.items()}
+    assert TASKS["wordnet-lexname"].learning_rates == chosen == TASKS["wordnet-hypernym"].learning_rates
+    for method, rate in chosen.items():
+        assert TrainConfig(method=method, task="wordnet-lexname").lr == rate
+    assert TrainConfig(method="vera", task="wordnet-lexname").lr == TrainConfig(method="vera").lr  # not swept here: its own default
