@@ -194,3 +194,28 @@ def test_12_files_found_inside_a_source_may_not_leave_it_through_a_link(tmp_path
     (state_dict.parent / "adapter_config.json").symlink_to(tmp_path / "adapter" / "adapter_config.json")
     with pytest.raises(InputError, match="adapter_config.json resolves to .*outside"):
         open_updates(state_dict)
+
+
+def test_3_a_lora_of_rank_above_a_2_label_heads_size_reads_as_peft_merges_it(tmp_path):
+    """r = 8 on query, value and the default model's 2 x 384 classifier, made by peft: read whole, equal to peft's merge."""
+    from peft_zoo import assert_matches, peft_answer
+    from tlora_analysis.models import load_model
+
+    base = load_model("default")
+    model = peft.get_peft_model(base, peft.LoraConfig(r=8, target_modules=["query", "value", "classifier"], init_lora_weights=False))
+    model.save_pretrained(tmp_path / "lora")
+    deltas = open_updates(tmp_path / "lora").deltas()
+    assert "classifier" in deltas and deltas["classifier"].shape == (2, 384) and deltas["classifier"].rank <= 2
+    assert_matches(deltas, peft_answer(tmp_path / "lora", load_model("default")))
+
+
+def test_3_a_vera_of_rank_20000_on_384_wide_layers_reads_within_the_layers_memory(tmp_path):
+    from helpers import cli
+    from tlora_analysis.models import load_model
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(load_model("default"), peft.VeraConfig(r=20_000, target_modules=["query"], save_projection=False,
+                                                                        init_weights=False))
+    model.save_pretrained(tmp_path / "vera")
+    result = cli("inspect", tmp_path / "vera", memory_mb=3000)  # an r x r core alone would be 3.2 GB
+    assert result.returncode == 0, result.stderr[-1500:]

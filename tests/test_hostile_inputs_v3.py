@@ -37,15 +37,27 @@ def lora_adapter(folder, tensors, **config):
 
 # --------------------------------------------------------------------------- 1. readers that trust sizes
 @pytest.mark.parametrize("tensors, config, fragment", [
-    ({"base_model.model.m.lora_A.weight": torch.zeros(30000, 1), "base_model.model.m.lora_B.weight": torch.zeros(1, 30000)},
-     {"r": 30000}, "rank 30000 for a 1x1 layer"),
+    ({"base_model.model.m.lora_A.weight": torch.zeros(70000, 1), "base_model.model.m.lora_B.weight": torch.zeros(1, 70000)},
+     {"r": 70000}, "the rank must be from 1 to 65,536"),
     ({"base_model.model.m.lora_A.weight": torch.zeros(0, 8), "base_model.model.m.lora_B.weight": torch.zeros(8, 0)},
      {"r": 1}, "the rank must be from 1"),
     ({"base_model.model.m.lora_A.weight": torch.zeros(2, 8), "base_model.model.m.lora_B.weight": torch.zeros(0, 2)},
      {"r": 2}, "for a 0x8 layer"),
-], ids=["r beyond the layer", "zero rank", "zero d_out"])
+], ids=["r beyond any model", "zero rank", "zero d_out"])
 def test_sizes_are_checked_against_the_layer(tmp_path, tensors, config, fragment):
     refused(["inspect", lora_adapter(tmp_path / "a", tensors, **config)], [tmp_path], fragment)
+
+
+def test_a_rank_beyond_the_layer_is_read_with_memory_that_follows_the_layer(tmp_path):
+    """r = 30000 on a 1 x 1 layer is a valid factorisation (#38: r above min(d_out, d_in) is what peft builds on a
+    2-label head); it is read with memory of the layer's size, never an r x r core (7 GB in float64)."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(30000, 1, generator=generator), torch.randn(1, 30000, generator=generator)
+    folder = lora_adapter(tmp_path / "a", {"base_model.model.m.lora_A.weight": a, "base_model.model.m.lora_B.weight": b},
+                          r=30000, lora_alpha=30000)
+    result = cli("inspect", folder, memory_mb=3000)
+    assert result.returncode == 0, result.stderr[-1500:]
+    assert f"{abs(float(b.double() @ a.double())):.4g}"[:4] in result.stdout
 
 
 def test_a_vera_rank_of_a_million_is_refused_before_any_allocation(tmp_path):

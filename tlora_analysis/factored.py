@@ -121,6 +121,20 @@ class FactoredDelta:
         return cls(u[:, :k], torch.diag(s[:k]), vh[:k])
 
     @classmethod
+    def diagonal(cls, left: Tensor, diagonal: Tensor | float, right: Tensor) -> FactoredDelta:
+        """ΔW = left · diag(d) · right, ``d`` a vector of r or one number (LoRA's s·I, VeRA's λ_d, AdaLoRA's E).
+
+        A rank above min(d_out, d_in) is valid (peft builds r = 8 on a 2-label head), but an r x r core would
+        make memory follow r² (VeRA's r = 20,000 on a 384 x 384 layer: 3 GB for a diagonal). There the product is
+        formed, at most the layer's own d_out x d_in, and factored; below it the factors are kept as they are."""
+        rank = left.shape[1]
+        values = torch.as_tensor(diagonal, dtype=left.dtype, device=left.device)
+        values = values.expand(rank) if values.ndim == 0 else values
+        if rank > min(left.shape[0], right.shape[1]):
+            return cls.from_dense((left * values) @ right.to(left.dtype))
+        return cls(left, torch.diag(values), right)
+
+    @classmethod
     def zeros(cls, shape: tuple[int, int]) -> FactoredDelta:
         """The zero update of a d_out x d_in layer (a state known to be ΔW = 0, such as peft's identity init)."""
         return cls(torch.zeros(shape[0], 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),

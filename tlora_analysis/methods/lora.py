@@ -69,8 +69,7 @@ class LoRALinear(AdapterLayer):
     @classmethod
     def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:
         b = tensors["lora_B"]
-        return FactoredDelta(b, torch.eye(int(record["rank"]), dtype=b.dtype, device=b.device) * float(record["scaling"]),
-                             frozen.get("lora_A", tensors.get("lora_A")))
+        return FactoredDelta.diagonal(b, float(record["scaling"]), frozen.get("lora_A", tensors.get("lora_A")))
 
     @classmethod
     def scale_from(cls, record: dict, tensors: dict[str, Tensor]) -> float:

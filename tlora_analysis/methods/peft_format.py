@@ -141,9 +141,14 @@ def check_number(value, where: str, name: str, low: float, high: float, integer:
     return value
 
 
+MAX_RANK = 1 << 16
+"""Largest rank read. A rank above min(d_out, d_in) is valid (peft builds r = 8 on a 2-label head) and is read
+through :meth:`~tlora_analysis.factored.FactoredDelta.diagonal`, whose memory follows the layer's shape; the
+factors themselves are the file's own tensors (or regenerated, r x d each), linear in r."""
+
+
 def check_rank(rank: int, shape: tuple[int, int], where: str, module: str) -> None:
-    """A rank-r update of a d_out x d_in layer needs 1 ≤ r ≤ min(d_out, d_in): a larger r (a hostile file's
-    r = 30000 on a 1 x 1 layer) would cost memory and time out of all proportion to the file."""
-    if min(shape) < 1 or not 1 <= rank <= min(shape):
+    """A rank-r update of a d_out x d_in layer: a layer of at least 1 x 1 and 1 ≤ r ≤ :data:`MAX_RANK`."""
+    if min(shape) < 1 or not 1 <= rank <= MAX_RANK:
         raise InputError(f"{where}: module {module!r} has rank {rank} for a {shape[0]}x{shape[1]} layer; "
-                         f"the rank must be from 1 to min(d_out, d_in) = {min(shape)}")
+                         f"the rank must be from 1 to {MAX_RANK:,} and the layer at least 1x1")

@@ -110,7 +110,7 @@ class VeRALinear(AdapterLayer):
     def delta_from(cls, record: dict, tensors: dict[str, Tensor], frozen: dict[str, Tensor]) -> FactoredDelta:
         lambda_b = tensors["vera_lambda_b"].detach()
         b = frozen["vera_B"].to(lambda_b.device) * lambda_b[:, None]
-        return FactoredDelta(b, torch.diag(tensors["vera_lambda_d"].detach()), frozen["vera_A"].to(b.device))
+        return FactoredDelta.diagonal(b, tensors["vera_lambda_d"].detach(), frozen["vera_A"].to(b.device))
 
     @classmethod
     def scale_from(cls, record: dict, tensors: dict[str, Tensor]) -> float:

@@ -58,7 +58,7 @@ def read_adalora(config: dict, tensors: dict[str, Tensor], context: ReadContext)
         rank = t["lora_A"].shape[0]
         check_rank(rank, (t["lora_B"].shape[0], t["lora_A"].shape[1]), where, module)
         scale = (float(alpha) if isinstance(alpha, (int, float)) and alpha > 0 else float(rank)) / (rank + 1e-5)
-        deltas[module] = FactoredDelta(t["lora_B"].double(), torch.diag(t["lora_E"].double()[:, 0]) * scale, t["lora_A"].double())
+        deltas[module] = FactoredDelta.diagonal(t["lora_B"].double(), t["lora_E"].double()[:, 0] * scale, t["lora_A"].double())
         scales[module] = scale
         trainable[module] = {"A": t["lora_A"], "B": t["lora_B"], "E": t["lora_E"][:, 0]}
     return _reading(deltas, scales, trainable, _keys_of(tensors, deltas, names))
@@ -161,7 +161,7 @@ def read_vblora(config: dict, tensors: dict[str, Tensor], context: ReadContext) 
         a = _bank_mix(logits_a, bank, topk).reshape(logits_a.shape[0], -1)
         b = _bank_mix(logits_b, bank, topk).transpose(1, 2).reshape(-1, logits_b.shape[1])
         check_rank(a.shape[0], (b.shape[0], a.shape[1]), where, module)
-        delta = FactoredDelta(b, torch.eye(a.shape[0], dtype=torch.float64), a)
+        delta = FactoredDelta.diagonal(b, 1.0, a)
         deltas[module] = delta.transpose() if config.get("fan_in_fan_out") else delta
         trainable[module] = {"A": a, "B": b}
     used = _keys_of(tensors, deltas, ("vblora_logits_A", "vblora_logits_B")) | {"base_model.vblora_vector_bank"}
@@ -186,7 +186,7 @@ def read_randlora(config: dict, tensors: dict[str, Tensor], context: ReadContext
     deltas, trainable = {}, {}
     for module, t in _grouped(tensors, names[:2], where, "randlora_lambda/randlora_gamma").items():
         first, second = _randlora_bases(t, *shared, rank, module, context)
-        deltas[module] = FactoredDelta(second, torch.eye(second.shape[1], dtype=torch.float64) * (alpha / rank), first)
+        deltas[module] = FactoredDelta.diagonal(second, alpha / rank, first)
         if config.get("fan_in_fan_out"):
             deltas[module] = deltas[module].transpose()
         trainable[module] = {"lambda": t["randlora_lambda"], "gamma": t["randlora_gamma"]}

@@ -73,7 +73,7 @@ def read_lora(config: dict, tensors: dict[str, Tensor], context: ReadContext) ->
 def _plain(record: dict, tensors: dict[str, Tensor]) -> FactoredDelta:
     if record.get("embedding"):  # ΔW = s·(B·A)ᵀ = Aᵀ·(s·I)·Bᵀ, in the embedding's (num_embeddings, dim) layout
         a, b = tensors["lora_A"], tensors["lora_B"]
-        return FactoredDelta(a.T, torch.eye(a.shape[0], dtype=a.dtype) * float(record["scaling"]), b.T)
+        return FactoredDelta.diagonal(a.T, float(record["scaling"]), b.T)
     return LoRALinear.delta_from(record, tensors, {})
 
 

@@ -70,7 +70,7 @@ def _delta(kind: str, parts: dict[str, torch.Tensor], where: str) -> FactoredDel
         if up is None or up.shape[1] != down.shape[0]:
             raise InputError(f"{where}: lora_up should be (d_out, r) for lora_down {tuple(down.shape)}")
         check_rank(down.shape[0], (up.shape[0], down.shape[1]), where, "")
-        return FactoredDelta(up.double(), torch.eye(down.shape[0], dtype=torch.float64) * _scale(parts, down.shape[0], where), down.double())
+        return FactoredDelta.diagonal(up.double(), _scale(parts, down.shape[0], where), down.double())
     if kind == "LyCORIS LoHa":
         names = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
         if not set(names) <= set(parts) or "hada_t1" in parts:
