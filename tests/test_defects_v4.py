@@ -199,6 +199,7 @@ def test_12_files_found_inside_a_source_may_not_leave_it_through_a_link(tmp_path
 def test_3_a_lora_of_rank_above_a_2_label_heads_size_reads_as_peft_merges_it(tmp_path):
     """r = 8 on query, value and the default model's 2 x 384 classifier, made by peft: read whole, equal to peft's merge."""
     from peft_zoo import assert_matches, peft_answer
+
     from tlora_analysis.models import load_model
 
     base = load_model("default")
