@@ -220,3 +220,20 @@ def test_3_a_vera_of_rank_20000_on_384_wide_layers_reads_within_the_layers_memor
     model.save_pretrained(tmp_path / "vera")
     result = cli("inspect", tmp_path / "vera", memory_mb=3000)  # an r x r core alone would be 3.2 GB
     assert result.returncode == 0, result.stderr[-1500:]
+
+
+def test_7_compare_does_not_depend_on_the_order_of_its_sources(tmp_path, capsys):
+    from tlora_analysis.cli import main
+    from tlora_analysis.models import load_model
+
+    for name, targets in (("wide", ["query", "key", "value"]), ("narrow", ["query"])):
+        torch.manual_seed(len(name))
+        peft.get_peft_model(load_model("default"), peft.LoraConfig(r=4, target_modules=targets, init_lora_weights=False)) \
+            .save_pretrained(tmp_path / name)
+    answers = []
+    for order in (("narrow", "wide"), ("wide", "narrow")):
+        capsys.readouterr()
+        assert main(["compare", *(str(tmp_path / n) for n in order), "--base", "default", "--json", "--no-progress"]) == 0
+        pairs = json.loads(capsys.readouterr().out)["pairs"]
+        answers.append(sorted(round(abs(p["mean_cosine"]), 10) for p in pairs))
+    assert answers[0] == answers[1]

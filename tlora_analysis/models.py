@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -123,6 +123,15 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
 def layer_shapes(layers: Mapping[str, dict]) -> dict[str, tuple[int, int]]:
     """(d_out, d_in) per adapted module, from a run's ``layers`` records."""
     return {name: tuple(int(v) for v in record["shape"]) for name, record in layers.items()}
+
+
+def all_layer_shapes(layer_records: Iterable[Mapping[str, dict]]) -> dict[str, tuple[int, int]]:
+    """(d_out, d_in) of every module any of the sources adapts (each source's ``layers``), the first shape named
+    winning: W0 is read for all of them, so that no analysis depends on which source came first."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for layers in layer_records:
+        shapes.update({name: shape for name, shape in layer_shapes(layers).items() if name not in shapes})
+    return shapes
 
 
 def base_weights(name_or_path: str, module_names: list[str], shapes: Mapping[str, tuple[int, int]] | None = None) -> Mapping[str, torch.Tensor]:

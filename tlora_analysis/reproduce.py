@@ -77,7 +77,7 @@ def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True,
     """
     from .analysis.compare import compare_study
     from .figures import render_study
-    from .models import base_weights, layer_shapes
+    from .models import all_layer_shapes, base_weights
     from .report import write_study_report
 
     started, options = time.perf_counter(), options or ReproduceOptions()
@@ -92,7 +92,8 @@ def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True,
         raise InputError(f"{runs_dir}: some cells did not finish (see study.json and logs/); run the same command again to resume")
     log("analysing ...")
     adapted = study.finished(adapted_only=True)
-    weights = base_weights(spec.get("model", "default"), adapted[0][0].layer_names, layer_shapes(adapted[0][0].layers))
+    shapes = all_layer_shapes(run.layers for run, _ in adapted)
+    weights = base_weights(spec.get("model", "default"), list(shapes), shapes)
     tables = compare_study(study, weights)
     write_tables(tables, runs_dir / "tables")
     log("drawing figures ...")

@@ -43,7 +43,7 @@ def _study(args):
 
 def _compare_study(study, args, phases: Phases | None = None):
     from ..analysis.compare import compare_study
-    from ..models import base_weights, layer_shapes, model_named_in_file
+    from ..models import all_layer_shapes, base_weights, model_named_in_file
 
     phases = phases or Phases(args)
     if getattr(args, "runs_only", False):
@@ -56,7 +56,8 @@ def _compare_study(study, args, phases: Phases | None = None):
     weights = base = None
     if not args.no_base:
         base = model_named_in_file(adapted[0][0].meta.get("model"), study.path / "study.json", args.base)
-        weights = base_weights(base, adapted[0][0].layer_names, layer_shapes(adapted[0][0].layers))
+        shapes = all_layer_shapes(run.layers for run, _ in adapted)
+        weights = base_weights(base, list(shapes), shapes)
         phases.done(f"read W0 of {len(weights)} layers from {base}")
     tables = compare_study(study, weights)
     phases.done(f"computed the tables of {len(adapted)} cells")
@@ -69,7 +70,7 @@ def _compare(args, phases: Phases | None = None):
     Returns the labelled sources, the tables and the base model the W0 analyses used (None without them).
     """
     from ..analysis import compare_runs
-    from ..models import base_weights, layer_shapes, model_named_in_file
+    from ..models import all_layer_shapes, base_weights, model_named_in_file
     from ..sources import labelled_paths, open_sources
 
     phases = phases or Phases(args)
@@ -86,7 +87,8 @@ def _compare(args, phases: Phases | None = None):
         if args.base is None and not named:
             raise InputError(f"{first.path}: names no base model; pass --base MODEL or --no-base")
         base = model_named_in_file(named, first.path, args.base)
-        weights = base_weights(base, list(first.layers), layer_shapes(first.layers))
+        shapes = all_layer_shapes(source.layers for source in adapted)  # not the first's alone: order must not matter
+        weights = base_weights(base, list(shapes), shapes)
         phases.done(f"read W0 of {len(weights)} layers from {base}")
     tables = compare_runs(adapted, weights, progress=show_progress(args))
     phases.done(f"computed the tables of {len(adapted)} sources")
