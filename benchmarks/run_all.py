@@ -19,6 +19,7 @@ import bench_model_step  # noqa: E402
 import bench_peft_big_base  # noqa: E402
 import bench_recording  # noqa: E402
 import bench_scale  # noqa: E402
+import bench_single_files  # noqa: E402
 import bench_storage  # noqa: E402
 import bench_study  # noqa: E402
 import bench_training  # noqa: E402
@@ -36,6 +37,7 @@ BENCHMARKS = [
     ("9. inspect with a sharded 7B-shaped base", bench_big_base),
     ("10. A training step of real-shaped models", bench_model_step),
     ("12. inspect of 7B-shaped peft adapters against a sharded base", bench_peft_big_base),
+    ("14. Reading a kohya/LyCORIS file of many modules", bench_single_files),
 ]
 
 if __name__ == "__main__":
