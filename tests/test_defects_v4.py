@@ -237,3 +237,44 @@ def test_7_compare_does_not_depend_on_the_order_of_its_sources(tmp_path, capsys)
         pairs = json.loads(capsys.readouterr().out)["pairs"]
         answers.append(sorted(round(abs(p["mean_cosine"]), 10) for p in pairs))
     assert answers[0] == answers[1]
+
+
+def single_file(path, tensors):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("tensors, fragment", [
+    ({"lora_m.lora_down.weight": torch.ones(4), "lora_m.lora_up.weight": torch.ones(8, 4)}, "lora_down should be a matrix"),
+    ({"lora_m.hada_w1_a": torch.tensor(1.0), "lora_m.hada_w1_b": torch.ones(2, 8), "lora_m.hada_w2_a": torch.ones(8, 2),
+      "lora_m.hada_w2_b": torch.ones(2, 8)}, "hada_w1_a should be a matrix"),
+    ({"lora_m.hada_w1_a": torch.ones(8, 2), "lora_m.hada_w1_b": torch.ones(3, 8), "lora_m.hada_w2_a": torch.ones(8, 2),
+      "lora_m.hada_w2_b": torch.ones(2, 8)}, "do not chain"),
+    ({"lora_m.hada_w1_a": torch.ones(8, 2), "lora_m.hada_w1_b": torch.ones(2, 8), "lora_m.hada_w2_a": torch.ones(6, 2),
+      "lora_m.hada_w2_b": torch.ones(2, 8)}, "imply different layer shapes"),
+    ({"lora_m.lokr_w1": torch.ones(1, 100_000), "lora_m.lokr_w2": torch.ones(1, 100_000)}, "imply a 1 x 10,000,000,000 update"),
+    ({"lora_m.diff": torch.ones(0, 8)}, "diff should be a matrix with at least one row"),
+], ids=["1-D factor", "0-D factor", "unchained", "two shapes", "LoKr of 8 TB", "0-row diff"])
+def test_16_17_malformed_or_huge_single_files_are_one_line(tmp_path, tensors, fragment):
+    from helpers import cli, expect_error
+
+    expect_error(cli("inspect", single_file(tmp_path / "f.safetensors", tensors), memory_mb=3000), fragment)
+
+
+def test_17_loha_and_lokr_read_within_the_layers_memory_and_equal_the_dense_formula(tmp_path):
+    from helpers import cli
+
+    g = torch.Generator().manual_seed(0)
+    w1a, w1b, w2a, w2b = (torch.randn(s, generator=g) for s in ((64, 150), (150, 64), (64, 150), (150, 64)))
+    loha = single_file(tmp_path / "loha.safetensors", {"lora_m.hada_w1_a": w1a, "lora_m.hada_w1_b": w1b, "lora_m.hada_w2_a": w2a,
+                                                       "lora_m.hada_w2_b": w2b, "lora_m.alpha": torch.tensor(150.0)})
+    result = cli("inspect", loha, memory_mb=3000)  # rank 150² factored: a 22,500² core, 4 GB; now a 64 x 64 product
+    assert result.returncode == 0, result.stderr[-1500:]
+    expected = (w1a.double() @ w1b.double()) * (w2a.double() @ w2b.double())
+    delta = open_updates(loha).deltas()["m"]
+    torch.testing.assert_close(delta.dense(), expected, rtol=1e-9, atol=1e-9)
+    w1, w2 = torch.randn(4, 4, generator=g), torch.randn(64, 64, generator=g)
+    lokr = single_file(tmp_path / "lokr.safetensors", {"lora_m.lokr_w1": w1, "lora_m.lokr_w2": w2})
+    torch.testing.assert_close(open_updates(lokr).deltas()["m"].dense(), torch.kron(w1.double(), w2.double()), rtol=1e-9, atol=1e-9)

@@ -207,4 +207,5 @@ def hadamard(a: FactoredDelta, b: FactoredDelta) -> FactoredDelta:
 def kronecker(a: FactoredDelta, b: FactoredDelta) -> FactoredDelta:
     """ΔW_a ⊗ ΔW_b, still factored (LoKr's update): kron(L_a, L_b) · kron(K_a, K_b) · kron(R_a, R_b), so the
     singular values are the products of the factors' (their SVDs need only the small factors)."""
-    return FactoredDelta(*(torch.kron(_float64(x), _float64(y)) for x, y in ((a.left, b.left), (a.core, b.core), (a.right, b.right))))
+    return FactoredDelta(*(torch.kron(_float64(x).contiguous(), _float64(y).contiguous())  # kron refuses strided views (SVD slices)
+                           for x, y in ((a.left, b.left), (a.core, b.core), (a.right, b.right))))

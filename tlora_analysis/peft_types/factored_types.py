@@ -64,20 +64,39 @@ def read_adalora(config: dict, tensors: dict[str, Tensor], context: ReadContext)
     return _reading(deltas, scales, trainable, _keys_of(tensors, deltas, names))
 
 
-def loha_delta(w1a: Tensor, w1b: Tensor, w2a: Tensor, w2b: Tensor, scale: float) -> FactoredDelta:
-    """LoHa's (LyCORIS's Hadamard) ΔW = scale · (w1a·w1b) ⊙ (w2a·w2b), factored."""
-    one = torch.eye(w1a.shape[1], dtype=torch.float64) * scale
-    return hadamard(FactoredDelta(w1a.double(), one, w1b.double()),
-                    FactoredDelta(w2a.double(), torch.eye(w2a.shape[1], dtype=torch.float64), w2b.double()))
+MAX_LAYER_ELEMENTS = 1 << 31
+"""Largest d_out x d_in an update may imply (Llama-3-405B's largest matrix, its embedding, has 2.1e9): a file whose
+factors imply more (a 8 MB LoKr implying 8 TB) is refused before anything is allocated."""
 
 
-def lokr_delta(w1: Tensor | tuple[Tensor, Tensor], w2: Tensor | tuple[Tensor, Tensor], scale: float) -> FactoredDelta:
-    """LoKr's (LyCORIS's Kronecker) ΔW = scale · w1 ⊗ w2, each factor dense or a product of two, factored."""
+def check_layer_size(shape: tuple[int, int], where: str) -> None:
+    """One rule for the size a file's factors imply: refused in one line before allocation, never an out-of-memory."""
+    if shape[0] * shape[1] > MAX_LAYER_ELEMENTS:
+        raise InputError(f"{where}: the factors imply a {shape[0]:,} x {shape[1]:,} update, more than the "
+                         f"{MAX_LAYER_ELEMENTS:,} entries any model's layer has")
+
+
+def loha_delta(w1a: Tensor, w1b: Tensor, w2a: Tensor, w2b: Tensor, scale: float, where: str = "LoHa") -> FactoredDelta:
+    """LoHa's (LyCORIS's Hadamard) ΔW = scale · (w1a·w1b) ⊙ (w2a·w2b). Factored with rank r1·r2 while that is below
+    min(d_out, d_in); above it (a 64 MB file of r = 256 asked for 64 GB), the two d_out x d_in products are formed and
+    multiplied, so memory follows the layer's shape."""
+    shape = (w1a.shape[0], w1b.shape[1])
+    check_layer_size(shape, where)
+    if w1a.shape[1] * w2a.shape[1] > min(shape):
+        return FactoredDelta.from_dense((w1a.double() @ w1b.double()) * (w2a.double() @ w2b.double()) * scale)
+    return hadamard(FactoredDelta.diagonal(w1a.double(), scale, w1b.double()), FactoredDelta.diagonal(w2a.double(), 1.0, w2b.double()))
+
+
+def lokr_delta(w1: Tensor | tuple[Tensor, Tensor], w2: Tensor | tuple[Tensor, Tensor], scale: float,
+               where: str = "LoKr") -> FactoredDelta:
+    """LoKr's (LyCORIS's Kronecker) ΔW = scale · w1 ⊗ w2, each factor dense or a product of two, factored. A dense
+    factor is factored by its own SVD (rank ≤ min of its sides), so the Kronecker core is at most min(d_out, d_in)²,
+    never the square of a factor's width (an 8 MB file had asked for 8 TB)."""
     def factor(w) -> FactoredDelta:
-        if isinstance(w, tuple):
-            return FactoredDelta(w[0].double(), torch.eye(w[0].shape[1], dtype=torch.float64), w[1].double())
-        return FactoredDelta(w.double(), torch.eye(w.shape[1], dtype=torch.float64), torch.eye(w.shape[1], dtype=torch.float64))
+        return FactoredDelta.diagonal(w[0].double(), 1.0, w[1].double()) if isinstance(w, tuple) else FactoredDelta.from_dense(w)
 
+    sides = [w if not isinstance(w, tuple) else torch.empty(w[0].shape[0], w[1].shape[1], device="meta") for w in (w1, w2)]
+    check_layer_size((sides[0].shape[0] * sides[1].shape[0], sides[0].shape[1] * sides[1].shape[1]), where)
     first = factor(w1)
     return kronecker(FactoredDelta(first.left, first.core * scale, first.right), factor(w2))
 
@@ -98,7 +117,8 @@ def read_loha(config: dict, tensors: dict[str, Tensor], context: ReadContext) ->
     deltas, scales = {}, {}
     for module, (_, scale, _) in peft_scalings(config, sizes, where, alpha_key="alpha").items():
         t = groups[module]
-        deltas[module], scales[module] = loha_delta(t["hada_w1_a"], t["hada_w1_b"], t["hada_w2_a"], t["hada_w2_b"], scale), scale
+        deltas[module], scales[module] = loha_delta(t["hada_w1_a"], t["hada_w1_b"], t["hada_w2_a"], t["hada_w2_b"], scale,
+                                                    f"{where}: module {module!r}"), scale
     trainable = {m: {k.removeprefix("hada_"): v for k, v in t.items()} for m, t in groups.items()}
     return _reading(deltas, scales, trainable, _keys_of(tensors, deltas, names))
 
@@ -118,7 +138,7 @@ def read_lokr(config: dict, tensors: dict[str, Tensor], context: ReadContext) ->
     ranks = {m: s[2] for m, s in sizes.items()}
     stated = peft_scalings(config, {m: (o, i, ranks[m] or _config_rank(config, m, where)) for m, (o, i, _) in sizes.items()}, where,
                            alpha_key="alpha")
-    deltas = {m: lokr_delta(*factors[m], scale) for m, (_, scale, _) in stated.items()}
+    deltas = {m: lokr_delta(*factors[m], scale, f"{where}: module {m!r}") for m, (_, scale, _) in stated.items()}
     trainable = {m: {k.removeprefix("lokr_"): v for k, v in t.items()} for m, t in groups.items()}
     return _reading(deltas, {m: s for m, (_, s, _) in stated.items()}, trainable, _keys_of(tensors, deltas, names))
 

@@ -65,7 +65,28 @@ def _scale(parts: dict[str, torch.Tensor], rank: int, where: str) -> float:
     return (value if value != 0 else rank) / rank
 
 
+CHAINS = {"kohya LoRA": [("lora_up", "lora_down")], "LyCORIS LoHa": [("hada_w1_a", "hada_w1_b"), ("hada_w2_a", "hada_w2_b")],
+          "LyCORIS LoKr": [("lokr_w1_a", "lokr_w1_b"), ("lokr_w2_a", "lokr_w2_b")], "LyCORIS full": []}
+"""Pairs of a kind's factors whose product is taken: the first's columns must be the second's rows."""
+
+
+def _check_factors(kind: str, parts: dict[str, torch.Tensor], where: str) -> None:
+    """Every factor a matrix with at least one row and column, and every product's factors fit: a malformed file is
+    one line naming the module, never a traceback or a 0-row layer read as an update."""
+    for part in READS[kind] - {"alpha"}:
+        tensor = parts.get(part)
+        if tensor is not None and (tensor.ndim != 2 or min(tensor.shape) < 1):
+            raise InputError(f"{where}: {part} should be a matrix with at least one row and column, got shape {tuple(tensor.shape)}")
+    for first, second in CHAINS[kind]:
+        if first in parts and second in parts and parts[first].shape[1] != parts[second].shape[0]:
+            raise InputError(f"{where}: {first} {tuple(parts[first].shape)} and {second} {tuple(parts[second].shape)} do not chain")
+    if kind == "LyCORIS LoHa" and {"hada_w1_a", "hada_w2_a", "hada_w1_b", "hada_w2_b"} <= set(parts) and (
+            parts["hada_w1_a"].shape[0] != parts["hada_w2_a"].shape[0] or parts["hada_w1_b"].shape[1] != parts["hada_w2_b"].shape[1]):
+        raise InputError(f"{where}: the two Hadamard factors imply different layer shapes")
+
+
 def _delta(kind: str, parts: dict[str, torch.Tensor], where: str) -> FactoredDelta:
+    _check_factors(kind, parts, where)
     if kind == "kohya LoRA":
         down, up = parts["lora_down"], parts.get("lora_up")
         if up is None or up.shape[1] != down.shape[0]:
@@ -78,7 +99,7 @@ def _delta(kind: str, parts: dict[str, torch.Tensor], where: str) -> FactoredDel
             raise InputError(f"{where}: a LoHa module needs {', '.join(names)} (Tucker-decomposed convolutions are not read)")
         w1a, w1b, w2a, w2b = (parts[n] for n in names)
         check_rank(w1b.shape[0], (w1a.shape[0], w1b.shape[1]), where, "")
-        return loha_delta(w1a, w1b, w2a, w2b, _scale(parts, w1b.shape[0], where))
+        return loha_delta(w1a, w1b, w2a, w2b, _scale(parts, w1b.shape[0], where), where)
     if kind == "LyCORIS LoKr":
         w1 = parts.get("lokr_w1", (parts.get("lokr_w1_a"), parts.get("lokr_w1_b")))
         w2 = parts.get("lokr_w2", (parts.get("lokr_w2_a"), parts.get("lokr_w2_b")))
@@ -86,7 +107,7 @@ def _delta(kind: str, parts: dict[str, torch.Tensor], where: str) -> FactoredDel
             raise InputError(f"{where}: a LoKr module needs lokr_w1 (or w1_a·w1_b) and lokr_w2 (or w2_a·w2_b), Tucker factors aside")
         decomposed = next((w for w in (w1, w2) if isinstance(w, tuple)), None)
         scale = _scale(parts, decomposed[1].shape[0], where) if decomposed is not None else 1.0
-        return lokr_delta(w1, w2, scale)
+        return lokr_delta(w1, w2, scale, where)
     return FactoredDelta.from_dense(parts["diff"])
 
 
