@@ -278,3 +278,21 @@ def test_17_loha_and_lokr_read_within_the_layers_memory_and_equal_the_dense_form
     w1, w2 = torch.randn(4, 4, generator=g), torch.randn(64, 64, generator=g)
     lokr = single_file(tmp_path / "lokr.safetensors", {"lora_m.lokr_w1": w1, "lora_m.lokr_w2": w2})
     torch.testing.assert_close(open_updates(lokr).deltas()["m"].dense(), torch.kron(w1.double(), w2.double()), rtol=1e-9, atol=1e-9)
+
+
+def test_5_a_vera_adapter_on_gpt2s_conv1d_reads_as_peft_merges_it(tmp_path, tiny_gpt2_dir):
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir)
+    original = {n: m.weight.detach().double().clone() for n, m in base.named_modules() if n.endswith("c_attn")}
+    model = peft.get_peft_model(base, peft.VeraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "vera_lambda" in name:
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))))
+    model.save_pretrained(tmp_path / "vera")
+    merged = model.merge_and_unload()
+    deltas = open_updates(tmp_path / "vera", base=str(tiny_gpt2_dir)).deltas()
+    for name, w0 in original.items():
+        expected = (merged.get_submodule(name).weight.detach().double() - w0).T  # Conv1D stores Wᵀ; ΔW is (d_out, d_in)
+        torch.testing.assert_close(deltas[name].dense().double(), expected, rtol=1e-5, atol=1e-7)

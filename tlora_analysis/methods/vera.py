@@ -135,8 +135,8 @@ class VeRALinear(AdapterLayer):
         it every layer must have the saved pair's shape, as query/value layers do.
         """
         rank = check_number(require(config, "r", where), where, "'r'", 1, MAX_DIM, integer=True)
-        if config.get("fan_in_fan_out"):
-            raise InputError(f"{where}: VeRA adapters with fan_in_fan_out are not supported")
+        # fan_in_fan_out (GPT-2's Conv1D stores W0 as (d_in, d_out)) needs nothing here: λ_b, λ_d and the pair are peft's in
+        # ΔW's (d_out, d_in) orientation, and the base's shapes are read in it too (base_weights.weight_shapes)
         seed = check_number(config.get("projection_prng_key", 0), where, "'projection_prng_key'", 0, 2**63 - 1, integer=True)
         lambdas = group_by_module(tensors, r"vera_lambda_(?P<which>[bd])")
         if not lambdas:
