@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 import torch
-
 from harness import table
+
 from tlora_analysis.sources.single_files import read_single_file
 
 SIZES = (2_000, 20_000, 200_000)

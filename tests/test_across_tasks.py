@@ -22,7 +22,7 @@ def result(accuracy, verdicts, cosine_ci):
 
 RESULTS = {
     "default": result({"lora": 1.0, "tlora": 0.83}, ["holds", "does not hold", "holds", "mixed"], (0.01, 0.03)),
-    "wordnet": result({"lora": 0.74, "tlora": 0.5}, ["holds", "does not hold", "does not hold", "holds"], (0.05, 0.07)),
+    "wordnet-lexname": result({"lora": 0.74, "tlora": 0.5}, ["holds", "does not hold", "does not hold", "holds"], (0.05, 0.07)),
 }
 
 
@@ -30,10 +30,10 @@ def test_a_reading_transfers_only_with_one_decided_verdict_on_every_task():
     tables = across_tasks(RESULTS)
     outcome = dict(zip(tables["transfer"].reading, tables["transfer"].outcome))
     assert outcome == {"reading 0": "transfers", "reading 1": "transfers", "reading 2": "differs", "reading 3": "undecided"}
-    assert set(tables["accuracy"].task) == {"default", "wordnet"} and len(tables["claims"]) == 8
+    assert set(tables["accuracy"].task) == {"default", "wordnet-lexname"} and len(tables["claims"]) == 8
     ladder = tables["ladder"].iloc[0]
     assert (ladder.method, ladder.column, ladder.outcome) == ("tlora", "cosine", "differ")  # CIs [0.01, 0.03] and [0.05, 0.07]
-    overlapping = {**RESULTS, "wordnet": result({"lora": 0.7}, ["holds"] * 4, (0.02, 0.05))}
+    overlapping = {**RESULTS, "wordnet-lexname": result({"lora": 0.7}, ["holds"] * 4, (0.02, 0.05))}
     assert across_tasks(overlapping)["ladder"].outcome.tolist() == ["agree"]
 
 
@@ -50,9 +50,10 @@ def test_the_figures_draw_and_the_command_writes_tables_and_figures(tmp_path):
     for task, content in RESULTS.items():
         (tmp_path / f"{task}.json").write_text(json.dumps(content))
     out = tmp_path / "out"
-    run = cli("tasks", f"default={tmp_path / 'default.json'}", f"wordnet={tmp_path / 'wordnet.json'}", "--out", out, "--formats", "png")
+    run = cli("tasks", f"default={tmp_path / 'default.json'}", f"wordnet-lexname={tmp_path / 'wordnet-lexname.json'}", "--out", out,
+              "--formats", "png")
     assert run.returncode == 0, run.stderr
     assert {"accuracy.csv", "claims.csv", "transfer.csv", "ladder.csv", "tasks_accuracy.png", "tasks_verdicts.png"} <= \
         {p.name for p in out.iterdir()}
-    expect_error(cli("tasks", str(tmp_path / "default.json"), f"w={tmp_path / 'wordnet.json'}", "--out", tmp_path / "o2"), "TASK=PATH")
+    expect_error(cli("tasks", str(tmp_path / "default.json"), f"w={tmp_path / 'default.json'}", "--out", tmp_path / "o2"), "TASK=PATH")
     assert not (tmp_path / "o2").exists()

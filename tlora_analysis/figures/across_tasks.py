@@ -37,13 +37,14 @@ def verdicts_by_task(transfer: pd.DataFrame):
     """Each claim reading's verdict on each task (colour), and whether it transfers (the row's right-hand label)."""
     tasks = [c.removeprefix("verdict_") for c in transfer.columns if c.startswith("verdict_")]
     fig, ax = plt.subplots(figsize=(4.5 + 1.6 * len(tasks), 0.32 * len(transfer) + 1.4))
-    for i, row in enumerate(transfer.itertuples(index=False)):
+    rows = transfer.to_dict("records")  # task labels such as wordnet-lexname are no attribute names
+    for i, row in enumerate(rows):
         for j, task in enumerate(tasks):
-            verdict = getattr(row, f"verdict_{task}")
+            verdict = row[f"verdict_{task}"]
             ax.add_patch(plt.Rectangle((j, i), 1, 1, color=VERDICT_COLOURS.get(verdict, "#FFFFFF"), ec="white"))
             ax.text(j + 0.5, i + 0.5, verdict, ha="center", va="center", fontsize=7)
-        ax.text(len(tasks) + 0.1, i + 0.5, row.outcome, va="center", fontsize=7, weight="bold" if row.outcome == "differs" else None)
-    labels = [f"{row.finding}. {_short(row.reading)}" + (" *" if row.headline else "") for row in transfer.itertuples(index=False)]
+        ax.text(len(tasks) + 0.1, i + 0.5, row["outcome"], va="center", fontsize=7, weight="bold" if row["outcome"] == "differs" else None)
+    labels = [f"{row['finding']}. {_short(row['reading'])}" + (" *" if row["headline"] else "") for row in rows]
     ax.set_yticks(np.arange(len(transfer)) + 0.5, labels, fontsize=7)
     ax.set_xticks(np.arange(len(tasks)) + 0.5, tasks)
     ax.set(xlim=(0, len(tasks) + 0.9), ylim=(len(transfer), 0), title="Each reading's verdict per task (* headline reading)")
