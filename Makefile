@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas wordnet-lr-sweep wordnet wordnet-hypernym test docs bench clean
+.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas wordnet-lr-sweep wordnet wordnet-hypernym across-tasks test docs bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -61,11 +61,11 @@ atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 se
 	$(VENV)/bin/tlora-analysis figures runs/atlas --out figures/atlas --no-progress
 	$(VENV)/bin/tlora-analysis report runs/atlas --out figures/atlas/report.html --no-progress
 
-wordnet-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/lr_sweep (committed): LoRA, TLoRA and head-only at five rates x 2 seeds on wordnet-lexname (studies/wordnet_lr_sweep.toml, 30 cells; needs apt-get install wordnet-base)
+wordnet-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/lr_sweep (committed): LoRA, TLoRA and head-only at five to seven rates, seed 0, on wordnet-lexname (studies/wordnet_lr_sweep.toml, 17 cells: ~45 min beside other work on 2 cores; needs apt-get install wordnet-base)
 	$(VENV)/bin/tlora-analysis study studies/wordnet_lr_sweep.toml --out runs/wordnet_lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet_lr_sweep --out figures/wordnet/lr_sweep --runs-only --no-progress
 
-wordnet: $(VENV)/.installed  ## writes figures/wordnet (committed): the main job on real text, LoRA, TLoRA, head-only x 3 seeds on wordnet-lexname with the claims audit (studies/wordnet.toml; needs wordnet-base)
+wordnet: $(VENV)/.installed  ## writes figures/wordnet (committed): the main job on real text, LoRA, TLoRA, head-only x 3 seeds on wordnet-lexname with the claims audit (studies/wordnet.toml; 9 cells in 22 min + 6 min of figures and report at a load of 3-4 on 2 cores; needs wordnet-base)
 	$(VENV)/bin/tlora-analysis study studies/wordnet.toml --out runs/wordnet --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet --out figures/wordnet --no-progress
 	$(VENV)/bin/tlora-analysis report runs/wordnet --out figures/wordnet/report.html --no-progress
@@ -74,6 +74,9 @@ wordnet-hypernym: $(VENV)/.installed  ## writes figures/wordnet/hypernym (commit
 	$(VENV)/bin/tlora-analysis study studies/wordnet_hypernym.toml --out runs/wordnet_hypernym --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet_hypernym --out figures/wordnet/hypernym --no-progress
 	$(VENV)/bin/tlora-analysis report runs/wordnet_hypernym --out figures/wordnet/hypernym/report.html --no-progress
+
+across-tasks: $(VENV)/.installed  ## writes figures/across_tasks (committed): the main job's audit on the default task and on wordnet-lexname side by side, from their committed results.json (seconds)
+	$(VENV)/bin/tlora-analysis tasks default=figures/results.json wordnet-lexname=figures/wordnet/results.json --out figures/across_tasks
 
 docs: $(VENV)/.installed-dev  ## the docs pages as a static site in site/ (mkdocs, warnings are errors)
 	$(VENV)/bin/mkdocs build --strict --quiet
