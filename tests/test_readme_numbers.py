@@ -130,6 +130,17 @@ TABLES = {"figures/results.json": (main_rows, "docs/results.md"), "figures/lr_sw
           "figures/wordnet/results.json": (partial(main_rows, "figures/wordnet/results.json"), "docs/results.md")}
 
 
+def test_the_readme_real_text_line_quotes_the_wordnet_files():
+    import pandas as pd
+
+    results = _load("figures/wordnet/results.json")
+    methods, norm = results["methods"], next(c for c in results["claims"] if c["finding"] == 5 and c["headline"])
+    transfers = int((pd.read_csv(ROOT / "figures/across_tasks/transfer.csv").outcome == "transfers").sum())
+    line = " ".join((ROOT / "README.md").read_text().split())
+    assert (f"LoRA {methods['lora']['mean']:.3f}, TLoRA {methods['tlora']['mean']:.3f}, head only {methods['head']['mean']:.3f}" in line
+            and f"25 readings {transfers} transfer" in line and f"(ratio {norm['mean']:.3f})" in line)
+
+
 def test_the_transfer_counts_are_the_committed_tables():
     """docs/results.md's count of readings that transfer, differ and stay undecided is figures/across_tasks/transfer.csv's."""
     import pandas as pd
