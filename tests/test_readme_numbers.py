@@ -127,7 +127,8 @@ TABLES = {"figures/results.json": (main_rows, "docs/results.md"), "figures/lr_sw
           "figures/ranks/rates/results.json": (rank_rate_rows, "docs/ladder.md"),
           "figures/atlas/lr_sweep/results.json": (atlas_rate_rows, "docs/atlas.md"), "figures/atlas/results.json": (atlas_rows, "docs/atlas.md"),
           "figures/wordnet/lr_sweep/results.json": (partial(learning_rate_rows, "figures/wordnet/lr_sweep/results.json"), "docs/results.md"),
-          "figures/wordnet/results.json": (partial(main_rows, "figures/wordnet/results.json"), "docs/results.md")}
+          "figures/wordnet/results.json": (partial(main_rows, "figures/wordnet/results.json"), "docs/results.md"),
+          "figures/wordnet/hypernym/results.json": (partial(main_rows, "figures/wordnet/hypernym/results.json"), "docs/results.md")}
 
 
 def test_the_readme_real_text_line_quotes_the_wordnet_files():
