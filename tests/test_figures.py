@@ -121,7 +121,8 @@ def test_every_option_of_every_command_has_help(capsys):
     from tlora_analysis.cli import build_parser
 
     subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"train", "study", "analyze", "figures", "report", "compare", "reproduce", "inspect", "export"}
+    assert set(subparsers.choices) == {"train", "study", "analyze", "figures", "report", "compare", "tasks", "reproduce", "inspect",
+                                          "export"}
     for name, parser in subparsers.choices.items():
         assert parser.description, name
         for action in parser._actions:

@@ -186,7 +186,7 @@ def compare_study(study, base_weights: Mapping[str, torch.Tensor] | None = None,
         if seeds and name in tables:
             tables[f"{name}_over_seeds"] = aggregate(tables[name])
     finished = runs[runs.status == "finished"]
-    if len(finished):  # one seed too: a sweep of one seed still chooses a rate (n = 1, and no CI)
+    if len(finished) and "seed" in finished.columns:  # one seed too: a one-seed sweep still chooses a rate (n = 1, no CI)
         keys = ["method", *(c for c in study.swept if c not in ("method", "seed"))]
         tables["runs_over_seeds"] = aggregate(finished, by=keys, values=["final_metric", "trainable_params", "adapter_params"])
     pair_seed = min((s.get("seed", 0) for _, s in adapted), default=None) if pair_seed is None else pair_seed
