@@ -61,11 +61,6 @@ def comparison_summary(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, p
     return per_source.reset_index(drop=True), pd.DataFrame(rows)
 
 
-SETTINGS_ROWS = ("method", "task", "model", "rank", "targets", "trained numbers", "seed", "lr", "epochs")
-"""The settings every source is described by, from its own fields: a run's config, an adapter's peft config and
-tensors; a method's own options (TLoRA's init) follow, only for a method that has them."""
-
-
 def source_settings(sources) -> pd.DataFrame:
     """One column per source, one row per setting, each value as its source holds it (an integer stays an integer)
     and "—" where the source does not say; why: the report's settings table, for any mix of runs and adapters."""

@@ -34,10 +34,11 @@ def _check_out(args, kind: str) -> None:
 
 def _study(args):
     """The study named by a single RUN argument that is a study directory, else None."""
-    if len(args.runs) == 1 and (Path(split_label(args.runs[0])[1]) / "study.json").is_file():
+    path = split_label(args.runs[0])[1] if len(args.runs) == 1 else None
+    if path is not None and (Path(path) / "study.json").is_file():
         from ..study import load_study
 
-        return load_study(args.runs[0])
+        return load_study(path)
     return None
 
 

@@ -40,6 +40,7 @@ class TrainerRun:
 
     def __init__(self, path: str | Path, base: str | None = None) -> None:
         self.path, self.name, self._base = Path(path), Path(path).name, base
+        self._trainer_states: dict[Path, dict] = {}
         folders = checkpoints_of(self.path)
         if not folders:
             raise InputError(f"{self.path}: a Trainer output directory without checkpoint-N folders; give the saved model or adapter "
@@ -113,8 +114,15 @@ class TrainerRun:
 
         return open_model(folder, self._base)
 
+    def _trainer_state(self, folder: Path) -> dict:
+        """A checkpoint's trainer_state.json ({} where it has none), read once and only from inside the output directory."""
+        if folder not in self._trainer_states:
+            path = folder / STATE
+            self._trainer_states[folder] = read_json(inside(self.path, path, STATE), STATE) if path.is_file() else {}
+        return self._trainer_states[folder]
+
     def _step(self, folder: Path) -> tuple[int, float | None]:
-        state = read_json(inside(self.path, folder / STATE, STATE), STATE) if (folder / STATE).is_file() else {}
+        state = self._trainer_state(folder)
         step, epoch = state.get("global_step"), state.get("epoch")
         step = step if isinstance(step, int) and not isinstance(step, bool) else int(CHECKPOINT.fullmatch(folder.name)[1])
         return step, float(epoch) if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) else None
@@ -122,7 +130,7 @@ class TrainerRun:
     def _ends_early(self, folder: Path, step: int) -> list[str]:
         """A notice where training went on past the last checkpoint kept (``load_best_model_at_end`` with
         ``save_total_limit`` deletes later ones): the trajectory then ends before training did."""
-        state = read_json(inside(self.path, folder / STATE, STATE), STATE) if (folder / STATE).is_file() else {}
+        state = self._trainer_state(folder)
         total = state.get("max_steps")
         if isinstance(total, int) and not isinstance(total, bool) and step < total:
             best = state.get("best_model_checkpoint")
@@ -132,8 +140,7 @@ class TrainerRun:
         return []
 
     def _history(self) -> list[dict]:
-        last = self._folders[max(self._folders)] / STATE
-        history = read_json(inside(self.path, last, STATE), STATE).get("log_history", []) if last.is_file() else []
+        history = self._trainer_state(self._folders[max(self._folders)]).get("log_history", [])
         return [entry for entry in history if isinstance(entry, dict)] if isinstance(history, list) else []
 
     @staticmethod
