@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas wordnet-lr-sweep wordnet wordnet-hypernym across-tasks test docs bench clean
+.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas wordnet-lr-sweep wordnet-hypernym-lr-sweep wordnet-atlas-lr-sweep wordnet wordnet-hypernym across-tasks test docs bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -64,6 +64,14 @@ atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 se
 wordnet-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/lr_sweep (committed): LoRA, TLoRA and head-only at five to seven rates, seed 0, on wordnet-lexname (studies/wordnet_lr_sweep.toml, 17 cells: ~45 min beside other work on 2 cores; needs apt-get install wordnet-base)
 	$(VENV)/bin/tlora-analysis study studies/wordnet_lr_sweep.toml --out runs/wordnet_lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet_lr_sweep --out figures/wordnet/lr_sweep --runs-only --no-progress
+
+wordnet-hypernym-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/hypernym/lr_sweep (committed): LoRA, TLoRA and head-only at five rates, seed 0, on wordnet-hypernym (studies/wordnet_hypernym_lr_sweep.toml, 15 cells; needs wordnet-base)
+	$(VENV)/bin/tlora-analysis study studies/wordnet_hypernym_lr_sweep.toml --out runs/wordnet_hypernym_lr_sweep --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/wordnet_hypernym_lr_sweep --out figures/wordnet/hypernym/lr_sweep --runs-only --no-progress
+
+wordnet-atlas-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/atlas_lr_sweep (committed): 17 atlas methods at five rates, seed 0, on wordnet-lexname (studies/wordnet_atlas_lr_sweep.toml, 85 cells, hours; resumable; needs wordnet-base)
+	$(VENV)/bin/tlora-analysis study studies/wordnet_atlas_lr_sweep.toml --out runs/wordnet_atlas_lr_sweep --jobs 2 --no-progress
+	$(VENV)/bin/tlora-analysis figures runs/wordnet_atlas_lr_sweep --out figures/wordnet/atlas_lr_sweep --runs-only --no-progress
 
 wordnet: $(VENV)/.installed  ## writes figures/wordnet (committed): the main job on real text, LoRA, TLoRA, head-only x 3 seeds on wordnet-lexname with the claims audit (studies/wordnet.toml; 9 cells in 22 min + 6 min of figures and report at a load of 3-4 on 2 cores; needs wordnet-base)
 	$(VENV)/bin/tlora-analysis study studies/wordnet.toml --out runs/wordnet --jobs 2 --no-progress
