@@ -296,3 +296,148 @@ def test_5_a_vera_adapter_on_gpt2s_conv1d_reads_as_peft_merges_it(tmp_path, tiny
     for name, w0 in original.items():
         expected = (merged.get_submodule(name).weight.detach().double() - w0).T  # Conv1D stores Wᵀ; ΔW is (d_out, d_in)
         torch.testing.assert_close(deltas[name].dense().double(), expected, rtol=1e-5, atol=1e-7)
+
+
+def _architectures():
+    import transformers as tf
+
+    bert = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64}
+    return {
+        "t5-seq2seq": (lambda: tf.T5ForConditionalGeneration(tf.T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                                                          num_heads=4, decoder_start_token_id=0)),
+                       "SEQ_2_SEQ_LM", ["q", "v"]),
+        "bare-encoder": (lambda: tf.BertModel(tf.BertConfig(**bert)), None, ["query", "value"]),
+        "classifier": (lambda: tf.BertForSequenceClassification(tf.BertConfig(**bert)), "SEQ_CLS", ["query", "value"]),
+    }
+
+
+@pytest.mark.parametrize("architecture", ["t5-seq2seq", "bare-encoder", "classifier"])
+@pytest.mark.parametrize("kind", ["LORA", "DORA", "IA3"])
+def test_1_an_adapter_reads_against_its_own_base_whatever_its_class(tmp_path, architecture, kind):
+    from peft_zoo import peft_answer
+
+    from tlora_analysis.models import base_weights
+
+    make, task_type, targets = _architectures()[architecture]
+    torch.manual_seed(0)
+    make().save_pretrained(tmp_path / "base")
+    base = type(make()).from_pretrained(tmp_path / "base")
+    config = (peft.IA3Config(target_modules=targets, feedforward_modules=[], task_type=task_type) if kind == "IA3" else
+              peft.LoraConfig(r=4, target_modules=targets, use_dora=kind == "DORA", init_lora_weights=False, task_type=task_type))
+    model = peft.get_peft_model(type(make()).from_pretrained(tmp_path / "base"), config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad and "classifier" not in name:
+                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05)
+    model.save_pretrained(tmp_path / "adapter")
+    deltas = open_updates(tmp_path / "adapter", base=str(tmp_path / "base")).deltas()
+    answer = peft_answer(tmp_path / "adapter", base)
+    assert set(answer) == set(deltas) and answer
+    for name, expected in answer.items():
+        torch.testing.assert_close(deltas[name].dense().double(), expected, rtol=1e-4, atol=1e-6)  # peft merges in float32
+    shapes = {name: tuple(delta.shape) for name, delta in deltas.items()}
+    weights = base_weights(str(tmp_path / "base"), list(shapes), shapes)  # W0 for amplification and intruders, by name
+    for name in shapes:
+        torch.testing.assert_close(weights[name], base.get_submodule(name).weight.detach())
+
+
+def test_1_a_bare_encoders_adapter_finds_w0_in_a_classifiers_files_and_an_ambiguous_name_is_one_line(tmp_path):
+    from safetensors.torch import save_file
+
+    from tlora_analysis.models import base_weights
+
+    make, _, _ = _architectures()["classifier"]
+    torch.manual_seed(0)
+    classifier = make()
+    classifier.save_pretrained(tmp_path / "classifier")
+    name = "encoder.layer.1.attention.self.query"
+    weights = base_weights(str(tmp_path / "classifier"), [name], {name: (32, 32)})
+    torch.testing.assert_close(weights[name], classifier.bert.encoder.layer[1].attention.self.query.weight.detach())
+    twice = {"a.encoder.layer.1.attention.self.query.weight": torch.zeros(32, 32),
+             "b.encoder.layer.1.attention.self.query.weight": torch.ones(32, 32)}
+    (tmp_path / "two").mkdir()
+    save_file(twice, tmp_path / "two" / "model.safetensors")
+    with pytest.raises(InputError, match="could be 'a.encoder.layer.1.attention.self.query.weight' or 'b.encoder"):
+        base_weights(str(tmp_path / "two"), [name], {name: (32, 32)})
+
+
+@pytest.fixture(scope="module")
+def classifier_base(tmp_path_factory):
+    make, _, _ = _architectures()["classifier"]
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("classifier")
+    make().save_pretrained(path)
+    return path
+
+
+def _forward_update(module, w0: torch.Tensor) -> torch.Tensor:
+    """ΔW as a LyCORIS module applies it: its output on the identity minus its output on zero, minus W0."""
+    inputs = torch.cat([torch.eye(w0.shape[1]), torch.zeros(1, w0.shape[1])])
+    with torch.no_grad():
+        adapted = module(inputs)
+    return (adapted[:-1] - adapted[-1]).T - w0
+
+
+@pytest.mark.parametrize("algo, method", [("lora", "lora"), ("loha", "loha"), ("lokr", "lokr"), ("full", "full")])
+def test_2_a_lycoris_network_read_with_its_base_has_the_bases_names_its_counts_and_scale(tmp_path, classifier_base, algo, method):
+    lycoris = pytest.importorskip("lycoris")
+    from transformers import BertForSequenceClassification
+
+    model, base = (BertForSequenceClassification.from_pretrained(classifier_base) for _ in range(2))
+    network = lycoris.create_lycoris(model, 1.0, linear_dim=4, linear_alpha=2.0, algo=algo)
+    network.apply_to()
+    with torch.no_grad():
+        for param in network.parameters():
+            param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(param.numel())) * 0.05)
+    network.save_weights(str(tmp_path / "network.safetensors"), torch.float32, None)
+    source = open_updates(tmp_path / "network.safetensors", base=str(classifier_base))
+    deltas = source.deltas()
+    linear = {n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert source.method == method and set(deltas) == linear  # the base's own module names: W0 is found, compare pairs
+    for module in network.loras:
+        name = next(n for n in linear if n.replace(".", "_") == module.lora_name.removeprefix("lycoris_"))
+        w0 = base.get_submodule(name).weight.detach()
+        expected = _forward_update(module, w0).double()  # LyCORIS's forward pass (4.1's get_diff_weight scales LoHa twice)
+        torch.testing.assert_close(deltas[name].dense().double(), expected, rtol=1e-5, atol=1e-7)
+    trained = sum(p.numel() for n, p in network.named_parameters() if not n.endswith(".bias"))  # a bias is no part of ΔW (noticed)
+    assert source.update_counts == (trained, 0)
+    scales = source.scales()
+    assert set(scales) == linear and all(v == (0.5 if algo in ("lora", "loha") else 1.0) for v in scales.values()), scales
+
+
+def test_2_compare_pairs_a_lycoris_file_and_a_peft_adapter_of_one_base(tmp_path, classifier_base, capsys):
+    lycoris = pytest.importorskip("lycoris")
+    from transformers import BertForSequenceClassification
+
+    from tlora_analysis.cli import main
+
+    network = lycoris.create_lycoris(BertForSequenceClassification.from_pretrained(classifier_base), 1.0, linear_dim=4, algo="lora")
+    network.apply_to()
+    with torch.no_grad():
+        for param in network.parameters():
+            param.add_(0.05)
+    network.save_weights(str(tmp_path / "network.safetensors"), torch.float32, None)
+    peft_model = peft.get_peft_model(BertForSequenceClassification.from_pretrained(classifier_base),
+                                     peft.LoraConfig(r=4, target_modules=["query", "value"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "peft")
+    assert main(["compare", f"lycoris={tmp_path / 'network.safetensors'}", f"peft={tmp_path / 'peft'}", "--base",
+                 str(classifier_base), "--out", str(tmp_path / "compare"), "--no-progress"]) == 0
+    import pandas as pd
+
+    pairs = pd.read_csv(tmp_path / "compare" / "similarity_pairs.csv")
+    assert set(pairs["name"]) == {f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")}
+    amplification = pd.read_csv(tmp_path / "compare" / "amplification.csv")
+    assert amplification["amplification"].notna().all()  # W0 found for every layer of both
+
+
+def test_2_flat_names_that_meet_no_base_module_or_one_module_twice_are_one_line(tmp_path, classifier_base):
+    factors = {"lora_down.weight": torch.ones(2, 32), "lora_up.weight": torch.ones(32, 2)}
+    single_file(tmp_path / "twice.safetensors", {f"{prefix}_bert_encoder_layer_0_attention_self_query.{k}": t.clone()
+                                                 for prefix in ("lycoris", "lora") for k, t in factors.items()})
+    with pytest.raises(InputError, match="are both the base's bert.encoder.layer.0.attention.self.query"):
+        _ = open_updates(tmp_path / "twice.safetensors", base=str(classifier_base)).deltas()
+    single_file(tmp_path / "other.safetensors", {f"lycoris_unet_mid_block_to_q.{k}": t for k, t in factors.items()})
+    with pytest.raises(InputError, match="module lycoris_unet_mid_block_to_q is no module of the base model"):
+        _ = open_updates(tmp_path / "other.safetensors", base=str(classifier_base)).deltas()
+    (tmp_path / "kohya.safetensors").write_bytes((tmp_path / "other.safetensors").read_bytes())
+    assert set(open_updates(tmp_path / "kohya.safetensors").deltas()) == {"unet_mid_block_to_q"}  # no base: readable names

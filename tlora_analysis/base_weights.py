@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -35,6 +35,11 @@ CONV1D_NAMES = ("c_attn", "c_proj", "c_fc")
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TLORA_ANALYSIS_CACHE") or Path.home() / ".cache" / "tlora-analysis")
+
+
+def has_safetensors(path: str | Path) -> bool:
+    """A local directory holding a model's safetensors: one ``model.safetensors`` or a sharded index."""
+    return is_sharded(path) or (Path(path) / "model.safetensors").is_file()
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -57,12 +62,33 @@ def _weight_map(directory: Path) -> dict[str, str]:
     return weight_map
 
 
+def match_key(name: str, keys: Collection[str], where: str, suffix: str = ".weight") -> str | None:
+    """The key among ``keys`` that holds module ``name``'s weight, or None.
+
+    An adapter names a module as the model it was made on does, and a checkpoint as the class it was saved
+    from: ``base_model.model.bert.encoder.layer.0.attention.self.query`` (a classifier's adapter) finds
+    ``encoder.layer.0.attention.self.query.weight`` (a bare encoder's file) by the name's longest suffix, and
+    ``encoder.layer.0.attention.self.query`` (a bare encoder's adapter, the sentence-transformers way) finds
+    ``bert.encoder.layer.0.attention.self.query.weight`` (a classifier's file) as the one key ending in it.
+    Two keys ending in the name are refused rather than one picked."""
+    parts = name.split(".")
+    key = next((k for k in (".".join(parts[i:]) + suffix for i in range(len(parts))) if k in keys), None)
+    if key is not None:
+        return key
+    ending = f".{name}{suffix}"
+    found = sorted(k for k in keys if k.endswith(ending))
+    if len(found) > 1:
+        raise InputError(f"{where}: module {name!r} could be {found[0]!r} or {found[1]!r} ({len(found)} keys end in its name); "
+                         "name the base whose module names the adapter uses")
+    return found[0] if found else None
+
+
 class SafetensorsWeights(Mapping):
     """``{module name: W0}`` read lazily from a directory of safetensors shards and its index (or one ``model.safetensors``).
 
-    Module names are matched to checkpoint keys by their longest common suffix
-    (``base_model.model.model.layers.0.self_attn.q_proj`` finds
-    ``model.layers.0.self_attn.q_proj.weight``). GPT-2 checkpoints store Conv1D weights
+    Module names are matched to checkpoint keys by :func:`match_key` (``base_model.model.model.layers.0.self_attn.q_proj``
+    finds ``model.layers.0.self_attn.q_proj.weight``; a bare encoder's ``encoder.layer.0.attention.self.query`` finds a
+    classifier's ``bert.encoder.layer.0.attention.self.query.weight``). GPT-2 checkpoints store Conv1D weights
     transposed; they are returned in ``nn.Linear`` orientation.
     """
 
@@ -79,8 +105,7 @@ class SafetensorsWeights(Mapping):
         self._transposed = config.get("model_type") in CONV1D_MODEL_TYPES
         self._keys: dict[str, tuple[str, str]] = {}
         for name in names:
-            parts = name.split(".")
-            key = next((k for k in (".".join(parts[i:]) + ".weight" for i in range(len(parts))) if k in weight_map), None)
+            key = match_key(name, weight_map, f"{self.directory}'s safetensors")
             if key is None:
                 raise InputError(f"{self.directory}: no tensor for module {name!r} in its safetensors (is it the adapter's base model?)")
             self._keys[name] = (key, weight_map[key])

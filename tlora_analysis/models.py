@@ -137,25 +137,28 @@ def all_layer_shapes(layer_records: Iterable[Mapping[str, dict]]) -> dict[str, t
 def base_weights(name_or_path: str, module_names: list[str], shapes: Mapping[str, tuple[int, int]] | None = None) -> Mapping[str, torch.Tensor]:
     """W0 of the named linear layers of a pretrained model (for amplification and intruder dimensions).
 
-    Names are those of the adapted classification model (e.g. ``bert.encoder.layer.0.attention.self.query``).
-    A local directory of sharded safetensors (with ``model.safetensors.index.json``) is read one
+    Names are those of the model the adapter was made on (a classifier's ``bert.encoder.layer.0.attention.self.query``,
+    a bare encoder's ``encoder.layer.0...``, a T5's ``decoder.block.0.layer.0.SelfAttention.q``): they are looked up in
+    the base's files by name, not on a model of one class, so any architecture's base serves. A local directory of
+    safetensors (one ``model.safetensors`` or shards with ``model.safetensors.index.json``) is read one
     tensor at a time (:class:`~tlora_analysis.base_weights.SafetensorsWeights`), never whole,
     each checked against ``shapes`` (module -> the adapter's (d_out, d_in)) from its header first.
     Any other model is loaded whole (:class:`~tlora_analysis.base_weights.LoadedWeights`, which keeps
     each W0's SVD once computed).
     """
-    from .base_weights import LoadedWeights, SafetensorsWeights, is_sharded
+    from .base_weights import LoadedWeights, SafetensorsWeights, has_safetensors, match_key
 
     local = resolve_model(name_or_path)
-    if Path(local).is_dir() and is_sharded(local):
+    if Path(local).is_dir() and has_safetensors(local):
         return SafetensorsWeights(local, module_names, shapes)
     model = load_model(name_or_path, num_labels=2)
+    modules = dict(model.named_modules())
     weights = LoadedWeights()
     for name in module_names:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError as err:
-            raise InputError(f"{name_or_path}: the base model has no module {name!r} (is it the adapter's base model?)") from err
+        found = match_key(name, modules, str(name_or_path), suffix="")
+        if found is None or getattr(modules[found], "weight", None) is None:
+            raise InputError(f"{name_or_path}: the base model has no module {name!r} (is it the adapter's base model?)")
+        module = modules[found]
         weight = module.weight.detach()
         weights[name] = (weight.T if type(module).__name__ == "Conv1D" else weight).clone()  # GPT-2's Conv1D stores Wᵀ
     return weights

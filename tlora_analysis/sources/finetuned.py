@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import OUTPUT_HEADS
+from ..base_weights import match_key
 from ..errors import InputError
 from ..factored import FactoredDelta
 from ..io import inside, read_json, refuse_pickle, refuse_pickled_files
@@ -58,7 +59,7 @@ class FullFineTune(SingleState):
                 left_out["embedding matrices (lookups, not linear maps)" if set(parts) - set(OUTPUT_HEADS) == set(parts) else
                          "output heads (no pretrained W0)"] += 1
                 continue
-            match = next((".".join(parts[i:]) for i in range(len(parts)) if ".".join(parts[i:]) in original), None)
+            match = match_key(key[: -len(".weight")], original, f"base model {base!r}")
             if match is None or original[match].shape != weight.shape:
                 continue
             delta = weight.double() - original[match].double()
