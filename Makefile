@@ -65,7 +65,7 @@ wordnet-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/lr_sweep (commit
 	$(VENV)/bin/tlora-analysis study studies/wordnet_lr_sweep.toml --out runs/wordnet_lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet_lr_sweep --out figures/wordnet/lr_sweep --runs-only --no-progress
 
-wordnet-hypernym-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/hypernym/lr_sweep (committed): LoRA, TLoRA and head-only at five rates, seed 0, on wordnet-hypernym (studies/wordnet_hypernym_lr_sweep.toml, 15 cells; needs wordnet-base)
+wordnet-hypernym-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/hypernym/lr_sweep (committed): LoRA, TLoRA and head-only at five rates, seed 0, on wordnet-hypernym (studies/wordnet_hypernym_lr_sweep.toml, 17 cells: 52 min for the first 15 at nice 19 beside other work on 2 cores; needs wordnet-base)
 	$(VENV)/bin/tlora-analysis study studies/wordnet_hypernym_lr_sweep.toml --out runs/wordnet_hypernym_lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet_hypernym_lr_sweep --out figures/wordnet/hypernym/lr_sweep --runs-only --no-progress
 

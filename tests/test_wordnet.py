@@ -246,9 +246,10 @@ def test_the_wordnet_rates_are_the_committed_sweeps_choice():
 
     from tlora_analysis.config import TrainConfig
 
-    sweep = json.loads((Path(__file__).parent.parent / "figures/wordnet/lr_sweep/results.json").read_text())["learning_rates"]
-    chosen = {method: entry["chosen"] for method, entry in sweep.items()}
-    assert TASKS["wordnet-lexname"].learning_rates == chosen == TASKS["wordnet-hypernym"].learning_rates
+    for task, folder in (("wordnet-lexname", "lr_sweep"), ("wordnet-hypernym", "hypernym/lr_sweep")):
+        sweep = json.loads((Path(__file__).parent.parent / "figures/wordnet" / folder / "results.json").read_text())["learning_rates"]
+        assert TASKS[task].learning_rates == {method: entry["chosen"] for method, entry in sweep.items()}, task
+    chosen = TASKS["wordnet-lexname"].learning_rates
     for method, rate in chosen.items():
         assert TrainConfig(method=method, task="wordnet-lexname").lr == rate
     assert TrainConfig(method="vera", task="wordnet-lexname").lr == TrainConfig(method="vera").lr  # not swept here: its own default
