@@ -293,8 +293,10 @@ def test_figures_runs_only_reads_no_update_and_keeps_the_accuracies(tmp_path, re
 def test_a_study_keeps_only_the_recently_read_runs_tensors(reference, monkeypatch):
     """Memory stays bounded over many cells: beyond KEPT_RUNS, the runs read longest ago drop their cached
     tensors, and what is computed is the same as with every run's tensors kept."""
+    from tlora_analysis.analysis import table_cache
     from tlora_analysis.store import run as run_store
 
+    monkeypatch.setattr(table_cache, "cache_for", lambda run: None)  # every cell read, none answered from stored tables
     kept = A.norms(load_study(reference))
     monkeypatch.setattr(run_store, "KEPT_RUNS", 2)
     study = load_study(reference)

@@ -3,7 +3,7 @@
 A 7B–70B base model does not fit the analysis machine's memory as a whole, and the W0
 analyses (amplification, intruder dimensions) need one layer's weight at a time.
 :class:`SafetensorsWeights` is a read-only mapping from module names to W0 that opens the
-shard holding each tensor (``safe_open``) when it is asked for and keeps nothing.
+shard holding each tensor (``safe_open``) when it is asked for and keeps at most :data:`KEPT_BYTES` of them.
 
 Intruder dimensions need W0's full SVD, an O(d³) computation per layer (seconds at 4096²).
 :meth:`SafetensorsWeights.svd` stores each layer's singular vectors and values under
@@ -98,6 +98,7 @@ class SafetensorsWeights(Mapping):
         from .io import refuse_pickled_files
 
         self.directory, self._expected = Path(directory), dict(shapes or {})
+        self._kept = _Kept(KEPT_BYTES)
         refuse_pickled_files(self.directory, only_if_no=".safetensors")
         weight_map = _weight_map(self.directory)
         config_path = self.directory / "config.json"
@@ -126,10 +127,13 @@ class SafetensorsWeights(Mapping):
         return key, inside(self.directory, self.directory / shard, "the safetensors shard")
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        from safetensors import SafetensorError, safe_open
-
         if name not in self._keys:
             raise KeyError(name)
+        return self._kept.get(("w0", name), lambda: self._read(name))
+
+    def _read(self, name: str) -> torch.Tensor:
+        from safetensors import SafetensorError, safe_open
+
         key, path = self._shard(name)
         conv1d = self._transposed and key.rsplit(".", 2)[-2] in CONV1D_NAMES
         try:
@@ -152,8 +156,15 @@ class SafetensorsWeights(Mapping):
     def svd(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """W0's left singular vectors U and singular values S (float64), from the disk cache when an
         entry for these exact weights is there and passes the checks against them."""
+        return self._kept.get(("svd", name), lambda: self._svd_from_disk(name))
+
+    def digest(self, name: str) -> str:
+        """:func:`content_digest` of one W0, computed once: the key of its SVD on disk and of tables made with it."""
+        return self._kept.get(("digest", name), lambda: content_digest(self[name]))
+
+    def _svd_from_disk(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         weight = self[name]
-        cached = cache_dir() / "w0_svd" / f"{content_digest(weight)}.safetensors"
+        cached = cache_dir() / "w0_svd" / f"{self.digest(name)}.safetensors"
         entry = _read_entry(cached, weight)
         if entry is not None:
             return entry
@@ -163,6 +174,33 @@ class SafetensorsWeights(Mapping):
         except OSError:  # an unwritable cache: compute without it
             pass
         return u, s
+
+
+KEPT_BYTES = 1 << 30
+"""Memory for W0s and their SVDs kept once read: a small base (all of MiniLM's adapted layers) is read from disk
+once per command, while a 70B base still streams, the least recently used layer leaving first."""
+
+
+class _Kept:
+    """A least-recently-used store of tensors (or tuples of them, or strings) bounded by their bytes."""
+
+    def __init__(self, budget: int) -> None:
+        from collections import OrderedDict
+
+        self.budget, self.used, self._items = budget, 0, OrderedDict()
+
+    def get(self, key, make):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key][0]
+        value = make()
+        size = sum(t.numel() * t.element_size() for t in (value if isinstance(value, tuple) else (value,)) if isinstance(t, torch.Tensor))
+        if size <= self.budget:
+            self._items[key] = (value, size)
+            self.used += size
+            while self.used > self.budget:
+                self.used -= self._items.popitem(last=False)[1][1]
+        return value
 
 
 FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")

@@ -31,10 +31,17 @@ def fingerprint(arguments: list[str]) -> str:
     for argument in arguments:
         path = Path(split_label(argument)[1])
         for file in sorted([path] if path.is_file() else path.rglob("*")):
-            if file.is_file():
+            if file.is_file() and not _stored_table(file, path):
                 stat = file.stat()
                 digest.update(f"{argument}\0{file.relative_to(path.parent)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def _stored_table(file: Path, source: Path) -> bool:
+    """A study's own stored tables (``STUDY/cache/tables``) are no part of its sources: ``figures`` writes them."""
+    from .analysis.table_cache import CACHE_FOLDER
+
+    return file.is_relative_to(source / CACHE_FOLDER)
 
 
 def write_manifest(folder: Path, paths: list[Path]) -> None:

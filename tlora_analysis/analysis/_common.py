@@ -141,15 +141,20 @@ def per_run(analysis):
 
     @functools.wraps(analysis)
     def wrapper(source, *args, **kwargs):
+        from .table_cache import cache_for
+
+        def one(run):
+            cache = cache_for(run)  # a study's cell: its table is stored beside the study and reused while nothing changed
+            if cache is None:
+                return analysis(run, *args, **kwargs)
+            return cache.table(analysis.__qualname__, run, args, kwargs, lambda: analysis(run, *args, **kwargs))
+
         runs = runs_with_settings(source)
         if runs is None:
-            return analysis(source, *args, **kwargs)
+            return one(source)
         if not runs:
             raise InputError("no finished run with adapted layers to analyse")
-        tables = []
-        for run, settings in runs:
-            tables.append(with_settings(analysis(run, *args, **kwargs), settings))
-        return pd.concat(tables, ignore_index=True)
+        return pd.concat([with_settings(one(run), settings) for run, settings in runs], ignore_index=True)
 
     return wrapper
 

@@ -1,0 +1,58 @@
+"""Reading a study back: ``figures`` cold (no stored tables), warm (nothing changed) and after one changed cell.
+
+Usage: ``python benchmarks/bench_study_read.py STUDY`` (e.g. ``runs/wordnet`` after ``make wordnet``). The study is
+copied to a temporary folder (its own stored tables left out), and each ``figures`` runs in a fresh process, one after
+another in this one run, so the three times compare; each one's peak resident memory is GNU time's.
+"One changed cell" rewrites one byte of one cell's last snapshot, as a retrained or new cell would change its files.
+The committed figures must not move: the warm results.json is compared with the cold one byte for byte.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "tlora_analysis", "figures"]
+
+
+def run_figures(study: Path, out: Path) -> tuple[float, float]:
+    """Wall seconds and peak resident GiB (GNU time's maximum resident set) of one ``figures`` in a fresh process."""
+    start = time.perf_counter()
+    done = subprocess.run(["/usr/bin/time", "-v", *CLI, str(study), "--out", str(out), "--no-progress"], check=True,
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    peak = next(int(line.split(":")[1]) for line in done.stderr.splitlines() if "Maximum resident set size" in line)
+    return seconds, peak / 2**20
+
+
+def change_one_cell(study: Path) -> str:
+    snapshot = sorted(sorted((study / "runs").iterdir())[-1].glob("snapshots/*.safetensors"))[-1]
+    data = bytearray(snapshot.read_bytes())
+    data[-3] ^= 1
+    snapshot.write_bytes(bytes(data))
+    return snapshot.parent.parent.name
+
+
+def main(source: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        study = Path(folder) / "study"
+        shutil.copytree(source, study, ignore=shutil.ignore_patterns("cache"))
+        cells = len(list((study / "runs").iterdir()))
+        rows = [("cold (no stored tables)", *run_figures(study, Path(folder) / "cold"))]
+        rows.append(("warm (nothing changed)", *run_figures(study, Path(folder) / "warm")))
+        same = filecmp.cmp(Path(folder) / "cold" / "results.json", Path(folder) / "warm" / "results.json", shallow=False)
+        changed = change_one_cell(study)
+        rows.append((f"one changed cell ({changed})", *run_figures(study, Path(folder) / "changed")))
+    print(f"`figures {source}` ({cells} cells), each in a fresh process; warm results.json equal to cold: {same}\n")
+    print("| read | seconds | / cold | peak GiB |\n|---|---|---|---|")
+    for name, seconds, peak in rows:
+        print(f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.2f} | {peak:.2f} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/wordnet")

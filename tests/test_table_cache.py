@@ -1,0 +1,110 @@
+"""A study's per-cell tables are stored beside it and reused only while every input is the same (issue #39)."""
+
+import json
+import multiprocessing
+
+import pandas as pd
+import pytest
+import torch
+
+from helpers import make_run
+from tlora_analysis import analysis as A
+from tlora_analysis.analysis import table_cache
+from tlora_analysis.study import load_study
+
+
+def make_study(root, seeds=(0, 1)):
+    for method in ("lora", "tlora"):
+        for seed in seeds:
+            make_run(root / "runs" / f"{method}-s{seed}", method, seed=seed)
+    spec = {"method": ["lora", "tlora"], "seed": list(seeds)}
+    (root / "study.json").write_text(json.dumps({"format": "tlora-analysis-study", "format_version": 1, "spec": spec, "cells": {}}))
+    return root
+
+
+def counts(root):
+    table_cache._cache_of.cache_clear()  # a new command: a new store object, the same folder
+    study = load_study(root)
+    tables = {"spectra": A.spectra(study), "norms": A.norms(study)}
+    return tables, table_cache._cache_of(root.resolve())
+
+
+def test_a_second_read_reuses_every_cells_tables_and_they_are_equal(tmp_path):
+    root = make_study(tmp_path / "study")
+    cold, store = counts(root)
+    assert (store.hits, store.misses) == (0, 8)
+    warm, store = counts(root)
+    assert (store.hits, store.misses) == (8, 0)
+    for name in cold:
+        pd.testing.assert_frame_equal(cold[name], warm[name], check_exact=True)
+
+
+def test_one_changed_snapshot_byte_recomputes_that_cell_only(tmp_path):
+    root = make_study(tmp_path / "study")
+    counts(root)
+    snapshot = sorted((root / "runs" / "lora-s1" / "snapshots").glob("*.safetensors"))[-1]
+    data = bytearray(snapshot.read_bytes())
+    data[-3] ^= 1  # a value's low bit: still a readable file
+    snapshot.write_bytes(bytes(data))
+    tables, store = counts(root)
+    assert (store.hits, store.misses) == (6, 2)
+
+
+def test_a_tampered_entry_is_recomputed_not_trusted(tmp_path):
+    root = make_study(tmp_path / "study")
+    cold, _ = counts(root)
+    entry = next((root / table_cache.CACHE_FOLDER / "norms").glob("*.parquet"))
+    table = pd.read_parquet(entry)
+    table["frobenius"] = 0.0
+    table.to_parquet(entry, index=False)
+    warm, store = counts(root)
+    assert store.misses == 1
+    pd.testing.assert_frame_equal(cold["norms"], warm["norms"], check_exact=True)
+
+
+def test_other_code_or_other_w0_makes_other_keys(tmp_path, monkeypatch):
+    root = make_study(tmp_path / "study", seeds=(0,))
+    study = load_study(root)
+    run = study.run("lora-s0")
+    store = table_cache._cache_of(root.resolve())
+    w0 = {name: torch.eye(*record["shape"]) for name, record in run.layers.items()}
+    other = {name: 2 * w for name, w in w0.items()}
+    key = store.key("amplification", run, (w0,), {})
+    assert key == store.key("amplification", run, ({n: w.clone() for n, w in w0.items()},), {})
+    assert key != store.key("amplification", run, (other,), {})
+    assert key != store.key("amplification", run, (w0,), {"epochs": [1]})
+    monkeypatch.setattr(table_cache, "code_version", lambda: "other code")
+    assert key != store.key("amplification", run, (w0,), {})
+
+
+def test_a_killed_write_leaves_no_entry_that_reads_as_whole(tmp_path, monkeypatch):
+    root = make_study(tmp_path / "study", seeds=(0,))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(table_cache.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        counts(root)
+    monkeypatch.undo()
+    folder = root / table_cache.CACHE_FOLDER
+    assert not list(folder.rglob("*.parquet")) and not list(folder.rglob("*.json"))
+    _, store = counts(root)
+    assert store.hits == 0
+
+
+def _read(root):
+    counts(root)
+
+
+def test_two_commands_on_one_study_do_not_corrupt_it(tmp_path):
+    root = make_study(tmp_path / "study")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_read, args=(root,)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+        assert worker.exitcode == 0
+    _, store = counts(root)
+    assert (store.hits, store.misses) == (8, 0)
