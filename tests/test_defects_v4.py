@@ -441,3 +441,36 @@ def test_2_flat_names_that_meet_no_base_module_or_one_module_twice_are_one_line(
         _ = open_updates(tmp_path / "other.safetensors", base=str(classifier_base)).deltas()
     (tmp_path / "kohya.safetensors").write_bytes((tmp_path / "other.safetensors").read_bytes())
     assert set(open_updates(tmp_path / "kohya.safetensors").deltas()) == {"unet_mid_block_to_q"}  # no base: readable names
+
+
+def test_41_a_head_neither_pretrained_nor_trained_is_warned_in_one_line(tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from tlora_analysis.adapters import untrained_head
+
+    from tlora_analysis.models import load_model
+
+    frozen = peft.get_peft_model(load_model("default"), peft.LoraConfig(r=2, target_modules=["query"]))  # the README's old quickstart:
+    warning = untrained_head(frozen)  # a sentence-transformers encoder (no head in it) and no task_type (peft leaves the head frozen)
+    assert warning and "'base_model.model.classifier'" in warning and 'task_type="SEQ_CLS"' in warning and "\n" not in warning
+    trained = peft.get_peft_model(load_model("default"), peft.LoraConfig(r=2, target_modules=["query"], task_type="SEQ_CLS"))
+    assert untrained_head(trained) is None
+    pretrained = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)  # saved as a classifier: its head is in it
+    pretrained.requires_grad_(False)
+    assert untrained_head(pretrained) is None
+
+
+def test_41_the_trainer_callback_warns_of_an_untrained_head(tmp_path, tiny_model_dir):
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForSequenceClassification
+
+    from tlora_analysis.integrations.trainer import DeltaRecorderCallback
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir)
+    base.config.architectures = ["BertModel"]  # as a sentence-transformers checkpoint says: no head in it
+    model = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["query"]))
+    state = SimpleNamespace(is_world_process_zero=True, global_step=0)
+    args = SimpleNamespace(world_size=1, seed=0)
+    with pytest.warns(UserWarning, match="DeltaRecorderCallback: the classification head .* stays random"):
+        DeltaRecorderCallback(tmp_path / "run", record_grad_norms=False).on_train_begin(args, state, None, model=model)

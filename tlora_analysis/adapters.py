@@ -59,6 +59,25 @@ OUTPUT_HEADS = (*CLASSIFIER_HEADS, "lm_head", "qa_outputs")
 ATTENTION_PARTS = {"attention", "attn", "self_attn", "self_attention", "crossattention"}
 
 
+def untrained_head(model: nn.Module) -> str | None:
+    """A one-line warning when a classification head will stay as it was made, or None.
+
+    A head that no parameter of trains and that the checkpoint did not hold (its ``config.architectures`` names
+    another class: a sentence-transformers encoder, a pretrained LM) is a random projection that stays random:
+    training then sits at chance whatever the adapters learn. peft leaves the head frozen unless it is told
+    ``task_type="SEQ_CLS"`` or ``modules_to_save``."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    architectures = getattr(getattr(base, "config", None), "architectures", None) or []
+    if type(base).__name__ in architectures:
+        return None
+    for name, module in model.named_modules():
+        parameters = list(module.parameters())
+        if name.rsplit(".", 1)[-1] in CLASSIFIER_HEADS and parameters and not any(p.requires_grad for p in parameters):
+            return (f"the classification head {name!r} is neither trained nor in the checkpoint (it holds {', '.join(architectures) or 'no'} "
+                    'architecture): it stays random and training sits at chance; with peft, give task_type="SEQ_CLS" or modules_to_save')
+    return None
+
+
 def is_linear(module: nn.Module) -> bool:
     """nn.Linear, or GPT-2's Conv1D (a linear layer whose weight is stored transposed)."""
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" and hasattr(module, "nf")

@@ -3,6 +3,7 @@ its live update geometry to the Trainer's ``report_to`` integrations (TensorBoar
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..adapters import untrained_head
 from ..distributed import full_parameters, squared_grad_norms
 from ..recording import DeltaRecorder, trainable_groups
 
@@ -50,6 +52,9 @@ class DeltaRecorderCallback(TrainerCallback):
         self._epoch_start_step = 0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        warning = untrained_head(model)
+        if warning and state.is_world_process_zero:
+            warnings.warn(f"DeltaRecorderCallback: {warning}", stacklevel=2)
         if self.record_grad_norms:  # every process: under FSDP each holds a shard of every gradient
             self._groups = trainable_groups(model)
         with full_parameters(model):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..adapters import CLASSIFIER_HEADS, adapter_layers, check_targets, inject_adapters, is_linear, tensor_sha256
+from ..adapters import CLASSIFIER_HEADS, adapter_layers, check_targets, inject_adapters, is_linear, tensor_sha256, untrained_head
 from ..config import TrainConfig
 from ..data import TASKS
 from ..errors import InputError
@@ -51,6 +52,9 @@ def build_model(config: TrainConfig, num_labels: int, total_steps: int = 1):
     else:
         inject_adapters(model, config.method, config.rank, config.targets, alpha=config.alpha, seed=config.seed,
                         modules_to_save=CLASSIFIER_HEADS, init=config.init)
+    warning = untrained_head(model)  # a method that leaves the head frozen on a checkpoint without one would sit at chance
+    if warning:
+        warnings.warn(f"train: {warning}", stacklevel=2)
     return model
 
 
