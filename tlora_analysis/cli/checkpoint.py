@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..methods.spec import METHOD_SPECS
 from ..states import state_name
-from .output import print_notices
+from .output import add_download, print_notices
 
 __all__ = ["add_inspect", "add_export"]
 
@@ -16,7 +16,7 @@ def add_inspect(sub) -> None:
                                    "safetensors files are read.")
     p.add_argument("path", metavar="PATH", help="any source: a run, a snapshot, a peft adapter folder of any weight-changing type, a "
                                                 "Trainer output directory, a kohya or LyCORIS file, or (with --base) a fine-tuned "
-                                                "model (docs/your-adapters.md lists every format)")
+                                                "model (docs/your-adapters.md lists every format); or a Hub id with --download")
     p.add_argument("--epoch", type=int, default=None, help="epoch of a run, or a Trainer checkpoint's state (default: the last finished)")
     p.add_argument("--base", default=None, help="base model: defines ΔW = W_ft − W0 for a fully fine-tuned model directory, "
                                                 "and adds amplification and intruder counts for any source")
@@ -26,6 +26,7 @@ def add_inspect(sub) -> None:
                    help=f"with --base: top singular vectors checked for intruders (default {ANALYSIS.intruder_k})")
     p.add_argument("--max-rank", type=int, default=None, help="full fine-tunes: keep only the top singular directions of each ΔW")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of a table")
+    add_download(p)
     p.set_defaults(func=_cmd_inspect)
 
 

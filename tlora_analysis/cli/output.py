@@ -63,3 +63,9 @@ def quiet_third_party_warnings() -> None:
 
     for category, module, message in THIRD_PARTY_NOISE:
         warnings.filterwarnings("ignore", message=message or "", category=category, module=module)
+
+
+def add_download(p) -> None:
+    p.add_argument("--download", action="store_true",
+                   help="fetch sources and bases given as Hub ids (owner/name[@revision][:subfolder]) and the base a fetched "
+                        "adapter names: JSON and safetensors files only (also TLORA_ANALYSIS_DOWNLOAD=1)")

@@ -91,9 +91,18 @@ def open_updates(path: str | Path, base: str | None = None):
     ``base`` is the base model where a format needs one (a fine-tune, a peft type computed by peft)
     or where the file's own base cannot be opened (a Hub name is never fetched unasked).
     """
-    path = Path(path)
     if not existing_path(str(path)):
-        raise InputError(f"{str(path)[:200]}: no such file or directory")
+        from ..hub import fetch_adapter, fetched_commit, parse_hub_id
+
+        hub_id = parse_hub_id(str(path))
+        if hub_id is None:
+            raise InputError(f"{str(path)[:200]}: no such file or directory")
+        fetched = fetch_adapter(hub_id)  # with --download, or fetched before; else one line naming --download
+        source = open_updates(fetched, base)
+        if isinstance(getattr(source, "meta", None), dict):  # the revision actually read, for the outputs that record meta
+            source.meta["hub"] = {"repo": hub_id.repo, "revision": hub_id.revision or "main", "commit": fetched_commit(fetched, hub_id)}
+        return source
+    path = Path(path)
     if path.is_file():
         refuse_pickle(path)
         if path.suffix != ".safetensors":

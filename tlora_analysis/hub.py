@@ -1,0 +1,205 @@
+"""Adapters and bases on the Hugging Face Hub, fetched only when asked, through ``huggingface_hub`` alone.
+
+A source or ``--base`` that is not a local path but reads as a Hub id (``owner/name``, ``owner/name@revision``,
+``owner/name:subfolder``) is fetched only with ``--download`` (or ``TLORA_ANALYSIS_DOWNLOAD=1``); without it one line
+says what it looked like and what would fetch it, and nothing is requested. What an earlier ``--download`` fetched is
+used offline. Only JSON and safetensors files are requested, never a pickle or code; for a base, its ``config.json``,
+its safetensors index and only the shards that hold the adapted layers' weights when those are known.
+
+Files are fetched with ``snapshot_download``/``hf_hub_download`` into ``$TLORA_ANALYSIS_CACHE/hub/OWNER/NAME/COMMIT``
+(``local_dir``: real files, not the Hub cache's links into ``blobs/``, so the containment rule for a source's files
+holds as for any folder), the commit resolved once from the revision asked for and recorded in ``revision.json``.
+A fetch goes to a temporary folder that becomes the commit's folder only when it is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+__all__ = ["HubId", "parse_hub_id", "downloads", "download_enabled", "fetch_adapter", "fetch_base", "fetched_commit"]
+
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<revision>[\w./-]{1,200}))?"
+                     r"(?::(?P<subfolder>[\w.-]+(?:/[\w.-]+)*))?$")
+_ASKED: contextvars.ContextVar[bool] = contextvars.ContextVar("tlora_analysis_download", default=False)
+PATTERNS = ("*.json", "*.safetensors")
+"""What is ever requested: metadata and tensors; a pickle or code is never fetched."""
+
+
+@dataclass(frozen=True)
+class HubId:
+    repo: str
+    revision: str | None = None
+    subfolder: str | None = None
+
+    def __str__(self) -> str:
+        return self.repo + (f"@{self.revision}" if self.revision else "") + (f":{self.subfolder}" if self.subfolder else "")
+
+
+def parse_hub_id(text: str) -> HubId | None:
+    """The Hub id ``text`` reads as, or None (a path that exists locally is never one)."""
+    text = str(text)
+    if Path(text).exists() or ".." in text.split("/") or text.startswith(("/", ".", "~")):
+        return None
+    match = _HUB_ID.match(text)
+    if match is None or ".." in text:
+        return None
+    return HubId(match["repo"], match["revision"], match["subfolder"])
+
+
+def download_enabled() -> bool:
+    return _ASKED.get() or os.environ.get("TLORA_ANALYSIS_DOWNLOAD", "").lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def downloads(asked: bool):
+    """Within it, Hub ids are fetched if ``asked`` (a command's ``--download``); the setting ends with the command."""
+    token = _ASKED.set(bool(asked))
+    try:
+        yield
+    finally:
+        _ASKED.reset(token)
+
+
+def _root(hub_id: HubId) -> Path:
+    from .base_weights import cache_dir
+
+    return cache_dir() / "hub" / hub_id.repo
+
+
+def _fetched(hub_id: HubId) -> Path | None:
+    """The folder an earlier fetch of this id's revision left, read offline."""
+    from .io import read_json
+
+    record = _root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json"
+    if not record.is_file():
+        return None
+    commit = read_json(record, "Hub revision record").get("commit")
+    folder = _root(hub_id) / str(commit)
+    return folder if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) and folder.is_dir() else None
+
+
+def _refused(hub_id: HubId, what: str) -> InputError:
+    return InputError(f"{hub_id}: not a local path; it looks like a Hub id ({what}); pass --download "
+                      "(or set TLORA_ANALYSIS_DOWNLOAD=1) to fetch it (JSON and safetensors files only)")
+
+
+def _info(hub_id: HubId):
+    """The repository's commit and file list for the revision asked (one request), or one line saying why not."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(hub_id.repo, revision=hub_id.revision)
+    except RevisionNotFoundError as err:
+        raise InputError(f"{hub_id}: the Hub has no revision {hub_id.revision!r} of {hub_id.repo}") from err
+    except RepositoryNotFoundError as err:
+        raise InputError(f"{hub_id}: no such repository on the Hub (or it is private: log in with `hf auth login`)") from err
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise InputError(f"{hub_id}: the Hub could not be reached ({' '.join(str(err).split())[:160]})") from err
+    except Exception as err:  # the HTTP client's own errors (a refused connection, a timeout) are no OSError
+        if type(err).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3"):
+            raise
+        raise InputError(f"{hub_id}: the Hub could not be reached ({type(err).__name__}: {' '.join(str(err).split())[:160]})") from err
+
+
+def _fetch(hub_id: HubId, files: list[str] | None) -> Path:
+    """``files`` (or every JSON and safetensors file of the subfolder) of the revision, into its commit's folder."""
+    from huggingface_hub import snapshot_download
+
+    from .io import atomic_write_json
+
+    info = _info(hub_id)
+    commit = info.sha
+    if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise InputError(f"{hub_id}: the Hub answered no commit for this revision")
+    names = [s.rfilename for s in info.siblings or []]
+    prefix = f"{hub_id.subfolder}/" if hub_id.subfolder else ""
+    if not any(n.startswith(prefix) and n.endswith(".safetensors") for n in names):
+        raise InputError(f"{hub_id}: holds no safetensors file{' under ' + hub_id.subfolder if prefix else ''} (only "
+                         f"{', '.join(sorted(names)[:4]) or 'nothing'}); pickled weights are never fetched or opened")
+    folder = _root(hub_id) / commit
+    wanted = files if files is not None else [f"{prefix}{p}" for p in PATTERNS]
+    if not folder.is_dir() or any(not (folder / f).is_file() for f in (files or [])):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fetch-"))
+        try:
+            if folder.is_dir():
+                shutil.copytree(folder, partial, dirs_exist_ok=True)
+            snapshot_download(hub_id.repo, revision=commit, local_dir=partial, allow_patterns=wanted,
+                              endpoint=os.environ.get("HF_ENDPOINT"))
+            shutil.rmtree(partial / ".cache", ignore_errors=True)
+            if folder.is_dir():
+                shutil.rmtree(folder)
+            os.replace(partial, folder)
+        except Exception as err:
+            shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(err, InputError):
+                raise
+            raise InputError(f"{hub_id}: fetching {commit[:12]} failed ({' '.join(str(err).split())[:160]})") from err
+    atomic_write_json(_root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json", {"repo": hub_id.repo, "commit": commit})
+    return folder
+
+
+def fetch_adapter(hub_id: HubId) -> Path:
+    """A local folder holding the adapter's JSON and safetensors files (its subfolder, where one was named)."""
+    folder = _fetch(hub_id, None) if download_enabled() else _fetched(hub_id)
+    if folder is None:
+        raise _refused(hub_id, "an adapter")
+    source = folder / hub_id.subfolder if hub_id.subfolder else folder
+    if not source.is_dir():
+        raise InputError(f"{hub_id}: fetched, but it holds no folder {hub_id.subfolder!r}")
+    return source
+
+
+def fetched_commit(folder: Path, hub_id: HubId) -> str:
+    """The commit a fetched folder holds (its folder's name under the repository's)."""
+    return folder.relative_to(_root(hub_id)).parts[0]
+
+
+def fetch_base(hub_id: HubId, module_names: list[str] | None = None) -> Path:
+    """A local folder with the base's config.json, its safetensors index and the shards holding ``module_names``'
+    weights (every shard where the names are not known)."""
+    if not download_enabled():
+        folder = _fetched(hub_id)
+        if folder is None:
+            raise _refused(hub_id, "a base model")
+        return folder
+    prefix = f"{hub_id.subfolder}/" if hub_id.subfolder else ""
+    folder = _fetch(hub_id, [f"{prefix}config.json", *(f"{prefix}{n}" for n in _index_names(hub_id))])
+    return _shards(hub_id, folder / hub_id.subfolder if hub_id.subfolder else folder, module_names)
+
+
+def _index_names(hub_id: HubId) -> list[str]:
+    info = _info(hub_id)
+    prefix = f"{hub_id.subfolder}/" if hub_id.subfolder else ""
+    names = {s.rfilename for s in info.siblings or []}
+    return ["model.safetensors.index.json"] if f"{prefix}model.safetensors.index.json" in names else ["model.safetensors"]
+
+
+def _shards(hub_id: HubId, folder: Path, module_names: list[str] | None) -> Path:
+    """Fetch the shards of a sharded base that hold the named modules (all of them for no names)."""
+    from .base_weights import INDEX, match_key
+    from .io import read_json
+
+    if not (folder / INDEX).is_file():
+        return folder
+    weight_map = read_json(folder / INDEX, "safetensors index").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise InputError(f"{hub_id}: its {INDEX} should map tensor names to shard file names")
+    keys = [match_key(n, weight_map, str(hub_id)) for n in module_names] if module_names else list(weight_map)
+    shards = sorted({weight_map[k] for k in keys if k is not None})
+    for shard in shards:
+        if not re.fullmatch(r"[\w.-]+\.safetensors", shard):
+            raise InputError(f"{hub_id}: its {INDEX} names shard {shard[:80]!r}, not a safetensors file beside the index")
+    prefix = f"{hub_id.subfolder}/" if hub_id.subfolder else ""
+    _fetch(hub_id, [f"{prefix}config.json", f"{prefix}{INDEX}", *(f"{prefix}{s}" for s in shards)])
+    return folder
