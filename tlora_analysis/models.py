@@ -71,7 +71,7 @@ def model_named_in_file(name: str | None, where: str | Path, given: str | None =
     if isinstance(name, str) and download_enabled() and parse_hub_id(name) is not None:
         return name  # --download: the base a fetched adapter names is fetched too
     raise InputError(f"{where}: names model {str(name)!r:.200}, which is neither the embedded default nor a local directory; "
-                     "a model named in a file is fetched only with --download, or pass it yourself (--base or --model)")
+                     "a model named in a file is never fetched unasked: pass --download to fetch it, or give it yourself (--base or --model)")
 
 
 def _pretrained(factory, name_or_path: str, **kwargs):
