@@ -46,11 +46,11 @@ class HubId:
 
 def parse_hub_id(text: str) -> HubId | None:
     """The Hub id ``text`` reads as, or None (a path that exists locally is never one)."""
+    from .io import existing_path
+
     text = str(text)
-    if Path(text).exists() or ".." in text.split("/") or text.startswith(("/", ".", "~")):
-        return None
     match = _HUB_ID.match(text)
-    if match is None or ".." in text:
+    if match is None or ".." in text or text.startswith((".", "~")) or existing_path(text):
         return None
     return HubId(match["repo"], match["revision"], match["subfolder"])
 
