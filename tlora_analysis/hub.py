@@ -30,6 +30,8 @@ __all__ = ["HubId", "parse_hub_id", "downloads", "download_enabled", "fetch_adap
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<revision>[\w./-]{1,200}))?"
                      r"(?::(?P<subfolder>[\w.-]+(?:/[\w.-]+)*))?$")
 _ASKED: contextvars.ContextVar[bool] = contextvars.ContextVar("tlora_analysis_download", default=False)
+_ANSWERS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tlora_analysis_hub_answers", default=None)
+"""The Hub's answer per (endpoint, id) within one command: a base resolved by several readers is asked about once."""
 PATTERNS = ("*.json", "*.safetensors")
 """What is ever requested: metadata and tensors; a pickle or code is never fetched."""
 
@@ -62,11 +64,12 @@ def download_enabled() -> bool:
 @contextlib.contextmanager
 def downloads(asked: bool):
     """Within it, Hub ids are fetched if ``asked`` (a command's ``--download``); the setting ends with the command."""
-    token = _ASKED.set(bool(asked))
+    token, answers = _ASKED.set(bool(asked)), _ANSWERS.set({})
     try:
         yield
     finally:
         _ASKED.reset(token)
+        _ANSWERS.reset(answers)
 
 
 def _root(hub_id: HubId) -> Path:
@@ -93,7 +96,18 @@ def _refused(hub_id: HubId, what: str) -> InputError:
 
 
 def _info(hub_id: HubId):
-    """The repository's commit and file list for the revision asked (one request), or one line saying why not."""
+    """The repository's commit and file list for the revision asked (one request per command), or one line saying why not."""
+    answers = _ANSWERS.get()
+    key = (os.environ.get("HF_ENDPOINT"), hub_id)
+    if answers is not None and key in answers:
+        return answers[key]
+    info = _ask(hub_id)
+    if answers is not None:
+        answers[key] = info
+    return info
+
+
+def _ask(hub_id: HubId):
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
