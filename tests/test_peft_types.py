@@ -127,7 +127,7 @@ def test_a_dense_type_without_its_base_says_how_to_give_it(tmp_path, tiny_base, 
     model.save_pretrained(tmp_path / "oft")
     config = json.loads((tmp_path / "oft" / "adapter_config.json").read_text())
     (tmp_path / "oft" / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "someone/else-model"}))
-    expect_error(cli("inspect", tmp_path / "oft"), "it is needed because peft computes", "pass it yourself (--base or --model)")
+    expect_error(cli("inspect", tmp_path / "oft"), "it is needed because peft computes", "give it yourself (--base or --model)")
     result = cli("inspect", tmp_path / "oft", "--base", tiny_model_dir)
     assert result.returncode == 0, result.stderr
     assert "oft" in result.stdout
