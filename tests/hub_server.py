@@ -9,7 +9,7 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 
 class Hub:
@@ -17,6 +17,8 @@ class Hub:
         """``repos``: {owner/name: local folder}."""
         self.repos = {k: Path(v) for k, v in repos.items()}
         self.requests = []
+        self.sizes = {}
+        """{(repo, file): size} the repository info claims instead of the file's own (a Hub's answer for a huge file)."""
         hub = self
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -44,8 +46,11 @@ class Hub:
                         body = json.dumps([{"type": "file", "path": f, "size": (folder / f).stat().st_size,
                                             "oid": hashlib.sha1((folder / f).read_bytes()).hexdigest()} for f in files]).encode()
                         return self.send(200, body, {"Content-Type": "application/json"})
+                    blobs = "blobs" in parse_qs(urlparse(self.path).query)  # sizes only when asked, as the Hub does
+                    siblings = [{"rfilename": f, **({"size": hub.sizes.get((repo, f), (folder / f).stat().st_size)}
+                                                    if blobs else {})} for f in files]
                     body = json.dumps({"id": repo, "modelId": repo, "sha": hub.sha(repo), "private": False,
-                                       "siblings": [{"rfilename": f} for f in files]}).encode()
+                                       "siblings": siblings}).encode()
                     return self.send(200, body, {"Content-Type": "application/json"})
                 if len(parts) >= 5 and parts[2] == "resolve":
                     repo, name = "/".join(parts[:2]), "/".join(parts[4:])

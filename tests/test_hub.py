@@ -144,3 +144,55 @@ def test_a_sharded_base_gives_only_the_shards_of_the_adapted_layers(served, tmp_
         assert torch.equal(weights[name], AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).get_submodule(name).weight)
     shards = {f for repo, f in served.files_asked() if repo == "models/sharded" and f.endswith(".safetensors")}
     assert shards == {index[name + ".weight"]} and len(set(index.values())) > 2
+
+
+def test_a_fetch_over_the_announced_size_says_so_before_it_starts(served, capsys):
+    assert main(["inspect", "me/lora", "--download", "--base", str(default_model_path())]) == 0
+    assert "download:" not in capsys.readouterr().err  # small fetches say nothing
+    served.sizes[("me/ia3", "adapter_model.safetensors")] = 5 * 10**9  # what the Hub says of a large file
+    assert main(["inspect", "me/ia3", "--download", "--base", str(default_model_path())]) == 0
+    announced = [line for line in capsys.readouterr().err.splitlines() if "download:" in line]
+    assert len(announced) == 1 and "me/ia3" in announced[0] and "5.0 GB" in announced[0], announced
+
+
+def _lying(served, tmp_path, tiny_model_dir, name, edit):
+    """A sharded base served as ``models/NAME`` whose index ``edit`` rewrites."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / name
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).save_pretrained(folder, max_shard_size="20KB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    edit(index["weight_map"], folder)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    served.repos[f"models/{name}"] = folder
+    return f"models/{name}"
+
+
+LAYER = "bert.encoder.layer.1.attention.self.query"
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda wm, f: wm.update({LAYER + ".weight": "../../outside.safetensors"}), "not a safetensors file beside the index"),
+    (lambda wm, f: wm.update({LAYER + ".weight": "model-99999-of-99999.safetensors"}), "which the repository does not hold"),
+    (lambda wm, f: wm.update({LAYER + ".weight": wm["bert.embeddings.word_embeddings.weight"]}), "does not contain tensor"),
+    (lambda wm, f: wm.update({LAYER + ".weight": 7}), "should map tensor names to shard file names"),
+])
+def test_a_lying_index_on_the_hub_is_one_line(served, tmp_path, tiny_model_dir, edit, fragment):
+    repo = _lying(served, tmp_path, tiny_model_dir, "lying", edit)
+    with downloads(True), pytest.raises(InputError, match=fragment):
+        base_weights(repo, [LAYER], {LAYER: (32, 32)})[LAYER]
+    assert not list((tmp_path / "cache").rglob(".fetch-*"))
+    assert not any("outside" in p for _, p in served.requests)
+
+
+def test_a_huge_header_served_by_the_hub_is_one_line(served, tmp_path, capsys):
+    folder = tmp_path / "huge"
+    shutil.copytree(_local(served, "LORA"), folder)
+    data = (folder / "adapter_model.safetensors").read_bytes()
+    (folder / "adapter_model.safetensors").write_bytes((2**60).to_bytes(8, "little") + data[8:])
+    served.repos["me/huge"] = folder
+    assert main(["inspect", "me/huge", "--download", "--base", str(default_model_path())]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "adapter_model.safetensors" in error and "Traceback" not in error, error

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fnmatch
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,8 @@ _ANSWERS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tlora_an
 """The Hub's answer per (endpoint, id) within one command: a base resolved by several readers is asked about once."""
 PATTERNS = ("*.json", "*.safetensors")
 """What is ever requested: metadata and tensors; a pickle or code is never fetched."""
+ANNOUNCE_BYTES = 1 << 30
+"""A fetch larger than this is announced (files, size, where to) on stderr before it starts."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,8 @@ def _ask(hub_id: HubId):
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
-        return HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(hub_id.repo, revision=hub_id.revision)
+        return HfApi(endpoint=os.environ.get("HF_ENDPOINT")).model_info(hub_id.repo, revision=hub_id.revision,
+                                                                         files_metadata=True)
     except RevisionNotFoundError as err:
         raise InputError(f"{hub_id}: the Hub has no revision {hub_id.revision!r} of {hub_id.repo}") from err
     except RepositoryNotFoundError as err:
@@ -144,12 +149,14 @@ def _fetch(hub_id: HubId, files: list[str] | None) -> Path:
     wanted = files if files is not None else [f"{prefix}{p}" for p in PATTERNS]
     if not folder.is_dir() or any(not (folder / f).is_file() for f in (files or [])):
         folder.parent.mkdir(parents=True, exist_ok=True)
+        _announce(hub_id, info, wanted, folder)
         partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fetch-"))
         try:
             if folder.is_dir():
                 shutil.copytree(folder, partial, dirs_exist_ok=True)
-            snapshot_download(hub_id.repo, revision=commit, local_dir=partial, allow_patterns=wanted,
-                              endpoint=os.environ.get("HF_ENDPOINT"))
+            with _bars_on_a_terminal_only():
+                snapshot_download(hub_id.repo, revision=commit, local_dir=partial, allow_patterns=wanted,
+                                  endpoint=os.environ.get("HF_ENDPOINT"))
             shutil.rmtree(partial / ".cache", ignore_errors=True)
             if folder.is_dir():
                 shutil.rmtree(folder)
@@ -161,6 +168,33 @@ def _fetch(hub_id: HubId, files: list[str] | None) -> Path:
             raise InputError(f"{hub_id}: fetching {commit[:12]} failed ({' '.join(str(err).split())[:160]})") from err
     atomic_write_json(_root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json", {"repo": hub_id.repo, "commit": commit})
     return folder
+
+
+@contextlib.contextmanager
+def _bars_on_a_terminal_only():
+    """huggingface_hub's progress bars where stderr is a terminal; in a log or a pipe they are carriage-return noise
+    (the announcement above still says what a large fetch brings). ``HF_HUB_DISABLE_PROGRESS_BARS=0`` keeps them."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    quiet = not sys.stderr.isatty() and not are_progress_bars_disabled() and constants.HF_HUB_DISABLE_PROGRESS_BARS is not False
+    if quiet:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        if quiet:
+            enable_progress_bars()
+
+
+def _announce(hub_id: HubId, info, wanted: list[str], folder: Path) -> None:
+    """Say what a fetch over ``ANNOUNCE_BYTES`` will bring before it starts (the Hub's sizes; unknown sizes count 0)."""
+    todo = {s.rfilename: s.size or 0 for s in info.siblings or []
+            if any(fnmatch.fnmatch(s.rfilename, p) for p in wanted) and not (folder / s.rfilename).is_file()}
+    total = sum(todo.values())
+    if total > ANNOUNCE_BYTES:
+        print(f"tlora-analysis: download: {hub_id} ({info.sha[:12]}): {len(todo)} files, {total / 1e9:.1f} GB, into "
+              f"{folder}", file=sys.stderr, flush=True)
 
 
 def fetch_adapter(hub_id: HubId) -> Path:
@@ -215,5 +249,9 @@ def _shards(hub_id: HubId, folder: Path, module_names: list[str] | None) -> Path
         if not re.fullmatch(r"[\w.-]+\.safetensors", shard):
             raise InputError(f"{hub_id}: its {INDEX} names shard {shard[:80]!r}, not a safetensors file beside the index")
     prefix = f"{hub_id.subfolder}/" if hub_id.subfolder else ""
+    held = {s.rfilename for s in _info(hub_id).siblings or []}
+    for shard in shards:
+        if f"{prefix}{shard}" not in held:
+            raise InputError(f"{hub_id}: its {INDEX} names shard {shard!r}, which the repository does not hold")
     _fetch(hub_id, [f"{prefix}config.json", f"{prefix}{INDEX}", *(f"{prefix}{s}" for s in shards)])
     return folder
