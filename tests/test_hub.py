@@ -196,3 +196,16 @@ def test_a_huge_header_served_by_the_hub_is_one_line(served, tmp_path, capsys):
     assert main(["inspect", "me/huge", "--download", "--base", str(default_model_path())]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "adapter_model.safetensors" in error and "Traceback" not in error, error
+
+
+def test_what_the_hugging_face_cache_holds_is_read_without_download_and_nothing_is_asked(served, tmp_path):
+    from huggingface_hub import snapshot_download
+
+    snapshot_download("me/lora", endpoint=served.url)  # as peft's from_pretrained leaves it: links into blobs/
+    served.requests.clear()
+    with downloads(False):
+        read = open_updates("me/lora", base=str(default_model_path()))
+        expected = open_updates(_local(served, "LORA"), base=str(default_model_path()))
+        assert all(torch.equal(read.deltas()[n].dense(), expected.deltas()[n].dense()) for n in expected.layers)
+    assert served.requests == []
+    assert not any(p.is_symlink() for p in (tmp_path / "cache" / "hub").rglob("*"))

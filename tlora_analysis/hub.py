@@ -83,15 +83,54 @@ def _root(hub_id: HubId) -> Path:
 
 
 def _fetched(hub_id: HubId) -> Path | None:
-    """The folder an earlier fetch of this id's revision left, read offline."""
+    """The folder an earlier fetch of this id's revision left, or what the Hugging Face cache holds of it, read offline."""
     from .io import read_json
 
     record = _root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json"
     if not record.is_file():
-        return None
+        return _from_hf_cache(hub_id)
     commit = read_json(record, "Hub revision record").get("commit")
     folder = _root(hub_id) / str(commit)
     return folder if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) and folder.is_dir() else None
+
+
+def _from_hf_cache(hub_id: HubId) -> Path | None:
+    """The revision's JSON and safetensors files as the Hugging Face cache holds them (peft or transformers fetched
+    them), linked (or copied, across file systems) as real files into this toolkit's folder for the commit; nothing
+    is requested. The cache's snapshot files are links into ``blobs/``, which a source's folder may not hold."""
+    from huggingface_hub import snapshot_download
+
+    from .io import atomic_write_json
+
+    try:
+        snapshot = Path(snapshot_download(hub_id.repo, revision=hub_id.revision, local_files_only=True))
+    except Exception:  # not in the cache (huggingface_hub's LocalEntryNotFoundError and its kin): nothing to read
+        return None
+    commit = snapshot.name
+    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+        return None
+    folder = _root(hub_id) / commit
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fetch-"))
+    try:
+        for file in snapshot.rglob("*"):
+            name = file.relative_to(snapshot)
+            if file.is_file() and any(fnmatch.fnmatch(str(name), p) for p in PATTERNS):
+                (partial / name).parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(file.resolve(), partial / name)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    atomic_write_json(_root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json", {"repo": hub_id.repo, "commit": commit})
+    return folder
+
+
+def _link_or_copy(blob: Path, target: Path) -> None:
+    try:
+        os.link(blob, target)
+    except OSError:
+        shutil.copyfile(blob, target)
 
 
 def _refused(hub_id: HubId, what: str) -> InputError:
