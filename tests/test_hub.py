@@ -56,6 +56,7 @@ def served(hub, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs offline; this server is the one network allowed
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))  # read at import: the user's cache stays untouched
     hub.requests.clear()
     return hub
 
@@ -209,3 +210,31 @@ def test_what_the_hugging_face_cache_holds_is_read_without_download_and_nothing_
         assert all(torch.equal(read.deltas()[n].dense(), expected.deltas()[n].dense()) for n in expected.layers)
     assert served.requests == []
     assert not any(p.is_symlink() for p in (tmp_path / "cache" / "hub").rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["DORA", "IA3"])
+def test_a_type_computed_on_the_base_gives_only_the_shards_of_its_layers(served, tmp_path, tiny_model_dir, kind):
+    """IA³ through peft on a skeleton of the base, DoRA from its factors: W0 of the adapted layers alone, so only the
+    shards holding them are requested, and the reading equals the same adapter on the local base."""
+    import json
+
+    from transformers import AutoModelForSequenceClassification
+
+    sharded = tmp_path / "sharded"
+    AutoModelForSequenceClassification.from_pretrained(tiny_model_dir).save_pretrained(sharded, max_shard_size="20KB")
+    served.repos["models/tiny-sharded"] = sharded
+    torch.manual_seed(0)
+    config = (peft.IA3Config(target_modules=["query"], feedforward_modules=[], init_ia3_weights=False) if kind == "IA3" else
+              peft.LoraConfig(r=2, target_modules=["query"], use_dora=True, init_lora_weights=False))
+    model = peft.get_peft_model(AutoModelForSequenceClassification.from_pretrained(tiny_model_dir), config)
+    model.peft_config["default"].base_model_name_or_path = "models/tiny-sharded"
+    model.save_pretrained(tmp_path / "adapter")
+    served.repos["me/tiny-adapter"] = tmp_path / "adapter"
+    with downloads(True):
+        read = open_updates("me/tiny-adapter").deltas()
+    expected = open_updates(tmp_path / "adapter", base=str(sharded)).deltas()
+    assert set(read) == set(expected) and all(torch.equal(read[n].dense(), expected[n].dense()) for n in expected)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())["weight_map"]
+    holding = {index[f"bert.encoder.layer.{i}.attention.self.query.weight"] for i in range(2)}
+    asked = {f for repo, f in served.files_asked() if repo == "models/tiny-sharded" and f.endswith(".safetensors")}
+    assert asked == holding and len(set(index.values())) > len(holding), (asked, holding)

@@ -254,7 +254,7 @@ def fetched_commit(folder: Path, hub_id: HubId) -> str:
 
 def fetch_base(hub_id: HubId, module_names: list[str] | None = None) -> Path:
     """A local folder with the base's config.json, its safetensors index and the shards holding ``module_names``'
-    weights (every shard where the names are not known)."""
+    weights (every shard where the names are not known, None; no shard for ``[]``)."""
     if not download_enabled():
         folder = _fetched(hub_id)
         if folder is None:
@@ -273,7 +273,8 @@ def _index_names(hub_id: HubId) -> list[str]:
 
 
 def _shards(hub_id: HubId, folder: Path, module_names: list[str] | None) -> Path:
-    """Fetch the shards of a sharded base that hold the named modules (all of them for no names)."""
+    """Fetch the shards of a sharded base that hold the named modules (every shard where names are not given; none
+    for an empty list: the config and the index alone)."""
     from .base_weights import INDEX, match_key
     from .io import read_json
 
@@ -282,7 +283,7 @@ def _shards(hub_id: HubId, folder: Path, module_names: list[str] | None) -> Path
     weight_map = read_json(folder / INDEX, "safetensors index").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise InputError(f"{hub_id}: its {INDEX} should map tensor names to shard file names")
-    keys = [match_key(n, weight_map, str(hub_id)) for n in module_names] if module_names else list(weight_map)
+    keys = [match_key(n, weight_map, str(hub_id)) for n in module_names] if module_names is not None else list(weight_map)
     shards = sorted({weight_map[k] for k in keys if k is not None})
     for shard in shards:
         if not re.fullmatch(r"[\w.-]+\.safetensors", shard):

@@ -7,11 +7,12 @@ are built), and puts the layer back as it was. That is ``merge_and_unload()`` mi
 exact by construction; it is computed in float64 so that subtracting W0 loses nothing.
 
 The engine is built once per adapter and reused for every state (a trajectory's epochs): only the
-adapter's tensors change between states. A base larger than :data:`WHOLE_BASE_BYTES` (in float32) is never
-loaded: peft is built on a skeleton of the model on the meta device (no memory), and each layer's W0
-is read from the safetensors files while that layer is merged, then dropped, so a 7B base is read in
-the memory of one layer. Types that build parts of themselves from W0 when they are created (OSF,
-FRoD, PSOFT, ...) cannot be built on a skeleton and say so.
+adapter's tensors change between states. A type that can be built without W0 (``streams`` in the registry:
+IA³, BOFT, HRA, FourierFT, ...) is never loaded on the whole base: peft is built on a skeleton of the model
+on the meta device (no memory), and each layer's W0 is read from the base's safetensors while that layer is
+merged, then dropped, so a 7B base is read in the memory of one layer and a Hub base gives only the shards
+of the adapted layers. Types that build parts of themselves from W0 when they are created (OFT, OSF, FRoD,
+PSOFT, ...) load the base whole, up to :data:`WHOLE_BASE_BYTES` (in float32), and say so beyond it.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ class PeftEngine:
         if tensors is not None:  # before anything is allocated: a config may imply far more than its file holds
             _check_planned_shapes(_planned_shapes(config, base, where, peft_config), tensors, where)
         size = 4 * sum(p.numel() for p in skeleton.parameters())
-        self.stream = size > WHOLE_BASE_BYTES if stream is None else stream
         spec = PEFT_TYPES.get(str(config.get("peft_type")).upper())
+        self.stream = (bool(spec and spec.streams) or size > WHOLE_BASE_BYTES) if stream is None else stream
         if self.stream and not (spec and spec.streams):
             raise InputError(f"{where}: a {spec.label if spec else config.get('peft_type')} adapter derives parts of itself from W0 when peft "
                              f"builds it, so it is read on the base loaded whole; {base} holds {size / 2**30:.1f} GiB of float32 "
@@ -107,7 +108,8 @@ class PeftEngine:
         if self.stream:
             from ..base_weights import SafetensorsWeights
 
-            self.weights = SafetensorsWeights(resolve_model(base), list(self.layers), {n: delta_shape(m) for n, m in self.layers.items()})
+            self.weights = SafetensorsWeights(resolve_model(base, list(self.layers)), list(self.layers),
+                                              {n: delta_shape(m) for n, m in self.layers.items()})
 
     def load(self, tensors: Mapping[str, Tensor]) -> None:
         """Put one state's adapter tensors (keys as in ``adapter_model.safetensors``) into the model."""
@@ -254,9 +256,9 @@ def _skeleton(config: dict, base: str, where: str):
     """The base model's modules on the meta device: its architecture from config.json, no weights."""
     from transformers import AutoConfig
 
-    from ..models import _pretrained, quiet_loading
+    from ..models import _pretrained, quiet_loading, resolve_model
 
-    model_config = _pretrained(AutoConfig, base)
+    model_config = _pretrained(AutoConfig, resolve_model(base, []))  # a Hub base: its config, no shard yet
     factory = _model_class(config, where)
     with quiet_loading(), torch.device("meta"):
         make = factory.from_config if hasattr(factory, "from_config") else factory._from_config
