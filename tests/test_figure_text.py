@@ -105,3 +105,51 @@ def test_the_settings_table_holds_each_sources_own_fields(source_sets):
     assert set(table.loc["targets", "peft-lora"].split(", ")) == {"query", "value"}  # from the adapter's own config
     assert int(table.loc["trained numbers", "peft-lora"].replace(",", "")) > 0 and table.loc["epochs", "peft-lora"] == "one saved state"
     assert not any(".0" == value[-2:] for value in table.loc[["rank", "seed"]].to_numpy().ravel())
+
+
+@pytest.fixture(scope="module")
+def mix_tables(source_sets):
+    sources, _ = source_sets["mix"]
+    return compare_runs(sources, None, baseline_samples=4)
+
+
+def test_every_source_drawn_has_its_own_colour_and_style_pair(mix_tables):
+    from tlora_analysis.figures.style import source_styles
+
+    styles = source_styles(mix_tables["norms"])
+    looks = [(s["color"], s["linestyle"], s["marker"]) for s in styles.values()]
+    assert len(styles) == 4 and len(set(looks)) == len(looks)
+    assert len({(s["linestyle"], s["marker"]) for s in styles.values()}) == len(looks)  # apart in grey print too
+
+
+def test_effective_rank_draws_adapters_at_final_and_each_sources_nominal_rank(mix_tables):
+    from tlora_analysis.figures.geometry import effective_rank
+
+    fig = effective_rank(mix_tables["effective_rank"])
+    legend = " ".join(t.get_text() for t in fig.axes[1].get_legend().get_texts())
+    assert "peft-lora" in legend and "peft-loha" in legend  # one-state sources are drawn, not dropped
+    ranks = sorted(int(t.get_text().split("≤")[1].split()[0]) for t in fig.axes[1].texts if "rank ≤" in t.get_text())
+    assert ranks == [3, 4, 16], ranks  # TLoRA's r = 3, LoRA's r = 4, LoHa's r² = 16; never a layer's full width
+    assert fig.axes[1].get_ylim()[1] < 20
+
+
+def test_weight_histograms_draw_a_one_state_source_once(mix_tables):
+    from tlora_analysis.figures.dynamics import weight_histograms
+
+    fig = weight_histograms(mix_tables["weight_histograms"], mix_tables["weight_stats"])
+    titles = [ax.get_title() for ax in fig.axes if ax.axison]
+    adapter_titles = [t for t in titles if t.startswith("peft-lora")]
+    assert adapter_titles and len(adapter_titles) == len(set(adapter_titles))
+
+
+def test_intruder_labels_stay_readable_with_many_layers():
+    import pandas as pd
+
+    from tlora_analysis.figures.geometry import intruders
+
+    rows = [{"run": "lora", "method": "lora", "module": m, "layer": layer, "epoch": 3, "k": 10, "intruders": layer % 3}
+            for m in ("q_proj", "k_proj", "v_proj", "o_proj") for layer in range(32)]
+    amplification = pd.DataFrame([{**r, "amplification": 1.0 + r["layer"]} for r in rows])
+    fig = intruders(pd.DataFrame(rows), amplification)
+    ticks = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert len(ticks) <= 48 and all(t.get_rotation() == 90 for t in ticks)

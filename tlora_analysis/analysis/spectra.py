@@ -74,7 +74,7 @@ def rank_measures(singular_values: np.ndarray, energy: float = ANALYSIS.energy_r
 
 @per_run
 def effective_rank(run: UpdateSource, epochs: Iterable[int] | None = None, energy: float = ANALYSIS.energy_rank) -> pd.DataFrame:
-    """Per layer and epoch: nominal rank, stable rank ‖ΔW‖_F²/‖ΔW‖₂², entropy effective rank exp(H(σ/Σσ))
+    """Per layer and epoch: nominal rank (and the layer's full rank min(d_out, d_in), which a dense update's equals), stable rank ‖ΔW‖_F²/‖ΔW‖₂², entropy effective rank exp(H(σ/Σσ))
     and the number of singular values holding ``energy`` of Σσ² (beyond the paper).
 
     No power-law fit: a rank-r update has only r eigenvalues, far too few for WeightWatcher's α.
@@ -82,5 +82,5 @@ def effective_rank(run: UpdateSource, epochs: Iterable[int] | None = None, energ
     run = as_source(run)
     rows = []
     for key, delta in iter_deltas(run, epochs):
-        rows.append({**key, "rank": delta.rank, **rank_measures(delta.singular_values().numpy(), energy)})
+        rows.append({**key, "rank": delta.rank, "full_rank": min(delta.shape), **rank_measures(delta.singular_values().numpy(), energy)})
     return pd.DataFrame(rows)

@@ -133,13 +133,16 @@ def scales_by_layer(scales: pd.DataFrame):
 
 def weight_histograms(histograms: pd.DataFrame, stats: pd.DataFrame):
     """Pooled histograms of the trained matrices' entries with a fitted normal, at each source's first and last
-    trained epoch (or its one state)."""
+    trained epoch, or once at its one state (the right panel left empty)."""
     trained = histograms[(histograms.epoch != 0) | (histograms.groupby("run").epoch.transform("max") == 0)]
     panels = trained[["run", "method", "matrix", "module"]].drop_duplicates().to_records(index=False)
-    fig, axes = plt.subplots(len(panels), 2, figsize=(7.6, 2.2 * len(panels)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(7.6, 2.4 * len(panels)), squeeze=False, layout="constrained")
     for r, (label, method, matrix, module) in enumerate(panels):
         mine = trained[(trained.run == label) & (trained.matrix == matrix) & (trained.module == module)]
-        for c, epoch in enumerate((mine.epoch.min(), mine.epoch.max())):
+        states = sorted({mine.epoch.min(), mine.epoch.max()})  # a one-state source (an adapter) is drawn once
+        if len(states) == 1:
+            axes[r][1].set_axis_off()
+        for c, epoch in enumerate(states):
             ax = axes[r][c]
             h = mine[mine.epoch == epoch]
             ax.bar(h.left, h.density, width=h.right - h.left, align="edge", color=method_color(method), alpha=0.6, label="entries")
@@ -149,9 +152,9 @@ def weight_histograms(histograms: pd.DataFrame, stats: pd.DataFrame):
             ax.text(0.02, 0.95, f"skew {s.skewness:.2f}\nex. kurt {s.excess_kurtosis:.2f}", transform=ax.transAxes, va="top", fontsize=8)
             ax.set_ylabel("density")
             ax.xaxis.set_major_locator(MaxNLocator(4))
-            if r == len(panels) - 1:
+            if r == len(panels) - 1 or len(states) == 1:
                 ax.set_xlabel("entry value")
-    axes[0][1].legend(loc="upper right", fontsize=8)
+    axes[0][0].legend(loc="upper right", fontsize=8)
     return fig
 
 

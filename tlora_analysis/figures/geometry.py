@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..states import state_name
-from .style import DIVERGING, layer_epoch_heatmap, module_color, modules_of, source_styles, trajectories
+from .style import DIVERGING, label_states, layer_epoch_heatmap, module_color, modules_of, source_styles, state_positions
 
 
 def cosine_similarity(similarity: pd.DataFrame):
@@ -113,33 +113,54 @@ def subspace_drift(subspace_epochs: pd.DataFrame):
 
 
 def effective_rank(ranks: pd.DataFrame):
-    """Stable rank and entropy effective rank over epochs, mean over layers with the min–max band."""
-    data = trajectories(ranks)
+    """Stable rank and entropy effective rank over epochs, mean over layers with the min–max band; a one-state source
+    (an adapter) stands at "final". Each low-rank source's rank bound is a dotted line of its colour; a dense
+    update's "rank" is its layer's full rank min(d_out, d_in), which says nothing of it and would flatten the axis."""
+    multi = ranks.groupby("run").epoch.transform("nunique") > 1
+    data = ranks[~multi | (ranks.epoch != 0)]
+    positions, styles, first_module = state_positions(data.epoch), source_styles(data), sorted(data.module.unique())[0]
     measures = [("stable_rank", "stable rank ‖ΔW‖²_F / ‖ΔW‖²₂"), ("entropy_rank", "entropy effective rank")]
     fig, axes = plt.subplots(1, 2, figsize=(7.8, 2.9), squeeze=False)
     for ax, (column, label) in zip(axes[0], measures):
-        styles = source_styles(data)
         for (run, module), group in data.groupby(["run", "module"], sort=False):
             stats = group.groupby("epoch")[column].agg(["mean", "min", "max"])
-            look = {**styles[run], "linestyle": styles[run]["linestyle"] if module == sorted(data.module.unique())[0] else "--"}
-            ax.plot(stats.index, stats["mean"], ms=3, label=f"{run} · {module}", **look)
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=look["color"], alpha=0.12)
+            x = stats.index.map(positions)
+            look = {**styles[run], "linestyle": styles[run]["linestyle"] if module == first_module else "--"}
+            ax.plot(x, stats["mean"], ms=3, label=f"{run} · {module}", **look)
+            ax.fill_between(x, stats["min"], stats["max"], color=look["color"], alpha=0.12)
         ax.set_xlabel("epoch")
+        label_states(ax.xaxis, positions)
         ax.set_ylabel(label)
         ax.set_ylim(bottom=0)
-    axes[0][1].axhline(ranks["rank"].max(), color="0.5", lw=0.8, ls=":")
-    axes[0][1].set_ylim(0, ranks["rank"].max() * 1.12)
-    axes[0][1].text(data.epoch.min(), ranks["rank"].max(), " nominal rank r", va="bottom", fontsize=8, color="0.4")
-    axes[0][1].legend(fontsize=8, loc="lower right")
+    top = _nominal_ranks(axes[0][1], data, styles)
+    axes[0][1].set_ylim(0, max(top, float(data.entropy_rank.max())) * 1.12)
+    axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def _nominal_ranks(ax, data: pd.DataFrame, styles: dict) -> float:
+    """A dotted line at each low-rank source's rank bound, the inner size of its factors (r for LoRA and TLoRA, r² for
+    LoHa's Hadamard product); sources of one bound share a line. Returns the highest bound drawn (0 for none)."""
+    nominal = data.groupby("run")[["rank", "full_rank"]].max() if "full_rank" in data else data.groupby("run")[["rank"]].max()
+    drawn = {}
+    for run, row in nominal.iterrows():
+        if row["rank"] < row.get("full_rank", np.inf):  # a dense update's "rank" is its layer's full width: no line
+            drawn.setdefault(int(row["rank"]), []).append(run)
+    for rank, runs in drawn.items():
+        colour = styles[runs[0]]["color"] if len(runs) == 1 else "0.5"
+        ax.axhline(rank, color=colour, lw=0.8, ls=":")
+        ax.text(ax.get_xlim()[0], rank, f" rank ≤ {rank}" + (f" ({runs[0]})" if len(drawn) > 1 and len(runs) == 1 else ""),
+                va="bottom", fontsize=7, color=colour)
+    return float(max(drawn, default=0))
 
 
 def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
     """Left: intruder dimensions among the top-k singular vectors of W0 + ΔW per layer at the last epoch.
     Right: amplification factor ‖ΔW‖_F / ‖UᵀW0V‖_F per layer (LoRA paper §7.3)."""
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.0), squeeze=False)
     data = counts[counts.epoch == counts.groupby("run").epoch.transform("max")]
     labels = sorted(data[["module", "layer"]].drop_duplicates().itertuples(index=False))
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.4, 4.4 + 0.1 * len(labels)), 3.0), squeeze=False,
+                             gridspec_kw={"width_ratios": [max(1.0, len(labels) / 24), 1.0]})
     x = np.arange(len(labels))
     styles, sources = source_styles(data), list(dict.fromkeys(data.run))
     width = 0.8 / len(sources)
@@ -147,7 +168,8 @@ def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
         values = [data[(data.run == run) & (data.module == m) & (data.layer == layer)].intruders.sum() for m, layer in labels]
         axes[0][0].bar(x + k * width - 0.4 + width / 2, values, width, color=styles[run]["color"], alpha=1 - 0.5 * (k % 2), label=run)
     letters = _module_letters(sorted({m for m, _ in labels}))
-    axes[0][0].set_xticks(x, [f"{letters[m]}{layer}" for m, layer in labels], fontsize=7)
+    ticks, step = [f"{letters[m]}{layer}" for m, layer in labels], max(1, -(-len(labels) // 48))  # ≤ 48 labels, upright
+    axes[0][0].set_xticks(x[::step], ticks[::step], fontsize=7, rotation=90 if len(ticks[::step]) > 12 else 0)
     axes[0][0].set_xlabel("module (" + ", ".join(f"{v} = {k}" for k, v in letters.items()) + ") and layer", fontsize=8)
     axes[0][0].set_ylabel(f"intruder dimensions (of top {int(data.k.max())})")
     axes[0][0].set_ylim(0, max(1, float(data.intruders.max() if len(data) else 0)) * 1.15)

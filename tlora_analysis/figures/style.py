@@ -105,11 +105,12 @@ MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 def source_styles(table) -> dict[str, dict]:
-    """Per source label (the ``run`` column): its method's colour, and a line style and marker of its own
-    among the sources of that method, so that two seeds of one method stay apart in one panel."""
-    styles, seen = {}, {}
-    for label, method in table[["run", "method"]].drop_duplicates().itertuples(index=False):
-        k = seen[method] = seen.get(method, -1) + 1
+    """Per source label (the ``run`` column): its method's colour, and a line style and marker of its own among all
+    the sources drawn, so that two seeds of one method, or two methods of similar colours (a LoRA run and a DoRA
+    adapter), stay apart in one panel and in grey print."""
+    styles = {}
+    pairs = table[["run", "method"]].drop_duplicates("run").itertuples(index=False)
+    for k, (label, method) in enumerate(pairs):
         styles[label] = {"color": method_color(method), "linestyle": LINE_STYLES[k % len(LINE_STYLES)], "marker": MARKERS[k % len(MARKERS)]}
     return styles
 
