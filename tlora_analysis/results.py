@@ -10,10 +10,14 @@ import pandas as pd
 
 from .io import atomic_write_bytes
 
-__all__ = ["write_tables", "study_results", "group_labels", "learning_rate_choice", "LOWER_IS_BETTER"]
+__all__ = ["write_tables", "study_results", "group_labels", "learning_rate_choice", "LOWER_IS_BETTER", "METHOD_FIELDS", "CLAIM_FIELDS"]
 
 LOWER_IS_BETTER = ("perplexity", "eval_loss")
 """Metrics where a smaller value is the better one (a learning-rate sweep minimises them)."""
+METHOD_FIELDS = ("method", "metric", "seeds", "per_seed", "mean", "adapter_params", "head_params", "frozen_random_params")
+"""Every group's fields in results.json's ``methods`` (besides the swept settings that name it, and its CI over seeds)."""
+CLAIM_FIELDS = ("finding", "reading", "headline", "threshold", "mean", "ci", "holds_in", "verdict")
+"""Every reading's fields in results.json's ``claims`` (besides the LoRA and TLoRA groups it sets side by side)."""
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: Path) -> list[Path]:
@@ -58,11 +62,13 @@ def _groups(tables: dict[str, pd.DataFrame], settings: list[str]) -> dict:
     over_seeds = tables.get("runs_over_seeds")
     groups = {}
     for label, rows in done.groupby("group", sort=False):
-        row = {"method": str(rows.method.iloc[0]), **{c: _plain(rows[c].iloc[0]) for c in settings if c in rows},
-               "metric": str(rows.metric.iloc[0]), "seeds": sorted(int(s) for s in rows.seed) if "seed" in rows else [0],
-               "per_seed": [round(float(v), 4) for v in rows.final_metric], "mean": round(float(rows.final_metric.mean()), 4),
-               "adapter_params": int(rows.adapter_params.iloc[0]), "head_params": int(rows.head_params.iloc[0]),
-               "frozen_random_params": int(rows.frozen_random_params.iloc[0])}
+        fields = {"method": str(rows.method.iloc[0]), "metric": str(rows.metric.iloc[0]),
+                  "seeds": sorted(int(s) for s in rows.seed) if "seed" in rows else [0],
+                  "per_seed": [round(float(v), 4) for v in rows.final_metric], "mean": round(float(rows.final_metric.mean()), 4),
+                  "adapter_params": int(rows.adapter_params.iloc[0]), "head_params": int(rows.head_params.iloc[0]),
+                  "frozen_random_params": int(rows.frozen_random_params.iloc[0])}
+        row = {"method": fields["method"], **{c: _plain(rows[c].iloc[0]) for c in settings if c in rows},
+               **{f: fields[f] for f in METHOD_FIELDS}}
         if over_seeds is not None:
             mask = (over_seeds.quantity == "final_metric") & (over_seeds.method == row["method"])
             for c in settings:
@@ -117,6 +123,12 @@ def learning_rate_choice(runs_over_seeds: pd.DataFrame, metric: str) -> pd.DataF
     return rows.assign(chosen=rows.index.isin(best.to_numpy()))
 
 
+def _claim(r) -> dict:
+    fields = {"finding": int(r.finding), "reading": r.reading, "headline": bool(r.headline), "threshold": r.threshold,
+              "mean": _round(r.mean), "ci": [_round(r.ci_low), _round(r.ci_high)], "holds_in": r.holds_in, "verdict": r.verdict}
+    return {f: fields[f] for f in CLAIM_FIELDS}
+
+
 def study_results(tables: dict[str, pd.DataFrame], settings: list[str] | None = None) -> dict:
     """results.json of a study: ``methods`` (per group of cells), ``claims`` (per reading and LoRA/TLoRA groups), ``ladder``
     (per group, where LoRA cells set a reference) and ``learning_rates`` (where lr is swept within a
@@ -126,11 +138,7 @@ def study_results(tables: dict[str, pd.DataFrame], settings: list[str] | None = 
     results = {"methods": _groups(tables, settings)}
     claims = tables.get("claims")
     groups = [c for c in ("lora_group", "tlora_group") if claims is not None and c in claims.columns]
-    results["claims"] = [] if claims is None else [
-        {**{c: getattr(r, c) for c in groups}, "finding": int(r.finding), "reading": r.reading, "headline": bool(r.headline),
-         "threshold": r.threshold, "mean": _round(r.mean), "ci": [_round(r.ci_low), _round(r.ci_high)], "holds_in": r.holds_in,
-         "verdict": r.verdict}
-        for r in claims.itertuples()]
+    results["claims"] = [] if claims is None else [{**{c: getattr(r, c) for c in groups}, **_claim(r)} for r in claims.itertuples()]
     ladder = _ladder(tables, settings)
     if ladder:
         results["ladder"] = ladder

@@ -34,6 +34,8 @@ FIGURES = {
     "gradient_norms": (dynamics.gradient_norms, ("grad_norms",), "each layer's gradient-norm RMS per epoch, mean over layers"),
 }
 
+OVERVIEW = ("key panels side by side", ("several",))
+"""What ``figures.json`` says of the overview, drawn beside the pair figures from whichever of their tables exist."""
 
 SKIP_REASONS = {
     "scales": "no source learns a scale per layer (TLoRA's α)",
@@ -69,7 +71,8 @@ def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path, 
 def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict], formats: tuple[str, ...]) -> list[dict]:
     entries = _draw(FIGURES, tables, out_dir, skipped, formats)
     paths = save(overview.overview(tables), out_dir, "overview", formats)
-    return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": "key panels side by side", "tables": ["several"]}]
+    shows, needs = OVERVIEW
+    return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": shows, "tables": list(needs)}]
 
 
 def render_tasks(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None,
