@@ -238,3 +238,22 @@ def test_a_type_computed_on_the_base_gives_only_the_shards_of_its_layers(served,
     holding = {index[f"bert.encoder.layer.{i}.attention.self.query.weight"] for i in range(2)}
     asked = {f for repo, f in served.files_asked() if repo == "models/tiny-sharded" and f.endswith(".safetensors")}
     assert asked == holding and len(set(index.values())) > len(holding), (asked, holding)
+
+
+def test_figures_and_compare_read_hub_ids_and_record_the_commit_read(served, tmp_path, capsys):
+    import json
+
+    base = str(default_model_path())
+    assert main(["figures", "lora=me/lora", "dora=me/dora", "--download", "--base", base, "--out", str(tmp_path / "f"),
+                 "--formats", "png", "--no-progress"]) == 0
+    sources = json.loads((tmp_path / "f" / "figures.json").read_text())["sources"]
+    assert sources == {"lora": f"me/lora@{served.sha('me/lora')}", "dora": f"me/dora@{served.sha('me/dora')}"}
+    served.requests.clear()
+    assert main(["compare", "me/lora", "me/nested:adapters/lora", "--download", "--base", base]) == 0
+    assert "me/nested" in {repo for repo, _ in served.files_asked()}
+    from tlora_analysis.analysis.summary import source_settings
+    from tlora_analysis.sources import open_sources
+
+    with downloads(False):
+        settings = source_settings(open_sources({"nested": "me/nested:adapters/lora"}))
+    assert settings.loc["path", "nested"] == f"me/nested@{served.sha('me/nested')}:adapters/lora"

@@ -65,6 +65,7 @@ def source_settings(sources) -> pd.DataFrame:
     """One column per source, one row per setting, each value as its source holds it (an integer stays an integer)
     and "—" where the source does not say; why: the report's settings table, for any mix of runs and adapters."""
     from ..methods.spec import METHOD_SPECS
+    from ..sources.formats import origin
 
     columns = {}
     for source in sources:
@@ -81,7 +82,7 @@ def source_settings(sources) -> pd.DataFrame:
                   "trained numbers": _trained_numbers(source), "seed": config.get("seed", meta.get("seed")), "lr": config.get("lr"),
                   "epochs": config.get("epochs") if config else "one saved state",
                   **{name: config.get(name, _layers_agree(source, name)) for name in (spec.options if spec else {})},
-                  "path": str(source.path)}
+                  "path": origin(source)}
         columns[source.name] = {key: _shown(value) for key, value in values.items()}
     return pd.DataFrame(columns).fillna("—")
 

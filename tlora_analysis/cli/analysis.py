@@ -137,6 +137,7 @@ def _cmd_figures(args) -> int:
     from ..config import ANALYSIS
     from ..figures import render_all, render_study
     from ..reuse import write_manifest
+    from ..sources import origin
 
     _check_out(args, "dir")
     phases = Phases(args)
@@ -157,7 +158,7 @@ def _cmd_figures(args) -> int:
     from ..results import write_tables
 
     sources, tables, base = _compare(args, phases)
-    entries = render_all(tables, args.out, formats=tuple(args.formats), sources={s.name: str(s.path) for s in sources},
+    entries = render_all(tables, args.out, formats=tuple(args.formats), sources={s.name: origin(s) for s in sources},
                          settings={"base": base, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
     write_manifest(Path(args.out) / "tables", write_tables(tables, Path(args.out) / "tables"))  # a report here reuses them
     phases.done(f"drew {len(entries)} figures")
@@ -226,14 +227,14 @@ def _figures_beside(args):
     """(sources, tables, folder) when the report goes into a folder where ``figures`` wrote its output for
     exactly these sources (labels, paths, base, unchanged files); else None."""
     from ..reuse import manifest_matches, read_tables
-    from ..sources import labelled_paths, open_sources
+    from ..sources import labelled_paths, open_sources, origin
 
     folder = Path(args.out).parent
     if not manifest_matches(folder, args):
         return None
     sources = open_sources(labelled_paths(args.runs), base=args.base)
     print_notices(sources)
-    if not manifest_matches(folder, args, sources={s.name: str(s.path) for s in sources}):
+    if not manifest_matches(folder, args, sources={s.name: origin(s) for s in sources}):
         return None
     return sources, read_tables(folder / "tables"), folder
 

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from ..io import refuse_pickle, refuse_pickled_files
 from . import finetuned, peft_dirs, runs, single_files, trainer  # noqa: F401 - each registers its formats on import
-from .formats import FORMATS, Sniff, SourceFormat, formats_table, open_updates, register_format
+from .formats import FORMATS, Sniff, SourceFormat, formats_table, open_updates, origin, register_format
 from .labels import LABEL_SETTINGS, Labelled, labelled_paths, open_sources
 from .peft_dirs import PeftAdapter, open_peft
 from .states import FINAL_STATE, ReadingState, SingleState, state_name
 
-__all__ = ["open_updates", "open_sources", "labelled_paths", "Labelled", "SingleState", "ReadingState", "FINAL_STATE", "state_name", "PeftAdapter", "open_peft",
+__all__ = ["open_updates", "origin", "open_sources", "labelled_paths", "Labelled", "SingleState", "ReadingState", "FINAL_STATE", "state_name", "PeftAdapter", "open_peft",
            "FORMATS", "SourceFormat", "Sniff", "register_format", "formats_table", "refuse_pickle", "refuse_pickled_files", "LABEL_SETTINGS"]

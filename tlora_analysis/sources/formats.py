@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..io import existing_path, refuse_pickle, refuse_pickled_files
 
-__all__ = ["SourceFormat", "FORMATS", "register_format", "open_updates", "Sniff", "formats_table"]
+__all__ = ["SourceFormat", "FORMATS", "register_format", "open_updates", "origin", "Sniff", "formats_table"]
 
 
 class Sniff:
@@ -100,7 +100,8 @@ def open_updates(path: str | Path, base: str | None = None):
         fetched = fetch_adapter(hub_id)  # with --download, or fetched before; else one line naming --download
         source = open_updates(fetched, base)
         if isinstance(getattr(source, "meta", None), dict):  # the revision actually read, for the outputs that record meta
-            source.meta["hub"] = {"repo": hub_id.repo, "revision": hub_id.revision or "main", "commit": fetched_commit(fetched, hub_id)}
+            source.meta["hub"] = {"repo": hub_id.repo, "revision": hub_id.revision or "main", "commit": fetched_commit(fetched, hub_id),
+                                  **({"subfolder": hub_id.subfolder} if hub_id.subfolder else {})}
         return source
     path = Path(path)
     if path.is_file():
@@ -119,6 +120,16 @@ def open_updates(path: str | Path, base: str | None = None):
             raise InputError(f"{path}: empty directory; expected {_expected('folder')}")
         refuse_pickled_files(path)
     raise InputError(f"{path}: not a format tlora-analysis reads; expected {_expected(kind)}")
+
+
+def origin(source) -> str:
+    """Where a source was read from, as its reader can find it again: a Hub source's id at the commit read (never the
+    cache folder it was fetched into), else its path. Manifests and settings tables record this."""
+    meta = getattr(source, "meta", None)
+    hub = meta.get("hub") if isinstance(meta, dict) else None
+    if isinstance(hub, dict):
+        return f"{hub['repo']}@{hub['commit']}" + (f":{hub['subfolder']}" if hub.get("subfolder") else "")
+    return str(source.path)
 
 
 def _expected(kind: str) -> str:
