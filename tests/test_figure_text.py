@@ -153,3 +153,11 @@ def test_intruder_labels_stay_readable_with_many_layers():
     fig = intruders(pd.DataFrame(rows), amplification)
     ticks = [t for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert len(ticks) <= 48 and all(t.get_rotation() == 90 for t in ticks)
+
+
+def test_intruder_labels_name_modules_by_their_own_short_names():
+    from tlora_analysis.figures.geometry import _module_letters
+
+    assert _module_letters(["attention.self.query", "attention.self.value"]) == {"attention.self.query": "q", "attention.self.value": "v"}
+    assert _module_letters(["q_proj", "k_proj"]) == {"q_proj": "q", "k_proj": "k"}
+    assert len(set(_module_letters(["attention.output.dense", "output.dense"]).values())) == 2

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..states import state_name
-from .style import DIVERGING, label_states, layer_epoch_heatmap, module_color, modules_of, source_styles, state_positions
+from .style import DIVERGING, label_states, layer_epoch_heatmap, module_color, module_look, modules_of, source_styles, state_positions
 
 
 def cosine_similarity(similarity: pd.DataFrame):
@@ -118,14 +118,14 @@ def effective_rank(ranks: pd.DataFrame):
     update's "rank" is its layer's full rank min(d_out, d_in), which says nothing of it and would flatten the axis."""
     multi = ranks.groupby("run").epoch.transform("nunique") > 1
     data = ranks[~multi | (ranks.epoch != 0)]
-    positions, styles, first_module = state_positions(data.epoch), source_styles(data), sorted(data.module.unique())[0]
+    positions, styles, modules = state_positions(data.epoch), source_styles(data), sorted(data.module.unique())
     measures = [("stable_rank", "stable rank ‖ΔW‖²_F / ‖ΔW‖²₂"), ("entropy_rank", "entropy effective rank")]
     fig, axes = plt.subplots(1, 2, figsize=(7.8, 2.9), squeeze=False)
     for ax, (column, label) in zip(axes[0], measures):
         for (run, module), group in data.groupby(["run", "module"], sort=False):
             stats = group.groupby("epoch")[column].agg(["mean", "min", "max"])
             x = stats.index.map(positions)
-            look = {**styles[run], "linestyle": styles[run]["linestyle"] if module == first_module else "--"}
+            look = module_look(styles[run], module, modules)
             ax.plot(x, stats["mean"], ms=3, label=f"{run} · {module}", **look)
             ax.fill_between(x, stats["min"], stats["max"], color=look["color"], alpha=0.12)
         ax.set_xlabel("epoch")
@@ -178,7 +178,7 @@ def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
     amp = amplification[amplification.epoch == amplification.groupby("run").epoch.transform("max")]
     modules = sorted(amp.module.unique())
     for (run, module), group in amp.groupby(["run", "module"], sort=False):
-        look = {**styles.get(run, {}), "linestyle": "-" if module == modules[0] else "--"}
+        look = module_look(styles.get(run, {}), module, modules)
         axes[0][1].semilogy(group.layer, group.amplification, ms=3, label=f"{run} · {module}", **look)
     axes[0][1].set_xlabel("layer")
     axes[0][1].set_ylabel("amplification ‖ΔW‖_F / ‖UᵀW₀V‖_F")
@@ -188,10 +188,13 @@ def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
 
 
 def _module_letters(modules: list[str]) -> dict[str, str]:
-    """The shortest prefix of each module name that tells it from the others (q/v, or q_/k_/v_/o_ ...)."""
-    for length in range(1, max(map(len, modules), default=1) + 1):
-        letters = {m: m[:length] for m in modules}
+    """The shortest prefix of each module's own name (its last dotted parts, as few as tell the modules apart) that
+    tells it from the others: q/v for attention.self.query and attention.self.value, q_/k_/v_/o_ for q_proj ..."""
+    parts = max((m.count(".") + 1 for m in modules), default=1)
+    names = next(({m: ".".join(m.split(".")[-k:]) for m in modules} for k in range(1, parts + 1)
+                  if len({".".join(m.split(".")[-k:]) for m in modules}) == len(modules)), {m: m for m in modules})
+    for length in range(1, max(map(len, names.values()), default=1) + 1):
+        letters = {m: names[m][:length] for m in modules}
         if len(set(letters.values())) == len(modules):
             return letters
-    return {m: m for m in modules}
-
+    return names

@@ -115,6 +115,12 @@ def source_styles(table) -> dict[str, dict]:
     return styles
 
 
+def module_look(style: dict, module: str, modules: list[str]) -> dict:
+    """A source's style for one of its modules: the first module's markers filled, the others' hollow, so that the
+    source keeps its line style (:func:`source_styles`) and its modules still part."""
+    return style if module == modules[0] else {**style, "markerfacecolor": "white"}
+
+
 def sources_of(table) -> list[tuple[str, str]]:
     """(label, method) of every source in a table, methods in registry order."""
     order = {name: i for i, name in enumerate(METHOD_SPECS)}
