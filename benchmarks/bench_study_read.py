@@ -1,4 +1,5 @@
-"""Reading a study back: ``figures`` cold (no stored tables), warm (nothing changed) and after one changed cell.
+"""Reading a study back: ``figures`` cold (no stored tables) with the cells read in this process (``--jobs 1``) and by
+worker processes (``--jobs`` the cores), warm (nothing changed) and after one changed cell.
 
 Usage: ``python benchmarks/bench_study_read.py STUDY`` (e.g. ``runs/wordnet`` after ``make wordnet``). The study is
 copied to a temporary folder (its own stored tables left out), and each ``figures`` runs in a fresh process, one after
@@ -17,13 +18,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from tlora_analysis.analysis.cell_workers import default_jobs
+
 CLI = [sys.executable, "-m", "tlora_analysis", "figures"]
 
 
-def run_figures(study: Path, out: Path) -> tuple[float, float]:
-    """Wall seconds and peak resident GiB (GNU time's maximum resident set) of one ``figures`` in a fresh process."""
+def run_figures(study: Path, out: Path, *options: str) -> tuple[float, float]:
+    """Wall seconds and peak resident GiB of one ``figures`` in a fresh process (GNU time's maximum resident set: the
+    largest one process of the command reached, the command's or one worker's)."""
     start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *CLI, str(study), "--out", str(out), "--no-progress"], check=True,
+    done = subprocess.run(["/usr/bin/time", "-v", *CLI, str(study), "--out", str(out), "--no-progress", *options], check=True,
                           capture_output=True, text=True)
     seconds = time.perf_counter() - start
     peak = next(int(line.split(":")[1]) for line in done.stderr.splitlines() if "Maximum resident set size" in line)
@@ -43,12 +47,16 @@ def main(source: str) -> None:
         study = Path(folder) / "study"
         shutil.copytree(source, study, ignore=shutil.ignore_patterns("cache"))
         cells = len(list((study / "runs").iterdir()))
-        rows = [("cold (no stored tables)", *run_figures(study, Path(folder) / "cold"))]
+        rows = [("cold, --jobs 1 (no stored tables)", *run_figures(study, Path(folder) / "cold", "--jobs", "1"))]
+        shutil.rmtree(study / "cache")
+        rows.append((f"cold, --jobs {default_jobs()} (no stored tables)", *run_figures(study, Path(folder) / "parallel")))
         rows.append(("warm (nothing changed)", *run_figures(study, Path(folder) / "warm")))
-        same = filecmp.cmp(Path(folder) / "cold" / "results.json", Path(folder) / "warm" / "results.json", shallow=False)
+        same = all(filecmp.cmp(Path(folder) / "cold" / "results.json", Path(folder) / other / "results.json", shallow=False)
+                   for other in ("parallel", "warm"))
         changed = change_one_cell(study)
         rows.append((f"one changed cell ({changed})", *run_figures(study, Path(folder) / "changed")))
-    print(f"`figures {source}` ({cells} cells), each in a fresh process; warm results.json equal to cold: {same}\n")
+    print(f"`figures {source}` ({cells} cells), each in a fresh process; results.json of the parallel and the warm read "
+          f"equal to the cold one byte for byte: {same}\n")
     print("| read | seconds | / cold | peak GiB |\n|---|---|---|---|")
     for name, seconds, peak in rows:
         print(f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.2f} | {peak:.2f} |")

@@ -108,3 +108,37 @@ def test_two_commands_on_one_study_do_not_corrupt_it(tmp_path):
         assert worker.exitcode == 0
     _, store = counts(root)
     assert (store.hits, store.misses) == (8, 0)
+
+
+def test_cells_read_by_workers_give_the_tables_read_here_and_a_warm_read_starts_none(tmp_path, monkeypatch):
+    """--jobs 2: workers compute and store each cell's tables, the command reads them from the store (its lookups are
+    hits); the tables equal a one-process read exactly. W0 travels to the workers as files, not tensors."""
+    from tlora_analysis.analysis.cell_workers import cell_workers
+    from tlora_analysis.base_weights import SafetensorsWeights
+    from tlora_analysis.models import default_model_path
+
+    one = make_study(tmp_path / "one")
+    sequential, store = counts(one)
+    assert store.hits == 0
+    two = make_study(tmp_path / "two")
+    with cell_workers(2):
+        parallel, store = counts(two)
+    assert (store.hits, store.misses) == (8, 0)  # every cell's tables came from the workers through the store
+    for name in sequential:
+        pd.testing.assert_frame_equal(sequential[name], parallel[name], check_exact=True)
+    started = []
+    monkeypatch.setattr("tlora_analysis.analysis.cell_workers._Workers.get", lambda self: started.append(1))
+    with cell_workers(2):
+        counts(two)
+    assert not started  # nothing left to compute: no worker starts
+    weights = SafetensorsWeights(default_model_path(), ["encoder.layer.0.attention.self.query"])
+    weights["encoder.layer.0.attention.self.query"]
+    assert len(__import__("pickle").dumps(weights)) < 100_000  # the kept W0 stays here
+
+
+def test_jobs_below_one_is_one_line(tmp_path):
+    from helpers import cli
+
+    root = make_study(tmp_path / "study")
+    result = cli("figures", root, "--out", tmp_path / "f", "--no-base", "--jobs", "0")
+    assert result.returncode == 2 and "--jobs" in result.stderr and "Traceback" not in result.stderr

@@ -116,6 +116,11 @@ class SafetensorsWeights(Mapping):
     def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
         return name in self._keys
 
+    def __getstate__(self) -> dict:
+        """Sent to a cell worker (:mod:`~tlora_analysis.analysis.cell_workers`) as names and files, without the
+        tensors kept here: the worker reads what it needs itself."""
+        return {**self.__dict__, "_kept": _Kept(KEPT_BYTES)}
+
     def __len__(self) -> int:
         return len(self._keys)
 

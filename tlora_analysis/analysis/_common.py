@@ -141,6 +141,7 @@ def per_run(analysis):
 
     @functools.wraps(analysis)
     def wrapper(source, *args, **kwargs):
+        from .cell_workers import prefill
         from .table_cache import cache_for
 
         def one(run):
@@ -154,6 +155,7 @@ def per_run(analysis):
             return one(source)
         if not runs:
             raise InputError("no finished run with adapted layers to analyse")
+        prefill(analysis, [run for run, _ in runs], args, kwargs)  # cells without a stored table: by workers, where asked
         return pd.concat([with_settings(one(run), settings) for run, settings in runs], ignore_index=True)
 
     return wrapper

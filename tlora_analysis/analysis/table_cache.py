@@ -143,6 +143,11 @@ class TableCache:
         text = json.dumps([code_version(), analysis, content, run.name, arguments])  # the name: rows carry the run's label
         return hashlib.sha256(text.encode()).hexdigest()
 
+    def stored(self, analysis: str, run, args: tuple, kwargs: dict) -> bool:
+        """Whether a whole entry for these inputs is stored (its sidecar written last; its digest is checked on reading)."""
+        key = self.key(analysis, run, args, kwargs)
+        return key is not None and (self.folder / analysis / f"{key}.json").is_file()
+
     def table(self, analysis: str, run, args: tuple, kwargs: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
         key = self.key(analysis, run, args, kwargs)
         if key is None:

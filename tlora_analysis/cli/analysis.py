@@ -21,6 +21,9 @@ def _add_runs(p) -> None:
                                                 "read on its base (default: the sources' own model, if local)")
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
     add_download(p)
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="a study: worker processes that read cells whose tables are not stored yet (default: "
+                        "TLORA_ANALYSIS_JOBS, else the cores; 1 reads every cell in this process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one shows on a terminal only)")
 
 
@@ -44,6 +47,7 @@ def _study(args):
 
 
 def _compare_study(study, args, phases: Phases | None = None):
+    from ..analysis.cell_workers import cell_workers
     from ..analysis.compare import compare_study
     from ..models import all_layer_shapes, base_weights, model_named_in_file
 
@@ -61,7 +65,8 @@ def _compare_study(study, args, phases: Phases | None = None):
         shapes = all_layer_shapes(run.layers for run, _ in adapted)
         weights = base_weights(base, list(shapes), shapes)
         phases.done(f"read W0 of {len(weights)} layers from {base}")
-    tables = compare_study(study, weights)
+    with cell_workers(args.jobs):
+        tables = compare_study(study, weights)
     phases.done(f"computed the tables of {len(adapted)} cells")
     return tables, base
 
