@@ -148,7 +148,7 @@ def test_the_transfer_counts_are_the_committed_tables():
 
     counts = pd.read_csv(ROOT / "figures/across_tasks/transfer.csv").outcome.value_counts()
     sentence = (f"Of the {int(counts.sum())} readings, {counts.get('transfers', 0)} transfer, {counts.get('differs', 0)} differ and "
-                f"{counts.get('undecided', 0)} are undecided")
+                f"{counts.get('undecided', 0)} {'is' if counts.get('undecided', 0) == 1 else 'are'} undecided")
     assert sentence in " ".join((ROOT / "docs/results.md").read_text().split())
 
 
