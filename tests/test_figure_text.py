@@ -161,3 +161,15 @@ def test_intruder_labels_name_modules_by_their_own_short_names():
     assert _module_letters(["attention.self.query", "attention.self.value"]) == {"attention.self.query": "q", "attention.self.value": "v"}
     assert _module_letters(["q_proj", "k_proj"]) == {"q_proj": "q", "k_proj": "k"}
     assert len(set(_module_letters(["attention.output.dense", "output.dense"]).values())) == 2
+
+
+def test_figures_drawn_by_workers_are_the_files_drawn_here(tmp_path, mix_tables):
+    import json
+
+    one = render_all(mix_tables, tmp_path / "one", formats=("png",), jobs=1)
+    two = render_all(mix_tables, tmp_path / "two", formats=("png",), jobs=2)
+    assert one == two
+    assert json.loads((tmp_path / "one" / "figures.json").read_text()) == json.loads((tmp_path / "two" / "figures.json").read_text())
+    for entry in one:
+        for file in entry["files"]:
+            assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes(), file

@@ -22,8 +22,8 @@ def _add_runs(p) -> None:
     p.add_argument("--no-base", action="store_true", help="skip the analyses that need the base weights W0")
     add_download(p)
     p.add_argument("--jobs", type=int, default=None, metavar="N",
-                   help="a study: worker processes that read cells whose tables are not stored yet (default: "
-                        "TLORA_ANALYSIS_JOBS, else the cores; 1 reads every cell in this process)")
+                   help="worker processes that read a study's cells whose tables are not stored yet and draw the figures "
+                        "(default: TLORA_ANALYSIS_JOBS, else the cores; 1 does everything in this process)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one shows on a terminal only)")
 
 
@@ -46,6 +46,13 @@ def _study(args):
     return None
 
 
+def _jobs(args) -> int:
+    """``--jobs``, or its default (``TLORA_ANALYSIS_JOBS``, else the cores)."""
+    from ..analysis.cell_workers import default_jobs
+
+    return default_jobs() if args.jobs is None else args.jobs
+
+
 def _compare_study(study, args, phases: Phases | None = None):
     from ..analysis.cell_workers import cell_workers
     from ..analysis.compare import compare_study
@@ -65,7 +72,7 @@ def _compare_study(study, args, phases: Phases | None = None):
         shapes = all_layer_shapes(run.layers for run, _ in adapted)
         weights = base_weights(base, list(shapes), shapes)
         phases.done(f"read W0 of {len(weights)} layers from {base}")
-    with cell_workers(args.jobs):
+    with cell_workers(_jobs(args)):
         tables = compare_study(study, weights)
     phases.done(f"computed the tables of {len(adapted)} cells")
     return tables, base
@@ -152,7 +159,8 @@ def _cmd_figures(args) -> int:
         from ..io import atomic_write_json
         from ..results import study_results, write_tables
 
-        entries = render_study(tables, args.out, formats=tuple(args.formats), sources={n: str(study.run_dir(n)) for n in study.cells},
+        entries = render_study(tables, args.out, formats=tuple(args.formats), jobs=_jobs(args),
+                               sources={n: str(study.run_dir(n)) for n in study.cells},
                                settings={"base": base, "study": study.spec.raw, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
         write_manifest(Path(args.out) / "tables", write_tables(tables, Path(args.out) / "tables"))  # a report here reuses them
         atomic_write_json(Path(args.out) / "results.json", study_results(tables, list(study.swept)))
@@ -163,7 +171,7 @@ def _cmd_figures(args) -> int:
     from ..results import write_tables
 
     sources, tables, base = _compare(args, phases)
-    entries = render_all(tables, args.out, formats=tuple(args.formats), sources={s.name: origin(s) for s in sources},
+    entries = render_all(tables, args.out, formats=tuple(args.formats), jobs=_jobs(args), sources={s.name: origin(s) for s in sources},
                          settings={"base": base, **asdict(ANALYSIS), "fingerprint": fingerprint(args.runs)})
     write_manifest(Path(args.out) / "tables", write_tables(tables, Path(args.out) / "tables"))  # a report here reuses them
     phases.done(f"drew {len(entries)} figures")

@@ -11,8 +11,9 @@ import pandas as pd
 from ..io import atomic_write_bytes
 from . import dynamics, geometry, overview
 from .across_tasks import TASK_FIGURES
+from .drawing import draw_registered
 from .study import STUDY_FIGURES
-from .style import FORMATS, NothingToDraw, save, style
+from .style import FORMATS, save, style
 
 __all__ = ["render_all", "render_study", "render_tasks", "FIGURES", "STUDY_FIGURES", "TASK_FIGURES", "dynamics", "geometry", "overview"]
 
@@ -50,26 +51,9 @@ SKIP_REASONS = {
 }
 
 
-def _draw(registry: Mapping, tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict], formats: tuple[str, ...]) -> list[dict]:
-    """Draw each figure whose tables are there; for the others, add to ``skipped`` what was missing and why."""
-    entries = []
-    for name, (draw, needs, description) in registry.items():
-        missing = [key for key in needs if key not in tables or not len(tables[key])]
-        if missing:
-            skipped.append({"name": name, "needs": missing, "reason": SKIP_REASONS.get(missing[0], f"no {missing[0]} table")})
-            continue
-        try:
-            figure = draw(*(tables[key] for key in needs))
-        except NothingToDraw as reason:
-            skipped.append({"name": name, "needs": list(needs), "reason": str(reason)})
-            continue
-        paths = save(figure, out_dir, name, formats)
-        entries.append({"name": name, "files": [p.name for p in paths], "shows": description, "tables": list(needs)})
-    return entries
-
-
-def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict], formats: tuple[str, ...]) -> list[dict]:
-    entries = _draw(FIGURES, tables, out_dir, skipped, formats)
+def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict], formats: tuple[str, ...],
+                  jobs: int = 1) -> list[dict]:
+    entries = draw_registered("FIGURES", tables, out_dir, skipped, formats, jobs)
     paths = save(overview.overview(tables), out_dir, "overview", formats)
     shows, needs = OVERVIEW
     return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": shows, "tables": list(needs)}]
@@ -81,7 +65,7 @@ def render_tasks(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sou
     tables) and write ``figures.json``."""
     out_dir, skipped = Path(out_dir), []
     with style():
-        entries = _draw(TASK_FIGURES, tables, out_dir, skipped, formats)
+        entries = draw_registered("TASK_FIGURES", tables, out_dir, skipped, formats)
     _manifest(out_dir, entries, skipped, sources, None)
     return entries
 
@@ -107,25 +91,25 @@ def _remove_stale(out_dir: Path, drawn: set[str]) -> None:
 
 
 def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None, settings: Mapping | None = None,
-               formats: tuple[str, ...] = FORMATS) -> list[dict]:
+               formats: tuple[str, ...] = FORMATS, jobs: int = 1) -> list[dict]:
     """Draw every figure whose tables are present into ``out_dir`` (in ``formats``, PNG and PDF by default) and write ``figures.json``
     listing each file with what it shows, its sources and the analysis settings, and each figure the tables
-    could not feed (``skipped``, with what it needed and why)."""
+    could not feed (``skipped``, with what it needed and why). ``jobs`` > 1 draws in that many worker processes."""
     out_dir, skipped = Path(out_dir), []
     with style():
-        entries = _pair_figures(tables, out_dir, skipped, formats)
+        entries = _pair_figures(tables, out_dir, skipped, formats, jobs)
     _manifest(out_dir, entries, skipped, sources, settings)
     return entries
 
 
 def render_study(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sources: Mapping | None = None,
-                 settings: Mapping | None = None, formats: tuple[str, ...] = FORMATS) -> list[dict]:
+                 settings: Mapping | None = None, formats: tuple[str, ...] = FORMATS, jobs: int = 1) -> list[dict]:
     """Draw a study's figures (seed bands, controls, claims per seed) and, from its ``pair`` tables,
-    every single-pair figure; write ``figures.json`` listing them all."""
+    every single-pair figure; write ``figures.json`` listing them all. ``jobs`` > 1 draws in worker processes."""
     out_dir, skipped = Path(out_dir), []
     with style():
-        entries = _draw(STUDY_FIGURES, tables, out_dir, skipped, formats)
+        entries = draw_registered("STUDY_FIGURES", tables, out_dir, skipped, formats, jobs)
         if "pair" in tables:
-            entries += _pair_figures(tables["pair"], out_dir, skipped, formats)
+            entries += _pair_figures(tables["pair"], out_dir, skipped, formats, jobs)
     _manifest(out_dir, entries, skipped, sources, settings)
     return entries
