@@ -11,7 +11,7 @@ import pandas as pd
 from ..io import atomic_write_bytes
 from . import dynamics, geometry, overview
 from .across_tasks import TASK_FIGURES
-from .drawing import draw_registered
+from .drawing import draw_registered, drawing_workers
 from .study import STUDY_FIGURES
 from .style import FORMATS, save, style
 
@@ -52,8 +52,8 @@ SKIP_REASONS = {
 
 
 def _pair_figures(tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict], formats: tuple[str, ...],
-                  jobs: int = 1) -> list[dict]:
-    entries = draw_registered("FIGURES", tables, out_dir, skipped, formats, jobs)
+                  workers=None) -> list[dict]:
+    entries = draw_registered("FIGURES", tables, out_dir, skipped, formats, workers)
     paths = save(overview.overview(tables), out_dir, "overview", formats)
     shows, needs = OVERVIEW
     return [*entries, {"name": "overview", "files": [p.name for p in paths], "shows": shows, "tables": list(needs)}]
@@ -96,8 +96,8 @@ def render_all(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sourc
     listing each file with what it shows, its sources and the analysis settings, and each figure the tables
     could not feed (``skipped``, with what it needed and why). ``jobs`` > 1 draws in that many worker processes."""
     out_dir, skipped = Path(out_dir), []
-    with style():
-        entries = _pair_figures(tables, out_dir, skipped, formats, jobs)
+    with style(), drawing_workers(jobs) as workers:
+        entries = _pair_figures(tables, out_dir, skipped, formats, workers)
     _manifest(out_dir, entries, skipped, sources, settings)
     return entries
 
@@ -107,9 +107,9 @@ def render_study(tables: Mapping[str, pd.DataFrame], out_dir: str | Path, *, sou
     """Draw a study's figures (seed bands, controls, claims per seed) and, from its ``pair`` tables,
     every single-pair figure; write ``figures.json`` listing them all. ``jobs`` > 1 draws in worker processes."""
     out_dir, skipped = Path(out_dir), []
-    with style():
-        entries = draw_registered("STUDY_FIGURES", tables, out_dir, skipped, formats, jobs)
+    with style(), drawing_workers(jobs) as workers:
+        entries = draw_registered("STUDY_FIGURES", tables, out_dir, skipped, formats, workers)
         if "pair" in tables:
-            entries += _pair_figures(tables["pair"], out_dir, skipped, formats, jobs)
+            entries += _pair_figures(tables["pair"], out_dir, skipped, formats, workers)
     _manifest(out_dir, entries, skipped, sources, settings)
     return entries

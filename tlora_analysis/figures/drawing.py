@@ -4,18 +4,33 @@ two dozen figures in two formats, most of a warm ``figures``, divide among the c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["draw_registered"]
+__all__ = ["draw_registered", "drawing_workers"]
+
+
+@contextlib.contextmanager
+def drawing_workers(jobs: int):
+    """The worker processes of one render call (None for ``jobs`` 1), started once for all its registries."""
+    if jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
 
 
 def draw_registered(registry: str, tables: Mapping[str, pd.DataFrame], out_dir: Path, skipped: list[dict],
-                    formats: tuple[str, ...], jobs: int = 1) -> list[dict]:
-    """Draw each figure of ``registry`` (a registry's name in :mod:`tlora_analysis.figures`) whose tables are there;
-    for the others, add to ``skipped`` what was missing and why, in the registry's order."""
+                    formats: tuple[str, ...], workers=None) -> list[dict]:
+    """Draw each figure of ``registry`` (a registry's name in :mod:`tlora_analysis.figures`) whose tables are there,
+    by ``workers`` (:func:`drawing_workers`) where given; for the others, add to ``skipped`` what was missing and
+    why, in the registry's order."""
     from . import SKIP_REASONS
 
     planned, outcomes = {}, {}
@@ -25,13 +40,9 @@ def draw_registered(registry: str, tables: Mapping[str, pd.DataFrame], out_dir: 
             outcomes[name] = ("skipped", {"name": name, "needs": missing, "reason": SKIP_REASONS.get(missing[0], f"no {missing[0]} table")})
         else:
             planned[name] = {key: tables[key] for key in needs}
-    if jobs > 1 and len(planned) > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(min(jobs, len(planned)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {name: pool.submit(_draw_one, registry, name, needed, out_dir, formats) for name, needed in planned.items()}
-            outcomes.update({name: future.result() for name, future in futures.items()})
+    if workers is not None and len(planned) > 1:
+        futures = {name: workers.submit(_draw_one, registry, name, needed, out_dir, formats) for name, needed in planned.items()}
+        outcomes.update({name: future.result() for name, future in futures.items()})
     else:
         outcomes.update({name: _draw_one(registry, name, needed, out_dir, formats) for name, needed in planned.items()})
     entries = []
