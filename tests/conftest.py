@@ -7,6 +7,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Commands read studies and draw figures in this process: pytest-xdist already fills the cores, and worker start-ups
+# would cost every small study seconds. Tests of --jobs ask for workers themselves.
+os.environ.setdefault("TLORA_ANALYSIS_JOBS", "1")
 
 import pytest
 import torch

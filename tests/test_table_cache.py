@@ -142,3 +142,16 @@ def test_jobs_below_one_is_one_line(tmp_path):
     root = make_study(tmp_path / "study")
     result = cli("figures", root, "--out", tmp_path / "f", "--no-base", "--jobs", "0")
     assert result.returncode == 2 and "--jobs" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_figures_with_jobs_writes_what_one_process_writes(tmp_path):
+    from helpers import cli
+
+    for jobs in ("1", "2"):
+        root = make_study(tmp_path / f"study{jobs}")
+        result = cli("figures", root, "--out", tmp_path / f"f{jobs}", "--no-base", "--formats", "png", "--jobs", jobs)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "f1" / "results.json").read_text() == (tmp_path / "f2" / "results.json").read_text()
+    drawn = json.loads((tmp_path / "f2" / "figures.json").read_text())["figures"]
+    assert drawn == json.loads((tmp_path / "f1" / "figures.json").read_text())["figures"]
+    assert all((tmp_path / "f1" / f).read_bytes() == (tmp_path / "f2" / f).read_bytes() for e in drawn for f in e["files"])
