@@ -104,3 +104,19 @@ def test_bad_factors_are_rejected():
         FactoredDelta(torch.zeros(5), torch.zeros(4, 4), torch.zeros(4, 6))
     with pytest.raises(ValueError, match="shapes"):
         inner(random_delta(5, 6, 2, 2, 0), random_delta(6, 5, 2, 2, 0))
+
+
+def test_a_dense_update_keeps_its_own_svd_and_it_equals_the_factored_one():
+    """from_dense's SVD is the update's: the values and vectors the QR path would compute from its factors, without
+    computing them again (a dense-read method's ΔW is read once per layer and state)."""
+    w = torch.randn(40, 24, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    kept = FactoredDelta.from_dense(w)
+    again = FactoredDelta(kept.left.clone(), kept.core.clone(), kept.right.clone())
+    assert "_svd" in kept.__dict__ and "_svd" not in again.__dict__
+    assert torch.allclose(kept.singular_values(), again.singular_values(), atol=1e-12)
+    u, s, v = kept.svd()
+    assert torch.allclose(u @ torch.diag(s) @ v.T, w, atol=1e-12)
+    for (a, b) in zip(kept.top_singular_vectors(3), again.top_singular_vectors(3)):
+        assert torch.allclose(a.abs(), b.abs(), atol=1e-9)  # vectors up to sign
+    truncated = FactoredDelta.from_dense(w, rank=3)
+    assert torch.allclose(truncated.singular_values(), kept.singular_values()[:3], atol=1e-12)

@@ -112,13 +112,16 @@ class FactoredDelta:
     def from_dense(cls, weight: Tensor, rank: int | None = None) -> FactoredDelta:
         """Factor a dense update (e.g. W_ft − W0 of a full fine-tune), optionally truncated to ``rank``.
 
-        Costs one dense SVD; everything after it is factored.
+        Costs one dense SVD; everything after it is factored. That SVD is kept as the update's own (its factors are
+        already orthonormal and its core diagonal), so its singular values and vectors are never computed again.
         """
         if weight.ndim != 2:
             raise ValueError(f"from_dense needs a 2-D matrix, got shape {tuple(weight.shape)}")
         u, s, vh = torch.linalg.svd(weight.detach().to(torch.float64), full_matrices=False)
         k = len(s) if rank is None else min(rank, len(s))
-        return cls(u[:, :k], torch.diag(s[:k]), vh[:k])
+        delta = cls(u[:, :k], torch.diag(s[:k]), vh[:k])
+        delta.__dict__["_svd"] = (delta.left, s[:k], delta.right.T)  # cached_property's slot: ΔW = U diag(S) Vᵀ
+        return delta
 
     @classmethod
     def diagonal(cls, left: Tensor, diagonal: Tensor | float, right: Tensor) -> FactoredDelta:
