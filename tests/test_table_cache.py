@@ -155,3 +155,18 @@ def test_figures_with_jobs_writes_what_one_process_writes(tmp_path):
     drawn = json.loads((tmp_path / "f2" / "figures.json").read_text())["figures"]
     assert drawn == json.loads((tmp_path / "f1" / "figures.json").read_text())["figures"]
     assert all((tmp_path / "f1" / f).read_bytes() == (tmp_path / "f2" / f).read_bytes() for e in drawn for f in e["files"])
+
+
+def test_subspace_drift_is_stored_per_cell_and_equals_the_direct_table(tmp_path):
+    from tlora_analysis.analysis.similarity import subspace_drift, subspace_similarity_table
+
+    root = make_study(tmp_path / "study")
+    table_cache._cache_of.cache_clear()
+    run = load_study(root).run("lora-s0")
+    direct = subspace_similarity_table(run, run, epochs=[e for e in run.epochs if e != 0], epoch_b=run.epochs[-1]).query("i == j")
+    stored = subspace_drift(run)
+    again = subspace_drift(run)
+    store = table_cache._cache_of(root.resolve())
+    assert (store.hits, store.misses) == (1, 1)
+    pd.testing.assert_frame_equal(direct.reset_index(drop=True), again.reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(stored.reset_index(drop=True), again.reset_index(drop=True), check_exact=True)

@@ -14,7 +14,14 @@ from .base_alignment import amplification, intruder_counts, intruder_dimensions
 from .claims import PAPER_METHOD, REFERENCE_METHOD
 from .distributions import weight_distributions, weight_histograms
 from .norms import norms, scales
-from .similarity import adapted_weight_similarity, paired_epochs, reachable_cosine, subspace_similarity_table, update_similarity
+from .similarity import (
+    adapted_weight_similarity,
+    paired_epochs,
+    reachable_cosine,
+    subspace_drift,
+    subspace_similarity_table,
+    update_similarity,
+)
 from .spectra import core_eigenvalues, effective_rank, spectra
 from .summary import summary
 from .training_curves import gradient_norms, training_metrics
@@ -81,14 +88,11 @@ def _source_steps(adapted: list, bins: int) -> list:
             return pd.concat(tables, ignore_index=True) if tables else None
         return concatenated
 
-    def drift(r):
-        return subspace_similarity_table(r, r, epochs=[e for e in r.epochs if e != 0], epoch_b=r.epochs[-1]).query("i == j")
-
     return [("spectra", over(adapted, spectra)), ("norms", over(adapted, norms)),
             ("effective_rank", over(adapted, lambda r: effective_rank(r, energy=ANALYSIS.energy_rank))),
             ("weight_stats", over(adapted, lambda r: weight_distributions(r, pool=True))),
             ("weight_histograms", over(adapted, lambda r: weight_histograms(r, bins=bins, pool=True))),
-            ("subspace_epochs", over(trajectories, drift)), ("summary", over(adapted, summary)), ("scales", over(scaled, scales)),
+            ("subspace_epochs", over(trajectories, subspace_drift)), ("summary", over(adapted, summary)), ("scales", over(scaled, scales)),
             ("metrics", over(adapted, training_metrics)), ("grad_norms", over(adapted, gradient_norms))]
 
 

@@ -13,7 +13,7 @@ import torch
 from ..config import ANALYSIS
 from ..errors import InputError
 from ..factored import FactoredDelta, cosine_similarity, inner
-from ._common import UpdateSource, as_source, epochs_of, fixed_sides, module_and_layer
+from ._common import UpdateSource, as_source, epochs_of, fixed_sides, module_and_layer, per_run
 
 PEFT_PREFIX = "base_model.model."
 PAIR_COLUMNS = ["run_a", "run_b", "method_a", "method_b", "same_method", "module", "layer", "epoch", "epoch_a", "epoch_b", "name"]
@@ -282,3 +282,12 @@ def adapted_weight_similarity(run_a: UpdateSource, run_b: UpdateSource, base_wei
                      "w0_cosine_a": (w0_sq + wa) / (math.sqrt(w0_sq) * norm_a), "w0_cosine_b": (w0_sq + wb) / (math.sqrt(w0_sq) * norm_b),
                      "w0_frobenius": math.sqrt(w0_sq), "relative_norm_a": math.sqrt(na / w0_sq), "relative_norm_b": math.sqrt(nb / w0_sq)})
     return pd.DataFrame(rows)
+
+
+@per_run
+def subspace_drift(run: UpdateSource) -> pd.DataFrame:
+    """φ between each trained epoch's top subspaces and the last epoch's, per module and layer (the diagonal i = j of
+    :func:`subspace_similarity_table` of a run against itself): how far the update's directions still move. Per run,
+    so a study's cells store it (for a dense-read update of full rank it is the costliest per-cell table)."""
+    run = as_source(run)
+    return subspace_similarity_table(run, run, epochs=[e for e in run.epochs if e != 0], epoch_b=run.epochs[-1]).query("i == j")
