@@ -215,7 +215,7 @@ def _cmd_report(args) -> int:
             return 0
         tables, _ = _compare_study(study, args)
         with tempfile.TemporaryDirectory() as scratch:
-            render_study(tables, scratch, formats=("png",))  # the page embeds PNGs alone
+            render_study(tables, scratch, formats=("png",), jobs=_jobs(args))  # the page embeds PNGs alone
             _print_written(write_study_report(tables, study, args.out, scratch), ".claims.csv")
         return 0
     reused = _figures_beside(args)
