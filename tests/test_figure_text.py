@@ -173,3 +173,15 @@ def test_figures_drawn_by_workers_are_the_files_drawn_here(tmp_path, mix_tables)
     for entry in one:
         for file in entry["files"]:
             assert (tmp_path / "one" / file).read_bytes() == (tmp_path / "two" / file).read_bytes(), file
+
+
+def test_a_ci_of_identical_seeds_draws_zero_bars_not_an_error():
+    """Every seed at one value: the CI meets its mean only to rounding, and matplotlib refuses a bar of -1e-17."""
+    import numpy as np
+
+    from tlora_analysis.figures.style import ci_bars
+
+    bars = ci_bars([0.7], [0.7 + 1e-17 * 5], [0.7])
+    assert bars.shape == (2, 1) and (bars >= 0).all()
+    assert ci_bars(0.5, np.nan, np.nan) is None
+    assert np.allclose(ci_bars([0.5, 0.6], [0.4, 0.5], [0.55, 0.7]), [[0.1, 0.1], [0.05, 0.1]])

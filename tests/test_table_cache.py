@@ -164,6 +164,7 @@ def test_subspace_drift_is_stored_per_cell_and_equals_the_direct_table(tmp_path)
     table_cache._cache_of.cache_clear()
     run = load_study(root).run("lora-s0")
     direct = subspace_similarity_table(run, run, epochs=[e for e in run.epochs if e != 0], epoch_b=run.epochs[-1]).query("i == j")
+    assert len(direct) and (direct.i == direct.j).all()  # the full grid's diagonal, which the drift computes alone
     stored = subspace_drift(run)
     again = subspace_drift(run)
     store = table_cache._cache_of(root.resolve())

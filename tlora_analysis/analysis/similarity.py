@@ -189,11 +189,13 @@ def subspace_similarity_table(
     i: int | None = None,
     j: int | None = None,
     side: str = "left",
+    diagonal: bool = False,
 ) -> pd.DataFrame:
     """φ on a grid (i', j') per module, layer and epoch, with ``phi_random`` from random subspaces.
 
     Compare LoRA with TLoRA (two runs), seeds (two runs of one method) or epochs of one run
-    (``run_b = run_a`` with ``epoch_b`` fixed, e.g. the last epoch).
+    (``run_b = run_a`` with ``epoch_b`` fixed, e.g. the last epoch). ``diagonal`` keeps the rows i' = j' alone: r
+    rows per layer instead of r² (a full-rank dense update has r = d, 147,456 rows per layer and epoch at d = 384).
     """
     run_a, run_b = as_source(run_a), as_source(run_b)
     rows, random_cache = [], {}
@@ -209,7 +211,7 @@ def subspace_similarity_table(
         if (dim, ii, jj) not in random_cache:
             random_cache[(dim, ii, jj)] = random_subspace_similarity(dim, ii, jj)
         for x in range(ii):
-            for y in range(jj):
+            for y in ((x,) if x < jj else ()) if diagonal else range(jj):
                 rows.append({**key, "epoch": key["epoch_a"], "side": side, "i": x + 1, "j": y + 1, "phi": phi[x, y],
                              "phi_random": random_cache[(dim, ii, jj)][x, y]})
     return pd.DataFrame(rows, columns=None if rows else [*PAIR_COLUMNS, "side", "i", "j", "phi", "phi_random"])
@@ -290,4 +292,4 @@ def subspace_drift(run: UpdateSource) -> pd.DataFrame:
     :func:`subspace_similarity_table` of a run against itself): how far the update's directions still move. Per run,
     so a study's cells store it (for a dense-read update of full rank it is the costliest per-cell table)."""
     run = as_source(run)
-    return subspace_similarity_table(run, run, epochs=[e for e in run.epochs if e != 0], epoch_b=run.epochs[-1]).query("i == j")
+    return subspace_similarity_table(run, run, epochs=[e for e in run.epochs if e != 0], epoch_b=run.epochs[-1], diagonal=True)

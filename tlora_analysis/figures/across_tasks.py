@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import method_color, method_label
+from .style import ci_bars, method_color, method_label
 
 __all__ = ["TASK_FIGURES"]
 
@@ -22,10 +22,10 @@ def accuracy_by_task(accuracy: pd.DataFrame):
     for k, task in enumerate(tasks):
         rows = accuracy[accuracy.task == task].set_index("method").reindex(methods)
         x = np.arange(len(methods)) + (k - (len(tasks) - 1) / 2) * width
-        low, high = rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]
         ax.bar(x, rows["mean"], width, color=[method_color(m) for m in methods], alpha=1.0 - 0.45 * k, edgecolor="black",
                hatch=["", "//", "..", "xx"][k % 4], label=task)
-        ax.errorbar(x, rows["mean"], yerr=[low.fillna(0), high.fillna(0)], fmt="none", ecolor="black", capsize=3, lw=1)
+        bars = ci_bars(rows["mean"], rows.ci_low, rows.ci_high)
+        ax.errorbar(x, rows["mean"], yerr=None if bars is None else np.nan_to_num(bars), fmt="none", ecolor="black", capsize=3, lw=1)
     many = len(methods) > 6
     ax.set_xticks(np.arange(len(methods)), [method_label(m) for m in methods], rotation=40 if many else 0, ha="right" if many else "center")
     ax.set(ylabel="validation metric", ylim=(0, 1.05), title="Accuracy per task (bars: mean over seeds; whiskers: 95% CI)")

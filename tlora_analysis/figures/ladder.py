@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .style import NothingToDraw, log_axis, method_color, method_label
+from .style import NothingToDraw, ci_bars, log_axis, method_color, method_label
 
 GROUP_KEYS = ("rank", "lr", "init", "scheduler", "alpha", "targets", "epochs")
 
@@ -33,8 +33,7 @@ def wide_over_seeds(over_seeds: pd.DataFrame) -> pd.DataFrame:
 
 
 def ci_error(row, quantity: str):
-    low, high = row.get(f"{quantity}_low", np.nan), row.get(f"{quantity}_high", np.nan)
-    return None if np.isnan(low) else np.array([[row[quantity] - low], [high - row[quantity]]])
+    return ci_bars(row[quantity], row.get(f"{quantity}_low", np.nan), row.get(f"{quantity}_high", np.nan))
 
 
 def plot_ladder(over_seeds: pd.DataFrame):
@@ -106,6 +105,4 @@ def plot_ranks(over_seeds: pd.DataFrame):
 
 def _errors(rows: pd.DataFrame, quantity: str):
     low, high = rows.get(f"{quantity}_low"), rows.get(f"{quantity}_high")
-    if low is None or low.isna().all():
-        return None
-    return np.vstack([rows[quantity] - low, high - rows[quantity]])
+    return None if low is None else ci_bars(rows[quantity], low, high)

@@ -19,7 +19,7 @@ from ..analysis.seed_statistics import aggregate
 from ..states import state_name
 from .atlas import plot_atlas, plot_atlas_table
 from .ladder import plot_ladder, plot_ranks
-from .style import NothingToDraw, log_axis, method_color, method_label
+from .style import NothingToDraw, ci_bars, log_axis, method_color, method_label
 
 STYLES = ["-", "--", ":", "-."]
 SETTING_COLUMNS = ("rank", "lr", "alpha", "init", "scheduler", "epochs", "batch_size", "max_train_samples", "targets", "task", "model")
@@ -112,7 +112,7 @@ def plot_accuracy_vs_parameters(runs: pd.DataFrame):
         color = method_color(row.method)
         seeds = done[done.group == row.group]
         ax.scatter(seeds.trainable_params, seeds.final_metric, color=color, alpha=0.35, s=14)
-        err = np.array([[row.mean - row.ci_low], [row.ci_high - row.mean]]) if not np.isnan(row.ci_low) else None
+        err = ci_bars(row.mean, row.ci_low, row.ci_high)
         ax.errorbar(row.trainable_params, row.mean, yerr=err, fmt="o", color=color, ms=7, capsize=4, label=f"{row.group} (n = {row.n})")
     log_axis(ax, "x")
     ax.set_xlabel("trainable parameters (adapter + head)")
@@ -267,9 +267,8 @@ def plot_learning_rates(runs_over_seeds: pd.DataFrame, runs: pd.DataFrame):
         raise NothingToDraw("no method was run at two or more learning rates")
     fig, ax = plt.subplots(figsize=(7.2, 4.6), layout="constrained")
     for (group, rows), (color, marker) in zip(choice.groupby("group", sort=False), _group_styles(choice)):
-        err = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]])
         label = method_label(rows.method.iloc[0]) + group.removeprefix(str(rows.method.iloc[0]))
-        ax.errorbar(rows.lr, rows["mean"], yerr=None if np.isnan(err).all() else err, fmt=f"{marker}-", color=color, capsize=3,
+        ax.errorbar(rows.lr, rows["mean"], yerr=ci_bars(rows["mean"], rows.ci_low, rows.ci_high), fmt=f"{marker}-", color=color, capsize=3,
                     label=label)
         best = rows[rows.chosen]
         ax.scatter(best.lr, best["mean"], s=160, facecolors="none", edgecolors=color, linewidths=1.8)

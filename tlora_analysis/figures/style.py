@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 from matplotlib import cm, colors, ticker
 
@@ -119,6 +120,17 @@ def module_look(style: dict, module: str, modules: list[str]) -> dict:
     """A source's style for one of its modules: the first module's markers filled, the others' hollow, so that the
     source keeps its line style (:func:`source_styles`) and its modules still part."""
     return style if module == modules[0] else {**style, "markerfacecolor": "white"}
+
+
+def ci_bars(mean, low, high):
+    """Error bars (below, above) of a mean and its CI, as ``errorbar``'s ``yerr``/``xerr`` wants them, or None where no
+    CI is known. A CI of identical values (every seed equal) meets its mean only to rounding: a bar a hair below zero
+    is drawn as zero, not refused (matplotlib refuses negative bars)."""
+    below = np.atleast_1d(np.asarray(mean, dtype=float) - np.asarray(low, dtype=float))
+    above = np.atleast_1d(np.asarray(high, dtype=float) - np.asarray(mean, dtype=float))
+    if np.isnan(below).all():
+        return None
+    return np.clip(np.vstack([below, above]), 0.0, None)
 
 
 def sources_of(table) -> list[tuple[str, str]]:
