@@ -32,6 +32,8 @@ __all__ = ["HubId", "parse_hub_id", "downloads", "download_enabled", "fetch_adap
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<revision>[\w./-]{1,200}))?"
                      r"(?::(?P<subfolder>[\w.-]+(?:/[\w.-]+)*))?$")
 _ASKED: contextvars.ContextVar[bool] = contextvars.ContextVar("tlora_analysis_download", default=False)
+COMMIT = re.compile(r"[0-9a-f]{40}")
+"""A commit id as the Hub gives it: the only name a fetched folder may have."""
 _ANSWERS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("tlora_analysis_hub_answers", default=None)
 """The Hub's answer per (endpoint, id) within one command: a base resolved by several readers is asked about once."""
 PATTERNS = ("*.json", "*.safetensors")
@@ -86,12 +88,40 @@ def _fetched(hub_id: HubId) -> Path | None:
     """The folder an earlier fetch of this id's revision left, or what the Hugging Face cache holds of it, read offline."""
     from .io import read_json
 
-    record = _root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json"
+    record = _record(hub_id)
     if not record.is_file():
         return _from_hf_cache(hub_id)
     commit = read_json(record, "Hub revision record").get("commit")
     folder = _root(hub_id) / str(commit)
-    return folder if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{40}", commit) and folder.is_dir() else None
+    return folder if isinstance(commit, str) and COMMIT.fullmatch(commit) and folder.is_dir() else None
+
+
+def _record(hub_id: HubId) -> Path:
+    """Where the commit a revision named was recorded (``refs/REVISION.json``), so that it is read offline later."""
+    return _root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json"
+
+
+def _install(hub_id: HubId, commit: str, fill) -> Path:
+    """The commit's folder, made by ``fill(partial)`` in a temporary folder beside it that replaces it only when
+    complete (a killed fetch leaves nothing that reads as whole), and the revision recorded as that commit."""
+    folder = _root(hub_id) / commit
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fetch-"))
+    try:
+        fill(partial)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    _remember(hub_id, commit)
+    return folder
+
+
+def _remember(hub_id: HubId, commit: str) -> None:
+    """Record the commit the revision named, for offline reads."""
+    from .io import atomic_write_json
+
+    atomic_write_json(_record(hub_id), {"repo": hub_id.repo, "commit": commit})
 
 
 def _from_hf_cache(hub_id: HubId) -> Path | None:
@@ -100,30 +130,21 @@ def _from_hf_cache(hub_id: HubId) -> Path | None:
     is requested. The cache's snapshot files are links into ``blobs/``, which a source's folder may not hold."""
     from huggingface_hub import snapshot_download
 
-    from .io import atomic_write_json
-
     try:
         snapshot = Path(snapshot_download(hub_id.repo, revision=hub_id.revision, local_files_only=True))
     except Exception:  # not in the cache (huggingface_hub's LocalEntryNotFoundError and its kin): nothing to read
         return None
-    commit = snapshot.name
-    if not re.fullmatch(r"[0-9a-f]{40}", commit):
+    if not COMMIT.fullmatch(snapshot.name):
         return None
-    folder = _root(hub_id) / commit
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fetch-"))
-    try:
+
+    def link(partial: Path) -> None:
         for file in snapshot.rglob("*"):
             name = file.relative_to(snapshot)
             if file.is_file() and any(fnmatch.fnmatch(str(name), p) for p in PATTERNS):
                 (partial / name).parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(file.resolve(), partial / name)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    atomic_write_json(_root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json", {"repo": hub_id.repo, "commit": commit})
-    return folder
+
+    return _install(hub_id, snapshot.name, link)
 
 
 def _link_or_copy(blob: Path, target: Path) -> None:
@@ -173,11 +194,9 @@ def _fetch(hub_id: HubId, files: list[str] | None) -> Path:
     """``files`` (or every JSON and safetensors file of the subfolder) of the revision, into its commit's folder."""
     from huggingface_hub import snapshot_download
 
-    from .io import atomic_write_json
-
     info = _info(hub_id)
     commit = info.sha
-    if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+    if not isinstance(commit, str) or not COMMIT.fullmatch(commit):
         raise InputError(f"{hub_id}: the Hub answered no commit for this revision")
     names = [s.rfilename for s in info.siblings or []]
     prefix = f"{hub_id.subfolder}/" if hub_id.subfolder else ""
@@ -186,27 +205,24 @@ def _fetch(hub_id: HubId, files: list[str] | None) -> Path:
                          f"{', '.join(sorted(names)[:4]) or 'nothing'}); pickled weights are never fetched or opened")
     folder = _root(hub_id) / commit
     wanted = files if files is not None else [f"{prefix}{p}" for p in PATTERNS]
-    if not folder.is_dir() or any(not (folder / f).is_file() for f in (files or [])):
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _announce(hub_id, info, wanted, folder)
-        partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fetch-"))
-        try:
-            if folder.is_dir():
-                shutil.copytree(folder, partial, dirs_exist_ok=True)
-            with _bars_on_a_terminal_only():
-                snapshot_download(hub_id.repo, revision=commit, local_dir=partial, allow_patterns=wanted,
-                                  endpoint=os.environ.get("HF_ENDPOINT"))
-            shutil.rmtree(partial / ".cache", ignore_errors=True)
-            if folder.is_dir():
-                shutil.rmtree(folder)
-            os.replace(partial, folder)
-        except Exception as err:
-            shutil.rmtree(partial, ignore_errors=True)
-            if isinstance(err, InputError):
-                raise
-            raise InputError(f"{hub_id}: fetching {commit[:12]} failed ({' '.join(str(err).split())[:160]})") from err
-    atomic_write_json(_root(hub_id) / "refs" / f"{hub_id.revision or 'main'}.json", {"repo": hub_id.repo, "commit": commit})
-    return folder
+    if folder.is_dir() and all((folder / f).is_file() for f in (files or [])):
+        _remember(hub_id, commit)
+        return folder
+
+    def download(partial: Path) -> None:
+        if folder.is_dir():  # what an earlier fetch of this commit brought stays
+            shutil.copytree(folder, partial, dirs_exist_ok=True)
+        with _bars_on_a_terminal_only():
+            snapshot_download(hub_id.repo, revision=commit, local_dir=partial, allow_patterns=wanted, endpoint=os.environ.get("HF_ENDPOINT"))
+        shutil.rmtree(partial / ".cache", ignore_errors=True)
+
+    _announce(hub_id, info, wanted, folder)
+    try:
+        return _install(hub_id, commit, download)
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"{hub_id}: fetching {commit[:12]} failed ({' '.join(str(err).split())[:160]})") from err
 
 
 @contextlib.contextmanager

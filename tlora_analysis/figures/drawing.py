@@ -68,4 +68,4 @@ def _draw_one(registry: str, name: str, tables: Mapping[str, pd.DataFrame], out_
 def _registry(name: str) -> Mapping:
     from importlib import import_module
 
-    return getattr(import_module("tlora_analysis.figures"), name)
+    return getattr(import_module(__package__), name)  # the registries live in the package's __init__

@@ -190,11 +190,18 @@ def intruders(counts: pd.DataFrame, amplification: pd.DataFrame):
 def _module_letters(modules: list[str]) -> dict[str, str]:
     """The shortest prefix of each module's own name (its last dotted parts, as few as tell the modules apart) that
     tells it from the others: q/v for attention.self.query and attention.self.value, q_/k_/v_/o_ for q_proj ..."""
-    parts = max((m.count(".") + 1 for m in modules), default=1)
-    names = next(({m: ".".join(m.split(".")[-k:]) for m in modules} for k in range(1, parts + 1)
-                  if len({".".join(m.split(".")[-k:]) for m in modules}) == len(modules)), {m: m for m in modules})
+    names = _own_names(modules)
     for length in range(1, max(map(len, names.values()), default=1) + 1):
         letters = {m: names[m][:length] for m in modules}
         if len(set(letters.values())) == len(modules):
             return letters
     return names
+
+
+def _own_names(modules: list[str]) -> dict[str, str]:
+    """Each module's last dotted parts, as few as tell the modules apart (the whole names where none do)."""
+    for parts in range(1, max((m.count(".") + 1 for m in modules), default=1) + 1):
+        names = {m: ".".join(m.split(".")[-parts:]) for m in modules}
+        if len(set(names.values())) == len(modules):
+            return names
+    return {m: m for m in modules}

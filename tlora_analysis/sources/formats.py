@@ -125,11 +125,11 @@ def open_updates(path: str | Path, base: str | None = None):
 def origin(source) -> str:
     """Where a source was read from, as its reader can find it again: a Hub source's id at the commit read (never the
     cache folder it was fetched into), else its path. Manifests and settings tables record this."""
+    from ..hub import HubId
+
     meta = getattr(source, "meta", None)
     hub = meta.get("hub") if isinstance(meta, dict) else None
-    if isinstance(hub, dict):
-        return f"{hub['repo']}@{hub['commit']}" + (f":{hub['subfolder']}" if hub.get("subfolder") else "")
-    return str(source.path)
+    return str(HubId(hub["repo"], hub["commit"], hub.get("subfolder"))) if isinstance(hub, dict) else str(source.path)
 
 
 def _expected(kind: str) -> str:
