@@ -165,9 +165,67 @@ def test_subspace_drift_is_stored_per_cell_and_equals_the_direct_table(tmp_path)
     run = load_study(root).run("lora-s0")
     direct = subspace_similarity_table(run, run, epochs=[e for e in run.epochs if e != 0], epoch_b=run.epochs[-1]).query("i == j")
     assert len(direct) and (direct.i == direct.j).all()  # the full grid's diagonal, which the drift computes alone
+    store = table_cache._cache_of(root.resolve())
+    store.hits = store.misses = 0
     stored = subspace_drift(run)
     again = subspace_drift(run)
-    store = table_cache._cache_of(root.resolve())
-    assert (store.hits, store.misses) == (1, 1)
+    assert (store.hits, store.misses) == (1, 2)  # made: the drift and the diagonal table inside it; read again: the drift's
     pd.testing.assert_frame_equal(direct.reset_index(drop=True), again.reset_index(drop=True), check_exact=True)
     pd.testing.assert_frame_equal(stored.reset_index(drop=True), again.reset_index(drop=True), check_exact=True)
+
+
+CROSS_CELL = ("controls", "rank_similarity", "claims_per_seed", "ladder_layers", "ladder")
+
+
+def read_study(root):
+    from tlora_analysis.analysis.compare import compare_study
+
+    table_cache._cache_of.cache_clear()
+    tables = compare_study(load_study(root), function_examples=0)
+    return tables, table_cache._cache_of(root.resolve())
+
+
+def test_cross_cell_tables_are_stored_and_read_back_equal(tmp_path):
+    """The controls, the claims' pair tables and the ladder's rows are stored too: a second read computes nothing."""
+    root = make_study(tmp_path / "study")
+    cold, store = read_study(root)
+    assert store.misses > 0 and {"similarity_controls", "ladder_layers", "update_similarity"} <= {
+        p.name for p in (root / table_cache.CACHE_FOLDER).iterdir()}
+    warm, store = read_study(root)
+    assert store.misses == 0 and store.hits > 0
+    for name in CROSS_CELL:
+        pd.testing.assert_frame_equal(cold[name], warm[name], check_exact=True, obj=name)
+
+
+def test_a_pair_table_is_recomputed_for_the_pairs_a_changed_cell_enters_only(tmp_path):
+    from tlora_analysis.analysis.similarity import update_similarity
+
+    root = make_study(tmp_path / "study")
+    study = load_study(root)
+    update_similarity(study.run("lora-s0"), study.run("tlora-s0"))
+    update_similarity(study.run("lora-s1"), study.run("tlora-s1"))
+    snapshot = sorted((root / "runs" / "tlora-s1" / "snapshots").glob("*.safetensors"))[-1]
+    data = bytearray(snapshot.read_bytes())
+    data[-3] ^= 1
+    snapshot.write_bytes(bytes(data))
+    table_cache._cache_of.cache_clear()
+    study = load_study(root)
+    update_similarity(study.run("lora-s0"), study.run("tlora-s0"))
+    store = table_cache._cache_of(root.resolve())
+    assert (store.hits, store.misses) == (1, 0)
+    changed = update_similarity(study.run("lora-s1"), study.run("tlora-s1"))
+    assert (store.hits, store.misses) == (1, 1)
+    table_cache._cache_of.cache_clear()
+    direct = update_similarity(str(root / "runs" / "lora-s1"), str(root / "runs" / "tlora-s1"))  # paths: no cache
+    pd.testing.assert_frame_equal(changed, direct, check_exact=True)
+
+
+def test_arguments_known_only_by_address_are_never_keyed_and_settings_are_not_weights(tmp_path):
+    root = make_study(tmp_path / "study")
+    run = load_study(root).run("lora-s0")
+    store = table_cache._cache_of(root.resolve())
+    assert store.key("spectra", run, (iter([1]),), {}) is None  # two iterators can share an address: never a key
+    settings = store.key("ladder_layers", (run, run), ({"method": "lora", "seed": 0},), {})
+    assert settings is not None and settings != store.key("ladder_layers", (run, run), ({"method": "lora", "seed": 1},), {})
+    weights = {"m": torch.ones(2, 2)}
+    assert store.key("amplification", run, (weights,), {}) != store.key("amplification", run, ({"m": torch.zeros(2, 2)},), {})

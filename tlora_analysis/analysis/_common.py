@@ -161,6 +161,19 @@ def per_run(analysis):
     return wrapper
 
 
+def per_pair(analysis):
+    """Store a two-run analysis's table beside the study when both runs are its cells, and reuse it while neither
+    changed (:func:`~.table_cache.cached`): a study read again recomputes only the pairs a new cell enters."""
+
+    @functools.wraps(analysis)
+    def wrapper(run_a, run_b, *args, **kwargs):
+        from .table_cache import cached
+
+        return cached(analysis.__qualname__, (run_a, run_b), args, kwargs, lambda: analysis(run_a, run_b, *args, **kwargs))
+
+    return wrapper
+
+
 def learns_scale(method: str) -> bool:
     """Whether a method learns a scale per layer (TLoRA's α); a method no spec names learns none."""
     spec = METHOD_SPECS.get(method)

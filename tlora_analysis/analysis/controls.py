@@ -66,10 +66,20 @@ def similarity_controls(study: Study, baseline_samples: int = ANALYSIS.baseline_
     settings appear as ``<key>_a`` / ``<key>_b`` columns. Each run's update and its singular
     vectors are computed once per layer and shared by every pair it is in.
     """
+    from .table_cache import cached
+
     pairs = list(_pairs(study))
     if not pairs:
         return pd.DataFrame(columns=["kind", "run_a", "run_b", "method_a", "method_b", "module", "layer", "epoch", "name", "cosine", "phi"])
     runs = {r.name: r for _, a, _, b, _ in pairs for r in (a, b)}
+    described = [(kind, a.name, sa, b.name, sb) for kind, a, sa, b, sb in pairs]
+    # stored keyed by every cell in a pair: the random baselines are drawn in the pairs' order, so the table is one entry
+    return cached("similarity_controls", tuple(runs.values()), (described, baseline_samples, seed), {},
+                  lambda: _controls(pairs, runs, baseline_samples, seed))
+
+
+def _controls(pairs: list, runs: dict, baseline_samples: int, seed: int) -> pd.DataFrame:
+    """The rows of :func:`similarity_controls` for its pairs of ``runs``."""
     last = min(r.epochs[-1] for r in runs.values())
     deltas = {name: dict(run.deltas(last)) for name, run in runs.items()}  # copies: layers are dropped below
     generator = torch.Generator().manual_seed(seed)

@@ -17,6 +17,7 @@ factor and the number of intruder dimensions (:mod:`.base_alignment`). Many meth
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -73,29 +74,48 @@ def ladder_layers(study: Study, function_examples: int = 0, base_weights: Mappin
     counterpart), norm ratio and, with ``function_examples`` > 0, the function-space cosine; and
     ``cosine_next_seed``, the cosine with LoRA of the next seed, whose random draws the cell does not
     share (LoRA-FA's frozen A is LoRA's initial A at the same seed, as in peft). Of the cell's own update:
-    stable and entropy effective rank, and with ``base_weights`` amplification and intruder dimensions."""
-    rows = []
+    stable and entropy effective rank, and with ``base_weights`` amplification and intruder dimensions.
+
+    A cell's rows are stored beside the study keyed by the cell, its partner and its next-seed LoRA
+    (:func:`~.table_cache.cached`), so a new cell computes only its own rows and those it is a partner of. The
+    function-space cosine is not stored: it reads the task's data, which no stored key covers."""
+    from .table_cache import cached
+
+    tables = []
     for run, settings, lora, pairing, independent in _partners(study):
-        epoch = min(run.epochs[-1], lora.epochs[-1])
-        ours, theirs = run.deltas(epoch), lora.deltas(epoch)
-        unshared = independent.deltas(min(epoch, independent.epochs[-1])) if independent is not None else {}
-        bounds = reachable_cosine(lora, run, epochs=[epoch]).set_index("name")
-        functions = _function_cosines(lora, run, function_examples, epoch)
-        for name, delta in ours.items():
-            reference = theirs.get(name)
-            if reference is None:
-                continue
-            norm = reference.frobenius_norm()
-            ranks = rank_measures(delta.singular_values().numpy())
-            rows.append({"run": run.name, **settings, "partner": lora.name, "pairing": pairing, "epoch": epoch, "name": name,
-                         "rank_ratio": delta.rank / math.sqrt(delta.shape[0] * delta.shape[1]), "cosine": cosine_similarity(reference, delta),
-                         "cosine_next_seed": cosine_similarity(unshared[name], delta) if name in unshared else math.nan,
-                         "reachable_cosine": bounds.reachable_cosine.get(name, math.nan),
-                         "reachable_random": bounds.reachable_random.get(name, math.nan),
-                         "norm_ratio": delta.frobenius_norm() / norm if norm > 0 else math.nan,
-                         "function_cosine": functions.get(name, math.nan),
-                         "stable_rank": ranks["stable_rank"], "entropy_rank": ranks["entropy_rank"],
-                         **_alignment(delta, base_weights, name)})
+        cells = (run, lora) if independent is None else (run, lora, independent)
+        rows = cached("ladder_layers", cells, (settings, pairing, base_weights), {},
+                      functools.partial(_cell_layers, run, settings, lora, pairing, independent, base_weights))
+        if function_examples and len(rows):
+            functions = _function_cosines(lora, run, function_examples, int(rows.epoch.iloc[0]))
+            rows = rows.assign(function_cosine=[functions.get(name, math.nan) for name in rows.name])
+        tables.append(rows)
+    tables = [t for t in tables if len(t)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _cell_layers(run, settings: Mapping, lora, pairing: str, independent, base_weights) -> pd.DataFrame:
+    """One cell's rows of :func:`ladder_layers`, the function-space cosine left NaN."""
+    epoch = min(run.epochs[-1], lora.epochs[-1])
+    ours, theirs = run.deltas(epoch), lora.deltas(epoch)
+    unshared = independent.deltas(min(epoch, independent.epochs[-1])) if independent is not None else {}
+    bounds = reachable_cosine(lora, run, epochs=[epoch]).set_index("name")
+    rows = []
+    for name, delta in ours.items():
+        reference = theirs.get(name)
+        if reference is None:
+            continue
+        norm = reference.frobenius_norm()
+        ranks = rank_measures(delta.singular_values().numpy())
+        rows.append({"run": run.name, **settings, "partner": lora.name, "pairing": pairing, "epoch": epoch, "name": name,
+                     "rank_ratio": delta.rank / math.sqrt(delta.shape[0] * delta.shape[1]), "cosine": cosine_similarity(reference, delta),
+                     "cosine_next_seed": cosine_similarity(unshared[name], delta) if name in unshared else math.nan,
+                     "reachable_cosine": bounds.reachable_cosine.get(name, math.nan),
+                     "reachable_random": bounds.reachable_random.get(name, math.nan),
+                     "norm_ratio": delta.frobenius_norm() / norm if norm > 0 else math.nan,
+                     "function_cosine": math.nan,
+                     "stable_rank": ranks["stable_rank"], "entropy_rank": ranks["entropy_rank"],
+                     **_alignment(delta, base_weights, name)})
     return pd.DataFrame(rows)
 
 

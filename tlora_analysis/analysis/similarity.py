@@ -13,7 +13,7 @@ import torch
 from ..config import ANALYSIS
 from ..errors import InputError
 from ..factored import FactoredDelta, cosine_similarity, inner
-from ._common import UpdateSource, as_source, epochs_of, fixed_sides, module_and_layer, per_run
+from ._common import UpdateSource, as_source, epochs_of, fixed_sides, module_and_layer, per_pair, per_run
 
 PEFT_PREFIX = "base_model.model."
 PAIR_COLUMNS = ["run_a", "run_b", "method_a", "method_b", "same_method", "module", "layer", "epoch", "epoch_a", "epoch_b", "name"]
@@ -103,6 +103,7 @@ class RandomUpdates:
         return (inners / (self.norms * other.frobenius_norm())).numpy()
 
 
+@per_pair
 def update_similarity(
     run_a: UpdateSource,
     run_b: UpdateSource,
@@ -181,6 +182,7 @@ def random_subspace_similarity(dim: int, i: int, j: int, samples: int = 16, seed
     return total / samples
 
 
+@per_pair
 def subspace_similarity_table(
     run_a: UpdateSource,
     run_b: UpdateSource,
@@ -217,6 +219,7 @@ def subspace_similarity_table(
     return pd.DataFrame(rows, columns=None if rows else [*PAIR_COLUMNS, "side", "i", "j", "phi", "phi_random"])
 
 
+@per_pair
 def reachable_cosine(run_a: UpdateSource, run_b: UpdateSource, epochs: Iterable[int] | None = None) -> pd.DataFrame:
     """The largest cosine with ΔW_a that any update run_b's method can learn could reach, per layer.
 
@@ -265,6 +268,7 @@ def _inner_dense(weight: torch.Tensor, delta: FactoredDelta) -> float:
     return float(((delta.left.double().T @ weight @ delta.right.double().T) * delta.core.double()).sum())
 
 
+@per_pair
 def adapted_weight_similarity(run_a: UpdateSource, run_b: UpdateSource, base_weights, epochs: Iterable[int] | None = None) -> pd.DataFrame:
     """cos(W0 + ΔW_a, W0 + ΔW_b) per layer, beside cos(W0, W0 + ΔW_a) and cos(W0, W0 + ΔW_b).
 

@@ -7,7 +7,9 @@ nothing for the cells it has seen. So each table is stored under ``STUDY/cache/t
 by the SHA-256 of:
 
 - the analysis's name and its arguments (epochs, thresholds, ...), and the name the run's rows carry (its label);
-- the bytes of the cell's ``run.json`` and every snapshot file (one byte changed: another key);
+- the bytes of the cell's ``run.json`` and every snapshot file (one byte changed: another key); a table of several
+  cells (a pair's cosines, a cell's row of the ladder against its LoRA partner, the controls over every pair) is
+  keyed by all of them, in order, so a new or changed cell recomputes only the tables it enters;
 - the content digest of every W0 the analysis was given (another base: another key);
 - the bytes of this package's source files (any code change: every key changes).
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["TableCache", "CACHE_FOLDER", "cache_for", "code_version"]
+__all__ = ["TableCache", "CACHE_FOLDER", "cache_for", "cached", "code_version"]
 
 CACHE_FOLDER = Path("cache") / "tables"
 """Where a study keeps its cells' tables, relative to the study folder."""
@@ -99,9 +101,18 @@ def weights_identity(weights: Mapping) -> str:
     return weights._identity
 
 
+def _holds_weights(value: Mapping) -> bool:
+    """Whether a mapping argument is a base's W0 (keyed by its content) rather than settings (keyed by their text)."""
+    import torch
+
+    return hasattr(value, "digest") or isinstance(next(iter(value.values()), None), torch.Tensor)
+
+
 def _argument_text(value) -> str:
-    if isinstance(value, Mapping) and value and all(isinstance(k, str) for k in value):
+    if isinstance(value, Mapping) and value and _holds_weights(value):
         return f"W0:{weights_identity(value)}"
+    if isinstance(value, Mapping):
+        return "{" + ",".join(f"{k!r}:{_argument_text(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple, range)):
         return "[" + ",".join(_argument_text(v) for v in value) + "]"
     return repr(value)
@@ -128,6 +139,16 @@ def cache_for(run) -> TableCache | None:
     return _cache_of(folder) if folder is not None else None
 
 
+def cached(analysis: str, runs: tuple, args: tuple, kwargs: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+    """``compute()``'s table of several runs, stored and reused while none of them changed, where all are cells of
+    one study; computed as before otherwise (an adapter, a path, cells of two studies)."""
+    caches = {id(cache_for(run)): cache_for(run) for run in runs}
+    cache = next(iter(caches.values()), None)
+    if len(caches) != 1 or cache is None:
+        return compute()
+    return cache.table(analysis, tuple(runs), args, kwargs, compute)
+
+
 class TableCache:
     """A study's stored per-cell tables (see the module's description)."""
 
@@ -135,12 +156,17 @@ class TableCache:
         self.folder = folder
         self.hits = self.misses = 0
 
-    def key(self, analysis: str, run, args: tuple, kwargs: dict) -> str | None:
-        content = run_digest(run)
-        if content is None:
+    def key(self, analysis: str, runs, args: tuple, kwargs: dict) -> str | None:
+        """The entry's name for one run or a tuple of runs (see the module), or None where one is no study's cell."""
+        runs = runs if isinstance(runs, tuple) else (runs,)
+        contents = [run_digest(run) for run in runs]
+        if None in contents:
             return None
         arguments = [_argument_text(a) for a in args] + [f"{k}={_argument_text(v)}" for k, v in sorted(kwargs.items())]
-        text = json.dumps([code_version(), analysis, content, run.name, arguments])  # the name: rows carry the run's label
+        if any(" at 0x" in text for text in arguments):  # an object known only by its address (a generator): not keyed
+            return None
+        names = [run.name for run in runs]  # rows carry the runs' labels
+        text = json.dumps([code_version(), analysis, contents if len(runs) > 1 else contents[0], names if len(runs) > 1 else names[0], arguments])
         return hashlib.sha256(text.encode()).hexdigest()
 
     def stored(self, analysis: str, run, args: tuple, kwargs: dict) -> bool:
@@ -148,8 +174,8 @@ class TableCache:
         key = self.key(analysis, run, args, kwargs)
         return key is not None and (self.folder / analysis / f"{key}.json").is_file()
 
-    def table(self, analysis: str, run, args: tuple, kwargs: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        key = self.key(analysis, run, args, kwargs)
+    def table(self, analysis: str, runs, args: tuple, kwargs: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        key = self.key(analysis, runs, args, kwargs)
         if key is None:
             return compute()
         path = self.folder / analysis / f"{key}.parquet"
