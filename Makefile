@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas wordnet-lr-sweep wordnet-hypernym-lr-sweep wordnet-atlas-lr-sweep wordnet wordnet-hypernym across-tasks test docs bench clean
+.PHONY: setup reproduce sensitivity schedules lr-sweep relatives ranks rank-rates atlas-lr-sweep atlas wordnet-lr-sweep wordnet-hypernym-lr-sweep wordnet-atlas-lr-sweep wordnet wordnet-hypernym across-tasks test docs docs-check bench clean
 
 setup: $(VENV)/.installed-dev
 
@@ -88,6 +88,10 @@ across-tasks: $(VENV)/.installed  ## writes figures/across_tasks (committed): th
 
 docs: $(VENV)/.installed-dev  ## the docs pages as a static site in site/ (mkdocs, warnings are errors)
 	$(VENV)/bin/mkdocs build --strict --quiet
+
+docs-check: $(VENV)/.installed-dev  ## the docs site in headless Chromium: every table column shows at 1280 px, pages keep 800 px (npm installs the browser into benchmarks/browser, ~70 MB; 1-2 min)
+	cd benchmarks/browser && npm install --no-audit --no-fund --silent
+	$(VENV)/bin/python -m pytest -q tests/test_docs_site.py
 
 test: $(VENV)/.installed-dev  ## lint, then the whole test suite (704 tests: 16 min of pytest, 18 min with setup, in a clean clone on 2 quiet cores; 26 min beside other work)
 	$(VENV)/bin/ruff check .

@@ -22,6 +22,12 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
+IMAGE = re.compile(r"(?<!\[)!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+"""A figure shown on a page, not already inside a link."""
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """A page in docs/ links figures as ../figures/ (right on GitHub); in the site they sit beside the pages."""
-    return re.sub(r"\]\(\.\./figures/", "](figures/", markdown)
+    """A page in docs/ links figures as ../figures/ (right on GitHub); in the site they sit beside the pages. Every
+    figure links to its own file, so a small one in a table opens full size."""
+    markdown = re.sub(r"\]\(\.\./figures/", "](figures/", markdown)
+    return IMAGE.sub(lambda m: f"[![{m.group(1)}]({m.group(2)})]({m.group(2)})", markdown)

@@ -15,9 +15,12 @@ const report = await page.evaluate(() => {
   const wide = [...document.querySelectorAll('table, figure, dl')].filter(e => e.scrollWidth > e.clientWidth + 1 || e.getBoundingClientRect().right > window.innerWidth)
     .map(e => `${e.tagName} ${e.getBoundingClientRect().width.toFixed(0)}px: ${e.textContent.slice(0, 60)}`);
   const images = [...document.images].map(i => `${i.alt} ${i.naturalWidth}x${i.naturalHeight} shown ${i.width}x${i.height}`);
+  const sidebar = document.querySelector('.bs-sidebar');  // the docs site's table of contents: its names stay inside it
+  const spill = sidebar ? [...sidebar.querySelectorAll('a')].filter(a => a.getBoundingClientRect().right > sidebar.getBoundingClientRect().right + 1)
+    .map(a => a.textContent.trim()) : [];
   const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0).map(i => i.alt);
   const headings = [...document.querySelectorAll('h1, h2')].map(h => `${h.textContent} @${(h.getBoundingClientRect().top + window.scrollY).toFixed(0)}`);
-  return { width: body.width, height: document.documentElement.scrollHeight, wide, broken, images: images.length, headings, pageWidth: document.documentElement.scrollWidth };
+  return { width: body.width, spill, height: document.documentElement.scrollHeight, wide, broken, images: images.length, headings, pageWidth: document.documentElement.scrollWidth };
 });
 console.log(JSON.stringify(report, null, 1));
 await page.screenshot({ path: out, fullPage: whole === 'full' });
