@@ -20,10 +20,11 @@ from pathlib import Path
 from .config import ANALYSIS, REPRODUCE_EPOCHS, REPRODUCE_SEEDS, ReproduceOptions
 from .errors import InputError
 from .io import atomic_write_json, read_json
+from .processes import threads_per_worker
 from .results import study_results, write_tables
 from .study import load_study
 from .study.directory import STUDY_FORMAT, STUDY_JSON
-from .study.execute import Executor, cell_threads, run_study
+from .study.execute import Executor, run_study
 
 REPRODUCE_METHODS = ("lora", "tlora", "head")
 
@@ -85,7 +86,7 @@ def reproduce(options: ReproduceOptions | None = None, *, progress: bool = True,
     spec = reproduce_spec(epochs, seeds, max_train_samples=options.max_train_samples, max_eval_samples=options.max_eval_samples,
                           model=options.model, **overrides)
     _check_replaceable(runs_dir)
-    log(f"study: {', '.join(REPRODUCE_METHODS)} x {seeds} seeds, {epochs} epochs, {jobs} jobs of {cell_threads(jobs)} threads; "
+    log(f"study: {', '.join(REPRODUCE_METHODS)} x {seeds} seeds, {epochs} epochs, {jobs} jobs of {threads_per_worker(jobs)} threads; "
         f"each cell's epochs are logged in {runs_dir / 'logs'}/ (a LoRA or TLoRA cell takes about 80 s on 2 quiet cores)")
     study = _run_or_reuse(spec, runs_dir, options.retrain, Executor(jobs=jobs), progress, log)
     if (study.runs.status != "finished").any():

@@ -20,6 +20,8 @@ import pickle
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from ..processes import cores, spawn_pool
+
 __all__ = ["cell_workers", "prefill", "default_jobs", "LARGEST_ARGUMENTS"]
 
 LARGEST_ARGUMENTS = 64 << 20
@@ -32,7 +34,7 @@ def default_jobs() -> int:
     text = os.environ.get("TLORA_ANALYSIS_JOBS", "")
     if text.strip().isdigit() and int(text) > 0:
         return int(text)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores()
 
 
 class _Workers:
@@ -43,9 +45,7 @@ class _Workers:
 
     def get(self) -> ProcessPoolExecutor:
         if self.pool is None:
-            import multiprocessing
-
-            self.pool = ProcessPoolExecutor(self.jobs, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = spawn_pool(self.jobs)
         return self.pool
 
     def close(self) -> None:

@@ -19,10 +19,9 @@ def drawing_workers(jobs: int):
     if jobs <= 1:
         yield None
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from ..processes import spawn_pool
 
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with spawn_pool(jobs) as pool:
         yield pool
 
 

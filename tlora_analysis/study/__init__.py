@@ -24,7 +24,7 @@ from importlib import import_module
 from .directory import Study, load_study
 from .spec import StudySpec, parse_spec
 
-__all__ = ["StudySpec", "Study", "parse_spec", "load_study", "Executor", "run_study", "run_cell", "EXECUTORS", "cell_threads"]
+__all__ = ["StudySpec", "Study", "parse_spec", "load_study", "Executor", "run_study", "run_cell", "EXECUTORS"]
 
 
 def __getattr__(name: str):  # the executors (subprocess, submitit) load only when a study runs

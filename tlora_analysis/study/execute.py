@@ -17,18 +17,13 @@ from typing import Any
 
 from ..config import TrainConfig, option
 from ..errors import InputError
+from ..processes import threads_per_worker
 from .directory import STUDY_FORMAT, STUDY_FORMAT_VERSION, STUDY_JSON, Study, readable
 from .spec import MAX_CELLS, StudySpec, parse_spec
 
-__all__ = ["Executor", "EXECUTORS", "run_study", "run_cell", "cell_threads"]
+__all__ = ["Executor", "EXECUTORS", "run_study", "run_cell"]
 
 EXECUTORS = ("local", "submitit-local", "slurm")
-
-
-def cell_threads(jobs: int) -> int:
-    """Threads per job when ``jobs`` cells share this machine: its cores divided, at least one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, jobs))
 
 
 def _spec_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -148,7 +143,7 @@ def _run_local(study: Path, names: list[str], executor: Executor, on_done: Calla
 
     from ..distributed import TORCHRUN_VARIABLES
 
-    threads = cell_threads(executor.jobs)
+    threads = threads_per_worker(executor.jobs)
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}  # each cell is one run of its own
     env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false")
 
@@ -182,7 +177,7 @@ def _run_submitit(study: Path, names: list[str], executor: Executor, on_done: Ca
     import submitit
 
     folder = study / "logs" / "submitit"
-    threads = executor.cpus_per_task or cell_threads(executor.jobs)
+    threads = executor.cpus_per_task or threads_per_worker(executor.jobs)
     pending, running = list(names), {}
     if executor.executor == "slurm":  # one job array; SLURM runs `jobs` of it at a time
         try:
@@ -290,7 +285,7 @@ def run_study(spec: str | Path | Mapping | StudySpec, out: str | Path, *, execut
         _check_finished_configs(out, spec, cells)
         records, todo = _record_cells(out, meta, cells)
         log(f"{out}: {len(cells)} cells, {len(cells) - len(todo)} finished, {len(todo)} to run "
-            f"({executor.executor}, {executor.jobs} at a time, {cell_threads(executor.jobs)} threads each)")
+            f"({executor.executor}, {executor.jobs} at a time, {threads_per_worker(executor.jobs)} threads each)")
         bar = tqdm(total=len(todo), desc="study cells", disable=not progress)
         guard = threading.Lock()  # the local executor reports from one thread per job
 
