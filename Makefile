@@ -95,7 +95,7 @@ docs-check: $(VENV)/.installed-dev  ## the docs site in headless Chromium: every
 
 test: $(VENV)/.installed-dev  ## lint, then the whole test suite (704 tests: 16 min of pytest, 18 min with setup, in a clean clone on 2 quiet cores; 26 min beside other work)
 	$(VENV)/bin/ruff check .
-	$(PYTHON) -m pytest -q -n 2 --dist loadfile  # a file's shared fixtures are built once
+	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=25  # a file's shared fixtures are built once; the 25 slowest tests listed
 
 bench: $(VENV)/.installed-dev  ## speed, scale, storage and overhead benchmarks (see benchmarks/README.md)
 	$(PYTHON) benchmarks/run_all.py

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing
+import shutil
 
 import pandas as pd
 import pytest
@@ -238,3 +239,33 @@ def test_each_worker_takes_its_share_of_the_cores():
 
     with spawn_pool(2) as pool:
         assert pool.submit(torch.get_num_threads).result() == threads_per_worker(2) == max(1, cores() // 2)
+
+
+def test_new_cells_compute_only_the_control_pairs_they_enter_with_the_draws_of_a_full_pass(tmp_path):
+    """Methods of three ranks draw three random baseline sets from one generator, in the order one pass meets them;
+    after two new cells the stored pairs are reused and the new ones equal a study read from nothing."""
+    from tlora_analysis.analysis.controls import similarity_controls
+
+    root = tmp_path / "study"
+    spec = {"method": ["lora", "tlora", "vera"], "seed": [0, 1]}
+    for seed in (0, 1, 2):
+        for method, rank in (("lora", 4), ("tlora", 2), ("vera", 3)):
+            if seed < 2 or method != "vera":
+                make_run(tmp_path / "cells" / f"{method}-s{seed}", method, rank=rank, seed=seed)
+    (root / "runs").mkdir(parents=True)
+    for cell in (tmp_path / "cells").iterdir():
+        if not cell.name.endswith("s2"):
+            shutil.copytree(cell, root / "runs" / cell.name)
+    (root / "study.json").write_text(json.dumps({"format": "tlora-analysis-study", "format_version": 1, "spec": spec, "cells": {}}))
+    similarity_controls(load_study(root))
+    for cell in ("lora-s2", "tlora-s2"):
+        shutil.copytree(tmp_path / "cells" / cell, root / "runs" / cell)
+    (root / "study.json").write_text(json.dumps({"format": "tlora-analysis-study", "format_version": 1,
+                                                 "spec": {**spec, "seed": [0, 1, 2]}, "cells": {}}))
+    table_cache._cache_of.cache_clear()
+    grown = similarity_controls(load_study(root))
+    store = table_cache._cache_of(root.resolve())
+    assert (store.hits, store.misses) == (9, 5)  # kept: 3 same-method and 6 same-seed pairs; new: 4 same-method (seed 2 with 0 and 1) and 1 same-seed
+    fresh = tmp_path / "fresh"
+    shutil.copytree(root, fresh, ignore=shutil.ignore_patterns("cache"))
+    pd.testing.assert_frame_equal(grown, similarity_controls(load_study(fresh)), check_exact=True)

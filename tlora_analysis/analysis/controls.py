@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ..config import ANALYSIS
-from ..factored import cosine_similarity
+from ..factored import FactoredDelta, cosine_similarity
 from ..study.directory import Study
 from ._common import module_and_layer, same_but_method, settings_without
 from .claims import PAPER_METHOD, REFERENCE_METHOD, paper_claims
@@ -65,25 +65,66 @@ def similarity_controls(study: Study, baseline_samples: int = ANALYSIS.baseline_
     ``kind`` is "same method, other seed" or "other method, same seed"; the pair's
     settings appear as ``<key>_a`` / ``<key>_b`` columns. Each run's update and its singular
     vectors are computed once per layer and shared by every pair it is in.
+
+    Each pair's rows are stored beside the study (:mod:`.table_cache`), keyed by its two cells, the last shared
+    epoch and the order in which the random baselines are drawn (one draw per (shape, rank), in the order the
+    layers and pairs first meet it), so a new cell computes only the pairs it enters, with the draws a full
+    computation would make, unless it brings a shape and rank drawn before the others'.
     """
-    from .table_cache import cached
+    from .table_cache import shared_cache
 
     pairs = list(_pairs(study))
     if not pairs:
         return pd.DataFrame(columns=["kind", "run_a", "run_b", "method_a", "method_b", "module", "layer", "epoch", "name", "cosine", "phi"])
     runs = {r.name: r for _, a, _, b, _ in pairs for r in (a, b)}
-    described = [(kind, a.name, sa, b.name, sb) for kind, a, sa, b, sb in pairs]
-    # stored keyed by every cell in a pair: the random baselines are drawn in the pairs' order, so the table is one entry
-    return cached("similarity_controls", tuple(runs.values()), (described, baseline_samples, seed), {},
-                  lambda: _controls(pairs, runs, baseline_samples, seed))
-
-
-def _controls(pairs: list, runs: dict, baseline_samples: int, seed: int) -> pd.DataFrame:
-    """The rows of :func:`similarity_controls` for its pairs of ``runs``."""
     last = min(r.epochs[-1] for r in runs.values())
     deltas = {name: dict(run.deltas(last)) for name, run in runs.items()}  # copies: layers are dropped below
+    draws = _draw_order(pairs, deltas) if baseline_samples else []
+    cache = shared_cache(list(runs.values()))
+    keys = [((a, b), (kind, sa, sb, last, baseline_samples, seed, draws)) for kind, a, sa, b, sb in pairs]
+    tables = [cache.read("similarity_controls", cells, args, {}) if cache is not None else None for cells, args in keys]
+    todo = [i for i, table in enumerate(tables) if table is None]
+    if todo:
+        computed = _controls([pairs[i] for i in todo], deltas, last, draws, baseline_samples, seed)
+        for i, table in zip(todo, computed):
+            tables[i] = table
+            if cache is not None:
+                cache.write("similarity_controls", *keys[i], {}, table)
+    layers = {name: i for i, name in enumerate(next(iter(deltas.values())))}
+    table = pd.concat([t.assign(_pair=i) for i, t in enumerate(tables)], ignore_index=True)
+    order = table.name.map(layers) * len(tables) + table._pair  # layer by layer, pairs in order, as one pass makes them
+    return table.iloc[order.argsort(kind="stable")].drop(columns="_pair").reset_index(drop=True)
+
+
+def _draw_order(pairs: list, deltas: dict) -> list:
+    """The (shape, rank) of each random baseline set, in the order one pass over layers and pairs first meets it."""
+    order = []
+    for layer_name in next(iter(deltas.values())):
+        for _, a, _, _, _ in pairs:
+            delta = deltas[a.name][layer_name]
+            if (delta.shape, delta.rank) not in order:
+                order.append((delta.shape, delta.rank))
+    return order
+
+
+def _random_sets(draws: list, wanted: set, baseline_samples: int, seed: int) -> dict:
+    """The random baseline sets of the shapes and ranks in ``wanted``, drawn from one generator in ``draws``' order
+    (the sets before a wanted one are drawn and dropped, so each set is the one a full pass draws)."""
     generator = torch.Generator().manual_seed(seed)
-    random_updates, random_phi, rows = {}, {}, []
+    sets = {}
+    for shape, rank in draws[:max((draws.index(key) + 1 for key in wanted), default=0)]:
+        template = FactoredDelta(torch.zeros(shape[0], rank), torch.eye(rank), torch.zeros(rank, shape[1]))
+        updates = RandomUpdates(template, baseline_samples, generator)
+        if (shape, rank) in wanted:
+            sets[(shape, rank)] = updates
+    return sets
+
+
+def _controls(pairs: list, deltas: dict, last: int, draws: list, baseline_samples: int, seed: int) -> list[pd.DataFrame]:
+    """The rows of :func:`similarity_controls` for ``pairs``, one table per pair."""
+    needed = {(deltas[a.name][n].shape, deltas[a.name][n].rank) for _, a, _, _, _ in pairs for n in deltas[a.name]}
+    random_updates = _random_sets(draws, needed, baseline_samples, seed) if baseline_samples else {}
+    random_phi, rows = {}, [[] for _ in pairs]
     for layer_name in next(iter(deltas.values())):
         module, layer = module_and_layer(layer_name)
         vectors = {}
@@ -93,11 +134,9 @@ def _controls(pairs: list, runs: dict, baseline_samples: int, seed: int) -> pd.D
                     delta = deltas[run.name][layer_name]
                     vectors[run.name] = delta.top_singular_vectors()[0] if delta.frobenius_norm() > 0 else None
         chances = {}  # the baseline depends on run b's update and the random set only: once per run b
-        for kind, a, sa, b, sb in pairs:
+        for i, (kind, a, sa, b, sb) in enumerate(pairs):
             da, db = deltas[a.name][layer_name], deltas[b.name][layer_name]
             key = (da.shape, da.rank)
-            if baseline_samples and key not in random_updates:
-                random_updates[key] = RandomUpdates(da, baseline_samples, generator)
             if (b.name, key) not in chances:
                 chances[(b.name, key)] = (np.abs(random_updates[key].cosines(db)) if baseline_samples and db.frobenius_norm() > 0
                                           else np.full(1, math.nan))
@@ -107,14 +146,14 @@ def _controls(pairs: list, runs: dict, baseline_samples: int, seed: int) -> pd.D
                 random_phi[(da.shape[0], k)] = float(random_subspace_similarity(da.shape[0], k, k)[-1, -1])
             ua, ub = vectors[a.name], vectors[b.name]
             phi = float((ua[:, :k].T @ ub[:, :k]).pow(2).sum() / k) if ua is not None and ub is not None else math.nan
-            rows.append({"run_a": a.name, "run_b": b.name, "method_a": a.method, "method_b": b.method, "module": module, "layer": layer,
-                         "epoch": last, "name": layer_name, "cosine": cosine_similarity(da, db),
-                         "baseline_abs_mean": float(chance.mean()), "baseline_abs_q95": float(np.quantile(chance, 0.95)),
-                         "kind": kind, "phi": phi, "phi_random": random_phi[(da.shape[0], k)],
-                         **{f"{key}_a": v for key, v in sa.items()}, **{f"{key}_b": v for key, v in sb.items()}})
+            rows[i].append({"run_a": a.name, "run_b": b.name, "method_a": a.method, "method_b": b.method, "module": module, "layer": layer,
+                            "epoch": last, "name": layer_name, "cosine": cosine_similarity(da, db),
+                            "baseline_abs_mean": float(chance.mean()), "baseline_abs_q95": float(np.quantile(chance, 0.95)),
+                            "kind": kind, "phi": phi, "phi_random": random_phi[(da.shape[0], k)],
+                            **{f"{key}_a": v for key, v in sa.items()}, **{f"{key}_b": v for key, v in sb.items()}})
         for run_name in vectors:  # free this layer's cached SVDs before the next layer
             deltas[run_name][layer_name] = None
-    return pd.DataFrame(rows)
+    return [pd.DataFrame(r) for r in rows]
 
 
 def rank_similarity(study: Study) -> pd.DataFrame:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["TableCache", "CACHE_FOLDER", "cache_for", "cached", "code_version"]
+__all__ = ["TableCache", "CACHE_FOLDER", "cache_for", "cached", "shared_cache", "code_version"]
 
 CACHE_FOLDER = Path("cache") / "tables"
 """Where a study keeps its cells' tables, relative to the study folder."""
@@ -139,14 +139,17 @@ def cache_for(run) -> TableCache | None:
     return _cache_of(folder) if folder is not None else None
 
 
+def shared_cache(runs) -> TableCache | None:
+    """The stored tables of the one study every run in ``runs`` is a cell of, or None (an adapter, a path, two studies)."""
+    caches = {id(cache_for(run)): cache_for(run) for run in runs}
+    return next(iter(caches.values()), None) if len(caches) == 1 else None
+
+
 def cached(analysis: str, runs: tuple, args: tuple, kwargs: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
     """``compute()``'s table of several runs, stored and reused while none of them changed, where all are cells of
-    one study; computed as before otherwise (an adapter, a path, cells of two studies)."""
-    caches = {id(cache_for(run)): cache_for(run) for run in runs}
-    cache = next(iter(caches.values()), None)
-    if len(caches) != 1 or cache is None:
-        return compute()
-    return cache.table(analysis, tuple(runs), args, kwargs, compute)
+    one study; computed as before otherwise."""
+    cache = shared_cache(runs)
+    return compute() if cache is None else cache.table(analysis, tuple(runs), args, kwargs, compute)
 
 
 class TableCache:
@@ -175,18 +178,28 @@ class TableCache:
         return key is not None and (self.folder / analysis / f"{key}.json").is_file()
 
     def table(self, analysis: str, runs, args: tuple, kwargs: dict, compute: Callable[[], pd.DataFrame]) -> pd.DataFrame:
-        key = self.key(analysis, runs, args, kwargs)
-        if key is None:
-            return compute()
-        path = self.folder / analysis / f"{key}.parquet"
-        stored = self._read(path)
+        stored = self.read(analysis, runs, args, kwargs)
         if stored is not None:
-            self.hits += 1
             return stored
-        self.misses += 1
         table = compute()
-        self._write(path, table)
+        self.write(analysis, runs, args, kwargs, table)
         return table
+
+    def read(self, analysis: str, runs, args: tuple, kwargs: dict) -> pd.DataFrame | None:
+        """The stored table for these inputs, or None (counted as a miss): for an analysis that computes the tables
+        it lacks together (the controls share each run's singular vectors among its pairs) and then writes each."""
+        key = self.key(analysis, runs, args, kwargs)
+        stored = self._read(self.folder / analysis / f"{key}.parquet") if key is not None else None
+        if stored is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return stored
+
+    def write(self, analysis: str, runs, args: tuple, kwargs: dict, table: pd.DataFrame) -> None:
+        key = self.key(analysis, runs, args, kwargs)
+        if key is not None:
+            self._write(self.folder / analysis / f"{key}.parquet", table)
 
     @staticmethod
     def _read(path: Path) -> pd.DataFrame | None:
