@@ -269,3 +269,35 @@ def test_new_cells_compute_only_the_control_pairs_they_enter_with_the_draws_of_a
     fresh = tmp_path / "fresh"
     shutil.copytree(root, fresh, ignore=shutil.ignore_patterns("cache"))
     pd.testing.assert_frame_equal(grown, similarity_controls(load_study(fresh)), check_exact=True)
+
+
+def test_the_function_space_cosine_is_stored_and_keyed_by_the_base_models_files(tmp_path, tiny_model_dir):
+    """It reads the base model and the task's examples, beyond the cells' files: a model file changed, recomputed."""
+    import os
+
+    from tlora_analysis.analysis.function_space import function_similarity
+    from tlora_analysis.training import TrainConfig, train
+
+    root = tmp_path / "study"
+    for method in ("lora", "tlora"):
+        config = TrainConfig(method=method, model=tiny_model_dir, epochs=1, max_train_samples=16, max_eval_samples=12, batch_size=8)
+        train(config, root / "runs" / f"{method}-s0", progress=False, log=lambda _: None)
+    spec = {"method": ["lora", "tlora"], "seed": [0]}
+    (root / "study.json").write_text(json.dumps({"format": "tlora-analysis-study", "format_version": 1, "spec": spec, "cells": {}}))
+
+    def read():
+        table_cache._cache_of.cache_clear()
+        study = load_study(root)
+        table = function_similarity(study.run("lora-s0"), study.run("tlora-s0"), examples=12, batch_size=5)
+        store = table_cache._cache_of(root.resolve())
+        return table, (store.hits, store.misses)
+
+    cold, counted = read()
+    assert counted == (0, 1) and len(cold)
+    warm, counted = read()
+    assert counted == (1, 0)
+    pd.testing.assert_frame_equal(cold, warm, check_exact=True)
+    weights = next(p for p in sorted(os.scandir(tiny_model_dir), key=lambda e: e.name) if p.is_file())
+    os.utime(weights.path, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    _, counted = read()
+    assert counted == (0, 1)

@@ -99,11 +99,11 @@ def test_a_class_too_small_for_the_split_is_named(tmp_path):
 
 
 def test_every_wordnet_task_is_built_and_every_source_is_loaded():
-    from tlora_analysis.data.glue import _LOADERS
+    from tlora_analysis.data.glue import _FILES, _LOADERS
     from tlora_analysis.data.tasks import SOURCES
     from tlora_analysis.data.wordnet import BUILDERS
 
-    assert set(_LOADERS) == set(SOURCES)
+    assert set(_LOADERS) == set(_FILES) == set(SOURCES)
     assert {name for name, spec in TASKS.items() if spec.source == "wordnet"} == set(BUILDERS)
     assert TASKS["wordnet-lexname"].num_labels == len(LEXNAME_CLASSES)
 
@@ -253,3 +253,16 @@ def test_the_wordnet_rates_are_the_committed_sweeps_choice():
     for method, rate in chosen.items():
         assert TrainConfig(method=method, task="wordnet-lexname").lr == rate
     assert TrainConfig(method="vera", task="wordnet-lexname").lr == TrainConfig(method="vera").lr  # not swept here: its own default
+
+
+def test_the_files_a_task_reads_are_named_for_stored_tables(tmp_path):
+    """What a stored function-space table is keyed by: the database's files, a GLUE folder's, none for the generated
+    task, and None (not storable) for GLUE from the Hub."""
+    from tlora_analysis.data import task_files
+
+    write_database(tmp_path / "wn")
+    assert "data.noun" in {p.name for p in task_files("wordnet-lexname", tmp_path / "wn")}
+    assert task_files("default") == [] and task_files("sst2") is None
+    (tmp_path / "glue" / "SST-2").mkdir(parents=True)
+    (tmp_path / "glue" / "SST-2" / "train.tsv").write_text("sentence\tlabel\n")
+    assert [p.name for p in task_files("sst2", tmp_path / "glue")] == ["train.tsv"]

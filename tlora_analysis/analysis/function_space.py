@@ -19,7 +19,6 @@ from ..errors import InputError
 from ._common import UpdateSource, as_source, module_and_layer
 
 
-@torch.no_grad()
 def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: int = 64, epoch: int | None = None, model: str | None = None,
                         batch_size: int = 32, device: str = "cpu") -> pd.DataFrame:
     """Per adapted layer: Σ⟨ΔW_a x, ΔW_b x⟩ / √(Σ‖ΔW_a x‖² Σ‖ΔW_b x‖²) over the non-padding tokens of the
@@ -35,16 +34,46 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
     """
     from ..config import TrainConfig
     from ..models import model_named_in_file
+    from .table_cache import cached
 
     run_a, run_b = as_source(run_a), as_source(run_b)
     if "config" not in run_a.meta:
         raise InputError(f"{run_a.path}: has no training config, so its task and model are unknown")
     config = TrainConfig.from_dict(run_a.meta["config"])
     epoch = min(run_a.epochs[-1], run_b.epochs[-1]) if epoch is None else epoch
+    name = model_named_in_file(config.model, run_a.path / "run.json", model)
+    inputs = _inputs_identity(name, config)
+    compute = functools.partial(_similarity, run_a, run_b, config, name, examples, epoch, batch_size, str(device))
+    if inputs is None:  # a model or examples no file names (the Hub): computed each time
+        return compute()
+    return cached("function_similarity", (run_a, run_b), (inputs, examples, epoch, batch_size, str(device)), {}, compute)
+
+
+def _inputs_identity(model_name: str, config) -> list | None:
+    """Path, size and modification time of every file of the base model and of the task's examples, or None where
+    one of them is not a local file (a Hub id): with the runs' own files, what a stored cosine is keyed by."""
+    from pathlib import Path
+
+    from ..data import task_files
+    from ..hub import parse_hub_id
+    from ..models import resolve_model
+
+    if parse_hub_id(model_name) is not None:
+        return None
+    folder = Path(resolve_model(model_name))
+    examples = task_files(config.task, config.data_dir)
+    if not folder.is_dir() or examples is None:
+        return None
+    files = [*sorted(p for p in folder.rglob("*") if p.is_file()), *examples]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+@torch.no_grad()
+def _similarity(run_a, run_b, config, name: str, examples: int, epoch: int, batch_size: int, device: str) -> pd.DataFrame:
+    """The rows of :func:`function_similarity`."""
     deltas_a, deltas_b = run_a.deltas(epoch), run_b.deltas(epoch)
     if list(deltas_a) != list(deltas_b):
         raise InputError(f"runs {run_a.name!r} and {run_b.name!r} adapt different modules")
-    name = model_named_in_file(config.model, run_a.path / "run.json", model)
     grams = input_grams(name, config.task, config.data_dir, examples, config.max_length, tuple(deltas_a), batch_size, str(device))
     rows = []
     for layer_name, (gram, tokens) in grams.items():

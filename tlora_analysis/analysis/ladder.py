@@ -78,7 +78,8 @@ def ladder_layers(study: Study, function_examples: int = 0, base_weights: Mappin
 
     A cell's rows are stored beside the study keyed by the cell, its partner and its next-seed LoRA
     (:func:`~.table_cache.cached`), so a new cell computes only its own rows and those it is a partner of. The
-    function-space cosine is not stored: it reads the task's data, which no stored key covers."""
+    function-space cosine is added from :func:`~.function_space.function_similarity`, which stores its own tables
+    (keyed by the files of the base model and the task's examples too)."""
     from .table_cache import cached
 
     tables = []

@@ -4,10 +4,10 @@ from importlib import import_module
 
 from .tasks import TASKS, TaskSpec
 
-__all__ = ["TASKS", "TaskSpec", "TaskData", "load_task", "compute_metrics"]
+__all__ = ["TASKS", "TaskSpec", "TaskData", "load_task", "task_files", "compute_metrics"]
 
 
 def __getattr__(name: str):  # the loaders import numpy and pandas; the specs must not
-    if name in ("TaskData", "load_task", "compute_metrics"):
+    if name in ("TaskData", "load_task", "task_files", "compute_metrics"):
         return getattr(import_module(".glue", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,7 @@ import numpy as np
 from ..errors import InputError
 from .tasks import TASKS, TaskSpec
 
-__all__ = ["TaskSpec", "TaskData", "TASKS", "load_task", "compute_metrics"]
+__all__ = ["TaskSpec", "TaskData", "TASKS", "load_task", "task_files", "compute_metrics"]
 
 @dataclass
 class TaskData:
@@ -77,6 +77,29 @@ def _glue(spec: TaskSpec, data_dir, data_file) -> tuple[list[dict], list[dict]]:
 
 _LOADERS = {"generated": _generated, "glue": _glue, "wordnet": _wordnet, "text": _text}
 """Each of ``TaskSpec.source``'s values, read (a test checks every source has one)."""
+
+
+def _wordnet_files(spec: TaskSpec, data_dir, data_file) -> list[Path]:
+    from .wordnet_db import find_wordnet
+
+    return sorted(p for p in find_wordnet(data_dir).iterdir() if p.is_file())
+
+
+_FILES = {"generated": lambda spec, data_dir, data_file: [],  # the package's code holds it
+          "glue": lambda spec, data_dir, data_file: (None if data_dir is None
+                                                     else sorted(p for p in _task_folder(Path(data_dir), spec).iterdir() if p.is_file())),
+          "wordnet": _wordnet_files,
+          "text": lambda spec, data_dir, data_file: [Path(data_file)] if data_file is not None else []}
+"""Each source's files, as :func:`task_files` names them (a test checks every source has an entry)."""
+
+
+def task_files(task: str, data_dir: str | Path | None = None, data_file: str | Path | None = None) -> list[Path] | None:
+    """The files a task's examples are read from ([] where the package's code generates them), or None where they
+    cannot be named (GLUE from the Hub): what a stored table computed from the examples is keyed by."""
+    if task not in TASKS:
+        raise InputError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    spec = TASKS[task]
+    return _FILES[spec.source](spec, data_dir, data_file)
 
 
 def _validation_names(spec: TaskSpec) -> tuple[str, ...]:
