@@ -155,3 +155,22 @@ def test_log_axes_write_their_ticks_as_numbers_not_mathtext_source():
         plt.close(fig)
     assert labels and not any("$" in label or "mathdefault" in label for label in labels), labels
     assert {"0.01", "1", "10"} <= set(labels)
+
+
+def test_a_figure_drawn_from_the_same_tables_is_kept_and_any_change_draws_it_again(tmp_path, pair):
+    """A warm ``figures`` into the same folder draws only what changed: a table, a file of its own, or the formats."""
+    _, _, tables = pair
+    render_all(tables, tmp_path, formats=("png",))
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.glob("*.png")}
+    (tmp_path / "spectra.png").write_bytes(b"edited")  # a file someone changed: drawn again
+    changed = {**tables, "norms": tables["norms"].assign(frobenius=tables["norms"].frobenius * 2)}  # its table changed
+    entries = render_all(changed, tmp_path, formats=("png",))
+    after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.glob("*.png")}
+    redrawn = {name for name in before if after[name][0] != before[name][0]}
+    from_norms = {f"{name}.png" for name, (_, needs, _) in FIGURES.items() if "norms" in needs}
+    assert redrawn == {"spectra.png", "overview.png"} | from_norms and "norms.png" in from_norms  # the overview: every time
+    assert after["spectra.png"][1] == before["spectra.png"][1]  # the same picture as before the edit
+    kept = next(e for e in entries if e["name"] == "effective_rank")
+    assert kept["inputs_sha256"] and list(kept["file_sha256"]) == kept["files"] == ["effective_rank.png"]
+    render_all(changed, tmp_path, formats=("png", "pdf"))
+    assert all((tmp_path / f"{name}.pdf").is_file() for name in FIGURES if name != "gradient_norms")

@@ -1,10 +1,18 @@
 """Each registered figure drawn and saved, in this process or by worker processes (``jobs``): a figure is a pure
 function of its tables, so a worker given those tables draws the same file this process would, and a study's
-two dozen figures in two formats, most of a warm ``figures``, divide among the cores."""
+two dozen figures in two formats, most of a warm ``figures``, divide among the cores.
+
+For the same reason a figure already in the output folder is kept, not drawn again, when the ``figures.json``
+there says it was drawn from the same inputs (the SHA-256 of its tables' contents, the formats, this package's
+source and matplotlib's version: ``inputs_sha256``) and each of its files still has the SHA-256 recorded beside
+it (``file_sha256``). A file edited, a table changed or the code changed: drawn again.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,11 +40,15 @@ def draw_registered(registry: str, tables: Mapping[str, pd.DataFrame], out_dir: 
     why, in the registry's order."""
     from . import SKIP_REASONS
 
-    planned, outcomes = {}, {}
+    planned, outcomes, earlier, inputs = {}, {}, _earlier_entries(out_dir), {}
     for name, (_, needs, _) in _registry(registry).items():
         missing = [key for key in needs if key not in tables or not len(tables[key])]
         if missing:
             outcomes[name] = ("skipped", {"name": name, "needs": missing, "reason": SKIP_REASONS.get(missing[0], f"no {missing[0]} table")})
+            continue
+        inputs[name] = inputs_digest(registry, name, {key: tables[key] for key in needs}, formats)
+        if inputs[name] is not None and _still_drawn(earlier.get(name), inputs[name], out_dir):
+            outcomes[name] = ("entry", earlier[name])
         else:
             planned[name] = {key: tables[key] for key in needs}
     if workers is not None and len(planned) > 1:
@@ -47,8 +59,53 @@ def draw_registered(registry: str, tables: Mapping[str, pd.DataFrame], out_dir: 
     entries = []
     for name in _registry(registry):
         kind, record = outcomes[name]
+        if kind == "entry" and name in planned and inputs[name] is not None:
+            record = {**record, "inputs_sha256": inputs[name], "file_sha256": {f: _file_sha256(out_dir / f) for f in record["files"]}}
         (entries if kind == "entry" else skipped).append(record)
     return entries
+
+
+def inputs_digest(registry: str, name: str, tables: Mapping[str, pd.DataFrame], formats: tuple[str, ...]) -> str | None:
+    """SHA-256 of everything a figure is drawn from, or None where a table holds values pandas cannot hash."""
+    import matplotlib
+
+    from ..analysis.table_cache import code_version
+
+    digest = hashlib.sha256(json.dumps([code_version(), matplotlib.__version__, registry, name, list(formats)]).encode())
+    try:
+        for key, table in tables.items():
+            digest.update(json.dumps([key, [str(c) for c in table.columns], [str(t) for t in table.dtypes]]).encode())
+            digest.update(pd.util.hash_pandas_object(table, index=True).to_numpy().tobytes())
+    except (TypeError, ValueError):
+        return None
+    return digest.hexdigest()
+
+
+def _earlier_entries(out_dir: Path) -> dict[str, dict]:
+    """The entries of the figures.json already in ``out_dir``, by figure name (none where there is none readable)."""
+    try:
+        entries = json.loads((out_dir / "figures.json").read_text()).get("figures", [])
+        return {e["name"]: e for e in entries if isinstance(e, dict) and isinstance(e.get("name"), str)}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def _still_drawn(entry: dict | None, inputs: str, out_dir: Path) -> bool:
+    """Whether an earlier entry was drawn from ``inputs`` and every file it lists is the one it drew."""
+    if entry is None or entry.get("inputs_sha256") != inputs or not isinstance(entry.get("file_sha256"), dict):
+        return False
+    files = entry["file_sha256"]
+    if not files or list(files) != entry.get("files"):
+        return False
+    return all(isinstance(f, str) and Path(f).name == f and not (out_dir / f).is_symlink() and _file_sha256(out_dir / f) == d
+               for f, d in files.items())
+
+
+def _file_sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    except OSError:
+        return None
 
 
 def _draw_one(registry: str, name: str, tables: Mapping[str, pd.DataFrame], out_dir: Path, formats: tuple[str, ...]) -> tuple[str, dict]:
