@@ -301,3 +301,27 @@ def test_the_function_space_cosine_is_stored_and_keyed_by_the_base_models_files(
     os.utime(weights.path, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
     _, counted = read()
     assert counted == (0, 1)
+
+
+def test_a_peft_models_cell_is_stored_too_and_keyed_by_its_base_models_files(tmp_path, tiny_model_dir):
+    """IA³ is read through peft on its base: its cell's tables are stored (they were recomputed on every read), and a
+    change to the base model's files makes other keys."""
+    import os
+
+    from tlora_analysis.training import TrainConfig, train
+
+    root = tmp_path / "study"
+    for seed in (0, 1):
+        config = TrainConfig(method="ia3", model=tiny_model_dir, epochs=1, max_train_samples=16, max_eval_samples=8, batch_size=8, seed=seed)
+        train(config, root / "runs" / f"ia3-s{seed}", progress=False, log=lambda _: None)
+    spec = {"method": ["ia3"], "seed": [0, 1]}
+    (root / "study.json").write_text(json.dumps({"format": "tlora-analysis-study", "format_version": 1, "spec": spec, "cells": {}}))
+    cold, store = counts(root)
+    assert (store.hits, store.misses) == (0, 4)
+    warm, store = counts(root)
+    assert (store.hits, store.misses) == (4, 0)
+    pd.testing.assert_frame_equal(cold["norms"], warm["norms"], check_exact=True)
+    weights = next(p for p in sorted(os.scandir(tiny_model_dir), key=lambda e: e.name) if p.name.endswith(".safetensors"))
+    os.utime(weights.path, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 1))
+    _, store = counts(root)
+    assert (store.hits, store.misses) == (0, 4)

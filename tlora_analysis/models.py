@@ -12,7 +12,7 @@ from torch import nn
 from .errors import InputError
 from .io import refuse_pickled_files
 
-__all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_HUB_NAME", "default_model_path", "resolve_model", "portable_model_name",
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MODEL_HUB_NAME", "default_model_path", "resolve_model", "local_model_files", "portable_model_name",
            "model_named_in_file", "load_model", "load_tokenizer", "base_weights"]
 
 DEFAULT_MODEL = "default"
@@ -51,6 +51,19 @@ def portable_model_name(name_or_path: str | None) -> str:
     if name_or_path in (DEFAULT_MODEL, "", None) or str(name_or_path) == str(default_model_path()):
         return DEFAULT_MODEL_HUB_NAME
     return str(name_or_path)
+
+
+def local_model_files(name_or_path: str) -> list[tuple[str, int, int]] | None:
+    """Path, size and modification time of every file of a local model (the embedded default included), or None
+    for a Hub id or a name that is no folder: what a stored table computed from the model is keyed by."""
+    from .hub import parse_hub_id
+
+    if parse_hub_id(name_or_path) is not None:
+        return None
+    folder = Path(resolve_model(name_or_path))
+    if not folder.is_dir():
+        return None
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*")) if p.is_file()]
 
 
 def model_named_in_file(name: str | None, where: str | Path, given: str | None = None) -> str:

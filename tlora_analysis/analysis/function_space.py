@@ -52,20 +52,14 @@ def function_similarity(run_a: UpdateSource, run_b: UpdateSource, *, examples: i
 def _inputs_identity(model_name: str, config) -> list | None:
     """Path, size and modification time of every file of the base model and of the task's examples, or None where
     one of them is not a local file (a Hub id): with the runs' own files, what a stored cosine is keyed by."""
-    from pathlib import Path
-
     from ..data import task_files
-    from ..hub import parse_hub_id
-    from ..models import resolve_model
+    from ..models import local_model_files
 
-    if parse_hub_id(model_name) is not None:
-        return None
-    folder = Path(resolve_model(model_name))
+    model = local_model_files(model_name)
     examples = task_files(config.task, config.data_dir)
-    if not folder.is_dir() or examples is None:
+    if model is None or examples is None:
         return None
-    files = [*sorted(p for p in folder.rglob("*") if p.is_file()), *examples]
-    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return [*model, *((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in examples)]
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ nothing for the cells it has seen. So each table is stored under ``STUDY/cache/t
 by the SHA-256 of:
 
 - the analysis's name and its arguments (epochs, thresholds, ...), and the name the run's rows carry (its label);
-- the bytes of the cell's ``run.json`` and every snapshot file (one byte changed: another key); a table of several
+- the bytes of the cell's ``run.json`` and every snapshot file (one byte changed: another key), and for a peft
+  model's run the path, size and modification time of its base model's files; a table of several
   cells (a pair's cosines, a cell's row of the ladder against its LoRA partner, the controls over every pair) is
   keyed by all of them, in order, so a new or changed cell recomputes only the tables it enters;
 - the content digest of every W0 the analysis was given (another base: another key);
@@ -59,12 +60,13 @@ def _file_digest(path: Path) -> str:
 
 
 def _native(run):
-    """The run itself, under whatever label an analysis gave it (a label only renames its rows), or None."""
+    """The recorded run itself (ours or a peft model's), under whatever label an analysis gave it (a label only
+    renames its rows), or None."""
     from ..sources.labels import Labelled
-    from ..store.run import Run
+    from ..store.run import RecordedRun
 
     run = run.source if isinstance(run, Labelled) else run
-    return run if isinstance(run, Run) else None
+    return run if isinstance(run, RecordedRun) else None
 
 
 def run_digest(run) -> str | None:
@@ -74,8 +76,11 @@ def run_digest(run) -> str | None:
     if run is None:
         return None
     if getattr(run, "_content_digest", None) is None:
+        base = run.base_files() if hasattr(run, "base_files") else []  # a peft run's ΔW may depend on its base
+        if base is None:
+            return None
         files = [run.path / "run.json", *sorted((run.path / "snapshots").glob("*"))]
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(json.dumps(base).encode())
         for path in files:
             if path.is_file():
                 digest.update(f"{path.name}\0{_file_digest(path)}\n".encode())

@@ -38,6 +38,15 @@ class PeftRun(RecordedRun):
         self._context = ReadContext(self.where, base, model if isinstance(model, str) else None)
         self._reading: tuple[int | None, object] = (None, None)
 
+    def base_files(self) -> list | None:
+        """The files of the base model its updates are read on ([] where none can be opened, so none is read), or
+        None where the base is a Hub id: a stored table of this run is keyed by them too (DoRA's and every dense
+        type's ΔW depend on W0)."""
+        from ..models import local_model_files
+
+        base = self._context.base
+        return [] if base is None else local_model_files(base)
+
     @property
     def notices(self) -> list[str]:
         """What the last epoch's reading left out or assumed, one line each."""
