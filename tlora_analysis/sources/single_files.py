@@ -230,5 +230,5 @@ def _is_single_file(sniff: Sniff) -> bool:
     return any(key.split(".", 1)[-1].removesuffix(".weight") in KINDS for key in sniff.keys)
 
 
-register_format(SourceFormat("kohya or LyCORIS file", "a .safetensors of lora_down/lora_up, hada_w*, lokr_w* or diff per module, with alpha",
+register_format(SourceFormat("kohya or LyCORIS file", "a .safetensors of `lora_down`/`lora_up`, `hada_w*`, `lokr_w*` or `diff` per module, with alpha",
                              "file", _is_single_file, open_single_file, order=40))
