@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["TableCache", "CACHE_FOLDER", "cache_for", "cached", "shared_cache", "code_version"]
+__all__ = ["TableCache", "CACHE_FOLDER", "cache_for", "cached", "shared_cache", "code_version", "file_digest"]
 
 CACHE_FOLDER = Path("cache") / "tables"
 """Where a study keeps its cells' tables, relative to the study folder."""
@@ -51,7 +51,8 @@ def code_version() -> str:
     return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, read a chunk at a time."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
@@ -83,7 +84,7 @@ def run_digest(run) -> str | None:
         digest = hashlib.sha256(json.dumps(base).encode())
         for path in files:
             if path.is_file():
-                digest.update(f"{path.name}\0{_file_digest(path)}\n".encode())
+                digest.update(f"{path.name}\0{file_digest(path)}\n".encode())
         run._content_digest = digest.hexdigest()
     return run._content_digest
 
@@ -146,7 +147,10 @@ def cache_for(run) -> TableCache | None:
 
 def shared_cache(runs) -> TableCache | None:
     """The stored tables of the one study every run in ``runs`` is a cell of, or None (an adapter, a path, two studies)."""
-    caches = {id(cache_for(run)): cache_for(run) for run in runs}
+    caches = {}
+    for run in runs:
+        cache = cache_for(run)
+        caches[id(cache)] = cache
     return next(iter(caches.values()), None) if len(caches) == 1 else None
 
 
@@ -174,7 +178,7 @@ class TableCache:
         if any(" at 0x" in text for text in arguments):  # an object known only by its address (a generator): not keyed
             return None
         names = [run.name for run in runs]  # rows carry the runs' labels
-        text = json.dumps([code_version(), analysis, contents if len(runs) > 1 else contents[0], names if len(runs) > 1 else names[0], arguments])
+        text = json.dumps([code_version(), analysis, contents, names, arguments])
         return hashlib.sha256(text.encode()).hexdigest()
 
     def stored(self, analysis: str, run, args: tuple, kwargs: dict) -> bool:
@@ -211,7 +215,7 @@ class TableCache:
         sidecar = path.with_suffix(".json")
         try:
             expected = json.loads(sidecar.read_text()).get("sha256")
-            if expected != _file_digest(path):
+            if expected != file_digest(path):
                 return None
             return pd.read_parquet(path)
         except (OSError, ValueError, AttributeError, ImportError):  # missing, damaged or foreign: recomputed
@@ -225,7 +229,7 @@ class TableCache:
             os.close(handle)
             try:
                 table.to_parquet(temporary, index=False)
-                digest = _file_digest(Path(temporary))
+                digest = file_digest(Path(temporary))
                 os.replace(temporary, path)
             finally:
                 if os.path.exists(temporary):

@@ -102,8 +102,10 @@ def _still_drawn(entry: dict | None, inputs: str, out_dir: Path) -> bool:
 
 
 def _file_sha256(path: Path) -> str | None:
+    from ..analysis.table_cache import file_digest
+
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+        return file_digest(path) if path.is_file() else None
     except OSError:
         return None
 
