@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from helpers import cli
 from tlora_analysis.checkpoints import inspect_checkpoint
 from tlora_analysis.cli import main
 from tlora_analysis.export import export, load_exported
@@ -111,8 +112,8 @@ def tree_digest(path):
 
 
 def expect_clean_error(args, pattern):
-    """The CLI as a user runs it, in a subprocess: exit 2, one `error:` line, no traceback."""
-    result = subprocess.run([sys.executable, "-m", "tlora_analysis", *args], capture_output=True, text=True)
+    """The CLI as a user runs it, in a process of its own: exit 2, one `error:` line, no traceback."""
+    result = cli(*args)
     err = result.stderr
     assert result.returncode == 2, (args, err)
     assert err.startswith("tlora-analysis: error: ") and err.count("\n") == 1, err
