@@ -1,5 +1,6 @@
 """Reading a study back: ``figures`` cold (no stored tables) with the cells read in this process (``--jobs 1``) and by
-worker processes (``--jobs`` the cores), warm (nothing changed) and after one changed cell.
+worker processes (``--jobs`` the cores), warm (nothing changed), ``report`` after ``figures`` (which reuses what
+``figures`` wrote for the same sources) and after one changed cell.
 
 Usage: ``python benchmarks/bench_study_read.py STUDY`` (e.g. ``runs/wordnet`` after ``make wordnet``). The study is
 copied to a temporary folder (its own stored tables left out), and each ``figures`` runs in a fresh process, one after
@@ -21,15 +22,15 @@ from pathlib import Path
 
 from tlora_analysis.analysis.cell_workers import default_jobs
 
-CLI = [sys.executable, "-m", "tlora_analysis", "figures"]
+CLI = [sys.executable, "-m", "tlora_analysis"]
 
 
-def run_figures(study: Path, out: Path, *options: str) -> tuple[float, float]:
-    """Wall seconds and peak resident GiB of one ``figures`` in a fresh process (GNU time's maximum resident set: the
-    largest one process of the command reached, the command's or one worker's)."""
+def run_figures(study: Path, out: Path, *options: str, command: str = "figures") -> tuple[float, float]:
+    """Wall seconds and peak resident GiB of one ``figures`` (or ``command``) in a fresh process (GNU time's maximum
+    resident set: the largest one process of the command reached, the command's or one worker's)."""
     start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-v", *CLI, str(study), "--out", str(out), "--no-progress", *options], check=True,
-                          capture_output=True, text=True)
+    done = subprocess.run(["/usr/bin/time", "-v", *CLI, command, str(study), "--out", str(out), "--no-progress", *options],
+                          check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     peak = next(int(line.split(":")[1]) for line in done.stderr.splitlines() if "Maximum resident set size" in line)
     return seconds, peak / 2**20
@@ -53,6 +54,7 @@ def main(source: str) -> None:
         rows.append((f"cold, --jobs {default_jobs()} (no stored tables)", *run_figures(study, Path(folder) / "parallel")))
         rows.append(("warm (nothing changed)", *run_figures(study, Path(folder) / "warm")))
         rows.append(("warm again into the same folder (its figures kept)", *run_figures(study, Path(folder) / "warm")))
+        rows.append(("report after figures (beside them)", *run_figures(study, Path(folder) / "warm" / "report.html", command="report")))
         same = all(filecmp.cmp(Path(folder) / "cold" / "results.json", Path(folder) / other / "results.json", shallow=False)
                    for other in ("parallel", "warm"))
         changed = change_one_cell(study)
