@@ -64,7 +64,7 @@ def cli(*args, env=ENV, timeout=HANG_GUARD_S, memory_mb=3000):
     """``python -m tlora_analysis ARGS`` in a process of its own, under a time limit and an address-space limit.
 
     The process is forked from a server that has imported the heavy packages already (``PRELOADED``): still a process
-    of its own with its exit status, file descriptors, environment, working folder and limits, without paying the
+    of its own with its exit status, file descriptors, environment, working folder, umask and limits, without paying the
     imports at each of the suite's hundreds of commands. An environment other than ``ENV`` (read at import by
     huggingface_hub and matplotlib) gets a fresh interpreter instead."""
     argv = [*map(str, args)]
@@ -107,7 +107,9 @@ def _forked(argv, timeout, memory_mb):
 
     with tempfile.TemporaryDirectory(prefix="tlora-cli-") as folder:
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
-        process = _fork_server().Process(target=_run_command, args=(argv, os.getcwd(), out, err, memory_mb))
+        from tlora_analysis.io import umask
+
+        process = _fork_server().Process(target=_run_command, args=(argv, os.getcwd(), umask(), out, err, memory_mb))
         process.start()
         process.join(timeout)
         if process.is_alive():
@@ -118,12 +120,13 @@ def _forked(argv, timeout, memory_mb):
             return subprocess.CompletedProcess(["tlora-analysis", *argv], process.exitcode, o.read(), e.read())
 
 
-def _run_command(argv, cwd, out, err, memory_mb):
+def _run_command(argv, cwd, mask, out, err, memory_mb):
     """In the forked process: what ``python -m tlora_analysis ARGV`` does, with its streams on files."""
     import runpy
     import traceback
 
     os.chdir(cwd)
+    os.umask(mask)
     os.environ.clear()
     os.environ.update(ENV)
     for fd, path, mode in ((0, os.devnull, os.O_RDONLY), (1, out, os.O_WRONLY | os.O_CREAT), (2, err, os.O_WRONLY | os.O_CREAT)):

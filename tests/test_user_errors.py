@@ -194,6 +194,26 @@ def test_the_hub_name_of_the_default_resolves_to_the_embedded_copy():
 
 
 # --------------------------------------------------------------------------- a fast, quiet command line
+def test_a_command_forked_from_the_preloaded_server_answers_as_a_fresh_interpreter(tmp_path, toy_runs, monkeypatch):
+    """helpers.cli forks commands from a server that imported torch and the toolkit once: the same exit status, output
+    and files as ``python -m tlora_analysis`` started afresh, from the caller's working folder and umask."""
+    from helpers import _fresh_interpreter
+
+    shutil.copytree(toy_runs / "lora", tmp_path / "lora")
+    monkeypatch.chdir(tmp_path)
+    assert cli("inspect", "missing").returncode == 2  # the server started under the usual umask, before it changes
+    old = os.umask(0o077)
+    try:
+        for args in (["inspect", "lora", "--epoch", "1"], ["inspect", "missing"], ["export", "lora", "--out", "exported"]):
+            fresh = _fresh_interpreter(args, ENV, HANG_GUARD_S, 3000)
+            shutil.rmtree("exported", ignore_errors=True)
+            forked = cli(*args)  # the files checked below are the forked command's
+            assert (forked.returncode, forked.stdout, forked.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr), args
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "exported" / "adapter_config.json").stat().st_mode) == 0o600
+
+
 def test_help_and_argument_errors_import_no_heavy_library():
     code = ("import sys, tlora_analysis.cli as c\n"
             "try:\n    c.main(['train', '--rank', 'x'])\nexcept SystemExit as e:\n    assert e.code == 2\n"
