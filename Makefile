@@ -56,7 +56,7 @@ atlas-lr-sweep: $(VENV)/.installed  ## the atlas's peft methods at five rates, t
 	$(VENV)/bin/tlora-analysis study studies/atlas_lr_sweep.toml --out runs/atlas_lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/atlas_lr_sweep --out figures/atlas/lr_sweep --runs-only --no-progress
 
-atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 seeds (studies/atlas.toml, 57 cells: 1 h 52 min of cells and 36 min of figures at a load of 5-8 on 2 cores; less when quiet)
+atlas: $(VENV)/.installed  ## the peft zoo beside our methods, 19 methods x 3 seeds (studies/atlas.toml, 57 cells: 1 h 52 min of cells at a load of 5-8 on 2 cores; its figures took 36 min before the stored tables of benchmarks/README.md section 15 and are not timed since)
 	$(VENV)/bin/tlora-analysis study studies/atlas.toml --out runs/atlas --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/atlas --out figures/atlas --no-progress
 	$(VENV)/bin/tlora-analysis report runs/atlas --out figures/atlas/report.html --no-progress
@@ -73,7 +73,7 @@ wordnet-atlas-lr-sweep: $(VENV)/.installed  ## writes figures/wordnet/atlas_lr_s
 	$(VENV)/bin/tlora-analysis study studies/wordnet_atlas_lr_sweep.toml --out runs/wordnet_atlas_lr_sweep --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet_atlas_lr_sweep --out figures/wordnet/atlas_lr_sweep --runs-only --no-progress
 
-wordnet: $(VENV)/.installed  ## writes figures/wordnet (committed): the main job on real text, LoRA, TLoRA, head-only x 3 seeds on wordnet-lexname with the claims audit (studies/wordnet.toml; 9 cells in 22 min + 6 min of figures and report at a load of 3-4 on 2 cores; needs wordnet-base)
+wordnet: $(VENV)/.installed  ## writes figures/wordnet (committed): the main job on real text, LoRA, TLoRA, head-only x 3 seeds on wordnet-lexname with the claims audit (studies/wordnet.toml; 9 cells in 22 min at a load of 3-4 on 2 cores; figures 31 s cold and 18 s warm on quiet cores, report after figures 6 s: benchmarks/README.md section 15; needs wordnet-base)
 	$(VENV)/bin/tlora-analysis study studies/wordnet.toml --out runs/wordnet --jobs 2 --no-progress
 	$(VENV)/bin/tlora-analysis figures runs/wordnet --out figures/wordnet --no-progress
 	$(VENV)/bin/tlora-analysis report runs/wordnet --out figures/wordnet/report.html --no-progress
