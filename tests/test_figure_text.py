@@ -89,7 +89,7 @@ def test_long_commands_say_each_phase_when_stderr_is_no_terminal(tmp_path, sourc
     assert result.returncode == 0, result.stderr
     phases = [line for line in result.stderr.splitlines() if line.startswith("tlora-analysis: progress: ")]
     assert [p.split(": ")[2].split(" (")[0] for p in phases] == ["opened 2 sources", "computed the tables of 2 sources", "drew 13 figures"]
-    quiet = cli("figures", *runs.values(), "--out", tmp_path / "g", "--no-base", "--formats", "png", "--no-progress")
+    quiet = cli("figures", *runs.values(), "--out", tmp_path / "f", "--no-base", "--formats", "png", "--no-progress")  # kept: not drawn again
     assert quiet.returncode == 0 and "progress" not in quiet.stderr
 
 
