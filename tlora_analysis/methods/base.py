@@ -64,7 +64,7 @@ class AdapterLayer(nn.Module):
     """Buffers a snapshot does not store: rebuilt by :meth:`rebuild_frozen` and checked by checksum."""
     cache_deltas: ClassVar[bool] = False
     """True where building a delta from a snapshot costs a dense SVD: a run then keeps each
-    epoch's deltas instead of rebuilding them for every analysis."""
+    epoch's deltas, within the shared budget of ``store.kept``, instead of rebuilding them for every analysis."""
     scale_buffer: ClassVar[str | None] = None
     """A fixed-scale method's persistent buffer holding its scale (``lora_scaling``), so that a model's saved
     state says what each layer's update is (a Trainer checkpoint's ``model.safetensors``)."""

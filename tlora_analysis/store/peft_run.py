@@ -17,6 +17,7 @@ from ..factored import FactoredDelta
 from ..peft_types import peft_type_spec, read_state
 from ..peft_types.context import ReadContext
 from ..tensors import check_values
+from .kept import KEPT, owner_token
 from .layout import HEAD_PREFIX, check_shape_and_rank
 from .run import RecordedRun
 
@@ -37,6 +38,7 @@ class PeftRun(RecordedRun):
         model = self.meta.get("model")
         self._context = ReadContext(self.where, base, model if isinstance(model, str) else None)
         self._reading: tuple[int | None, object] = (None, None)
+        self._kept_as = owner_token(self)
 
     def base_files(self) -> list | None:
         """The files of the base model its updates are read on ([] where none can be opened, so none is read), or
@@ -74,8 +76,15 @@ class PeftRun(RecordedRun):
 
     def deltas(self, epoch: int) -> dict[str, FactoredDelta]:
         """``{module_name: FactoredDelta}`` of every adapted layer at ``epoch``, in run.json's order."""
-        deltas = self._read(epoch).deltas()
-        return {name: deltas[name] for name in self.layers}
+        kept = KEPT.kept(self._kept_as, epoch)
+        if kept is not None:
+            return kept
+        reading = self._read(epoch)
+        deltas = reading.deltas()
+        deltas = {name: deltas[name] for name in self.layers}
+        if any(layer.get("form") == "dense" for layer in reading.layers.values()):  # a peft merge and an SVD per layer (.kept)
+            KEPT.keep(self._kept_as, epoch, deltas)
+        return deltas
 
     def scales(self, epoch: int) -> dict[str, float]:
         """Each layer's fixed scale where the type has one (LoRA's lora_alpha / r); empty otherwise."""

@@ -27,6 +27,7 @@ from ..factored import FactoredDelta
 from ..io import inside, read_json
 from ..methods import method_class, tensor_sha256
 from ..tensors import _is_int, read_tensors, take_tensor
+from .kept import KEPT, owner_token
 from .layout import FROZEN_FILE, LEGACY_METHOD_NAMES, RUN_FORMAT, RUN_FORMAT_VERSION, RUN_JSON, check_layer, snapshot_name
 
 __all__ = ["RecordedRun", "Run"]
@@ -164,12 +165,8 @@ class Run(RecordedRun):
         super().__init__(path)
         for name, layer in self.layers.items():
             check_layer(layer, self.method, f"{self.where} layer {name!r}")
-        self._delta_cache: dict[int, dict[str, FactoredDelta]] = {}
+        self._kept_as = owner_token(self)
         self.notices: list[str] = []  # a run of ours is read whole; the attribute every source has (UpdateSource)
-
-    def release(self) -> None:
-        super().release()
-        self._delta_cache = {}
 
     def _check_snapshot(self, tensors: dict[str, torch.Tensor], path: Path, epoch: int, checked: bool) -> None:
         for name, layer in self.layers.items():
@@ -223,13 +220,14 @@ class Run(RecordedRun):
 
     def deltas(self, epoch: int) -> dict[str, FactoredDelta]:
         """``{module_name: FactoredDelta}`` of every adapted layer at ``epoch``, in model order."""
-        if epoch in self._delta_cache:
-            return self._delta_cache[epoch]
+        kept = KEPT.kept(self._kept_as, epoch)
+        if kept is not None:
+            return kept
         self._snapshot(epoch)
         deltas = {name: self._method_class.delta_from(layer, self._layer_tensors(epoch, name), self._frozen[name])
                   for name, layer in self.layers.items()}
-        if self.layers and self._method_class.cache_deltas:  # a dense SVD per layer: once per snapshot
-            self._delta_cache[epoch] = deltas
+        if self._method_class.cache_deltas:  # a dense SVD per layer: kept once made, while it fits (.kept)
+            KEPT.keep(self._kept_as, epoch, deltas)
         return deltas
 
     def scales(self, epoch: int) -> dict[str, float]:
