@@ -34,8 +34,8 @@ __all__ = ["RecordedRun", "Run"]
 
 
 KEPT_RUNS = 16
-"""How many runs keep what they read (a snapshot, rebuilt deltas) at once, across every open run: a study of
-130 cells read in turn then holds 16 cells' tensors, not 130 (dense updates hold ~100 MB a cell)."""
+"""How many runs keep their last snapshot read at once, across every open run: a study of 130 cells read in turn
+then holds 16 cells' tensors, not 130. Rebuilt dense updates are bounded apart, by bytes (:mod:`.kept`)."""
 
 _recent: OrderedDict[int, weakref.ref] = OrderedDict()
 
@@ -140,8 +140,8 @@ class RecordedRun:
         return tensors
 
     def release(self) -> None:
-        """Drop what was read and kept for speed (the last snapshot, rebuilt deltas); the run reads again on demand.
-        A study with many cells calls it on the cells it is not looking at, so that memory stays bounded."""
+        """Drop the last snapshot read (kept for speed); the run reads again on demand. A study with many cells calls
+        it on the cells it is not looking at, so that memory stays bounded (rebuilt dense updates: :mod:`.kept`)."""
         self._last_snapshot = (None, {})
 
     def _check_snapshot(self, tensors: dict[str, torch.Tensor], path: Path, epoch: int, checked: bool) -> None:  # pragma: no cover
