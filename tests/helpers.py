@@ -105,10 +105,10 @@ def _fork_server():
 def _forked(argv, timeout, memory_mb):
     import tempfile
 
+    from tlora_analysis.io import umask
+
     with tempfile.TemporaryDirectory(prefix="tlora-cli-") as folder:
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
-        from tlora_analysis.io import umask
-
         process = _fork_server().Process(target=_run_command, args=(argv, os.getcwd(), umask(), out, err, memory_mb))
         process.start()
         process.join(timeout)
