@@ -93,7 +93,7 @@ docs-check: $(VENV)/.installed-dev  ## the docs site in headless Chromium: every
 	cd benchmarks/browser && npm install --no-audit --no-fund --silent
 	$(VENV)/bin/python -m pytest -q tests/test_docs_site.py
 
-test: $(VENV)/.installed-dev  ## lint, then the whole test suite (714 tests: 16 min of pytest, 18 min with setup, in a clean clone on 2 quiet cores; 26 min beside other work; the 25 slowest listed)
+test: $(VENV)/.installed-dev  ## lint, then the whole test suite (718 tests: 12 min of pytest, 13.5 min with setup, in a clean clone on 2 quiet cores; 13-14 min of pytest beside a niced training study; the 25 slowest listed)
 	$(VENV)/bin/ruff check .
 	$(PYTHON) -m pytest -q -n 2 --dist loadfile --durations=25  # a file's shared fixtures are built once; the 25 slowest tests listed
 
