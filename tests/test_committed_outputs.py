@@ -19,7 +19,6 @@ from tlora_analysis.results import CLAIM_FIELDS, METHOD_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1] / "figures"
 STALE = {
-    "lr_sweep": "make lr-sweep (its ladder predates stable and entropy rank)",
 }
 """Committed sets the code has moved past, each with the target that regenerates it (hours of training)."""
 NEEDS_NOTHING_BUT_THE_UPDATE = ("stable_rank", "entropy_rank")
