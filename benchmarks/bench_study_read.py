@@ -25,8 +25,8 @@ from tlora_analysis.analysis.cell_workers import default_jobs
 CLI = [sys.executable, "-m", "tlora_analysis"]
 
 
-def run_figures(study: Path, out: Path, *options: str, command: str = "figures") -> tuple[float, float]:
-    """Wall seconds and peak resident GiB of one ``figures`` (or ``command``) in a fresh process (GNU time's maximum
+def run_command(command: str, study: Path, out: Path, *options: str) -> tuple[float, float]:
+    """Wall seconds and peak resident GiB of one ``command`` (``figures``, ``report``) in a fresh process (GNU time's maximum
     resident set: the largest one process of the command reached, the command's or one worker's)."""
     start = time.perf_counter()
     done = subprocess.run(["/usr/bin/time", "-v", *CLI, command, str(study), "--out", str(out), "--no-progress", *options],
@@ -49,16 +49,16 @@ def main(source: str) -> None:
         study = Path(folder) / "study"
         shutil.copytree(source, study, ignore=shutil.ignore_patterns("cache"))
         cells = len(list((study / "runs").iterdir()))
-        rows = [("cold, --jobs 1 (no stored tables)", *run_figures(study, Path(folder) / "cold", "--jobs", "1"))]
+        rows = [("cold, --jobs 1 (no stored tables)", *run_command("figures", study, Path(folder) / "cold", "--jobs", "1"))]
         shutil.rmtree(study / "cache")
-        rows.append((f"cold, --jobs {default_jobs()} (no stored tables)", *run_figures(study, Path(folder) / "parallel")))
-        rows.append(("warm (nothing changed)", *run_figures(study, Path(folder) / "warm")))
-        rows.append(("warm again into the same folder (its figures kept)", *run_figures(study, Path(folder) / "warm")))
-        rows.append(("report after figures (beside them)", *run_figures(study, Path(folder) / "warm" / "report.html", command="report")))
+        rows.append((f"cold, --jobs {default_jobs()} (no stored tables)", *run_command("figures", study, Path(folder) / "parallel")))
+        rows.append(("warm (nothing changed)", *run_command("figures", study, Path(folder) / "warm")))
+        rows.append(("warm again into the same folder (its figures kept)", *run_command("figures", study, Path(folder) / "warm")))
+        rows.append(("report after figures (beside them)", *run_command("report", study, Path(folder) / "warm" / "report.html")))
         same = all(filecmp.cmp(Path(folder) / "cold" / "results.json", Path(folder) / other / "results.json", shallow=False)
                    for other in ("parallel", "warm"))
         changed = change_one_cell(study)
-        rows.append((f"one changed cell ({changed})", *run_figures(study, Path(folder) / "changed")))
+        rows.append((f"one changed cell ({changed})", *run_command("figures", study, Path(folder) / "changed")))
     print(f"`figures {source}` ({cells} cells), each in a fresh process; results.json of the parallel and the warm read "
           f"equal to the cold one byte for byte: {same}\n")
     print("| read | seconds | / cold | peak GiB |\n|---|---|---|---|")

@@ -1,5 +1,6 @@
 """Runs built from known random factors, for checking analyses against dense computations, and the CLI run as a user runs it."""
 
+import functools
 import hashlib
 import os
 import resource
@@ -83,6 +84,7 @@ def _fresh_interpreter(argv, env, timeout, memory_mb):
                           timeout=timeout, preexec_fn=lambda: _address_space_limit(memory_mb), stdin=subprocess.DEVNULL)
 
 
+@functools.cache
 def _fork_server():
     """This process's fork server, started once under ``ENV`` (so that what is read at import is what a command
     started with ``ENV`` would read)."""
@@ -139,10 +141,12 @@ def _run_command(argv, cwd, mask, out, err, memory_mb):
     code = 0
     try:
         runpy.run_module("tlora_analysis", run_name="__main__", alter_sys=True)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-        if exit_.code is not None and not isinstance(exit_.code, int):
+    except SystemExit as exit_:  # as the interpreter exits: None is 0, a number is the status, anything else printed and 1
+        if exit_.code is None or isinstance(exit_.code, int):
+            code = exit_.code or 0
+        else:
             print(exit_.code, file=sys.stderr)
+            code = 1
     except BaseException:  # what the interpreter prints for an uncaught exception, and its exit status
         traceback.print_exc()
         code = 1

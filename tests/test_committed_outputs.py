@@ -18,8 +18,7 @@ from tlora_analysis.figures import FIGURES, OVERVIEW, STUDY_FIGURES, TASK_FIGURE
 from tlora_analysis.results import CLAIM_FIELDS, METHOD_FIELDS
 
 ROOT = Path(__file__).resolve().parents[1] / "figures"
-STALE = {
-}
+STALE: dict[str, str] = {}
 """Committed sets the code has moved past, each with the target that regenerates it (hours of training)."""
 NEEDS_NOTHING_BUT_THE_UPDATE = ("stable_rank", "entropy_rank")
 NEEDS_W0 = ("amplification", "intruders")

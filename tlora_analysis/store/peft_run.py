@@ -17,7 +17,7 @@ from ..factored import FactoredDelta
 from ..peft_types import peft_type_spec, read_state
 from ..peft_types.context import ReadContext
 from ..tensors import check_values
-from .kept import KEPT, owner_token
+from .kept import KEPT
 from .layout import HEAD_PREFIX, check_shape_and_rank
 from .run import RecordedRun
 
@@ -38,7 +38,6 @@ class PeftRun(RecordedRun):
         model = self.meta.get("model")
         self._context = ReadContext(self.where, base, model if isinstance(model, str) else None)
         self._reading: tuple[int | None, object] = (None, None)
-        self._kept_as = owner_token(self)
 
     def base_files(self) -> list | None:
         """The files of the base model its updates are read on ([] where none can be opened, so none is read), or

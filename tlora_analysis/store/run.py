@@ -94,6 +94,8 @@ class RecordedRun:
         self._last_snapshot: tuple[int | None, dict[str, torch.Tensor]] = (None, {})
         self._checked: dict[int, tuple[int, int, int]] = {}
         """Snapshots whose values were already checked, by (size, mtime, inode): a re-read skips the value scan."""
+        self._kept_as = owner_token(self)
+        """Whose rebuilt dense updates these are in :mod:`.kept`'s shared store."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, method={self.method!r}, epochs={self.epochs})"
@@ -165,7 +167,6 @@ class Run(RecordedRun):
         super().__init__(path)
         for name, layer in self.layers.items():
             check_layer(layer, self.method, f"{self.where} layer {name!r}")
-        self._kept_as = owner_token(self)
         self.notices: list[str] = []  # a run of ours is read whole; the attribute every source has (UpdateSource)
 
     def _check_snapshot(self, tensors: dict[str, torch.Tensor], path: Path, epoch: int, checked: bool) -> None:
